@@ -1,0 +1,396 @@
+//! The meter's configuration: one typed [`Config`], loaded from TOML and validated before
+//! anything starts.
+//!
+//! Owns: every key, its default and why; [`EXAMPLE_CONFIG`] (printed by `meter example-config`,
+//! kept equal to the defaults by a test). Must never: open sockets or read files other than the
+//! config file and the token file it names.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub const EXAMPLE_CONFIG: &str = include_str!("example-config.toml");
+
+pub use ringflow_proto::ops::ConfigError;
+use ringflow_proto::ops::{check_range, parse_toml, read_toml, resolve_paths};
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::invalid(key, message)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Stable id of this meter. Default: generated on first start and kept in `state_dir`.
+    #[serde(default)]
+    pub meter_id: Option<String>,
+    /// Where the meter keeps its id and sequence numbers. Default `/var/lib/ringflow/meter`.
+    #[serde(default = "defaults::state_dir")]
+    pub state_dir: PathBuf,
+    /// Org this meter sends for.
+    pub org_id: String,
+    /// The org's token (from `collector token`). Prefer `org_token_file` so the secret is not in
+    /// the config file.
+    #[serde(default)]
+    pub org_token: Option<String>,
+    /// File holding the org token (first line).
+    #[serde(default)]
+    pub org_token_file: Option<PathBuf>,
+    /// Collector addresses, `host:port`. Tried in order, moving on when one fails.
+    pub collectors: Vec<String>,
+    /// Name the collector's certificate must carry. Default: the host part of each address.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// PEM CA certificate(s) that sign collector certificates. There is no way to skip this check.
+    pub ca_file: PathBuf,
+    #[serde(default)]
+    pub batch: BatchConfig,
+    #[serde(default)]
+    pub queue: QueueConfig,
+    #[serde(default)]
+    pub reconnect: ReconnectConfig,
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
+    #[serde(default)]
+    pub sources: SourcesConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    /// Close a batch at this many records (the collector's limit, from Welcome, wins if lower).
+    pub max_records: usize,
+    /// Close a batch before its frame would pass this many bytes (likewise capped by the collector).
+    pub max_bytes: usize,
+    /// Close a batch this long after its first record, however small.
+    pub max_age_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// Batches kept in memory until acked. When full, the oldest batch is dropped and counted.
+    pub max_batches: usize,
+    /// Bytes kept in memory until acked; same drop-oldest policy.
+    pub max_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReconnectConfig {
+    /// First delay after a failure; the delay doubles per failure up to `max_delay_ms`, and each
+    /// wait is drawn uniformly from [0, 2 x delay] (full jitter) so meters do not retry in step.
+    pub initial_delay_ms: u64,
+    pub max_delay_ms: u64,
+    /// Time allowed to connect (QUIC + TLS) and get Welcome.
+    pub connect_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// On SIGTERM, how long to keep sending what is queued and waiting for acks before exiting.
+    pub grace_ms: u64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourcesConfig {
+    pub synthetic: SyntheticConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyntheticConfig {
+    /// Generate made-up flows (for trials and load tests).
+    pub enabled: bool,
+    /// Records generated per second.
+    pub records_per_second: u64,
+    /// Distinct flows (address/port tuples) the records cycle through.
+    pub flows: u32,
+    /// Stop after this many records (0: never stop).
+    pub total_records: u64,
+}
+
+mod defaults {
+    use std::path::PathBuf;
+    pub fn state_dir() -> PathBuf {
+        PathBuf::from("/var/lib/ringflow/meter")
+    }
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            max_records: 1_000,
+            max_bytes: 512 << 10,
+            max_age_ms: 1_000,
+        }
+    }
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            max_batches: 4_096,
+            max_bytes: 64 << 20,
+        }
+    }
+}
+
+impl Default for ReconnectConfig {
+    fn default() -> Self {
+        Self {
+            initial_delay_ms: 500,
+            max_delay_ms: 30_000,
+            connect_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self { grace_ms: 5_000 }
+    }
+}
+
+impl Default for SyntheticConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            records_per_second: 1_000,
+            flows: 100,
+            total_records: 0,
+        }
+    }
+}
+
+impl ReconnectConfig {
+    pub fn initial_delay(&self) -> Duration {
+        Duration::from_millis(self.initial_delay_ms)
+    }
+    pub fn max_delay(&self) -> Duration {
+        Duration::from_millis(self.max_delay_ms)
+    }
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file; relative paths are taken relative to its
+    /// directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = read_toml(path)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        resolve_paths(
+            base,
+            [
+                Some(&mut config.state_dir),
+                Some(&mut config.ca_file),
+                config.org_token_file.as_mut(),
+            ]
+            .into_iter()
+            .flatten(),
+        );
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses and validates TOML text (paths left as written).
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = parse_toml(text, Path::new("<text>"))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(id) = &self.meter_id
+            && !valid_meter_id(id)
+        {
+            return Err(invalid(
+                "meter_id",
+                "must be 1-128 characters of A-Z a-z 0-9 . _ : - (or leave it out to generate one)",
+            ));
+        }
+        if self.org_id.is_empty() {
+            return Err(invalid("org_id", "must not be empty"));
+        }
+        match (&self.org_token, &self.org_token_file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid("org_token", "set org_token or org_token_file, not both"));
+            }
+            (None, None) => {
+                return Err(invalid(
+                    "org_token_file",
+                    "the org's token is required: set org_token_file (or org_token)",
+                ));
+            }
+            (Some(t), None) if t.trim().is_empty() => return Err(invalid("org_token", "is empty")),
+            _ => {}
+        }
+        if self.collectors.is_empty() {
+            return Err(invalid(
+                "collectors",
+                "list at least one collector as \"host:port\"",
+            ));
+        }
+        for (i, c) in self.collectors.iter().enumerate() {
+            if split_host_port(c).is_none() {
+                return Err(invalid(
+                    &format!("collectors[{i}]"),
+                    format!("{c:?} is not \"host:port\" (IPv6: \"[::1]:4433\")"),
+                ));
+            }
+        }
+        let b = &self.batch;
+        check_range("batch.max_records", b.max_records as u64, 1, 1 << 20)?;
+        check_range("batch.max_bytes", b.max_bytes as u64, 1024, 16 << 20)?;
+        check_range("batch.max_age_ms", b.max_age_ms, 1, 3_600_000)?;
+        let q = &self.queue;
+        check_range("queue.max_batches", q.max_batches as u64, 1, 1 << 24)?;
+        if q.max_bytes < b.max_bytes {
+            return Err(invalid("queue.max_bytes", "must be at least batch.max_bytes"));
+        }
+        let r = &self.reconnect;
+        check_range("reconnect.initial_delay_ms", r.initial_delay_ms, 1, 3_600_000)?;
+        check_range(
+            "reconnect.max_delay_ms",
+            r.max_delay_ms,
+            r.initial_delay_ms,
+            86_400_000,
+        )?;
+        check_range("reconnect.connect_timeout_ms", r.connect_timeout_ms, 100, 600_000)?;
+        check_range("shutdown.grace_ms", self.shutdown.grace_ms, 0, 3_600_000)?;
+        let s = &self.sources.synthetic;
+        if s.enabled {
+            check_range(
+                "sources.synthetic.records_per_second",
+                s.records_per_second,
+                1,
+                100_000_000,
+            )?;
+            check_range("sources.synthetic.flows", s.flows.into(), 1, 1 << 24)?;
+        }
+        Ok(())
+    }
+
+    /// The org token, read from `org_token` or the first line of `org_token_file`.
+    pub fn org_token(&self) -> Result<String, ConfigError> {
+        if let Some(t) = &self.org_token {
+            return Ok(t.trim().to_owned());
+        }
+        let path = self.org_token_file.as_deref().unwrap_or(Path::new(""));
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            what: "org token file",
+            path: path.to_owned(),
+            source,
+        })?;
+        let token = text.lines().next().unwrap_or("").trim().to_owned();
+        if token.is_empty() {
+            return Err(invalid("org_token_file", format!("{} is empty", path.display())));
+        }
+        Ok(token)
+    }
+
+    /// Each collector address with the TLS name to verify it by.
+    pub fn targets(&self) -> Vec<crate::selector::Target> {
+        self.collectors
+            .iter()
+            .filter_map(|c| {
+                let (host, _) = split_host_port(c)?;
+                Some(crate::selector::Target {
+                    address: c.clone(),
+                    server_name: self.server_name.clone().unwrap_or_else(|| host.to_owned()),
+                })
+            })
+            .collect()
+    }
+}
+
+/// Splits "host:port" (or "[v6]:port") into host and port.
+pub fn split_host_port(s: &str) -> Option<(&str, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if host.is_empty() || host.contains(':') && !s.starts_with('[') {
+        return None;
+    }
+    Some((host, port.parse().ok()?))
+}
+
+pub fn valid_meter_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        org_id = "acme"
+        org_token = "rft_x"
+        collectors = ["127.0.0.1:4433"]
+        ca_file = "ca.pem"
+    "#;
+
+    #[test]
+    fn example_config_parses_to_the_defaults() {
+        let example = Config::parse(EXAMPLE_CONFIG).unwrap();
+        let minimal = Config::parse(MINIMAL).unwrap();
+        assert_eq!(format!("{:?}", example.batch), format!("{:?}", minimal.batch));
+        assert_eq!(format!("{:?}", example.queue), format!("{:?}", minimal.queue));
+        assert_eq!(
+            format!("{:?}", example.reconnect),
+            format!("{:?}", minimal.reconnect)
+        );
+        assert_eq!(
+            format!("{:?}", example.shutdown),
+            format!("{:?}", minimal.shutdown)
+        );
+        assert_eq!(example.state_dir, minimal.state_dir);
+        // The example shows the synthetic source's defaults while leaving it off.
+        assert_eq!(
+            format!("{:?}", example.sources.synthetic),
+            format!("{:?}", minimal.sources.synthetic)
+        );
+    }
+
+    #[test]
+    fn addresses_are_checked() {
+        assert_eq!(
+            split_host_port("collector.example:4433"),
+            Some(("collector.example", 4433))
+        );
+        assert_eq!(split_host_port("[::1]:4433"), Some(("::1", 4433)));
+        assert_eq!(split_host_port("::1:4433"), None);
+        assert_eq!(split_host_port("host"), None);
+        let err = Config::parse(&MINIMAL.replace("127.0.0.1:4433", "127.0.0.1")).unwrap_err();
+        assert!(err.to_string().contains("collectors[0]"), "{err}");
+    }
+
+    #[test]
+    fn token_is_required_once() {
+        let none = MINIMAL.replace("org_token = \"rft_x\"", "");
+        assert!(
+            Config::parse(&none)
+                .unwrap_err()
+                .to_string()
+                .contains("org_token_file")
+        );
+        let both = format!("{MINIMAL}\norg_token_file = \"t\"\n");
+        assert!(Config::parse(&both).unwrap_err().to_string().contains("not both"));
+    }
+
+    #[test]
+    fn server_name_defaults_to_the_host() {
+        let c = Config::parse(&MINIMAL.replace("127.0.0.1:4433", "c1.example:4433")).unwrap();
+        assert_eq!(c.targets()[0].server_name, "c1.example");
+    }
+}

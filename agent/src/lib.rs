@@ -1,0 +1,367 @@
+//! ringflow meter: measures flows (for now: a synthetic source), batches them, and ships them to
+//! a collector over QUIC (ringflow/1), keeping every batch until a collector acks it.
+//!
+//! ```text
+//! sources ──records_tx (bounded)──► batcher ──► BatchQueue (bounded, drop-oldest) ◄──► session
+//!                                                                   ▲        acks/nacks  │
+//!                                              connect loop: selector + backoff ─────────┘
+//! ```
+//!
+//! Module map (see ARCHITECTURE.md): `config`, `state` (id, seq reservation), `source`, `batcher`,
+//! `queue`, `session` (QUIC driver + sans-IO `window`), `selector` (target + backoff, sans-IO),
+//! `transport`, `telemetry`, `cli`.
+
+pub mod batcher;
+pub mod cli;
+pub mod config;
+pub mod queue;
+pub mod selector;
+pub mod session;
+pub mod source;
+pub mod state;
+pub mod telemetry;
+pub mod transport;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+pub use config::Config;
+use ringflow_proto::quic::TlsError;
+pub use telemetry::MeterMetrics;
+
+use batcher::BatchLimits;
+use config::ConfigError;
+use queue::{BatchQueue, QueueLimits};
+use selector::{Selector, full_jitter};
+use session::{Credentials, SessionContext, SessionEnd};
+use state::{SeqAllocator, StateError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("cannot open a UDP socket for QUIC: {0}")]
+    Socket(std::io::Error),
+}
+
+impl StartError {
+    /// True when the operator's configuration is at fault (exit code 64).
+    pub fn is_config(&self) -> bool {
+        matches!(self, StartError::Config(_) | StartError::Tls(_))
+    }
+}
+
+/// A running meter.
+pub struct Meter {
+    id: String,
+    metrics: Arc<MeterMetrics>,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Meter {
+    /// Checks everything that can be checked up front (config, state dir, token, CA, socket),
+    /// then starts the pipeline and returns. It runs until [`stop`](Self::stop) or `shutdown`.
+    pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Meter, StartError> {
+        config.validate()?;
+        state::open_dir(&config.state_dir)?;
+        let id = state::meter_id(&config.state_dir, config.meter_id.as_deref())?;
+        let seqs = SeqAllocator::open(&config.state_dir)?;
+        let credentials = Credentials {
+            meter_id: id.clone(),
+            org_id: config.org_id.clone(),
+            org_token: config.org_token()?,
+        };
+        let client = transport::client_config(&config.ca_file)?;
+        let endpoint = transport::client_endpoint(client).map_err(StartError::Socket)?;
+        let metrics = Arc::new(MeterMetrics::new());
+        let pipeline = Pipeline {
+            config,
+            credentials,
+            endpoint,
+            seqs,
+            metrics: Arc::clone(&metrics),
+        };
+        let task = tokio::spawn(pipeline.run(shutdown.clone()));
+        Ok(Meter {
+            id,
+            metrics,
+            shutdown,
+            task,
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn metrics(&self) -> Arc<MeterMetrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    /// Asks the meter to stop (flushing within its grace period) and waits for it.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.join().await;
+    }
+
+    /// Waits until the meter has stopped.
+    pub async fn join(self) {
+        if let Err(e) = self.task.await {
+            warn!(error = %e, "meter task ended abnormally");
+        }
+    }
+}
+
+/// Runs a meter until `shutdown` fires and it has flushed (or its grace period ran out).
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
+    Meter::start(config, shutdown).await?.join().await;
+    Ok(())
+}
+
+struct Pipeline {
+    config: Config,
+    credentials: Credentials,
+    endpoint: quinn::Endpoint,
+    seqs: SeqAllocator,
+    metrics: Arc<MeterMetrics>,
+}
+
+impl Pipeline {
+    async fn run(self, shutdown: CancellationToken) {
+        let Pipeline {
+            config,
+            credentials,
+            endpoint,
+            seqs,
+            metrics,
+        } = self;
+        let tasks = TaskTracker::new();
+        let sources_stop = CancellationToken::new();
+        let queue = Arc::new(BatchQueue::new(QueueLimits {
+            max_batches: config.queue.max_batches,
+            max_bytes: config.queue.max_bytes,
+        }));
+        let local_limits = BatchLimits {
+            max_records: config.batch.max_records,
+            max_frame_bytes: config.batch.max_bytes,
+            max_age: Duration::from_millis(config.batch.max_age_ms),
+        };
+        let (limits_tx, limits_rx) = watch::channel(local_limits);
+
+        let (records_tx, records_rx) = source::channel(Arc::clone(&metrics));
+        let synthetic = &config.sources.synthetic;
+        if synthetic.enabled {
+            let (cfg, tx, stop, m) = (
+                synthetic.clone(),
+                records_tx.clone(),
+                sources_stop.clone(),
+                Arc::clone(&metrics),
+            );
+            tasks.spawn(async move {
+                let _task = m.task("source_synthetic");
+                source::synthetic::run(cfg, tx, stop).await;
+            });
+        }
+        // Only the sources hold senders now: when they stop, the batcher sees the end.
+        drop(records_tx);
+        let batcher = tasks.spawn(batcher::run(
+            records_rx,
+            Arc::clone(&queue),
+            seqs,
+            limits_rx,
+            Arc::clone(&metrics),
+        ));
+
+        info!(meter_id = %credentials.meter_id, org = %credentials.org_id, collectors = ?config.collectors, "meter started");
+        let ctx = SessionContext {
+            endpoint: endpoint.clone(),
+            credentials,
+            connect_timeout: config.reconnect.connect_timeout(),
+            queue: Arc::clone(&queue),
+            metrics: Arc::clone(&metrics),
+            local_limits,
+            limits_tx,
+            last_acked: AtomicU64::new(0),
+        };
+        // On shutdown the sources stop first; the batcher then flushes its open batch and closes
+        // the queue, and the connect loop below flushes the queue within the grace period.
+        {
+            let (shutdown, sources_stop, m) = (shutdown.clone(), sources_stop.clone(), Arc::clone(&metrics));
+            tasks.spawn(async move {
+                let _task = m.task("stop_watch");
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = sources_stop.cancelled() => {}
+                }
+                sources_stop.cancel();
+            });
+        }
+        connect_loop(&ctx, &config, &shutdown).await;
+        // The connect loop only returns on shutdown; make sure everything else stops too.
+        sources_stop.cancel();
+        if let Ok(Err(error)) = batcher.await {
+            warn!(%error, "batcher stopped with an error");
+        }
+        tasks.close();
+        tasks.wait().await;
+        let (left, _) = queue.depth();
+        if left > 0 {
+            warn!(
+                batches = left,
+                "exiting with batches no collector acked; they are lost (no disk spool yet)"
+            );
+        }
+        endpoint.close(
+            ringflow_proto::codes::ConnectionCode::ShuttingDown.varint(),
+            ringflow_proto::codes::ConnectionCode::ShuttingDown.reason(),
+        );
+        let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+        info!(acked_records = metrics.records_acked.get(), "meter stopped");
+    }
+}
+
+/// Connects, runs sessions, and waits between attempts, until shutdown has flushed the queue or
+/// the grace period is over.
+async fn connect_loop(ctx: &SessionContext, config: &Config, shutdown: &CancellationToken) {
+    let _task = ctx.metrics.task("connect_loop");
+    let mut selector = Selector::new(
+        config.targets(),
+        full_jitter(config.reconnect.initial_delay(), config.reconnect.max_delay()),
+    );
+    let grace = Duration::from_millis(config.shutdown.grace_ms);
+    let mut failures = FailureLog::default();
+    let mut stop_by: Option<Instant> = None;
+    loop {
+        if shutdown.is_cancelled() {
+            let deadline = *stop_by.get_or_insert_with(|| Instant::now() + grace);
+            if Instant::now() >= deadline || (ctx.queue.is_closed() && ctx.queue.depth().0 == 0) {
+                return;
+            }
+        }
+        let target = selector.next_target();
+        let remaining_grace = stop_by.map_or(grace, |d| d.saturating_duration_since(Instant::now()));
+        let delay = match resolve(&target.address).await {
+            Err(error) => {
+                failures.record("resolve", &target.address, &error);
+                selector.failure_delay(None)
+            }
+            Ok(addr) => {
+                let outcome = session::run(ctx, addr, &target.server_name, shutdown, remaining_grace).await;
+                if outcome.welcomed {
+                    selector.on_success();
+                    failures.reset();
+                }
+                match outcome.end {
+                    SessionEnd::Flushed | SessionEnd::Unflushed => {
+                        MeterMetrics::inc(&ctx.metrics.session_ends, "shutdown");
+                        return;
+                    }
+                    SessionEnd::Drained { reconnect_within } => {
+                        MeterMetrics::inc(&ctx.metrics.session_ends, "drained");
+                        // Anywhere in the window, so a draining collector's meters do not herd.
+                        rand::rng().random_range(Duration::ZERO..=reconnect_within)
+                    }
+                    SessionEnd::Rejected {
+                        reason,
+                        retry_after,
+                        message,
+                    } => {
+                        MeterMetrics::inc(&ctx.metrics.session_ends, "rejected");
+                        MeterMetrics::inc(&ctx.metrics.rejects, ringflow_proto::names::reject_reason(reason));
+                        ctx.metrics.notify();
+                        failures.record(
+                            ringflow_proto::names::reject_reason(reason),
+                            &target.address,
+                            &format!("rejected: {message}"),
+                        );
+                        selector.failure_delay(retry_after)
+                    }
+                    SessionEnd::Failed(error) => {
+                        MeterMetrics::inc(&ctx.metrics.session_ends, error.label());
+                        ctx.metrics.notify();
+                        failures.record(error.label(), &target.address, &error);
+                        selector.failure_delay(None)
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            // On shutdown, try at once to flush what is queued (bounded by the grace period).
+            _ = shutdown.cancelled(), if stop_by.is_none() => {}
+        }
+    }
+}
+
+async fn resolve(address: &str) -> std::io::Result<std::net::SocketAddr> {
+    tokio::net::lookup_host(address)
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "name has no addresses"))
+}
+
+/// Aggregates connection failures in the log: a line when the kind of failure changes, else at
+/// most one per [`FailureLog::REPEAT_INTERVAL`] saying how many happened since.
+#[derive(Default)]
+struct FailureLog {
+    last_kind: Option<&'static str>,
+    last_logged: Option<Instant>,
+    repeats: u64,
+}
+
+impl FailureLog {
+    const REPEAT_INTERVAL: Duration = Duration::from_secs(60);
+
+    fn record(&mut self, kind: &'static str, target: &str, error: &dyn std::fmt::Display) {
+        let now = Instant::now();
+        let same = self.last_kind == Some(kind);
+        if same
+            && self
+                .last_logged
+                .is_some_and(|t| now.duration_since(t) < Self::REPEAT_INTERVAL)
+        {
+            self.repeats += 1;
+            return;
+        }
+        let hint = match kind {
+            "auth" => " (check org_id and the org token)",
+            "unsupported_version" => " (upgrade the meter)",
+            _ => "",
+        };
+        warn!(
+            kind,
+            collector = target,
+            repeats = self.repeats,
+            "cannot reach a collector: {error}{hint}"
+        );
+        self.last_kind = Some(kind);
+        self.last_logged = Some(now);
+        self.repeats = 0;
+    }
+
+    fn reset(&mut self) {
+        *self = FailureLog::default();
+    }
+}
+
+/// Now, as nanoseconds since the Unix epoch (0 if the clock is before 1970).
+pub fn unix_nanos_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,503 @@
+//! One session with one collector: connect, `Hello` → `Welcome` | `Reject`, then a data stream
+//! carrying queued batches within the granted window, while acks and nacks come back.
+//!
+//! Owns: the QUIC connection and its streams for the session's lifetime. The rules live in
+//! [`window::Window`] (sans-IO); this module only drives them. Three loops run concurrently on
+//! one task: the sender (queue → data stream, while the window has room), the receiver (acks and
+//! nacks → window and queue), and the control loop (heartbeats, `Drain`). Must never: drop a
+//! batch that was not acked or nacked, or log the org token.
+
+pub mod window;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use quinn::{Connection, Endpoint, RecvStream, SendStream};
+use ringflow_proto::codes::{ConnectionCode, StreamCode};
+use ringflow_proto::frame::{self, FrameError, FrameReader, MAX_CONTROL_FRAME_BYTES};
+use ringflow_proto::{PROTOCOL_VERSION, pb};
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::batcher::BatchLimits;
+use crate::queue::BatchQueue;
+use crate::telemetry::MeterMetrics;
+use window::{Window, WindowError};
+
+/// How long, after `Drain`, the meter waits for acks of what it already sent before leaving.
+const DRAIN_ACK_WAIT: Duration = Duration::from_secs(5);
+
+/// Who this meter is, as told in `Hello`.
+#[derive(Clone)]
+pub struct Credentials {
+    pub meter_id: String,
+    pub org_id: String,
+    pub org_token: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("meter_id", &self.meter_id)
+            .field("org_id", &self.org_id)
+            .field("org_token", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Everything a session needs that outlives it.
+pub struct SessionContext {
+    pub endpoint: Endpoint,
+    pub credentials: Credentials,
+    pub connect_timeout: Duration,
+    pub queue: Arc<BatchQueue>,
+    pub metrics: Arc<MeterMetrics>,
+    /// The meter's own batch limits, lowered by each collector's `Welcome` for the batcher.
+    pub local_limits: BatchLimits,
+    pub limits_tx: watch::Sender<BatchLimits>,
+    /// Highest seq acked so far, reported in `Hello`.
+    pub last_acked: AtomicU64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("cannot start connecting: {0}")]
+    Connect(#[from] quinn::ConnectError),
+    #[error("connection failed: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("no Welcome within {0:?}")]
+    Timeout(Duration),
+    #[error("stream error: {0}")]
+    Frame(#[from] FrameError),
+    #[error("write failed: {0}")]
+    Write(#[from] quinn::WriteError),
+    #[error("the collector closed the data stream with code {}", code.map_or("unknown", |c| c.as_str()))]
+    StreamClosed { code: Option<StreamCode> },
+    #[error("the collector broke the protocol: {0}")]
+    Protocol(String),
+    #[error(transparent)]
+    Window(#[from] WindowError),
+}
+
+impl SessionError {
+    /// The connection failure underneath, wherever it surfaced (handshake, a read, a write).
+    fn connection_error(&self) -> Option<&quinn::ConnectionError> {
+        match self {
+            SessionError::Connection(e) | SessionError::Write(quinn::WriteError::ConnectionLost(e)) => {
+                Some(e)
+            }
+            SessionError::Frame(f) => f.connection_lost(),
+            _ => None,
+        }
+    }
+
+    /// Short stable name for metrics and log aggregation, by root cause.
+    pub fn label(&self) -> &'static str {
+        if let Some(e) = self.connection_error() {
+            return match e {
+                quinn::ConnectionError::TimedOut => "timeout",
+                // A stateless reset: the collector restarted and no longer knows this connection.
+                quinn::ConnectionError::Reset => "reset",
+                quinn::ConnectionError::ConnectionClosed(_)
+                | quinn::ConnectionError::ApplicationClosed(_) => "closed_by_collector",
+                quinn::ConnectionError::LocallyClosed => "closed_locally",
+                _ => "connection",
+            };
+        }
+        match self {
+            SessionError::Connect(_) => "connect",
+            SessionError::Timeout(_) => "timeout",
+            SessionError::StreamClosed { .. } => "stream_closed",
+            SessionError::Protocol(_) | SessionError::Window(_) => "protocol",
+            SessionError::Connection(_) | SessionError::Frame(_) | SessionError::Write(_) => "stream",
+        }
+    }
+}
+
+/// How a session ended.
+#[derive(Debug)]
+pub enum SessionEnd {
+    /// Shutdown: the queue is closed and every batch in it was settled.
+    Flushed,
+    /// Shutdown: the grace period ran out with batches unsettled.
+    Unflushed,
+    /// The collector is leaving: reconnect elsewhere at a random moment within this window.
+    Drained {
+        reconnect_within: Duration,
+    },
+    /// The collector refused the session.
+    Rejected {
+        reason: pb::RejectReason,
+        retry_after: Option<Duration>,
+        message: String,
+    },
+    Failed(SessionError),
+}
+
+/// The outcome of one attempt.
+#[derive(Debug)]
+pub struct SessionOutcome {
+    pub end: SessionEnd,
+    /// The collector welcomed this session (so the attempt itself succeeded).
+    pub welcomed: bool,
+}
+
+fn ended(end: SessionEnd, welcomed: bool) -> SessionOutcome {
+    SessionOutcome { end, welcomed }
+}
+
+fn control_frame(msg: pb::control_frame::Msg) -> bytes::Bytes {
+    frame::encode_to_bytes(&pb::ControlFrame { msg: Some(msg) }, MAX_CONTROL_FRAME_BYTES).unwrap_or_default()
+}
+
+/// Runs one session with the collector at `addr`. `flush_by` is set once shutdown has begun:
+/// the session then ends when the queue is drained or at that instant.
+pub async fn run(
+    ctx: &SessionContext,
+    addr: SocketAddr,
+    server_name: &str,
+    shutdown: &CancellationToken,
+    grace: Duration,
+) -> SessionOutcome {
+    ctx.metrics.connect_attempts.inc();
+    let connecting = match ctx.endpoint.connect(addr, server_name) {
+        Ok(c) => c,
+        Err(e) => return ended(SessionEnd::Failed(e.into()), false),
+    };
+    let hello = control_frame(pb::control_frame::Msg::Hello(pb::Hello {
+        protocol_version: PROTOCOL_VERSION,
+        meter_id: ctx.credentials.meter_id.clone(),
+        org_id: ctx.credentials.org_id.clone(),
+        org_token: ctx.credentials.org_token.clone(),
+        software_version: env!("CARGO_PKG_VERSION").to_owned(),
+        last_acked_seq: ctx.last_acked.load(Ordering::Relaxed),
+    }));
+    let setup = async {
+        let conn = connecting.await?;
+        let (mut ctl_send, ctl_recv) = conn.open_bi().await?;
+        ctl_send.write_chunk(hello).await?;
+        let mut ctl = FrameReader::new(ctl_recv, MAX_CONTROL_FRAME_BYTES);
+        let first = ctl.next_message::<pb::ControlFrame>().await?;
+        Ok::<_, SessionError>((conn, ctl_send, ctl, first))
+    };
+    let (conn, ctl_send, ctl, first) = tokio::select! {
+        r = tokio::time::timeout(ctx.connect_timeout, setup) => match r {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return ended(SessionEnd::Failed(e), false),
+            Err(_) => return ended(SessionEnd::Failed(SessionError::Timeout(ctx.connect_timeout)), false),
+        },
+        // Shutting down and the grace period ran out before a collector took the queue.
+        _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+            return ended(SessionEnd::Unflushed, false);
+        }
+    };
+    let welcome = match first.and_then(|f| f.msg) {
+        Some(pb::control_frame::Msg::Welcome(w)) => w,
+        Some(pb::control_frame::Msg::Reject(r)) => {
+            ConnectionCode::Rejected.close(&conn);
+            let reason = pb::RejectReason::try_from(r.reason).unwrap_or_default();
+            return ended(
+                SessionEnd::Rejected {
+                    reason,
+                    retry_after: (r.retry_after_ms > 0)
+                        .then(|| Duration::from_millis(r.retry_after_ms.into())),
+                    message: r.message,
+                },
+                false,
+            );
+        }
+        other => {
+            ConnectionCode::ProtocolViolation.close(&conn);
+            let what = if other.is_some() {
+                "an unexpected message"
+            } else {
+                "nothing"
+            };
+            return ended(
+                SessionEnd::Failed(SessionError::Protocol(format!(
+                    "expected Welcome or Reject, got {what}"
+                ))),
+                false,
+            );
+        }
+    };
+    let limits = welcome.limits.unwrap_or_default();
+    ctx.limits_tx.send_replace(ctx.local_limits.capped_by(&limits));
+    ctx.metrics.sessions_started.inc();
+    ctx.metrics.notify();
+    info!(
+        collector = %welcome.collector_id,
+        session = %welcome.session_id,
+        window = limits.max_unacked_batches,
+        "session established"
+    );
+    let end = match conn.open_bi().await {
+        Ok((data_send, data_recv)) => {
+            let streams = Streams {
+                conn: &conn,
+                ctl_send,
+                ctl,
+                data_send,
+                data: FrameReader::new(data_recv, MAX_CONTROL_FRAME_BYTES),
+            };
+            streams.run(ctx, &limits, shutdown, grace).await
+        }
+        Err(e) => SessionEnd::Failed(e.into()),
+    };
+    let code = match end {
+        SessionEnd::Drained { .. } => ConnectionCode::Drained,
+        SessionEnd::Flushed | SessionEnd::Unflushed => ConnectionCode::ShuttingDown,
+        _ => ConnectionCode::Done,
+    };
+    code.close(&conn);
+    ended(end, true)
+}
+
+struct Streams<'a> {
+    conn: &'a Connection,
+    ctl_send: SendStream,
+    ctl: FrameReader<RecvStream>,
+    data_send: SendStream,
+    data: FrameReader<RecvStream>,
+}
+
+/// What the control loop reports.
+enum ControlEvent {
+    Drain(Duration),
+}
+
+impl Streams<'_> {
+    async fn run(
+        mut self,
+        ctx: &SessionContext,
+        limits: &pb::Limits,
+        shutdown: &CancellationToken,
+        grace: Duration,
+    ) -> SessionEnd {
+        let window = Mutex::new(Window::new(limits.max_unacked_batches as usize));
+        let room = Notify::new();
+        // Stop taking new batches from the queue (after Drain, or when the queue is exhausted).
+        let sending_done = AtomicBool::new(false);
+        let heartbeat = Duration::from_millis(limits.heartbeat_interval_ms.into());
+        let max_frame = if limits.max_frame_bytes == 0 {
+            frame::DEFAULT_MAX_FRAME_BYTES
+        } else {
+            limits.max_frame_bytes as usize
+        };
+
+        let result = {
+            let sender = send_batches(&mut self.data_send, ctx, &window, &room, &sending_done, max_frame);
+            let receiver = receive_replies(&mut self.data, ctx, &window, &room, &sending_done);
+            let control = run_control(&mut self.ctl_send, &mut self.ctl, heartbeat);
+            tokio::pin!(sender, receiver, control);
+            let mut deadline: Option<Instant> = None;
+            let mut drained: Option<Duration> = None;
+            loop {
+                tokio::select! {
+                    r = &mut sender, if !sending_done.load(Ordering::Relaxed) => match r {
+                        Ok(()) => {
+                            sending_done.store(true, Ordering::Relaxed);
+                            if lock(&window).is_empty() {
+                                break Ok(());
+                            }
+                        }
+                        Err(e) => break Err(e),
+                    },
+                    r = &mut receiver => break r,
+                    ev = &mut control, if drained.is_none() => match ev {
+                        Ok(ControlEvent::Drain(within)) => {
+                            info!(reconnect_within_ms = within.as_millis() as u64, "collector is draining; finishing in-flight batches");
+                            drained = Some(within);
+                            sending_done.store(true, Ordering::Relaxed);
+                            deadline = Some(deadline.map_or(Instant::now() + DRAIN_ACK_WAIT, |d| d.min(Instant::now() + DRAIN_ACK_WAIT)));
+                            if lock(&window).is_empty() {
+                                break Ok(());
+                            }
+                        }
+                        Err(e) => break Err(e),
+                    },
+                    _ = shutdown.cancelled(), if deadline.is_none() => {
+                        deadline = Some(Instant::now() + grace);
+                    }
+                    _ = sleep_until(deadline), if deadline.is_some() => break Ok(()),
+                }
+            }
+            .map(|()| match drained {
+                Some(within) => SessionEnd::Drained { reconnect_within: within },
+                None if ctx.queue.is_closed() && lock(&window).is_empty() && ctx.queue.depth().0 == 0 => {
+                    SessionEnd::Flushed
+                }
+                None => SessionEnd::Unflushed,
+            })
+        };
+        match result {
+            Ok(end) => {
+                let _ = self.data_send.finish();
+                let _ = self.ctl_send.finish();
+                end
+            }
+            Err(e) => {
+                debug!(error = %e, conn = ?self.conn.stable_id(), "session failed");
+                SessionEnd::Failed(e)
+            }
+        }
+    }
+}
+
+/// The window's lock is never held across an await, so it cannot be contended for long; a
+/// poisoned lock (a panic elsewhere) still holds a consistent window.
+fn lock(window: &Mutex<Window>) -> MutexGuard<'_, Window> {
+    window.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes queued batches while the window has room. Returns when the queue is closed and
+/// exhausted (shutdown), or when told to stop sending.
+async fn send_batches(
+    send: &mut SendStream,
+    ctx: &SessionContext,
+    window: &Mutex<Window>,
+    room: &Notify,
+    sending_done: &AtomicBool,
+    max_frame: usize,
+) -> Result<(), SessionError> {
+    // Start after what was already acked: everything unacked is sent again, in order.
+    let mut cursor = 0u64;
+    loop {
+        loop {
+            let notified = room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if lock(window).has_room() {
+                break;
+            }
+            notified.await;
+        }
+        if sending_done.load(Ordering::Relaxed) {
+            return std::future::pending().await;
+        }
+        let Some(batch) = ctx.queue.wait_next_after(cursor).await else {
+            return Ok(());
+        };
+        if sending_done.load(Ordering::Relaxed) {
+            return std::future::pending().await;
+        }
+        cursor = batch.seq;
+        if batch.frame.len() - frame::LENGTH_PREFIX_BYTES > max_frame {
+            // Built under larger limits than this collector allows: it can never be accepted here.
+            warn!(
+                seq = batch.seq,
+                bytes = batch.frame.len(),
+                max_frame,
+                "dropping a batch larger than the collector's frame limit"
+            );
+            if ctx.queue.remove(batch.seq).is_some() {
+                MeterMetrics::inc(&ctx.metrics.batches_nacked, "frame_too_large");
+                ctx.metrics.records_nacked.inc_by(u64::from(batch.records));
+            }
+            continue;
+        }
+        send.write_chunk(batch.frame).await?;
+        lock(window).sent(batch.seq);
+        ctx.metrics.batches_sent.inc();
+    }
+}
+
+/// Applies acks and nacks. Returns `Ok` once sending is done and nothing is in flight.
+async fn receive_replies(
+    data: &mut FrameReader<RecvStream>,
+    ctx: &SessionContext,
+    window: &Mutex<Window>,
+    room: &Notify,
+    sending_done: &AtomicBool,
+) -> Result<(), SessionError> {
+    loop {
+        let reply = match data.next_message::<pb::DataDown>().await {
+            Ok(Some(reply)) => reply,
+            Ok(None) => return Err(SessionError::StreamClosed { code: None }),
+            Err(e) => {
+                if let Some(code) = e.peer_reset_code() {
+                    return Err(SessionError::StreamClosed {
+                        code: StreamCode::from_varint(code),
+                    });
+                }
+                return Err(e.into());
+            }
+        };
+        match reply.msg {
+            Some(pb::data_down::Msg::Ack(ack)) => {
+                lock(window).ack(ack.up_to_seq)?;
+                let settled = ctx.queue.ack(ack.up_to_seq);
+                ctx.last_acked.fetch_max(ack.up_to_seq, Ordering::Relaxed);
+                ctx.metrics.batches_acked.inc_by(settled.batches);
+                ctx.metrics.records_acked.inc_by(settled.records);
+            }
+            Some(pb::data_down::Msg::Nack(nack)) => {
+                lock(window).nack(nack.seq)?;
+                let reason = pb::NackReason::try_from(nack.reason).unwrap_or_default();
+                if let Some(batch) = ctx.queue.remove(nack.seq) {
+                    MeterMetrics::inc(
+                        &ctx.metrics.batches_nacked,
+                        ringflow_proto::names::nack_reason(reason),
+                    );
+                    ctx.metrics.records_nacked.inc_by(u64::from(batch.records));
+                }
+                warn!(seq = nack.seq, reason = reason.as_str_name(), message = %nack.message, "collector refused a batch for good; dropped it");
+            }
+            None => {
+                return Err(SessionError::Protocol(
+                    "empty or unknown reply on the data stream".into(),
+                ));
+            }
+        }
+        let (depth, bytes) = ctx.queue.depth();
+        ctx.metrics.queue_batches.set(depth as i64);
+        ctx.metrics.queue_bytes.set(bytes as i64);
+        ctx.metrics.notify();
+        room.notify_one();
+        if sending_done.load(Ordering::Relaxed) && lock(window).is_empty() {
+            return Ok(());
+        }
+    }
+}
+
+/// Sends heartbeats and reads the collector's control messages until `Drain` or an error.
+async fn run_control(
+    send: &mut SendStream,
+    recv: &mut FrameReader<RecvStream>,
+    heartbeat: Duration,
+) -> Result<ControlEvent, SessionError> {
+    let mut tick = (!heartbeat.is_zero()).then(|| {
+        let mut t = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
+    loop {
+        tokio::select! {
+            _ = async { match tick.as_mut() { Some(t) => { t.tick().await; } None => std::future::pending().await } } => {
+                let beat = control_frame(pb::control_frame::Msg::Heartbeat(pb::Heartbeat {
+                    sent_unix_nanos: crate::unix_nanos_now(),
+                }));
+                send.write_chunk(beat).await?;
+            }
+            msg = recv.next_message::<pb::ControlFrame>() => match msg?.and_then(|f| f.msg) {
+                Some(pb::control_frame::Msg::Drain(d)) => {
+                    return Ok(ControlEvent::Drain(Duration::from_millis(d.reconnect_within_ms.into())));
+                }
+                Some(pb::control_frame::Msg::Heartbeat(_)) => {}
+                Some(_) => return Err(SessionError::Protocol("unexpected message on the control stream".into())),
+                None => return Err(SessionError::StreamClosed { code: None }),
+            },
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! The meter's metrics.
+//!
+//! Owns: one registry per meter instance (`herd` runs many meters in one process), every metric's
+//! name and help, and the `changed` signal that lets a caller wait for progress instead of
+//! polling. Must never: carry payloads or tokens.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TaskLabel {
+    pub task: &'static str,
+}
+
+pub struct MeterMetrics {
+    registry: Registry,
+    pub records_generated: Counter,
+    pub records_dropped: Family<ReasonLabel, Counter>,
+    pub batches_built: Counter,
+    pub queue_batches: Gauge,
+    pub queue_bytes: Gauge,
+    pub queue_dropped_batches: Counter,
+    pub queue_dropped_records: Counter,
+    pub batches_sent: Counter,
+    pub batches_acked: Counter,
+    pub records_acked: Counter,
+    pub batches_nacked: Family<ReasonLabel, Counter>,
+    pub records_nacked: Counter,
+    pub sessions_started: Counter,
+    pub session_ends: Family<ReasonLabel, Counter>,
+    pub rejects: Family<ReasonLabel, Counter>,
+    pub connect_attempts: Counter,
+    pub tasks_active: Family<TaskLabel, Gauge>,
+    changed: watch::Sender<()>,
+}
+
+impl MeterMetrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("ringflow_meter");
+        macro_rules! reg {
+            ($name:literal, $help:literal, $metric:expr) => {{
+                let m = $metric;
+                registry.register($name, $help, m.clone());
+                m
+            }};
+        }
+        Self {
+            records_generated: reg!(
+                "records_generated",
+                "Records produced by sources",
+                Counter::default()
+            ),
+            records_dropped: reg!(
+                "records_dropped",
+                "Records dropped before batching, by reason (source_queue_full: the pipeline was behind)",
+                Family::default()
+            ),
+            batches_built: reg!(
+                "batches_built",
+                "Batches closed by the batcher",
+                Counter::default()
+            ),
+            queue_batches: reg!("queue_batches", "Batches held until acked", Gauge::default()),
+            queue_bytes: reg!("queue_bytes", "Bytes held until acked", Gauge::default()),
+            queue_dropped_batches: reg!(
+                "queue_dropped_batches",
+                "Oldest batches dropped because the queue was full",
+                Counter::default()
+            ),
+            queue_dropped_records: reg!(
+                "queue_dropped_records",
+                "Records in batches dropped because the queue was full",
+                Counter::default()
+            ),
+            batches_sent: reg!(
+                "batches_sent",
+                "Batch frames written to a collector (resends included)",
+                Counter::default()
+            ),
+            batches_acked: reg!(
+                "batches_acked",
+                "Batches a collector acked (stored)",
+                Counter::default()
+            ),
+            records_acked: reg!("records_acked", "Records in acked batches", Counter::default()),
+            batches_nacked: reg!(
+                "batches_nacked",
+                "Batches a collector refused for good and that were dropped, by reason",
+                Family::default()
+            ),
+            records_nacked: reg!("records_nacked", "Records in nacked batches", Counter::default()),
+            sessions_started: reg!(
+                "sessions_started",
+                "Sessions welcomed by a collector",
+                Counter::default()
+            ),
+            session_ends: reg!(
+                "session_ends",
+                "Sessions or attempts that ended, by reason",
+                Family::default()
+            ),
+            rejects: reg!(
+                "rejects",
+                "Rejects received from collectors, by reason",
+                Family::default()
+            ),
+            connect_attempts: reg!("connect_attempts", "Connection attempts", Counter::default()),
+            tasks_active: reg!("tasks_active", "Running tasks, by kind", Family::default()),
+            changed: watch::Sender::new(()),
+            registry,
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Wakes everyone waiting on [`changed`](Self::changed): called after acks, nacks, rejects
+    /// and session changes.
+    pub fn notify(&self) {
+        self.changed.send_replace(());
+    }
+
+    /// A receiver that is marked changed whenever progress is made.
+    pub fn changed(&self) -> watch::Receiver<()> {
+        self.changed.subscribe()
+    }
+
+    pub fn count(family: &Family<ReasonLabel, Counter>, reason: &'static str) -> u64 {
+        family.get_or_create(&ReasonLabel { reason }).get()
+    }
+
+    pub fn inc(family: &Family<ReasonLabel, Counter>, reason: &'static str) {
+        family.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    pub fn inc_by(family: &Family<ReasonLabel, Counter>, reason: &'static str, n: u64) {
+        family.get_or_create(&ReasonLabel { reason }).inc_by(n);
+    }
+
+    /// Counts a running task of kind `task` until the guard is dropped.
+    pub fn task(&self, task: &'static str) -> TaskGuard {
+        let gauge = self.tasks_active.get_or_create(&TaskLabel { task }).clone();
+        gauge.inc();
+        TaskGuard(gauge)
+    }
+}
+
+impl Default for MeterMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+pub struct TaskGuard(Gauge);
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

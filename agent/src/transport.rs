@@ -1,0 +1,49 @@
+//! The meter's QUIC client: endpoint and client configuration.
+//!
+//! Owns: the client transport parameters (keep-alive, idle timeout, no incoming streams). TLS
+//! verification always uses the configured CA; there is no other mode.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::{ClientConfig, Endpoint, EndpointConfig, TokioRuntime, TransportConfig, VarInt};
+use ringflow_proto::quic::{self, TlsError};
+
+/// A meter has one connection; 1 MiB socket buffers are plenty for it.
+const CLIENT_SOCKET_BUFFER_BYTES: usize = 1 << 20;
+
+/// A session with no packets from the collector for this long is dead (QUIC uses the lower of the
+/// two sides' idle timeouts). It bounds how long a meter sends into a collector that vanished
+/// without closing (a crash, a network partition). A collector restarted on its data directory is
+/// noticed sooner: it resets the old connection (see the collector's `reset-key`).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Keep-alive so an idle but healthy session never reaches the idle timeout.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(3);
+
+/// Client configuration: TLS 1.3 with ALPN ringflow/1, verified against `ca_file`.
+pub fn client_config(ca_file: &Path) -> Result<ClientConfig, TlsError> {
+    let crypto = quic::client_crypto(quic::load_ca(ca_file)?)?;
+    let mut transport = TransportConfig::default();
+    transport.keep_alive_interval(Some(KEEP_ALIVE));
+    transport.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(IDLE_TIMEOUT)
+            .unwrap_or(quinn::IdleTimeout::from(VarInt::from_u32(30_000))),
+    ));
+    // The collector never opens streams towards a meter.
+    transport.max_concurrent_bidi_streams(VarInt::from_u32(0));
+    transport.max_concurrent_uni_streams(VarInt::from_u32(0));
+    let mut config = ClientConfig::new(Arc::new(crypto));
+    config.transport_config(Arc::new(transport));
+    Ok(config)
+}
+
+/// A client endpoint on an ephemeral port, IPv6 and IPv4 when the host has IPv6, else IPv4.
+pub fn client_endpoint(config: ClientConfig) -> std::io::Result<Endpoint> {
+    let socket = quic::bind_udp(SocketAddr::from(([0u16; 8], 0)), CLIENT_SOCKET_BUFFER_BYTES)
+        .or_else(|_| quic::bind_udp(SocketAddr::from(([0u8; 4], 0)), CLIENT_SOCKET_BUFFER_BYTES))?;
+    let mut endpoint = Endpoint::new(EndpointConfig::default(), None, socket, Arc::new(TokioRuntime))?;
+    endpoint.set_default_client_config(config);
+    Ok(endpoint)
+}

@@ -1,0 +1,76 @@
+//! Admin HTTP server: `/healthz` (the process is alive), `/readyz` (it can take data: listener
+//! bound, sink healthy, not draining), `/metrics` (Prometheus text).
+//!
+//! Owns: the admin listener and the readiness rule. Runs on the control plane. Must never: expose
+//! data, tokens or anything writable; it is meant for a local or management address.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::sink::SinkHealth;
+use crate::telemetry::CollectorMetrics;
+
+/// The readiness rule: ready only when the listener is bound, the sink is healthy and the
+/// collector is not draining.
+#[derive(Clone)]
+pub struct Readiness {
+    pub draining: CancellationToken,
+    pub sink: SinkHealth,
+}
+
+impl Readiness {
+    /// `Ok` when ready, else why not. (The listener is bound before the admin server starts.)
+    pub fn check(&self) -> Result<(), &'static str> {
+        if self.draining.is_cancelled() {
+            Err("draining")
+        } else if !self.sink.is_healthy() {
+            Err("sink unavailable")
+        } else {
+            Ok(())
+        }
+    }
+}
+
+pub struct AdminState {
+    pub metrics: Arc<CollectorMetrics>,
+    pub readiness: Readiness,
+}
+
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: CancellationToken) {
+    let _task = state.metrics.task("admin_http");
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state);
+    if let Err(error) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+    {
+        tracing::error!(%error, "admin HTTP server failed");
+    }
+}
+
+async fn readyz(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
+    match state.readiness.check() {
+        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+    }
+}
+
+async fn metrics(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+}

@@ -1,0 +1,182 @@
+//! The `collector` command line: parse flags, set up logging and signals, call the library.
+//!
+//! Exit codes: 0 success, 1 runtime failure, 64 bad configuration (config file, TLS files, flags).
+//! Signals: the first SIGTERM or SIGINT starts a graceful drain (see `server`); a second one exits
+//! at once (both as `ringflow_proto::ops` defines for every ringflow binary).
+
+mod read;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+pub use read::{read_store, record_json};
+
+use crate::auth;
+use crate::config::{Config, EXAMPLE_CONFIG, valid_org_id};
+use crate::server::Collector;
+use crate::tls;
+
+pub use ringflow_proto::ops::EXIT_CONFIG;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "collector",
+    version,
+    about = "ringflow collector: accepts flow batches from meters over QUIC (ringflow/1) and stores them",
+    after_help = "Logging: RUST_LOG (default \"info\"), e.g. RUST_LOG=ringflow_collector=debug.\n\
+                  Exit codes: 0 ok, 1 runtime failure, 64 bad configuration."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the collector until SIGTERM/SIGINT, then drain meters and stop.
+    Run {
+        /// Configuration file (TOML); `collector example-config` prints one with every key.
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Write a development CA (ca.pem) and a server certificate and key (server.pem, server.key)
+    /// valid for localhost, 127.0.0.1, ::1 and every --name.
+    DevCerts {
+        /// Directory to write into (created if missing; existing files are replaced).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Extra DNS name or IP address the server certificate is valid for (repeatable).
+        #[arg(long = "name", value_name = "NAME")]
+        names: Vec<String>,
+    },
+    /// Print a new random token for an org, and the hash line to add to the collector config.
+    Token {
+        /// Org id (1-64 characters of a-z 0-9 - _).
+        #[arg(long, value_name = "ORG")]
+        org: String,
+    },
+    /// Print stored records as JSON lines (one per record), oldest first.
+    Read {
+        /// The collector's data_dir.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// Only this org (default: every org).
+        #[arg(long, value_name = "ORG")]
+        org: Option<String>,
+        /// Keep waiting for new records, like `tail -f`.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Print a commented configuration file with every key and its default.
+    ExampleConfig,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    ringflow_proto::ops::init_logging("info");
+    match cli.command {
+        Command::Run { config } => run(config),
+        Command::DevCerts { out, names } => match tls::write_dev_certs(&out, &names) {
+            Ok(paths) => {
+                println!(
+                    "CA certificate (give to meters as ca_file): {}",
+                    paths.ca.display()
+                );
+                println!(
+                    "server certificate (tls.cert):              {}",
+                    paths.server_cert.display()
+                );
+                println!(
+                    "server key (tls.key):                       {}",
+                    paths.server_key.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("collector dev-certs: {error}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Token { org } => {
+            if !valid_org_id(&org) {
+                eprintln!(
+                    "collector token: {org:?} is not a valid org id: use 1-64 characters of a-z, 0-9, '-' and '_'"
+                );
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            let token = auth::generate_token();
+            println!("token: {token}");
+            println!("(org_token in the meters' config; shown only once, the collector keeps only its hash)");
+            println!();
+            println!("[[orgs]]");
+            println!("id = \"{org}\"");
+            println!("token_hashes = [\"{}\"]", auth::hash_token(&token));
+            ExitCode::SUCCESS
+        }
+        Command::Read {
+            data_dir,
+            org,
+            follow,
+        } => {
+            let stop = CancellationToken::new();
+            match read_store(
+                &data_dir,
+                org.as_deref(),
+                follow,
+                &stop,
+                &mut std::io::stdout().lock(),
+            ) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("collector read: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::ExampleConfig => {
+            print!("{EXAMPLE_CONFIG}");
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn run(config_path: PathBuf) -> ExitCode {
+    let config = match Config::load(&config_path) {
+        Ok(c) => c,
+        Err(error) => {
+            eprintln!("collector: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(error) => {
+            eprintln!("collector: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let collector = match Collector::bind(config).await {
+            Ok(c) => c,
+            Err(error) => {
+                tracing::error!(%error, "collector cannot start");
+                eprintln!("collector: {error}");
+                return if error.is_config() {
+                    ExitCode::from(EXIT_CONFIG)
+                } else {
+                    ExitCode::FAILURE
+                };
+            }
+        };
+        let shutdown = CancellationToken::new();
+        tokio::spawn(ringflow_proto::ops::shutdown_on_signals(
+            shutdown.clone(),
+            "draining",
+        ));
+        collector.run(shutdown).await;
+        ExitCode::SUCCESS
+    })
+}

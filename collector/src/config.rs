@@ -1,0 +1,455 @@
+//! The collector's configuration: one typed [`Config`], loaded from TOML and validated before
+//! anything starts.
+//!
+//! Owns: every configuration key, its default and why, and the checks that turn a bad file into
+//! one clear message (the binary exits 64). [`EXAMPLE_CONFIG`] is the commented file printed by
+//! `collector example-config`; a test keeps it equal to the defaults. Must never: open sockets or
+//! files other than the config file itself.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub use ringflow_proto::ops::ConfigError;
+use ringflow_proto::ops::{check_range, parse_toml, read_toml, resolve_paths};
+
+use crate::auth::{OrgDirectory, TokenHash};
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::invalid(key, message)
+}
+
+/// A commented configuration file with every key at its default (required keys filled with
+/// placeholders). Printed by `collector example-config`.
+pub const EXAMPLE_CONFIG: &str = include_str!("example-config.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Name this collector gives itself in `Welcome`, in stored batches and in logs.
+    /// Default: the host name.
+    #[serde(default)]
+    pub collector_id: Option<String>,
+    /// UDP address for QUIC. Default `[::]:4433` (all addresses, IPv4 and IPv6).
+    #[serde(default = "defaults::listen")]
+    pub listen: SocketAddr,
+    /// TCP address of the admin HTTP server (`/healthz`, `/readyz`, `/metrics`). Default
+    /// `127.0.0.1:9464`: local only, it is not meant for the internet.
+    #[serde(default = "defaults::admin_listen")]
+    pub admin_listen: SocketAddr,
+    /// Directory of the file sink's segments and the collector's lock file.
+    /// Default `/var/lib/ringflow/collector`.
+    #[serde(default = "defaults::data_dir")]
+    pub data_dir: PathBuf,
+    pub tls: TlsConfig,
+    /// Organisations allowed to send, each with the hashes of its valid tokens.
+    #[serde(default)]
+    pub orgs: Vec<OrgConfig>,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub sink: SinkConfig,
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain presented to meters (leaf first).
+    pub cert: PathBuf,
+    /// PEM private key of that certificate.
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrgConfig {
+    /// Org id: 1-64 characters of `a-z 0-9 - _` (it names a directory and a subject).
+    pub id: String,
+    /// `sha256:<64 hex>` lines printed by `collector token`. Several allow rotation.
+    pub token_hashes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Most connections held at once; beyond it new connections are refused before the TLS
+    /// handshake. Default 10,000.
+    pub max_connections: usize,
+    /// Data streams one connection may have open at once. Default 4.
+    pub max_data_streams: u32,
+    /// Largest data frame accepted (bytes, length prefix excluded). Default 1 MiB.
+    pub max_frame_bytes: u32,
+    /// Most records in one batch. Default 10,000.
+    pub max_records_per_batch: u32,
+    /// Most batches a meter may have unsettled per data stream. Default 32.
+    pub max_unacked_batches: u32,
+    /// Longest string or bytes field in a record (interface name). Default 64.
+    pub max_field_bytes: u32,
+    /// Time allowed for the QUIC/TLS handshake. Default 10 s.
+    pub handshake_timeout_ms: u64,
+    /// Time a new connection has to send `Hello`. Default 5 s.
+    pub hello_timeout_ms: u64,
+    /// A connection with no traffic for this long is closed. Default 30 s.
+    pub idle_timeout_ms: u64,
+    /// Heartbeat interval suggested to meters in `Welcome`. Default 10 s.
+    pub heartbeat_interval_ms: u32,
+    /// Batch size and age suggested to meters in `Welcome`. Defaults 1,000 records, 1 s.
+    pub batch_hint_records: u32,
+    pub batch_hint_max_age_ms: u32,
+    /// Per-stream QUIC receive window: what one data stream can make us buffer. Default 1.25 MiB
+    /// (one maximum frame and change).
+    pub stream_receive_window: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinkConfig {
+    /// Which sink stores accepted batches. Only `file` exists so far.
+    pub kind: SinkKind,
+    /// Batches waiting for the sink across all connections. When full, data streams stop reading
+    /// (QUIC flow control pushes back to meters). Default 4,096.
+    pub queue_batches: usize,
+    /// Bytes waiting for the sink across all connections. Default 64 MiB.
+    pub queue_bytes: usize,
+    pub file: FileSinkConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SinkKind {
+    File,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileSinkConfig {
+    /// A segment is closed and a new one started once it reaches this size. Default 64 MiB.
+    pub segment_bytes: u64,
+    /// Cap on the total size of all segments of all orgs. At the cap the oldest segment is
+    /// deleted and its batches counted as dropped. At least two segments. Default 1 GiB.
+    pub max_bytes: u64,
+    /// When a batch counts as stored, i.e. when it is acked. Default `always`.
+    pub fsync: FsyncPolicy,
+    /// For `fsync = "interval"`: how often written data is flushed to disk. Default 1 s.
+    pub fsync_interval_ms: u64,
+}
+
+/// What "the sink holds it" means for the file sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FsyncPolicy {
+    /// Ack after `fdatasync`: survives a power loss. Writes are grouped, so one sync covers every
+    /// batch that arrived while the previous one ran.
+    Always,
+    /// Ack after `write(2)`; sync every `fsync_interval_ms`. Survives a collector crash, not a
+    /// power loss of the last interval.
+    Interval,
+    /// Ack after `write(2)`; the OS decides when to sync.
+    Never,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// On SIGTERM meters are told to reconnect elsewhere at a random moment within this window,
+    /// so they do not all land on the next collector at once. Default 10 s.
+    pub drain_window_ms: u32,
+    /// Longest wait for meters to leave and the sink to flush before closing. Default 30 s.
+    pub grace_ms: u64,
+}
+
+mod defaults {
+    use super::*;
+
+    pub fn listen() -> SocketAddr {
+        SocketAddr::from(([0u16; 8], 4433))
+    }
+    pub fn admin_listen() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 9464))
+    }
+    pub fn data_dir() -> PathBuf {
+        PathBuf::from("/var/lib/ringflow/collector")
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            max_data_streams: 4,
+            max_frame_bytes: ringflow_proto::frame::DEFAULT_MAX_FRAME_BYTES as u32,
+            max_records_per_batch: 10_000,
+            max_unacked_batches: 32,
+            max_field_bytes: 64,
+            handshake_timeout_ms: 10_000,
+            hello_timeout_ms: 5_000,
+            idle_timeout_ms: 30_000,
+            heartbeat_interval_ms: 10_000,
+            batch_hint_records: 1_000,
+            batch_hint_max_age_ms: 1_000,
+            stream_receive_window: 1_310_720,
+        }
+    }
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        Self {
+            kind: SinkKind::File,
+            queue_batches: 4_096,
+            queue_bytes: 64 << 20,
+            file: FileSinkConfig::default(),
+        }
+    }
+}
+
+impl Default for FileSinkConfig {
+    fn default() -> Self {
+        Self {
+            segment_bytes: 64 << 20,
+            max_bytes: 1 << 30,
+            fsync: FsyncPolicy::Always,
+            fsync_interval_ms: 1_000,
+        }
+    }
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            drain_window_ms: 10_000,
+            grace_ms: 30_000,
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file. Relative paths in it are taken relative to the
+    /// file's directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = read_toml(path)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        resolve_paths(
+            base,
+            [&mut config.data_dir, &mut config.tls.cert, &mut config.tls.key],
+        );
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses and validates TOML text (paths are left as written).
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = parse_toml(text, Path::new("<text>"))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The collector id, defaulting to the host name.
+    pub fn collector_id(&self) -> String {
+        self.collector_id.clone().unwrap_or_else(host_name)
+    }
+
+    /// Checks every value; the first problem found is reported with its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(id) = &self.collector_id
+            && (id.is_empty() || id.len() > 128)
+        {
+            return Err(invalid("collector_id", "must be 1-128 characters"));
+        }
+        self.org_directory()?;
+        let l = &self.limits;
+        check_range("limits.max_connections", l.max_connections as u64, 1, 1 << 20)?;
+        check_range("limits.max_data_streams", l.max_data_streams.into(), 1, 64)?;
+        check_range("limits.max_frame_bytes", l.max_frame_bytes.into(), 1024, 16 << 20)?;
+        check_range(
+            "limits.max_records_per_batch",
+            l.max_records_per_batch.into(),
+            1,
+            1 << 20,
+        )?;
+        check_range(
+            "limits.max_unacked_batches",
+            l.max_unacked_batches.into(),
+            1,
+            4096,
+        )?;
+        check_range("limits.max_field_bytes", l.max_field_bytes.into(), 16, 4096)?;
+        check_range(
+            "limits.handshake_timeout_ms",
+            l.handshake_timeout_ms,
+            100,
+            600_000,
+        )?;
+        check_range("limits.hello_timeout_ms", l.hello_timeout_ms, 100, 600_000)?;
+        check_range("limits.idle_timeout_ms", l.idle_timeout_ms, 1_000, 3_600_000)?;
+        if u64::from(l.stream_receive_window) < u64::from(l.max_frame_bytes) + 4 {
+            return Err(invalid(
+                "limits.stream_receive_window",
+                format!(
+                    "must be at least limits.max_frame_bytes + 4 ({}), or a full frame could never arrive",
+                    u64::from(l.max_frame_bytes) + 4
+                ),
+            ));
+        }
+        let s = &self.sink;
+        check_range("sink.queue_batches", s.queue_batches as u64, 1, 1 << 20)?;
+        if (s.queue_bytes as u64) < u64::from(l.max_frame_bytes) {
+            return Err(invalid(
+                "sink.queue_bytes",
+                "must be at least limits.max_frame_bytes, or one full batch could never be queued",
+            ));
+        }
+        let f = &s.file;
+        check_range("sink.file.segment_bytes", f.segment_bytes, 64 << 10, 16 << 30)?;
+        if f.max_bytes < 2 * f.segment_bytes {
+            return Err(invalid(
+                "sink.file.max_bytes",
+                format!(
+                    "must be at least twice sink.file.segment_bytes ({} bytes), got {}",
+                    2 * f.segment_bytes,
+                    f.max_bytes
+                ),
+            ));
+        }
+        check_range("sink.file.fsync_interval_ms", f.fsync_interval_ms, 1, 3_600_000)?;
+        check_range("shutdown.grace_ms", self.shutdown.grace_ms, 0, 3_600_000)?;
+        Ok(())
+    }
+
+    /// The orgs and their token hashes, parsed.
+    pub fn org_directory(&self) -> Result<OrgDirectory, ConfigError> {
+        let mut dir = OrgDirectory::default();
+        for (i, org) in self.orgs.iter().enumerate() {
+            let key = format!("orgs[{i}]");
+            if !valid_org_id(&org.id) {
+                return Err(invalid(
+                    format!("{key}.id"),
+                    format!(
+                        "{:?} is not a valid org id: use 1-64 characters of a-z, 0-9, '-' and '_'",
+                        org.id
+                    ),
+                ));
+            }
+            if org.token_hashes.is_empty() {
+                return Err(invalid(
+                    format!("{key}.token_hashes"),
+                    "needs at least one hash; create one with `collector token --org ID`",
+                ));
+            }
+            let hashes = org
+                .token_hashes
+                .iter()
+                .enumerate()
+                .map(|(j, h)| {
+                    h.parse::<TokenHash>()
+                        .map_err(|e| invalid(format!("{key}.token_hashes[{j}]"), e.to_string()))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            if !dir.insert(&org.id, hashes) {
+                return Err(invalid(
+                    format!("{key}.id"),
+                    format!("org {:?} is listed twice", org.id),
+                ));
+            }
+        }
+        if dir.is_empty() {
+            return Err(invalid(
+                "orgs",
+                "no org is configured, so no meter could ever send; add an [[orgs]] entry (see `collector token`)",
+            ));
+        }
+        Ok(dir)
+    }
+}
+
+/// Org ids name directories and message subjects, so they are kept to a safe alphabet.
+pub fn valid_org_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "collector".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [tls]
+        cert = "server.pem"
+        key = "server.key"
+        [[orgs]]
+        id = "acme"
+        token_hashes = ["sha256:0000000000000000000000000000000000000000000000000000000000000000"]
+    "#;
+
+    #[test]
+    fn example_config_parses_to_the_defaults() {
+        let example = Config::parse(EXAMPLE_CONFIG).unwrap();
+        let minimal = Config::parse(MINIMAL).unwrap();
+        // Every default written in the example file is the default in code.
+        assert_eq!(format!("{:?}", example.limits), format!("{:?}", minimal.limits));
+        assert_eq!(format!("{:?}", example.sink), format!("{:?}", minimal.sink));
+        assert_eq!(
+            format!("{:?}", example.shutdown),
+            format!("{:?}", minimal.shutdown)
+        );
+        assert_eq!(example.listen, minimal.listen);
+        assert_eq!(example.admin_listen, minimal.admin_listen);
+        assert_eq!(example.data_dir, minimal.data_dir);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_name() {
+        let err = Config::parse(&format!("{MINIMAL}\n[limits]\nmax_frame_byte = 5\n")).unwrap_err();
+        assert!(err.to_string().contains("max_frame_byte"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_values_name_the_key() {
+        let err = Config::parse(&format!("{MINIMAL}\n[limits]\nmax_frame_bytes = 10\n")).unwrap_err();
+        assert!(err.to_string().contains("limits.max_frame_bytes"), "{err}");
+        let err = Config::parse(&format!(
+            "{MINIMAL}\n[sink.file]\nsegment_bytes = 1048576\nmax_bytes = 1048577\n"
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("sink.file.max_bytes"), "{err}");
+    }
+
+    #[test]
+    fn bad_orgs_are_refused() {
+        let no_orgs = "[tls]\ncert = \"a\"\nkey = \"b\"\n";
+        assert!(Config::parse(no_orgs).unwrap_err().to_string().contains("orgs"));
+        let bad_id = MINIMAL.replace("\"acme\"", "\"../etc\"");
+        assert!(
+            Config::parse(&bad_id)
+                .unwrap_err()
+                .to_string()
+                .contains("orgs[0].id")
+        );
+        let bad_hash = MINIMAL.replace("sha256:0000", "md5:0000");
+        let err = Config::parse(&bad_hash).unwrap_err();
+        assert!(err.to_string().contains("orgs[0].token_hashes[0]"), "{err}");
+    }
+
+    #[test]
+    fn relative_paths_follow_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, format!("data_dir = \"data\"\n{MINIMAL}")).unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.data_dir, dir.path().join("data"));
+        assert_eq!(c.tls.cert, dir.path().join("server.pem"));
+    }
+}

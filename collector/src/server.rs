@@ -1,0 +1,362 @@
+//! The collector's lifecycle: bind, serve, drain, stop.
+//!
+//! Owns: the QUIC endpoint and its accept loop, the admin listener, the sink task, and the order
+//! of shutdown: refuse new connections and send `Drain` → wait for meters to leave (bounded by
+//! `shutdown.grace_ms`) → close what remains → let the sink flush its queue → exit. Must never:
+//! start serving before the store has recovered, or exit while a batch that was acked is unwritten.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::{Endpoint, EndpointConfig, ServerConfig, TokioRuntime, TransportConfig, VarInt};
+use ringflow_proto::codes::ConnectionCode;
+use ringflow_proto::quic::{self, SOCKET_BUFFER_BYTES, TlsError};
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::admin::{self, AdminState, Readiness};
+use crate::admission::{AdmissionPolicy, Admit};
+use crate::auth::OrgDirectory;
+use crate::config::{Config, ConfigError, LimitsConfig};
+use crate::ingest::DataLimits;
+use crate::session::{self, DataPlane, Shared};
+use crate::sink::file::FileSink;
+use crate::sink::{self, QueueBounds, Sink, SinkContext, SinkHealth};
+use crate::store::{RecoveryReport, StoreError};
+use crate::telemetry::{CollectorMetrics, LogThrottle};
+
+/// How long, after the grace period, the sink gets to flush what is already queued.
+const SINK_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot use the QUIC reset key {path}: {source}")]
+    ResetKey {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot bind the {what} address {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl StartError {
+    /// True when the operator's configuration is at fault (exit code 64).
+    pub fn is_config(&self) -> bool {
+        matches!(self, StartError::Config(_) | StartError::Tls(_))
+    }
+}
+
+/// A collector that has bound its sockets and recovered its store, ready to [`run`](Self::run).
+pub struct Collector {
+    config: Config,
+    orgs: OrgDirectory,
+    endpoint: Endpoint,
+    admin: TcpListener,
+    metrics: Arc<CollectorMetrics>,
+    sink: FileSink,
+    recovery: RecoveryReport,
+}
+
+impl Collector {
+    /// Validates the config, loads TLS material, opens (and recovers) the store, binds the QUIC
+    /// and admin sockets. Nothing is served until [`run`](Self::run).
+    pub async fn bind(config: Config) -> Result<Collector, StartError> {
+        config.validate()?;
+        let orgs = config.org_directory()?;
+        let chain = quic::load_certificates("server certificate", &config.tls.cert)?;
+        let key = quic::load_private_key(&config.tls.key)?;
+        let crypto = quic::server_crypto(chain, key)?;
+        let (sink, recovery) = FileSink::open(&config.data_dir, &config.sink.file)?;
+        let bind_err = |what, addr| move |source| StartError::Bind { what, addr, source };
+        let socket =
+            quic::bind_udp(config.listen, SOCKET_BUFFER_BYTES).map_err(bind_err("QUIC", config.listen))?;
+        let endpoint = Endpoint::new(
+            endpoint_config(&config.data_dir)?,
+            Some(server_config(crypto, &config.limits)),
+            socket,
+            Arc::new(TokioRuntime),
+        )
+        .map_err(bind_err("QUIC", config.listen))?;
+        let admin = TcpListener::bind(config.admin_listen)
+            .await
+            .map_err(bind_err("admin", config.admin_listen))?;
+        Ok(Collector {
+            config,
+            orgs,
+            endpoint,
+            admin,
+            metrics: Arc::new(CollectorMetrics::new()),
+            sink,
+            recovery,
+        })
+    }
+
+    /// The bound QUIC address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.endpoint.local_addr().unwrap_or(self.config.listen)
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.local_addr().unwrap_or(self.config.admin_listen)
+    }
+
+    pub fn metrics(&self) -> Arc<CollectorMetrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    /// Serves until `shutdown` fires, then drains and stops (see the module docs).
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Collector {
+            config,
+            orgs,
+            endpoint,
+            admin: admin_listener,
+            metrics,
+            sink: file_sink,
+            recovery,
+        } = self;
+        let collector_id: Arc<str> = Arc::from(config.collector_id());
+        let listen = endpoint.local_addr().unwrap_or(config.listen);
+        let admin_addr = admin_listener.local_addr().unwrap_or(config.admin_listen);
+
+        let draining = CancellationToken::new();
+        let hard_stop = CancellationToken::new();
+        let abandon = CancellationToken::new();
+        let health = SinkHealth::new(Arc::clone(&metrics));
+        let (sink_handle, jobs) = sink::queue(
+            QueueBounds {
+                batches: config.sink.queue_batches,
+                bytes: config.sink.queue_bytes,
+            },
+            Arc::clone(&metrics),
+        );
+        let sink_kind = file_sink.kind();
+        let sink_task = tokio::spawn(file_sink.run(
+            jobs,
+            SinkContext {
+                metrics: Arc::clone(&metrics),
+                health: health.clone(),
+                abandon: abandon.clone(),
+            },
+        ));
+
+        let l = &config.limits;
+        let data_plane = DataPlane {
+            runtime: tokio::runtime::Handle::current(),
+            tasks: TaskTracker::new(),
+        };
+        let shared = Arc::new(Shared {
+            collector_id: Arc::clone(&collector_id),
+            orgs,
+            welcome_limits: ringflow_proto::pb::Limits {
+                max_frame_bytes: l.max_frame_bytes,
+                max_records_per_batch: l.max_records_per_batch,
+                max_unacked_batches: l.max_unacked_batches,
+                batch_hint_records: l.batch_hint_records,
+                batch_hint_max_age_ms: l.batch_hint_max_age_ms,
+                heartbeat_interval_ms: l.heartbeat_interval_ms,
+            },
+            data_limits: DataLimits {
+                max_frame_bytes: l.max_frame_bytes as usize,
+                max_records_per_batch: l.max_records_per_batch as usize,
+                max_unacked_batches: l.max_unacked_batches as usize,
+                max_field_bytes: l.max_field_bytes as usize,
+            },
+            handshake_timeout: Duration::from_millis(l.handshake_timeout_ms),
+            hello_timeout: Duration::from_millis(l.hello_timeout_ms),
+            drain_window_ms: config.shutdown.drain_window_ms,
+            sink: sink_handle,
+            sink_health: health.clone(),
+            metrics: Arc::clone(&metrics),
+            reject_log: LogThrottle::new(Duration::from_secs(10), 64),
+            draining: draining.clone(),
+            hard_stop: hard_stop.clone(),
+            data_plane: data_plane.clone(),
+        });
+
+        let admin_stop = CancellationToken::new();
+        let admin_task = tokio::spawn(admin::serve(
+            admin_listener,
+            Arc::new(AdminState {
+                metrics: Arc::clone(&metrics),
+                readiness: Readiness {
+                    draining: draining.clone(),
+                    sink: health.clone(),
+                },
+            }),
+            admin_stop.clone(),
+        ));
+        let connections = TaskTracker::new();
+        let policy = AdmissionPolicy {
+            max_connections: config.limits.max_connections,
+        };
+        let accept_task = tokio::spawn(accept_loop(
+            endpoint.clone(),
+            Arc::clone(&shared),
+            connections.clone(),
+            policy,
+        ));
+        info!(
+            %listen,
+            admin = %admin_addr,
+            collector_id = %collector_id,
+            sink = sink_kind,
+            data_dir = %config.data_dir.display(),
+            recovered_segments = recovery.segments,
+            recovered_bytes = recovery.bytes,
+            truncated_bytes = recovery.truncated_bytes,
+            "collector ready"
+        );
+
+        shutdown.cancelled().await;
+        let deadline = Instant::now() + Duration::from_millis(config.shutdown.grace_ms);
+        info!(
+            sessions = metrics.sessions_active.get(),
+            drain_window_ms = config.shutdown.drain_window_ms,
+            "shutting down: refusing new connections, asking meters to move"
+        );
+        draining.cancel();
+        connections.close();
+        if tokio::time::timeout_at(deadline, connections.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                sessions = metrics.sessions_active.get(),
+                "grace period over: closing the remaining sessions"
+            );
+        }
+        hard_stop.cancel();
+        endpoint.close(
+            ConnectionCode::ShuttingDown.varint(),
+            ConnectionCode::ShuttingDown.reason(),
+        );
+        connections.wait().await;
+        let _ = accept_task.await;
+        data_plane.tasks.close();
+        data_plane.tasks.wait().await;
+        // The last handle to the sink queue goes with `shared`: the sink writes what is queued,
+        // then stops.
+        drop(shared);
+        let mut sink_task = sink_task;
+        if tokio::time::timeout(SINK_FLUSH_TIMEOUT, &mut sink_task)
+            .await
+            .is_err()
+        {
+            warn!("sink did not flush in time: abandoning its queue (those batches were not acked)");
+            abandon.cancel();
+            let _ = sink_task.await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+        admin_stop.cancel();
+        let _ = admin_task.await;
+        info!("collector stopped");
+    }
+}
+
+/// Accepts connections until the endpoint closes, deciding on each before any handshake work.
+async fn accept_loop(
+    endpoint: Endpoint,
+    shared: Arc<Shared>,
+    connections: TaskTracker,
+    policy: AdmissionPolicy,
+) {
+    let _task = shared.metrics.task("accept_loop");
+    while let Some(incoming) = endpoint.accept().await {
+        match policy.decide(endpoint.open_connections(), shared.draining.is_cancelled()) {
+            Admit::Refuse(reason) => {
+                shared.metrics.refused(reason);
+                incoming.refuse();
+            }
+            Admit::Accept => {
+                shared.metrics.connections_accepted.inc();
+                connections.spawn(session::serve_connection(incoming, Arc::clone(&shared)));
+            }
+        }
+    }
+}
+
+/// Bytes of the stateless-reset key.
+const RESET_KEY_BYTES: usize = 64;
+
+/// The endpoint's QUIC stateless-reset key, kept in `DATA_DIR/reset-key` (mode 0600) and created
+/// on first start. Because it survives a restart, a collector restarted on the same data
+/// directory (after a crash or `kill -9`) answers its previous incarnation's connections with a
+/// valid stateless reset (RFC 9000, 10.3): their meters learn at their next packet that the
+/// collector restarted and reconnect at once, instead of waiting out the idle timeout. The
+/// connection-ID key is derived from it for the same reason.
+fn endpoint_config(data_dir: &std::path::Path) -> Result<EndpointConfig, StartError> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join("reset-key");
+    let err = |source| StartError::ResetKey {
+        path: path.clone(),
+        source,
+    };
+    let mut key = [0u8; RESET_KEY_BYTES];
+    match std::fs::File::open(&path) {
+        Ok(mut f) => f.read_exact(&mut key).map_err(err)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            key = rand::random();
+            let tmp = data_dir.join("reset-key.tmp");
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(err)?;
+            f.write_all(&key).and_then(|()| f.sync_all()).map_err(err)?;
+            std::fs::rename(&tmp, &path).map_err(err)?;
+        }
+        Err(e) => return Err(err(e)),
+    }
+    let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key);
+    // Connection IDs carry a keyed hash so that packets with made-up IDs are dropped without a
+    // reply. That key must survive restarts too, or the old connections' IDs would be dropped as
+    // made-up and never reset.
+    let tag = ring::hmac::sign(&reset_key, b"ringflow connection id key");
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&tag.as_ref()[..8]);
+    let cid_key = u64::from_le_bytes(cid_key);
+    let mut config = EndpointConfig::new(Arc::new(reset_key));
+    config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+    Ok(config)
+}
+
+fn server_config(crypto: quinn::crypto::rustls::QuicServerConfig, limits: &LimitsConfig) -> ServerConfig {
+    let mut transport = TransportConfig::default();
+    // One control stream plus the data streams; meters never get unidirectional streams.
+    transport.max_concurrent_bidi_streams(VarInt::from_u32(1 + limits.max_data_streams));
+    transport.max_concurrent_uni_streams(VarInt::from_u32(0));
+    transport.stream_receive_window(VarInt::from_u32(limits.stream_receive_window));
+    // Bounds what one connection can make us buffer across all its streams.
+    transport.receive_window(VarInt::from_u32(
+        limits
+            .stream_receive_window
+            .saturating_mul(1 + limits.max_data_streams),
+    ));
+    transport.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(Duration::from_millis(limits.idle_timeout_ms))
+            .unwrap_or(quinn::IdleTimeout::from(VarInt::from_u32(30_000))),
+    ));
+    let mut server = ServerConfig::with_crypto(Arc::new(crypto));
+    server.transport_config(Arc::new(transport));
+    server
+}

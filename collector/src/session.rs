@@ -1,0 +1,467 @@
+//! Control plane: one task per connection. Handshake, `Hello` → `Welcome` | `Reject`, then the
+//! control stream (heartbeats, `Drain`) while data streams are handed to the data plane.
+//!
+//! Owns: [`judge_hello`], the pure admission decision for a `Hello` (version, identity, auth,
+//! draining, sink health), and the session's lifetime. Must never: read a data stream itself,
+//! wait on the sink, or log a token; failed attempts are logged through a throttle.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::{Connection, Incoming};
+use ringflow_proto::codes::ConnectionCode;
+use ringflow_proto::frame::{self, FrameReader, MAX_CONTROL_FRAME_BYTES};
+use ringflow_proto::{PROTOCOL_VERSION, pb};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::auth::{AuthFailure, OrgDirectory};
+use crate::ingest::{DataLimits, SessionIdentity, StreamContext, serve_data_stream};
+use crate::sink::{SinkHandle, SinkHealth};
+use crate::telemetry::{CollectorMetrics, LogThrottle, TaskGuard};
+
+/// How long a rejected meter gets to read its `Reject` before the connection is closed.
+const REJECT_LINGER: Duration = Duration::from_secs(2);
+
+/// Retry hint sent with a `Reject` when the sink is unavailable or the collector is draining.
+const RETRY_AFTER_UNAVAILABLE_MS: u32 = 5_000;
+
+/// Where data-stream tasks run. The control plane spawns them here and never awaits them, so a
+/// saturated data plane cannot hold up accepting, authenticating or draining.
+#[derive(Clone)]
+pub struct DataPlane {
+    pub runtime: tokio::runtime::Handle,
+    pub tasks: TaskTracker,
+}
+
+/// What every connection task shares.
+pub struct Shared {
+    pub collector_id: Arc<str>,
+    pub orgs: OrgDirectory,
+    pub welcome_limits: pb::Limits,
+    pub data_limits: DataLimits,
+    pub handshake_timeout: Duration,
+    pub hello_timeout: Duration,
+    pub drain_window_ms: u32,
+    pub sink: SinkHandle,
+    pub sink_health: SinkHealth,
+    pub metrics: Arc<CollectorMetrics>,
+    pub reject_log: LogThrottle,
+    /// Fired when shutdown begins: new Hellos are refused, sessions are sent `Drain`.
+    pub draining: CancellationToken,
+    /// Fired when the grace period is over: remaining sessions and streams are closed.
+    pub hard_stop: CancellationToken,
+    pub data_plane: DataPlane,
+}
+
+/// A refused `Hello`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason: pb::RejectReason,
+    /// Metric label and log key.
+    pub label: &'static str,
+    /// Sent to the meter: says what is wrong without revealing which credential was.
+    pub message: String,
+    pub retry_after_ms: u32,
+}
+
+/// Longest meter id accepted.
+pub const MAX_METER_ID_BYTES: usize = 128;
+
+/// Decides whether a `Hello` gets a session. Pure: every input is an argument.
+pub fn judge_hello(
+    hello: &pb::Hello,
+    orgs: &OrgDirectory,
+    draining: bool,
+    sink_healthy: bool,
+) -> Result<(), Rejection> {
+    let reject = |reason, label, message: String, retry_after_ms| {
+        Err(Rejection {
+            reason,
+            label,
+            message,
+            retry_after_ms,
+        })
+    };
+    if draining {
+        return reject(
+            pb::RejectReason::Draining,
+            "draining",
+            "collector is shutting down; connect to another".into(),
+            RETRY_AFTER_UNAVAILABLE_MS,
+        );
+    }
+    if hello.protocol_version != PROTOCOL_VERSION {
+        return reject(
+            pb::RejectReason::UnsupportedVersion,
+            "unsupported_version",
+            format!(
+                "protocol version {} is not served here; this collector speaks {PROTOCOL_VERSION}",
+                hello.protocol_version
+            ),
+            0,
+        );
+    }
+    if !valid_meter_id(&hello.meter_id) {
+        return reject(
+            pb::RejectReason::BadHello,
+            "bad_hello",
+            format!("meter_id must be 1-{MAX_METER_ID_BYTES} characters of A-Z a-z 0-9 . _ : -"),
+            0,
+        );
+    }
+    if let Err(failure) = orgs.authenticate(&hello.org_id, &hello.org_token) {
+        // Counted separately for the operator; the meter is told only "auth".
+        let label = match failure {
+            AuthFailure::UnknownOrg => "auth_unknown_org",
+            AuthFailure::WrongToken => "auth_wrong_token",
+        };
+        return reject(
+            pb::RejectReason::Auth,
+            label,
+            "authentication failed: check org_id and org_token".into(),
+            0,
+        );
+    }
+    if !sink_healthy {
+        return reject(
+            pb::RejectReason::SinkUnavailable,
+            "sink_unavailable",
+            "collector cannot store data right now; retry later or elsewhere".into(),
+            RETRY_AFTER_UNAVAILABLE_MS,
+        );
+    }
+    Ok(())
+}
+
+fn valid_meter_id(id: &str) -> bool {
+    (1..=MAX_METER_ID_BYTES).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+/// A claimed (unauthenticated) value made safe for a log line: bounded and escaped.
+fn loggable(claimed: &str) -> String {
+    let mut s: String = claimed.chars().take(64).collect();
+    if claimed.len() > s.len() {
+        s.push('…');
+    }
+    format!("{s:?}")
+}
+
+/// Keeps the open-connections gauge true however the task ends.
+struct OpenConnection(Arc<CollectorMetrics>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.connections_open.dec();
+    }
+}
+
+/// Serves one connection from handshake to close.
+pub async fn serve_connection(incoming: Incoming, shared: Arc<Shared>) {
+    let _task = shared.metrics.task("connection");
+    shared.metrics.connections_open.inc();
+    let _open = OpenConnection(Arc::clone(&shared.metrics));
+    let remote = incoming.remote_address();
+    let started = Instant::now();
+    let span = info_span!("conn", %remote);
+    async move {
+        let conn = match incoming.accept() {
+            Ok(connecting) => match tokio::time::timeout(shared.handshake_timeout, connecting).await {
+                Ok(Ok(conn)) => conn,
+                Ok(Err(error)) => {
+                    shared.metrics.handshake_failures.inc();
+                    debug!(%error, "handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    shared.metrics.handshake_failures.inc();
+                    debug!("handshake timed out");
+                    return;
+                }
+            },
+            Err(error) => {
+                shared.metrics.handshake_failures.inc();
+                debug!(%error, "connection could not be accepted");
+                return;
+            }
+        };
+        run_session(conn, &shared, started).await;
+    }
+    .instrument(span)
+    .await
+}
+
+async fn run_session(conn: Connection, shared: &Arc<Shared>, started: Instant) {
+    // One deadline for the whole of "open the control stream and say Hello".
+    let first = tokio::time::timeout(shared.hello_timeout, async {
+        let (send, recv) = conn.accept_bi().await.ok()?;
+        let mut ctl = FrameReader::new(recv, MAX_CONTROL_FRAME_BYTES);
+        let hello = ctl.next_message::<pb::ControlFrame>().await;
+        Some((send, ctl, hello))
+    })
+    .await;
+    let (mut ctl_send, ctl, hello) = match first {
+        Err(_) => {
+            shared.metrics.rejected("hello_timeout");
+            ConnectionCode::HelloTimeout.close(&conn);
+            return;
+        }
+        // The connection went away before opening a stream.
+        Ok(None) => return,
+        Ok(Some((
+            send,
+            ctl,
+            Ok(Some(pb::ControlFrame {
+                msg: Some(pb::control_frame::Msg::Hello(hello)),
+            })),
+        ))) => (send, ctl, hello),
+        Ok(Some((_, _, other))) => {
+            shared.metrics.rejected("bad_hello");
+            if let Err(error) = other {
+                debug!(%error, "control stream did not start with a Hello");
+            }
+            ConnectionCode::ProtocolViolation.close(&conn);
+            return;
+        }
+    };
+
+    let verdict = judge_hello(
+        &hello,
+        &shared.orgs,
+        shared.draining.is_cancelled(),
+        shared.sink_health.is_healthy(),
+    );
+    shared
+        .metrics
+        .handshake_seconds
+        .observe(started.elapsed().as_secs_f64());
+    if let Err(rejection) = verdict {
+        shared.metrics.rejected(rejection.label);
+        if let Some(suppressed) = shared.reject_log.check(rejection.label, Instant::now()) {
+            warn!(
+                reason = rejection.label,
+                claimed_org = %loggable(&hello.org_id),
+                meter_id = %loggable(&hello.meter_id),
+                suppressed,
+                "rejected hello: {}",
+                rejection.message
+            );
+        }
+        let reject = control(pb::control_frame::Msg::Reject(pb::Reject {
+            reason: rejection.reason as i32,
+            retry_after_ms: rejection.retry_after_ms,
+            message: rejection.message,
+        }));
+        if ctl_send.write_chunk(reject).await.is_ok() && ctl_send.finish().is_ok() {
+            // Give the meter time to read the Reject; it closes the connection itself.
+            let _ = tokio::time::timeout(REJECT_LINGER, conn.closed()).await;
+        }
+        ConnectionCode::Rejected.close(&conn);
+        return;
+    }
+
+    let identity = Arc::new(SessionIdentity {
+        org: Arc::from(hello.org_id.as_str()),
+        meter_id: Arc::from(hello.meter_id.as_str()),
+        session_id: new_session_id(),
+        collector_id: Arc::clone(&shared.collector_id),
+    });
+    let welcome = control(pb::control_frame::Msg::Welcome(pb::Welcome {
+        session_id: identity.session_id.clone(),
+        collector_id: shared.collector_id.to_string(),
+        limits: Some(shared.welcome_limits),
+        fleet: Vec::new(),
+    }));
+    if ctl_send.write_chunk(welcome).await.is_err() {
+        return;
+    }
+    shared.metrics.sessions_welcomed.inc();
+    let _active = SessionGauge::new(&shared.metrics);
+    let span = info_span!("session", org = %identity.org, meter_id = %identity.meter_id, session = %identity.session_id);
+    debug!(parent: &span, "session started");
+    let streams = Arc::new(StreamContext {
+        org_counters: shared.metrics.org_counters(&identity.org),
+        session: identity,
+        sink: shared.sink.clone(),
+        limits: shared.data_limits,
+        metrics: Arc::clone(&shared.metrics),
+    });
+    let end = control_loop(&conn, ctl_send, ctl, shared, &streams, &span).await;
+    debug!(parent: &span, end, "session ended");
+}
+
+/// Runs the control stream and accepts data streams until the session ends. Returns why.
+async fn control_loop(
+    conn: &Connection,
+    mut ctl_send: quinn::SendStream,
+    mut ctl: FrameReader<quinn::RecvStream>,
+    shared: &Arc<Shared>,
+    streams: &Arc<StreamContext>,
+    span: &tracing::Span,
+) -> &'static str {
+    let mut drain_sent = false;
+    loop {
+        tokio::select! {
+            biased;
+            _ = shared.hard_stop.cancelled() => {
+                ConnectionCode::ShuttingDown.close(conn);
+                return "shutdown grace period over";
+            }
+            _ = shared.draining.cancelled(), if !drain_sent => {
+                drain_sent = true;
+                let drain = control(pb::control_frame::Msg::Drain(pb::Drain {
+                    reconnect_within_ms: shared.drain_window_ms,
+                    reason: "collector is shutting down".into(),
+                }));
+                if ctl_send.write_chunk(drain).await.is_err() {
+                    return "connection lost";
+                }
+            }
+            frame = ctl.next_message::<pb::ControlFrame>() => match frame {
+                Ok(Some(pb::ControlFrame { msg: Some(pb::control_frame::Msg::Heartbeat(_)) })) => {
+                    let beat = control(pb::control_frame::Msg::Heartbeat(pb::Heartbeat {
+                        sent_unix_nanos: crate::ingest::unix_nanos_now(),
+                    }));
+                    if ctl_send.write_chunk(beat).await.is_err() {
+                        return "connection lost";
+                    }
+                }
+                Ok(Some(_)) => {
+                    ConnectionCode::ProtocolViolation.close(conn);
+                    return "unexpected control message";
+                }
+                Ok(None) => {
+                    // The meter finished its control stream: it is leaving.
+                    ConnectionCode::Done.close(conn);
+                    return "meter closed the session";
+                }
+                Err(error) if error.stream_code().is_some() => {
+                    debug!(parent: span, %error, "bad control frame");
+                    ConnectionCode::ProtocolViolation.close(conn);
+                    return "bad control frame";
+                }
+                Err(_) => return "connection closed",
+            },
+            stream = conn.accept_bi() => match stream {
+                Ok((send, recv)) => {
+                    let ctx = Arc::clone(streams);
+                    let stop = shared.hard_stop.child_token();
+                    let plane = &shared.data_plane;
+                    plane.tasks.spawn_on(
+                        serve_data_stream(send, recv, ctx, stop).instrument(span.clone()),
+                        &plane.runtime,
+                    );
+                }
+                Err(_) => return "connection closed",
+            },
+        }
+    }
+}
+
+fn control(msg: pb::control_frame::Msg) -> bytes::Bytes {
+    // Control messages are small and built here; they always fit the control frame limit.
+    frame::encode_to_bytes(&pb::ControlFrame { msg: Some(msg) }, MAX_CONTROL_FRAME_BYTES).unwrap_or_default()
+}
+
+fn new_session_id() -> String {
+    hex::encode(rand::random::<[u8; 8]>())
+}
+
+/// Counts a welcomed session (gauge and task) for as long as it lives.
+struct SessionGauge {
+    metrics: Arc<CollectorMetrics>,
+    _task: TaskGuard,
+}
+
+impl SessionGauge {
+    fn new(metrics: &Arc<CollectorMetrics>) -> Self {
+        metrics.sessions_active.inc();
+        SessionGauge {
+            metrics: Arc::clone(metrics),
+            _task: metrics.task("session"),
+        }
+    }
+}
+
+impl Drop for SessionGauge {
+    fn drop(&mut self) {
+        self.metrics.sessions_active.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::hash_token;
+
+    fn orgs() -> OrgDirectory {
+        let mut d = OrgDirectory::default();
+        d.insert("acme", vec![hash_token("rft_good")]);
+        d
+    }
+
+    fn hello() -> pb::Hello {
+        pb::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            meter_id: "host-1".into(),
+            org_id: "acme".into(),
+            org_token: "rft_good".into(),
+            software_version: "test".into(),
+            last_acked_seq: 0,
+        }
+    }
+
+    #[test]
+    fn a_good_hello_is_welcomed() {
+        assert_eq!(judge_hello(&hello(), &orgs(), false, true), Ok(()));
+    }
+
+    #[test]
+    fn auth_failures_say_auth_and_not_which_part() {
+        let mut wrong_token = hello();
+        wrong_token.org_token = "rft_bad".into();
+        let mut wrong_org = hello();
+        wrong_org.org_id = "other".into();
+        let a = judge_hello(&wrong_token, &orgs(), false, true).unwrap_err();
+        let b = judge_hello(&wrong_org, &orgs(), false, true).unwrap_err();
+        assert_eq!(a.reason, pb::RejectReason::Auth);
+        assert_eq!(b.reason, pb::RejectReason::Auth);
+        assert_eq!(a.message, b.message, "the meter cannot tell which part was wrong");
+        assert!(!a.message.contains("rft_"), "no token in the message");
+        assert_ne!(a.label, b.label, "the operator can");
+    }
+
+    #[test]
+    fn version_identity_draining_and_sink_are_checked() {
+        let mut v2 = hello();
+        v2.protocol_version = 2;
+        assert_eq!(
+            judge_hello(&v2, &orgs(), false, true).unwrap_err().reason,
+            pb::RejectReason::UnsupportedVersion
+        );
+        let mut bad_id = hello();
+        bad_id.meter_id = "a b".into();
+        assert_eq!(
+            judge_hello(&bad_id, &orgs(), false, true).unwrap_err().reason,
+            pb::RejectReason::BadHello
+        );
+        let draining = judge_hello(&hello(), &orgs(), true, true).unwrap_err();
+        assert_eq!(draining.reason, pb::RejectReason::Draining);
+        assert!(draining.retry_after_ms > 0);
+        assert_eq!(
+            judge_hello(&hello(), &orgs(), false, false).unwrap_err().reason,
+            pb::RejectReason::SinkUnavailable
+        );
+    }
+
+    #[test]
+    fn claimed_values_are_bounded_and_escaped_in_logs() {
+        let s = loggable(&format!("evil\n{}", "x".repeat(500)));
+        assert!(s.len() < 80 && !s.contains('\n'), "{s}");
+    }
+}

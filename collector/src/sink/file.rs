@@ -1,0 +1,263 @@
+//! The default sink: per-org segment files on local disk ([`crate::store`]).
+//!
+//! Runs on its own OS thread (file I/O blocks), with group commit: it takes every job waiting in
+//! the queue, appends them all, syncs once per the fsync policy, then completes them together, so
+//! one `fdatasync` covers everything that arrived while the previous one ran. On a write or sync
+//! error (disk full, I/O error) it keeps the jobs, reports unhealthy, and retries every
+//! [`RETRY_INTERVAL`]: nothing is acked that is not written. Must never: ack before the write its
+//! policy promises, or run on a runtime thread that serves meters.
+
+use std::path::Path;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::{Sink, SinkContext, SinkJob, SinkOutcome};
+use crate::config::{FileSinkConfig, FsyncPolicy};
+use crate::store::{Evicted, RecoveryReport, SegmentStore, StoreError, StoreLimits};
+use crate::telemetry::{CollectorMetrics, LogThrottle};
+
+/// How long to wait before retrying a failed write.
+pub const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Most jobs written under one sync.
+const GROUP_MAX_JOBS: usize = 1024;
+
+pub struct FileSink {
+    store: SegmentStore,
+    fsync: FsyncPolicy,
+    fsync_interval: Duration,
+}
+
+impl FileSink {
+    /// Opens the store in `data_dir` (taking its lock and recovering its tails).
+    pub fn open(data_dir: &Path, config: &FileSinkConfig) -> Result<(Self, RecoveryReport), StoreError> {
+        let (store, report) = SegmentStore::open(
+            data_dir,
+            StoreLimits {
+                segment_bytes: config.segment_bytes,
+                max_bytes: config.max_bytes,
+            },
+        )?;
+        Ok((
+            FileSink {
+                store,
+                fsync: config.fsync,
+                fsync_interval: Duration::from_millis(config.fsync_interval_ms),
+            },
+            report,
+        ))
+    }
+
+    fn run_on_thread(mut self, mut jobs: mpsc::Receiver<SinkJob>, ctx: SinkContext) {
+        let _task = ctx.metrics.task("file_sink");
+        ctx.metrics.store_bytes.set(self.store.total_bytes() as i64);
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(error) => {
+                tracing::error!(%error, "file sink cannot start its timer runtime; no batch will be stored");
+                ctx.health.set(false);
+                return;
+            }
+        };
+        let throttle = LogThrottle::new(Duration::from_secs(10), 8);
+        runtime.block_on(async {
+            let mut tick = tokio::time::interval(self.fsync_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut group = Vec::with_capacity(GROUP_MAX_JOBS);
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = ctx.abandon.cancelled() => break,
+                    job = jobs.recv() => {
+                        let Some(job) = job else { break };
+                        group.push(job);
+                        while group.len() < GROUP_MAX_JOBS {
+                            match jobs.try_recv() {
+                                Ok(job) => group.push(job),
+                                Err(_) => break,
+                            }
+                        }
+                        if !self.write_group(&mut group, &ctx, &throttle).await {
+                            break;
+                        }
+                    }
+                    _ = tick.tick(), if self.fsync == FsyncPolicy::Interval => {
+                        if let Err(error) = self.store.sync() {
+                            ctx.metrics.sink_write_errors.inc();
+                            log_write_error(&throttle, &error);
+                        }
+                    }
+                }
+            }
+            // Whatever was written is flushed on the way out, whatever the policy.
+            if let Err(error) = self.store.sync() {
+                tracing::error!(%error, "file sink: final sync failed");
+            }
+        });
+    }
+
+    /// Writes and settles every job in `group`, retrying until it succeeds. Returns false if the
+    /// sink was told to abandon its work (the jobs are dropped unacked).
+    async fn write_group(
+        &mut self,
+        group: &mut Vec<SinkJob>,
+        ctx: &SinkContext,
+        throttle: &LogThrottle,
+    ) -> bool {
+        let mut written = 0;
+        loop {
+            match self.try_write(&group[written..], &ctx.metrics) {
+                Ok(()) => break,
+                Err((done, error)) => {
+                    // After a failed sync the kernel may have dropped the dirty pages: write the
+                    // whole group again (duplicates are harmless, downstream de-duplicates by
+                    // (meter_id, seq)). After a failed write, continue where it stopped.
+                    written = if done == usize::MAX { 0 } else { written + done };
+                    ctx.metrics.sink_write_errors.inc();
+                    ctx.health.set(false);
+                    log_write_error(throttle, &error);
+                    tokio::select! {
+                        _ = ctx.abandon.cancelled() => return false,
+                        _ = tokio::time::sleep(RETRY_INTERVAL) => {}
+                    }
+                }
+            }
+        }
+        if !ctx.health.is_healthy() {
+            tracing::info!("file sink: writes succeed again");
+            ctx.health.set(true);
+        }
+        ctx.metrics.store_bytes.set(self.store.total_bytes() as i64);
+        for job in group.drain(..) {
+            ctx.metrics.batches_stored.inc();
+            ctx.metrics.records_stored.inc_by(u64::from(job.batch.records));
+            ctx.metrics.bytes_out.inc_by(job.batch.payload.len() as u64);
+            job.complete(SinkOutcome::Stored);
+        }
+        true
+    }
+
+    /// Appends `jobs` and syncs per policy. On error returns how many jobs were appended before it
+    /// (`usize::MAX` if the sync failed, meaning none can be trusted).
+    fn try_write(&mut self, jobs: &[SinkJob], metrics: &CollectorMetrics) -> Result<(), (usize, StoreError)> {
+        for (i, job) in jobs.iter().enumerate() {
+            let evicted = self
+                .store
+                .append(&job.batch.org, &job.batch.payload, job.batch.records)
+                .map_err(|e| (i, e))?;
+            count_evicted(&evicted, metrics);
+        }
+        if self.fsync == FsyncPolicy::Always {
+            self.store.sync().map_err(|e| (usize::MAX, e))?;
+        }
+        Ok(())
+    }
+}
+
+fn count_evicted(evicted: &[Evicted], metrics: &CollectorMetrics) {
+    for e in evicted {
+        metrics.store_dropped_segments.inc();
+        metrics.store_dropped_batches.inc_by(e.meta.entries);
+        metrics.store_dropped_records.inc_by(e.meta.records);
+        metrics.store_dropped_bytes.inc_by(e.meta.bytes);
+        tracing::warn!(
+            org = %e.org,
+            segment = e.segment,
+            batches = e.meta.entries,
+            records = e.meta.records,
+            "store at its byte cap (sink.file.max_bytes): deleted the oldest segment"
+        );
+    }
+}
+
+fn log_write_error(throttle: &LogThrottle, error: &StoreError) {
+    if let Some(suppressed) = throttle.check("write", Instant::now()) {
+        let hint = if error.is_disk_full() {
+            "the disk is full: free space or lower sink.file.max_bytes; batches are held (not acked) and retried"
+        } else {
+            "batches are held (not acked) and retried"
+        };
+        tracing::error!(%error, suppressed, hint, "file sink write failed");
+    }
+}
+
+impl Sink for FileSink {
+    fn kind(&self) -> &'static str {
+        "file"
+    }
+
+    async fn run(self, jobs: mpsc::Receiver<SinkJob>, ctx: SinkContext) {
+        let (finished_tx, finished_rx) = oneshot::channel::<()>();
+        let health = ctx.health.clone();
+        let spawned = std::thread::Builder::new()
+            .name("ringflow-file-sink".into())
+            .spawn(move || {
+                self.run_on_thread(jobs, ctx);
+                let _ = finished_tx.send(());
+            });
+        match spawned {
+            // Resolves when the thread finishes (sent or dropped).
+            Ok(_) => {
+                let _ = finished_rx.await;
+            }
+            Err(error) => {
+                health.set(false);
+                tracing::error!(%error, "cannot start the file sink thread");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::{QueueBounds, SinkBatch, SinkHealth, queue};
+    use bytes::Bytes;
+    use std::sync::Arc;
+    use tokio_util::sync::CancellationToken;
+
+    #[tokio::test]
+    async fn acks_only_what_is_written_and_drains_on_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(CollectorMetrics::new());
+        let (sink, _) = FileSink::open(dir.path(), &FileSinkConfig::default()).unwrap();
+        let (handle, jobs) = queue(
+            QueueBounds {
+                batches: 4,
+                bytes: 1 << 20,
+            },
+            Arc::clone(&metrics),
+        );
+        let ctx = SinkContext {
+            metrics: Arc::clone(&metrics),
+            health: SinkHealth::new(Arc::clone(&metrics)),
+            abandon: CancellationToken::new(),
+        };
+        let task = tokio::spawn(sink.run(jobs, ctx));
+        let mut receipts = Vec::new();
+        for seq in 1..=20u64 {
+            let batch = SinkBatch {
+                org: "acme".into(),
+                meter_id: "m".into(),
+                seq,
+                records: 2,
+                payload: Bytes::from(vec![seq as u8; 50]),
+            };
+            receipts.push(handle.submit(batch).await.unwrap());
+        }
+        drop(handle);
+        for r in receipts {
+            assert_eq!(r.await.unwrap(), SinkOutcome::Stored);
+        }
+        task.await.unwrap();
+        assert_eq!(metrics.batches_stored.get(), 20);
+        assert_eq!(metrics.records_stored.get(), 40);
+        assert_eq!(metrics.sink_queue_batches.get(), 0);
+        assert_eq!(metrics.sink_queue_bytes.get(), 0);
+    }
+}

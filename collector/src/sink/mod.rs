@@ -1,0 +1,186 @@
+//! The seam between the data plane and wherever batches are stored.
+//!
+//! Data-plane tasks hand validated batches to a [`SinkHandle`]; the sink completes each job once it
+//! holds the batch per its durability promise, and only then does the data plane ack. The queue in
+//! between is bounded by count and by bytes: when it is full, `submit` waits, the data stream stops
+//! reading, and QUIC flow control pushes back to the meter, which keeps its data. Nothing is ever
+//! dropped here.
+//!
+//! A sink implements [`Sink`]: take jobs until the queue closes, retry transient failures itself
+//! (reporting health meanwhile), complete a job with `Rejected` only for a batch it can never
+//! store. Adding a sink is one module. Must never: connect, reconnect or do blocking I/O on a task
+//! that also reads from meters (invariant 3); a sink runs on its own task or thread.
+
+pub mod file;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::telemetry::CollectorMetrics;
+
+/// A validated batch on its way to a sink: the `StoredBatch` encoded once, plus what sinks route
+/// and de-duplicate by without decoding it again.
+#[derive(Debug, Clone)]
+pub struct SinkBatch {
+    /// The authenticated org (never taken from the payload).
+    pub org: Arc<str>,
+    pub meter_id: Arc<str>,
+    pub seq: u64,
+    pub records: u32,
+    /// Encoded `pb::StoredBatch`.
+    pub payload: Bytes,
+}
+
+/// How a sink settled a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkOutcome {
+    /// The sink holds the batch: ack it.
+    Stored,
+    /// The sink can never store this batch (not an outage): nack it.
+    Rejected(String),
+}
+
+/// One batch in the sink queue. Its queue slot (count and bytes) is released when the job is
+/// dropped, completed or not.
+pub struct SinkJob {
+    pub batch: SinkBatch,
+    done: oneshot::Sender<SinkOutcome>,
+    _slot: QueueSlot,
+}
+
+impl SinkJob {
+    pub fn complete(self, outcome: SinkOutcome) {
+        // The data stream may be gone (meter disconnected); it will resend what it did not see acked.
+        let _ = self.done.send(outcome);
+    }
+}
+
+struct QueueSlot {
+    _bytes: OwnedSemaphorePermit,
+    bytes: i64,
+    metrics: Arc<CollectorMetrics>,
+}
+
+impl Drop for QueueSlot {
+    fn drop(&mut self) {
+        self.metrics.sink_queue_batches.dec();
+        self.metrics.sink_queue_bytes.dec_by(self.bytes);
+    }
+}
+
+/// Resolves when the sink has settled the batch; an error means the sink stopped without
+/// settling it (shutdown): the batch must not be acked.
+pub type SinkReceipt = oneshot::Receiver<SinkOutcome>;
+
+#[derive(Debug, thiserror::Error)]
+#[error("the sink has stopped")]
+pub struct SinkClosed;
+
+/// The data plane's front door to the sink. Cheap to clone.
+#[derive(Clone)]
+pub struct SinkHandle {
+    jobs_tx: mpsc::Sender<SinkJob>,
+    queue_bytes: Arc<Semaphore>,
+    max_queue_bytes: usize,
+    metrics: Arc<CollectorMetrics>,
+}
+
+impl SinkHandle {
+    /// Queues `batch`, waiting while the queue is full. Returns the receipt to await before acking.
+    pub async fn submit(&self, batch: SinkBatch) -> Result<SinkReceipt, SinkClosed> {
+        // A batch larger than the whole byte budget takes the whole budget rather than waiting forever.
+        let bytes = batch.payload.len().min(self.max_queue_bytes);
+        let permit = Arc::clone(&self.queue_bytes)
+            .acquire_many_owned(u32::try_from(bytes).unwrap_or(u32::MAX))
+            .await
+            .map_err(|_| SinkClosed)?;
+        self.metrics.sink_queue_batches.inc();
+        self.metrics.sink_queue_bytes.inc_by(bytes as i64);
+        let slot = QueueSlot {
+            _bytes: permit,
+            bytes: bytes as i64,
+            metrics: Arc::clone(&self.metrics),
+        };
+        let (done, receipt) = oneshot::channel();
+        self.jobs_tx
+            .send(SinkJob {
+                batch,
+                done,
+                _slot: slot,
+            })
+            .await
+            .map_err(|_| SinkClosed)?;
+        Ok(receipt)
+    }
+}
+
+/// Whether the sink can currently store data; read by `/readyz` and by the control plane.
+#[derive(Clone)]
+pub struct SinkHealth {
+    healthy: Arc<AtomicBool>,
+    metrics: Arc<CollectorMetrics>,
+}
+
+impl SinkHealth {
+    pub fn new(metrics: Arc<CollectorMetrics>) -> Self {
+        metrics.sink_healthy.set(1);
+        Self {
+            healthy: Arc::new(AtomicBool::new(true)),
+            metrics,
+        }
+    }
+
+    pub fn set(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::Relaxed);
+        self.metrics.sink_healthy.set(i64::from(healthy));
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+}
+
+/// What a running sink is given besides its jobs.
+#[derive(Clone)]
+pub struct SinkContext {
+    pub metrics: Arc<CollectorMetrics>,
+    pub health: SinkHealth,
+    /// Fired when the shutdown grace period is over: stop retrying, drop what is left (unacked,
+    /// so meters send it again elsewhere).
+    pub abandon: CancellationToken,
+}
+
+/// A place batches are stored.
+pub trait Sink: Send + 'static {
+    /// Short name for logs and metrics.
+    fn kind(&self) -> &'static str;
+
+    /// Takes jobs until the queue is closed and empty (or `ctx.abandon` fires), completing each
+    /// job only once the batch is held per this sink's durability promise.
+    fn run(self, jobs: mpsc::Receiver<SinkJob>, ctx: SinkContext) -> impl Future<Output = ()> + Send;
+}
+
+/// Bounds of the queue in front of a sink.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueBounds {
+    pub batches: usize,
+    pub bytes: usize,
+}
+
+/// The queue in front of a sink: the handle for the data plane, the receiving end for the sink.
+pub fn queue(bounds: QueueBounds, metrics: Arc<CollectorMetrics>) -> (SinkHandle, mpsc::Receiver<SinkJob>) {
+    let (jobs_tx, jobs_rx) = mpsc::channel(bounds.batches);
+    let bytes = bounds.bytes.min(Semaphore::MAX_PERMITS).min(u32::MAX as usize);
+    let handle = SinkHandle {
+        jobs_tx,
+        queue_bytes: Arc::new(Semaphore::new(bytes)),
+        max_queue_bytes: bytes,
+        metrics,
+    };
+    (handle, jobs_rx)
+}

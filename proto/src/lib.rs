@@ -1,0 +1,27 @@
+//! The ringflow/1 wire protocol, shared by the meter and the collector, and the operational
+//! conventions both binaries present.
+//!
+//! Owns: the protobuf schema ([`pb`]), the frame codec ([`frame`]), the QUIC application error
+//! codes ([`codes`]), stable names of the protocol's enums ([`names`]), the transport setup both
+//! ends must agree on ([`quic`]: ALPN, TLS 1.3, socket sizing), and [`ops`] (config errors and
+//! exit code 64, logging, signal meanings). Must never: hold session state, touch the data path's
+//! disk, or know about sinks, rings or spools. Generated types stay here and at the edges of the
+//! other crates.
+
+pub mod codes;
+pub mod frame;
+pub mod names;
+pub mod ops;
+pub mod quic;
+
+/// Types generated from `proto/ringflow/v1/ringflow.proto`.
+#[allow(clippy::all, missing_docs)]
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/ringflow.v1.rs"));
+}
+
+/// Protocol version a ringflow/1 peer puts in `Hello.protocol_version`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Version of the `StoredBatch` schema written to sinks (the `schema` header downstream).
+pub const STORED_BATCH_SCHEMA_VERSION: u32 = 1;

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The whole test suite: README command 2, and what .ci/run calls.
+#
+# Unit and property tests of every crate, integration tests over loopback QUIC with real
+# collectors (in-process and as child processes), CLI tests of both binaries.
+# Runs with cargo-nextest when it is installed (one process per test, each bounded by
+# .config/nextest.toml), else with cargo test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --locked "$@"
+    cargo test --workspace --locked --doc
+else
+    echo "cargo-nextest not found; running cargo test" >&2
+    cargo test --workspace --locked "$@"
+fi

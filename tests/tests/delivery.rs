@@ -1,0 +1,200 @@
+//! End-to-end delivery over loopback QUIC: what a meter sends is what the collector stores.
+
+use std::time::Duration;
+
+use ringflow_agent::source::synthetic::bytes_from_src;
+use ringflow_collector::store::read_all;
+use ringflow_tests::process::{CollectorProcess, free_udp_addr};
+use ringflow_tests::{TestBed, start_meter, summarize, synthetic, wait_for_meter};
+
+const COLLECTOR_BIN: &str = env!("CARGO_BIN_EXE_collector-fixture");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_meter_delivers_exactly_100k_records_each_once() -> anyhow::Result<()> {
+    const TOTAL: u64 = 100_000;
+    let bed = TestBed::new()?;
+    let collector = bed.start_collector("c1", "").await?;
+    let mut config = bed.meter_config("m1", &[collector.addr]);
+    config.sources.synthetic = synthetic(1_000_000, TOTAL);
+    let meter = start_meter(config).await?;
+    let metrics = meter.metrics();
+    wait_for_meter(&metrics, Duration::from_secs(120), "100,000 records acked", |m| {
+        m.records_acked.get() >= TOTAL
+    })
+    .await?;
+    meter.stop().await;
+    collector.stop().await;
+
+    let stored = read_all(&bed.data_dir("c1"), None)?;
+    let s = summarize(&stored);
+    assert_eq!(s.records, TOTAL, "records stored");
+    assert_eq!(s.duplicate_batches, 0, "no batch stored twice");
+    assert_eq!(stored.iter().map(|b| b.records.len() as u64).sum::<u64>(), TOTAL);
+    assert_eq!(s.batches as u64, metrics.batches_built.get());
+    assert_eq!(
+        s.bytes_from_src,
+        (0..TOTAL).map(bytes_from_src).sum::<u64>(),
+        "record contents intact"
+    );
+    assert!(
+        stored
+            .iter()
+            .all(|b| b.meter_id == "m1" && b.org_id == ringflow_tests::ORG)
+    );
+    assert_eq!(metrics.records_acked.get(), TOTAL, "nothing acked twice");
+    Ok(())
+}
+
+/// The collector process is killed (SIGKILL) mid-stream and started again on the same data
+/// directory: everything the meter saw acked is stored, and the meter carries on by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acked_batches_survive_a_collector_kill_and_the_meter_resumes() -> anyhow::Result<()> {
+    const TOTAL: u64 = 150_000;
+    let bed = TestBed::new()?;
+    let addr = free_udp_addr()?;
+    let binary = std::path::Path::new(COLLECTOR_BIN);
+    let mut collector = CollectorProcess::start(binary, &bed, "c1", addr, "").await?;
+
+    let mut config = bed.meter_config("m1", &[addr]);
+    config.sources.synthetic = synthetic(30_000, TOTAL);
+    let meter = start_meter(config).await?;
+    let metrics = meter.metrics();
+    wait_for_meter(&metrics, Duration::from_secs(60), "a third acked", |m| {
+        m.records_acked.get() >= TOTAL / 3
+    })
+    .await?;
+
+    collector.kill();
+    let acked_at_kill = metrics.batches_acked.get();
+    let stored_at_kill = summarize(&read_all(&bed.data_dir("c1"), None)?);
+    // Every batch acked before the kill is on disk, with nothing but the kill in between.
+    assert!(
+        stored_at_kill.batches as u64 >= acked_at_kill,
+        "acked {acked_at_kill} batches, but only {} survived the kill",
+        stored_at_kill.batches
+    );
+
+    let collector = CollectorProcess::start(binary, &bed, "c1", addr, "").await?;
+    wait_for_meter(
+        &metrics,
+        Duration::from_secs(120),
+        "all records acked after the restart",
+        |m| m.records_acked.get() >= TOTAL,
+    )
+    .await?;
+    meter.stop().await;
+    let status = collector.terminate().await?;
+    assert!(status.success(), "collector exits cleanly on SIGTERM: {status:?}");
+
+    let s = summarize(&read_all(&bed.data_dir("c1"), None)?);
+    assert_eq!(s.records, TOTAL, "every record stored (at least once)");
+    assert_eq!(s.batches as u64, metrics.batches_built.get());
+    assert_eq!(s.bytes_from_src, (0..TOTAL).map(bytes_from_src).sum::<u64>());
+    assert!(
+        metrics.sessions_started.get() >= 2,
+        "the meter reconnected by itself"
+    );
+    let ends = |reason| {
+        metrics
+            .session_ends
+            .get_or_create(&ringflow_agent::telemetry::ReasonLabel { reason })
+            .get()
+    };
+    assert_eq!(
+        (ends("reset"), ends("timeout")),
+        (1, 0),
+        "the restarted collector should reset the old connection (same data_dir, same reset key) \
+         rather than leave the meter to time out"
+    );
+    assert_eq!(metrics.queue_dropped_batches.get(), 0);
+    Ok(())
+}
+
+/// More data than the store's byte cap: disk use stays at or below cap + one segment, and the
+/// drop counters equal exactly what is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_byte_cap_holds_and_counts_what_it_drops() -> anyhow::Result<()> {
+    const SEGMENT: u64 = 64 << 10;
+    const CAP: u64 = 256 << 10;
+    const TOTAL: u64 = 40_000;
+    let bed = TestBed::new()?;
+    let extra = format!("[sink.file]\nsegment_bytes = {SEGMENT}\nmax_bytes = {CAP}\nfsync = \"never\"\n");
+    let collector = bed.start_collector("c1", &extra).await?;
+    let mut config = bed.meter_config("m1", &[collector.addr]);
+    config.sources.synthetic = synthetic(1_000_000, TOTAL);
+    config.batch.max_records = 200;
+    let meter = start_meter(config).await?;
+    let metrics = meter.metrics();
+    wait_for_meter(&metrics, Duration::from_secs(120), "all records acked", |m| {
+        m.records_acked.get() >= TOTAL
+    })
+    .await?;
+    meter.stop().await;
+    let cm = collector.metrics.clone();
+    collector.stop().await;
+
+    let segments = bed.data_dir("c1").join("segments").join(ringflow_tests::ORG);
+    let disk: u64 = std::fs::read_dir(&segments)?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+        .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+        .sum();
+    assert!(
+        disk <= CAP + SEGMENT,
+        "{disk} bytes on disk, cap {CAP} + one segment {SEGMENT}"
+    );
+    let stored = read_all(&bed.data_dir("c1"), None)?;
+    let s = summarize(&stored);
+    assert_eq!(s.duplicate_batches, 0);
+    assert!(cm.store_dropped_segments.get() > 0, "the cap was reached");
+    assert_eq!(
+        s.batches as u64 + cm.store_dropped_batches.get(),
+        metrics.batches_acked.get()
+    );
+    assert_eq!(s.records + cm.store_dropped_records.get(), TOTAL);
+    Ok(())
+}
+
+/// A collector shutting down drains its meters; they finish in-flight batches and move to the
+/// next collector without losing anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_collector_hands_its_meter_to_the_next() -> anyhow::Result<()> {
+    let bed = TestBed::new()?;
+    let a = bed.start_collector("a", "").await?;
+    let b = bed.start_collector("b", "").await?;
+    let mut config = bed.meter_config("m1", &[a.addr, b.addr]);
+    config.sources.synthetic = synthetic(20_000, 0);
+    let meter = start_meter(config).await?;
+    let metrics = meter.metrics();
+    wait_for_meter(&metrics, Duration::from_secs(60), "records acked by a", |m| {
+        m.records_acked.get() >= 5_000
+    })
+    .await?;
+    assert_eq!(a.metrics.sessions_active.get(), 1);
+    a.stop().await;
+    let acked = metrics.records_acked.get();
+    wait_for_meter(&metrics, Duration::from_secs(60), "records acked by b", |m| {
+        m.records_acked.get() >= acked + 5_000
+    })
+    .await?;
+    assert_eq!(b.metrics.sessions_active.get(), 1, "the meter moved to b");
+    meter.stop().await;
+    b.stop().await;
+
+    let mut stored = read_all(&bed.data_dir("a"), None)?;
+    stored.extend(read_all(&bed.data_dir("b"), None)?);
+    let s = summarize(&stored);
+    assert_eq!(
+        s.records,
+        metrics.records_generated.get(),
+        "nothing lost across the move"
+    );
+    assert_eq!(
+        metrics
+            .session_ends
+            .get_or_create(&ringflow_agent::telemetry::ReasonLabel { reason: "drained" })
+            .get(),
+        1
+    );
+    Ok(())
+}
