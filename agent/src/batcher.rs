@@ -6,7 +6,7 @@
 //! frame is encoded once here; every send and resend reuses it. Must never: wait on the network;
 //! when the queue is full it drops the oldest batch (counted) rather than stall the sources.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prost::Message;
@@ -111,18 +111,109 @@ impl Batcher {
     }
 }
 
+/// Numbers, encodes and queues batches. Shared by the batcher and the session (which re-seals a
+/// queued batch that a collector's lower limits do not allow), so seqs are allocated and pushed
+/// to the queue in one order.
+pub struct Sealer {
+    seqs: Mutex<SeqAllocator>,
+    queue: Arc<BatchQueue>,
+    metrics: Arc<MeterMetrics>,
+}
+
+impl Sealer {
+    pub fn new(seqs: SeqAllocator, queue: Arc<BatchQueue>, metrics: Arc<MeterMetrics>) -> Self {
+        Self {
+            seqs: Mutex::new(seqs),
+            queue,
+            metrics,
+        }
+    }
+
+    pub fn queue(&self) -> &Arc<BatchQueue> {
+        &self.queue
+    }
+
+    /// Queues `records` as one batch, or as several if they do not fit `limits` (a batch built
+    /// under larger limits than a collector allows is split, never dropped). Only a single
+    /// record larger than a whole frame is dropped, and counted.
+    pub fn seal(&self, records: Vec<pb::FlowRecord>, limits: &BatchLimits) -> Result<(), StateError> {
+        if records.len() > limits.max_records.max(1) {
+            return self.seal_split(records, limits);
+        }
+        let n = records.len() as u32;
+        let mut seqs = self.seqs.lock().unwrap_or_else(|p| p.into_inner());
+        let seq = seqs.next_seq()?;
+        let up = pb::DataUp {
+            msg: Some(pb::data_up::Msg::Batch(pb::FlowBatch {
+                seq,
+                records,
+                created_unix_nanos: crate::unix_nanos_now(),
+            })),
+        };
+        let frame = match frame::encode_to_bytes(&up, limits.max_frame_bytes) {
+            Ok(f) => f,
+            Err(error) => {
+                drop(seqs);
+                let Some(pb::data_up::Msg::Batch(batch)) = up.msg else {
+                    unreachable!("built above");
+                };
+                if batch.records.len() > 1 {
+                    return self.seal_split(batch.records, limits);
+                }
+                MeterMetrics::inc_by(&self.metrics.records_dropped, "record_too_large", u64::from(n));
+                tracing::warn!(%error, "dropping a record larger than a whole frame");
+                return Ok(());
+            }
+        };
+        self.metrics.batches_built.inc();
+        // Pushed while the seq lock is held, so the queue stays in seq order.
+        let dropped = self.queue.push(QueuedBatch {
+            seq,
+            records: n,
+            frame,
+        });
+        drop(seqs);
+        if !dropped.is_empty() {
+            self.metrics.queue_dropped_batches.inc_by(dropped.len() as u64);
+            self.metrics
+                .queue_dropped_records
+                .inc_by(dropped.iter().map(|b| u64::from(b.records)).sum());
+        }
+        Ok(())
+    }
+
+    fn seal_split(&self, records: Vec<pb::FlowRecord>, limits: &BatchLimits) -> Result<(), StateError> {
+        let mut batcher = Batcher::new(*limits);
+        let mut parts = Vec::new();
+        let now = Instant::now();
+        for record in records {
+            batcher.push(record, now, &mut parts);
+        }
+        parts.extend(batcher.flush());
+        for part in parts {
+            self.seal(part, limits)?;
+        }
+        Ok(())
+    }
+
+    /// Counts records that can no longer be batched (the meter is failing).
+    fn discard(&self, records: u64) {
+        MeterMetrics::inc_by(&self.metrics.records_dropped, "seq_unavailable", records);
+    }
+}
+
 /// Drives a [`Batcher`]: until the source channel closes, then flushes and closes the queue.
-/// `limits` may be lowered at any time (a collector's `Welcome`).
+/// `limits` may be lowered at any time (a collector's `Welcome`). If seqs can no longer be
+/// reserved (the state directory failed), it counts everything it can no longer batch as dropped
+/// and returns the error: the meter then stops with a failure.
 pub async fn run(
     mut records_rx: mpsc::Receiver<RecordChunk>,
-    queue: Arc<BatchQueue>,
-    mut seqs: SeqAllocator,
+    sealer: Arc<Sealer>,
     mut limits: watch::Receiver<BatchLimits>,
-    metrics: Arc<MeterMetrics>,
 ) -> Result<(), StateError> {
-    let _task = metrics.task("batcher");
+    let _task = sealer.metrics.task("batcher");
     let mut batcher = Batcher::new(*limits.borrow_and_update());
-    let mut closed = Vec::new();
+    let mut closed: Vec<Vec<pb::FlowRecord>> = Vec::new();
     loop {
         let deadline = batcher.deadline();
         let open = tokio::select! {
@@ -148,14 +239,23 @@ pub async fn run(
             // Every source has stopped: what is left becomes the last batch.
             closed.extend(batcher.flush());
         }
-        for records in closed.drain(..) {
-            if let Err(e) = seal(records, &queue, &mut seqs, &batcher.limits, &metrics) {
-                queue.close();
+        let mut pending = closed.drain(..);
+        while let Some(records) = pending.next() {
+            let n = records.len() as u64;
+            if let Err(e) = sealer.seal(records, &batcher.limits) {
+                let mut lost: u64 = n + pending.map(|r| r.len() as u64).sum::<u64>();
+                lost += batcher.flush().map_or(0, |r| r.len() as u64);
+                records_rx.close();
+                while let Ok(chunk) = records_rx.try_recv() {
+                    lost += chunk.len() as u64;
+                }
+                sealer.discard(lost);
+                sealer.queue.close();
                 return Err(e);
             }
         }
         if !open {
-            queue.close();
+            sealer.queue.close();
             return Ok(());
         }
     }
@@ -166,47 +266,6 @@ async fn sleep_until(deadline: Option<Instant>) {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
-}
-
-/// Numbers, encodes and queues one batch.
-fn seal(
-    records: Vec<pb::FlowRecord>,
-    queue: &BatchQueue,
-    seqs: &mut SeqAllocator,
-    limits: &BatchLimits,
-    metrics: &MeterMetrics,
-) -> Result<(), StateError> {
-    let n = records.len() as u32;
-    let seq = seqs.next_seq()?;
-    let up = pb::DataUp {
-        msg: Some(pb::data_up::Msg::Batch(pb::FlowBatch {
-            seq,
-            records,
-            created_unix_nanos: crate::unix_nanos_now(),
-        })),
-    };
-    let frame = match frame::encode_to_bytes(&up, limits.max_frame_bytes) {
-        Ok(f) => f,
-        Err(error) => {
-            // Only a single record larger than a frame can get here.
-            MeterMetrics::inc_by(&metrics.records_dropped, "record_too_large", u64::from(n));
-            tracing::warn!(%error, records = n, "dropping a batch that cannot fit in a frame");
-            return Ok(());
-        }
-    };
-    metrics.batches_built.inc();
-    let dropped = queue.push(QueuedBatch {
-        seq,
-        records: n,
-        frame,
-    });
-    if !dropped.is_empty() {
-        metrics.queue_dropped_batches.inc_by(dropped.len() as u64);
-        metrics
-            .queue_dropped_records
-            .inc_by(dropped.iter().map(|b| u64::from(b.records)).sum());
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -291,5 +350,63 @@ mod tests {
         };
         assert_eq!(l.capped_by(&theirs), limits(500, 512 << 10));
         assert_eq!(l.capped_by(&pb::Limits::default()), l);
+    }
+
+    fn sealer(dir: &std::path::Path, block: u64) -> (Arc<Sealer>, Arc<BatchQueue>, Arc<MeterMetrics>) {
+        let queue = Arc::new(BatchQueue::new(crate::queue::QueueLimits {
+            max_batches: 10_000,
+            max_bytes: 64 << 20,
+        }));
+        let metrics = Arc::new(MeterMetrics::new());
+        let seqs = SeqAllocator::open_with_block(dir, block).unwrap();
+        (
+            Arc::new(Sealer::new(seqs, queue.clone(), metrics.clone())),
+            queue,
+            metrics,
+        )
+    }
+
+    #[test]
+    fn a_batch_over_the_limits_is_split_never_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sealer, queue, metrics) = sealer(dir.path(), 1 << 20);
+        let records: Vec<_> = (0..5_000).map(rec).collect();
+        sealer.seal(records, &limits(400, 4_096)).unwrap();
+        let mut seen = 0u64;
+        let mut after = 0;
+        while let Some(b) = queue.next_after(after) {
+            assert!(b.records <= 400, "{} records", b.records);
+            assert!(b.frame.len() - frame::LENGTH_PREFIX_BYTES <= 4_096);
+            seen += u64::from(b.records);
+            after = b.seq;
+        }
+        assert_eq!(seen, 5_000);
+        assert_eq!(
+            MeterMetrics::count(&metrics.records_dropped, "record_too_large"),
+            0
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_seq_reservation_counts_what_it_discards_and_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sealer, queue, metrics) = sealer(dir.path(), 2);
+        // The next reservation cannot be written: a directory sits where the file goes.
+        std::fs::remove_file(dir.path().join("seq")).unwrap();
+        std::fs::create_dir_all(dir.path().join("seq/blocked")).unwrap();
+        let (tx, rx) = mpsc::channel(8);
+        let (_limits_tx, limits_rx) = watch::channel(limits(10, 1 << 20));
+        for c in 0..5u32 {
+            tx.send((0..10).map(|i| rec(c * 10 + i)).collect()).await.unwrap();
+        }
+        drop(tx);
+        let result = run(rx, sealer, limits_rx).await;
+        assert!(matches!(result, Err(StateError::Io { .. })), "{result:?}");
+        let (queued, _) = queue.depth();
+        let queued_records = queued as u64 * 10;
+        let dropped = MeterMetrics::count(&metrics.records_dropped, "seq_unavailable");
+        assert_eq!(queued, 2, "the first block (2 seqs) was used");
+        assert_eq!(queued_records + dropped, 50, "every record is queued or counted");
+        assert!(queue.is_closed());
     }
 }

@@ -19,6 +19,7 @@ pub mod selector;
 pub mod session;
 pub mod source;
 pub mod state;
+pub mod stop;
 pub mod telemetry;
 pub mod transport;
 
@@ -38,12 +39,14 @@ pub use config::Config;
 use ringflow_proto::quic::TlsError;
 pub use telemetry::MeterMetrics;
 
-use batcher::BatchLimits;
+use batcher::{BatchLimits, Sealer};
 use config::ConfigError;
 use queue::{BatchQueue, QueueLimits};
+use ringflow_proto::codes::ConnectionCode;
 use selector::{Selector, full_jitter};
 use session::{Credentials, SessionContext, SessionEnd};
 use state::{SeqAllocator, StateError};
+use stop::StopClock;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -64,12 +67,37 @@ impl StartError {
     }
 }
 
+/// Why a running meter stopped with a failure.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("the state directory failed: {0}")]
+    State(#[from] StateError),
+    #[error("the meter's pipeline panicked: {0}")]
+    Panicked(String),
+}
+
+/// Why [`run`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MeterError {
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error(transparent)]
+    Run(#[from] RunError),
+}
+
+impl MeterError {
+    /// True when the operator's configuration is at fault (exit code 64).
+    pub fn is_config(&self) -> bool {
+        matches!(self, MeterError::Start(e) if e.is_config())
+    }
+}
+
 /// A running meter.
 pub struct Meter {
     id: String,
     metrics: Arc<MeterMetrics>,
     shutdown: CancellationToken,
-    task: JoinHandle<()>,
+    task: JoinHandle<Result<(), RunError>>,
 }
 
 impl Meter {
@@ -113,22 +141,24 @@ impl Meter {
     }
 
     /// Asks the meter to stop (flushing within its grace period) and waits for it.
-    pub async fn stop(self) {
+    pub async fn stop(self) -> Result<(), RunError> {
         self.shutdown.cancel();
-        self.join().await;
+        self.join().await
     }
 
-    /// Waits until the meter has stopped.
-    pub async fn join(self) {
-        if let Err(e) = self.task.await {
-            warn!(error = %e, "meter task ended abnormally");
+    /// Waits until the meter has stopped (on shutdown, or by itself once every source has
+    /// finished and everything is acked).
+    pub async fn join(self) -> Result<(), RunError> {
+        match self.task.await {
+            Ok(result) => result,
+            Err(e) => Err(RunError::Panicked(e.to_string())),
         }
     }
 }
 
 /// Runs a meter until `shutdown` fires and it has flushed (or its grace period ran out).
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
-    Meter::start(config, shutdown).await?.join().await;
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), MeterError> {
+    Meter::start(config, shutdown).await?.join().await?;
     Ok(())
 }
 
@@ -141,7 +171,7 @@ struct Pipeline {
 }
 
 impl Pipeline {
-    async fn run(self, shutdown: CancellationToken) {
+    async fn run(self, shutdown: CancellationToken) -> Result<(), RunError> {
         let Pipeline {
             config,
             credentials,
@@ -155,6 +185,7 @@ impl Pipeline {
             max_batches: config.queue.max_batches,
             max_bytes: config.queue.max_bytes,
         }));
+        let sealer = Arc::new(Sealer::new(seqs, Arc::clone(&queue), Arc::clone(&metrics)));
         let local_limits = BatchLimits {
             max_records: config.batch.max_records,
             max_frame_bytes: config.batch.max_bytes,
@@ -178,44 +209,46 @@ impl Pipeline {
         }
         // Only the sources hold senders now: when they stop, the batcher sees the end.
         drop(records_tx);
-        let batcher = tasks.spawn(batcher::run(
-            records_rx,
-            Arc::clone(&queue),
-            seqs,
-            limits_rx,
-            Arc::clone(&metrics),
-        ));
+        let batcher = tasks.spawn(batcher::run(records_rx, Arc::clone(&sealer), limits_rx));
 
         info!(meter_id = %credentials.meter_id, org = %credentials.org_id, collectors = ?config.collectors, "meter started");
-        let ctx = SessionContext {
+        let ctx = Arc::new(SessionContext {
             endpoint: endpoint.clone(),
             credentials,
             connect_timeout: config.reconnect.connect_timeout(),
+            sealer,
             queue: Arc::clone(&queue),
             metrics: Arc::clone(&metrics),
+            stop: StopClock::new(shutdown.clone(), Duration::from_millis(config.shutdown.grace_ms)),
             local_limits,
             limits_tx,
             last_acked: AtomicU64::new(0),
-        };
+        });
         // On shutdown the sources stop first; the batcher then flushes its open batch and closes
-        // the queue, and the connect loop below flushes the queue within the grace period.
+        // the queue, and the connect loop below flushes the queue by the stop clock's deadline.
         {
-            let (shutdown, sources_stop, m) = (shutdown.clone(), sources_stop.clone(), Arc::clone(&metrics));
+            let (ctx, sources_stop) = (Arc::clone(&ctx), sources_stop.clone());
             tasks.spawn(async move {
-                let _task = m.task("stop_watch");
+                let _task = ctx.metrics.task("stop_watch");
                 tokio::select! {
-                    _ = shutdown.cancelled() => {}
+                    _ = ctx.stop.requested() => {}
                     _ = sources_stop.cancelled() => {}
                 }
                 sources_stop.cancel();
             });
         }
-        connect_loop(&ctx, &config, &shutdown).await;
-        // The connect loop only returns on shutdown; make sure everything else stops too.
+        // Returns on shutdown, or once every source has finished and all they produced is
+        // settled (a synthetic source with `total_records`): the meter then has nothing to do.
+        connect_loop(&ctx, &config).await;
         sources_stop.cancel();
-        if let Ok(Err(error)) = batcher.await {
-            warn!(%error, "batcher stopped with an error");
-        }
+        let result = match batcher.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => {
+                tracing::error!(%error, "batching stopped: the meter cannot reserve sequence numbers");
+                Err(RunError::State(error))
+            }
+            Err(join) => Err(RunError::Panicked(join.to_string())),
+        };
         tasks.close();
         tasks.wait().await;
         let (left, _) = queue.depth();
@@ -225,42 +258,36 @@ impl Pipeline {
                 "exiting with batches no collector acked; they are lost (no disk spool yet)"
             );
         }
-        endpoint.close(
-            ringflow_proto::codes::ConnectionCode::ShuttingDown.varint(),
-            ringflow_proto::codes::ConnectionCode::ShuttingDown.reason(),
-        );
+        ConnectionCode::ShuttingDown.close_endpoint(&endpoint);
         let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
         info!(acked_records = metrics.records_acked.get(), "meter stopped");
+        result
     }
 }
 
-/// Connects, runs sessions, and waits between attempts, until shutdown has flushed the queue or
-/// the grace period is over.
-async fn connect_loop(ctx: &SessionContext, config: &Config, shutdown: &CancellationToken) {
+/// Connects, runs sessions, and waits between attempts, until the queue is flushed (after
+/// shutdown, or once every source has finished) or the flush deadline has passed.
+async fn connect_loop(ctx: &SessionContext, config: &Config) {
     let _task = ctx.metrics.task("connect_loop");
     let mut selector = Selector::new(
         config.targets(),
         full_jitter(config.reconnect.initial_delay(), config.reconnect.max_delay()),
     );
-    let grace = Duration::from_millis(config.shutdown.grace_ms);
     let mut failures = FailureLog::default();
-    let mut stop_by: Option<Instant> = None;
     loop {
-        if shutdown.is_cancelled() {
-            let deadline = *stop_by.get_or_insert_with(|| Instant::now() + grace);
-            if Instant::now() >= deadline || (ctx.queue.is_closed() && ctx.queue.depth().0 == 0) {
-                return;
-            }
+        if let Some(deadline) = ctx.stop.deadline()
+            && (Instant::now() >= deadline || (ctx.queue.is_closed() && ctx.queue.depth().0 == 0))
+        {
+            return;
         }
         let target = selector.next_target();
-        let remaining_grace = stop_by.map_or(grace, |d| d.saturating_duration_since(Instant::now()));
         let delay = match resolve(&target.address).await {
             Err(error) => {
                 failures.record("resolve", &target.address, &error);
                 selector.failure_delay(None)
             }
             Ok(addr) => {
-                let outcome = session::run(ctx, addr, &target.server_name, shutdown, remaining_grace).await;
+                let outcome = session::run(ctx, addr, &target.server_name).await;
                 if outcome.welcomed {
                     selector.on_success();
                     failures.reset();
@@ -301,8 +328,8 @@ async fn connect_loop(ctx: &SessionContext, config: &Config, shutdown: &Cancella
         };
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            // On shutdown, try at once to flush what is queued (bounded by the grace period).
-            _ = shutdown.cancelled(), if stop_by.is_none() => {}
+            // On shutdown, try at once to flush what is queued (bounded by the flush deadline).
+            _ = ctx.stop.requested(), if !ctx.stop.is_stopping() => {}
         }
     }
 }

@@ -3,7 +3,9 @@
 //! Owns: which batches are still owed to a collector. The batcher pushes; the session reads
 //! batches after a cursor (so a new session resends everything unacked, in order, with the
 //! original seqs), removes acked and nacked ones. Bounded by count and bytes; when full, the
-//! oldest batch is dropped and returned to the caller to count. This is the seam the disk spool
+//! oldest batch not already in flight to a collector is dropped and returned to the caller to
+//! count (in-flight batches are about to be acked; only if every batch is in flight does the
+//! oldest go). This is the seam the disk spool
 //! (its own issue) extends. Must never: reorder batches, renumber them, or grow past its bounds.
 
 use std::collections::VecDeque;
@@ -40,6 +42,8 @@ struct State {
     bytes: usize,
     /// No more pushes will come (the batcher has stopped).
     closed: bool,
+    /// Highest seq the current session has sent (0: none yet). Batches up to it are in flight.
+    sent_through: u64,
 }
 
 #[derive(Debug)]
@@ -64,8 +68,8 @@ impl BatchQueue {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Appends a batch (its seq must be above every queued one). Returns the batches dropped,
-    /// oldest first, to stay within the bounds.
+    /// Appends a batch (its seq must be above every queued one). Returns the batches dropped to
+    /// stay within the bounds.
     pub fn push(&self, batch: QueuedBatch) -> Vec<QueuedBatch> {
         let mut dropped = Vec::new();
         {
@@ -75,7 +79,14 @@ impl BatchQueue {
                 && (s.batches.len() >= self.limits.max_batches
                     || s.bytes + batch.frame.len() > self.limits.max_bytes)
             {
-                if let Some(old) = s.batches.pop_front() {
+                let sent_through = s.sent_through;
+                let oldest_unsent = s.batches.partition_point(|b| b.seq <= sent_through);
+                let victim = if oldest_unsent < s.batches.len() {
+                    oldest_unsent
+                } else {
+                    0
+                };
+                if let Some(old) = s.batches.remove(victim) {
                     s.bytes -= old.frame.len();
                     dropped.push(old);
                 }
@@ -112,6 +123,17 @@ impl BatchQueue {
             }
             notified.await;
         }
+    }
+
+    /// Records that the session has sent everything up to `seq`.
+    pub fn mark_sent(&self, seq: u64) {
+        let mut s = self.state();
+        s.sent_through = s.sent_through.max(seq);
+    }
+
+    /// A new session starts: nothing is in flight any more (it resends from the oldest).
+    pub fn reset_sent(&self) {
+        self.state().sent_through = 0;
     }
 
     /// Removes every batch with seq <= `up_to`.
@@ -236,5 +258,25 @@ mod tests {
                 prop_assert_eq!(len as u64 + dropped + acked, pushed);
             }
         }
+    }
+
+    #[test]
+    fn when_full_batches_in_flight_are_kept_and_the_oldest_unsent_goes() {
+        let q = BatchQueue::new(QueueLimits {
+            max_batches: 4,
+            max_bytes: 1000,
+        });
+        for seq in 1..=4 {
+            q.push(batch(seq, 10));
+        }
+        q.mark_sent(2);
+        let dropped: Vec<u64> = q.push(batch(5, 10)).iter().map(|b| b.seq).collect();
+        assert_eq!(dropped, vec![3], "1 and 2 are in flight");
+        q.mark_sent(5);
+        let dropped: Vec<u64> = q.push(batch(6, 10)).iter().map(|b| b.seq).collect();
+        assert_eq!(dropped, vec![1], "everything is in flight: the oldest goes");
+        q.reset_sent();
+        let dropped: Vec<u64> = q.push(batch(7, 10)).iter().map(|b| b.seq).collect();
+        assert_eq!(dropped, vec![2]);
     }
 }

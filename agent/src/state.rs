@@ -81,11 +81,18 @@ pub struct SeqAllocator {
     path: PathBuf,
     next: u64,
     reserved_until: u64,
+    block: u64,
 }
 
 impl SeqAllocator {
     /// Starts after everything a previous run may have used.
     pub fn open(dir: &Path) -> Result<Self, StateError> {
+        Self::open_with_block(dir, SEQ_BLOCK)
+    }
+
+    /// As [`open`](Self::open), reserving `block` seqs at a time (tests use small blocks to
+    /// reach the next reservation quickly).
+    pub fn open_with_block(dir: &Path, block: u64) -> Result<Self, StateError> {
         let path = dir.join("seq");
         let start = match fs::read_to_string(&path) {
             Ok(text) => text.trim().parse::<u64>().map_err(|_| StateError::Corrupt {
@@ -101,6 +108,7 @@ impl SeqAllocator {
             path,
             next,
             reserved_until: next,
+            block: block.max(1),
         };
         alloc.reserve()?;
         Ok(alloc)
@@ -117,7 +125,7 @@ impl SeqAllocator {
     }
 
     fn reserve(&mut self) -> Result<(), StateError> {
-        let until = self.next.saturating_add(SEQ_BLOCK);
+        let until = self.next.saturating_add(self.block);
         write_synced(&self.path, &until.to_string())?;
         self.reserved_until = until;
         Ok(())

@@ -26,6 +26,7 @@ pub struct MeterMetrics {
     pub records_generated: Counter,
     pub records_dropped: Family<ReasonLabel, Counter>,
     pub batches_built: Counter,
+    pub batches_resealed: Counter,
     pub queue_batches: Gauge,
     pub queue_bytes: Gauge,
     pub queue_dropped_batches: Counter,
@@ -61,12 +62,17 @@ impl MeterMetrics {
             ),
             records_dropped: reg!(
                 "records_dropped",
-                "Records dropped before batching, by reason (source_queue_full: the pipeline was behind)",
+                "Records dropped, by reason: source_queue_full (the pipeline was behind), record_too_large, seq_unavailable (the state directory failed)",
                 Family::default()
             ),
             batches_built: reg!(
                 "batches_built",
-                "Batches closed by the batcher",
+                "Batches numbered and queued (splits included)",
+                Counter::default()
+            ),
+            batches_resealed: reg!(
+                "batches_resealed",
+                "Queued batches split because a collector allows smaller batches than they were built for",
                 Counter::default()
             ),
             queue_batches: reg!("queue_batches", "Batches held until acked", Gauge::default()),

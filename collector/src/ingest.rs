@@ -283,9 +283,15 @@ pub async fn serve_data_stream(
                             payload,
                         };
                         // Waits while the sink queue is full: we stop reading, QUIC pushes back.
-                        match ctx.sink.submit(job).await {
-                            Ok(receipt) => in_flight.push_back(InFlight { seq, state: InFlightState::Waiting(receipt) }),
-                            Err(_) => {
+                        // Shutdown must not wait behind a sink that cannot write: the batch is
+                        // then dropped unacked, and the meter sends it again elsewhere.
+                        let submitted = tokio::select! {
+                            receipt = ctx.sink.submit(job) => receipt.ok(),
+                            _ = stop.cancelled() => None,
+                        };
+                        match submitted {
+                            Some(receipt) => in_flight.push_back(InFlight { seq, state: InFlightState::Waiting(receipt) }),
+                            None => {
                                 close(&mut send, &mut reader, StreamCode::ShuttingDown);
                                 return StreamEnd::Stopped;
                             }

@@ -29,7 +29,7 @@ use crate::sink::{self, QueueBounds, Sink, SinkContext, SinkHealth};
 use crate::store::{RecoveryReport, StoreError};
 use crate::telemetry::{CollectorMetrics, LogThrottle};
 
-/// How long, after the grace period, the sink gets to flush what is already queued.
+/// How long, after the grace period, the data streams and the sink get to settle what is queued.
 const SINK_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
@@ -243,19 +243,26 @@ impl Collector {
             );
         }
         hard_stop.cancel();
-        endpoint.close(
-            ConnectionCode::ShuttingDown.varint(),
-            ConnectionCode::ShuttingDown.reason(),
-        );
+        ConnectionCode::ShuttingDown.close_endpoint(&endpoint);
         connections.wait().await;
         let _ = accept_task.await;
+        // Data streams settle what they handed to the sink; then the last handle to the sink
+        // queue goes with `shared`, and the sink writes what is queued and stops. Both are
+        // bounded: a sink that cannot write (a failed disk) is abandoned, leaving its batches
+        // unacked for meters to send again elsewhere.
+        let flush_deadline = Instant::now() + SINK_FLUSH_TIMEOUT;
         data_plane.tasks.close();
-        data_plane.tasks.wait().await;
-        // The last handle to the sink queue goes with `shared`: the sink writes what is queued,
-        // then stops.
+        if tokio::time::timeout_at(flush_deadline, data_plane.tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!("data streams still waiting on the sink: abandoning the sink's queue (not acked)");
+            abandon.cancel();
+            data_plane.tasks.wait().await;
+        }
         drop(shared);
         let mut sink_task = sink_task;
-        if tokio::time::timeout(SINK_FLUSH_TIMEOUT, &mut sink_task)
+        if tokio::time::timeout_at(flush_deadline, &mut sink_task)
             .await
             .is_err()
         {

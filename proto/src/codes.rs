@@ -99,6 +99,11 @@ impl ConnectionCode {
         conn.close(self.varint(), self.reason());
     }
 
+    /// Closes every connection of `endpoint` with this code and its reason.
+    pub fn close_endpoint(self, endpoint: &quinn::Endpoint) {
+        endpoint.close(self.varint(), self.reason());
+    }
+
     /// Reason bytes sent with CONNECTION_CLOSE (short, never secret).
     pub fn reason(self) -> &'static [u8] {
         match self {

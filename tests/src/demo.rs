@@ -91,7 +91,7 @@ pub async fn run(
 
     let totals = report_until_stopped(&options, &meter, &collector, &data_dir, &stop, out).await?;
     let metrics = meter.metrics();
-    meter.stop().await;
+    meter.stop().await?;
     collector.stop().await;
     writeln!(
         out,

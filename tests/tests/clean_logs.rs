@@ -28,7 +28,7 @@ async fn a_wrong_token_is_rejected_and_never_logged() -> anyhow::Result<()> {
         ringflow_agent::MeterMetrics::count(&m.rejects, "auth") >= 2
     })
     .await?;
-    meter.stop().await;
+    meter.stop().await?;
     let cm = collector.metrics.clone();
     collector.stop().await;
 

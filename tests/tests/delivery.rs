@@ -22,7 +22,8 @@ async fn a_meter_delivers_exactly_100k_records_each_once() -> anyhow::Result<()>
         m.records_acked.get() >= TOTAL
     })
     .await?;
-    meter.stop().await;
+    // Its only source has finished and everything is acked: the meter stops by itself.
+    tokio::time::timeout(Duration::from_secs(30), meter.join()).await??;
     collector.stop().await;
 
     let stored = read_all(&bed.data_dir("c1"), None)?;
@@ -82,7 +83,7 @@ async fn acked_batches_survive_a_collector_kill_and_the_meter_resumes() -> anyho
         |m| m.records_acked.get() >= TOTAL,
     )
     .await?;
-    meter.stop().await;
+    meter.stop().await?;
     let status = collector.terminate().await?;
     assert!(status.success(), "collector exits cleanly on SIGTERM: {status:?}");
 
@@ -129,7 +130,7 @@ async fn the_store_byte_cap_holds_and_counts_what_it_drops() -> anyhow::Result<(
         m.records_acked.get() >= TOTAL
     })
     .await?;
-    meter.stop().await;
+    meter.stop().await?;
     let cm = collector.metrics.clone();
     collector.stop().await;
 
@@ -178,7 +179,7 @@ async fn a_draining_collector_hands_its_meter_to_the_next() -> anyhow::Result<()
     })
     .await?;
     assert_eq!(b.metrics.sessions_active.get(), 1, "the meter moved to b");
-    meter.stop().await;
+    meter.stop().await?;
     b.stop().await;
 
     let mut stored = read_all(&bed.data_dir("a"), None)?;
@@ -196,5 +197,46 @@ async fn a_draining_collector_hands_its_meter_to_the_next() -> anyhow::Result<()
             .get(),
         1
     );
+    Ok(())
+}
+
+/// A meter that batched under its own large limits while no collector was reachable meets a
+/// collector with much smaller limits: the queued batches are split to fit, nothing is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_built_before_welcome_are_split_to_the_collectors_limits() -> anyhow::Result<()> {
+    const TOTAL: u64 = 20_000;
+    let bed = TestBed::new()?;
+    let addr = free_udp_addr()?;
+    let mut config = bed.meter_config("m1", &[addr]);
+    config.batch.max_records = 5_000;
+    config.batch.max_bytes = 1 << 20;
+    config.sources.synthetic = synthetic(1_000_000, TOTAL);
+    let meter = start_meter(config).await?;
+    let metrics = meter.metrics();
+    // No collector yet: wait until all records are batched and queued.
+    wait_for_meter(&metrics, Duration::from_secs(30), "everything generated", |m| {
+        m.records_generated.get() >= TOTAL
+    })
+    .await?;
+
+    let extra =
+        "[limits]\nmax_frame_bytes = 4096\nstream_receive_window = 8192\nmax_records_per_batch = 50\n";
+    let mut collector_config = bed.collector_config("c1", extra)?;
+    collector_config.listen = addr;
+    let collector = ringflow_tests::RunningCollector::start(collector_config).await?;
+    tokio::time::timeout(Duration::from_secs(60), meter.join()).await??;
+    let cm = collector.metrics.clone();
+    collector.stop().await;
+
+    assert_eq!(metrics.records_acked.get(), TOTAL);
+    assert!(metrics.batches_resealed.get() > 0, "queued batches were split");
+    assert_eq!(
+        ringflow_collector::CollectorMetrics::count(&cm.nacks, "too_many_records"),
+        0,
+        "nothing over the limits was sent"
+    );
+    let s = summarize(&read_all(&bed.data_dir("c1"), None)?);
+    assert_eq!(s.records, TOTAL);
+    assert_eq!(s.bytes_from_src, (0..TOTAL).map(bytes_from_src).sum::<u64>());
     Ok(())
 }

@@ -123,7 +123,7 @@ async fn bad_frames_close_only_their_stream_while_others_are_served() -> anyhow:
         |m| m.records_acked.get() >= before + 1_000,
     )
     .await?;
-    meter.stop().await;
+    meter.stop().await?;
     let cm = collector.metrics.clone();
     collector.stop().await;
 

@@ -14,17 +14,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use prost::Message;
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use ringflow_proto::codes::{ConnectionCode, StreamCode};
 use ringflow_proto::frame::{self, FrameError, FrameReader, MAX_CONTROL_FRAME_BYTES};
 use ringflow_proto::{PROTOCOL_VERSION, pb};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::batcher::BatchLimits;
+use crate::batcher::{BatchLimits, Sealer};
 use crate::queue::BatchQueue;
+use crate::stop::StopClock;
 use crate::telemetry::MeterMetrics;
 use window::{Window, WindowError};
 
@@ -54,8 +55,13 @@ pub struct SessionContext {
     pub endpoint: Endpoint,
     pub credentials: Credentials,
     pub connect_timeout: Duration,
+    /// Numbers and queues batches; the session re-seals through it what a collector's limits
+    /// do not allow.
+    pub sealer: Arc<Sealer>,
     pub queue: Arc<BatchQueue>,
     pub metrics: Arc<MeterMetrics>,
+    /// Shutdown and the flush deadline.
+    pub stop: StopClock,
     /// The meter's own batch limits, lowered by each collector's `Welcome` for the batcher.
     pub local_limits: BatchLimits,
     pub limits_tx: watch::Sender<BatchLimits>,
@@ -154,15 +160,9 @@ fn control_frame(msg: pb::control_frame::Msg) -> bytes::Bytes {
     frame::encode_to_bytes(&pb::ControlFrame { msg: Some(msg) }, MAX_CONTROL_FRAME_BYTES).unwrap_or_default()
 }
 
-/// Runs one session with the collector at `addr`. `flush_by` is set once shutdown has begun:
-/// the session then ends when the queue is drained or at that instant.
-pub async fn run(
-    ctx: &SessionContext,
-    addr: SocketAddr,
-    server_name: &str,
-    shutdown: &CancellationToken,
-    grace: Duration,
-) -> SessionOutcome {
+/// Runs one session with the collector at `addr`. Once shutdown is requested the session ends
+/// when the queue is drained, or at the flush deadline.
+pub async fn run(ctx: &SessionContext, addr: SocketAddr, server_name: &str) -> SessionOutcome {
     ctx.metrics.connect_attempts.inc();
     let connecting = match ctx.endpoint.connect(addr, server_name) {
         Ok(c) => c,
@@ -191,7 +191,7 @@ pub async fn run(
             Err(_) => return ended(SessionEnd::Failed(SessionError::Timeout(ctx.connect_timeout)), false),
         },
         // Shutting down and the grace period ran out before a collector took the queue.
-        _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+        _ = ctx.stop.expired() => {
             return ended(SessionEnd::Unflushed, false);
         }
     };
@@ -244,7 +244,7 @@ pub async fn run(
                 data_send,
                 data: FrameReader::new(data_recv, MAX_CONTROL_FRAME_BYTES),
             };
-            streams.run(ctx, &limits, shutdown, grace).await
+            streams.run(ctx, &limits).await
         }
         Err(e) => SessionEnd::Failed(e.into()),
     };
@@ -271,26 +271,17 @@ enum ControlEvent {
 }
 
 impl Streams<'_> {
-    async fn run(
-        mut self,
-        ctx: &SessionContext,
-        limits: &pb::Limits,
-        shutdown: &CancellationToken,
-        grace: Duration,
-    ) -> SessionEnd {
+    async fn run(mut self, ctx: &SessionContext, limits: &pb::Limits) -> SessionEnd {
         let window = Mutex::new(Window::new(limits.max_unacked_batches as usize));
         let room = Notify::new();
         // Stop taking new batches from the queue (after Drain, or when the queue is exhausted).
         let sending_done = AtomicBool::new(false);
         let heartbeat = Duration::from_millis(limits.heartbeat_interval_ms.into());
-        let max_frame = if limits.max_frame_bytes == 0 {
-            frame::DEFAULT_MAX_FRAME_BYTES
-        } else {
-            limits.max_frame_bytes as usize
-        };
+        // What this collector accepts; batches queued under larger limits are split to fit.
+        let allowed = ctx.local_limits.capped_by(limits);
 
         let result = {
-            let sender = send_batches(&mut self.data_send, ctx, &window, &room, &sending_done, max_frame);
+            let sender = send_batches(&mut self.data_send, ctx, &window, &room, &sending_done, &allowed);
             let receiver = receive_replies(&mut self.data, ctx, &window, &room, &sending_done);
             let control = run_control(&mut self.ctl_send, &mut self.ctl, heartbeat);
             tokio::pin!(sender, receiver, control);
@@ -320,8 +311,8 @@ impl Streams<'_> {
                         }
                         Err(e) => break Err(e),
                     },
-                    _ = shutdown.cancelled(), if deadline.is_none() => {
-                        deadline = Some(Instant::now() + grace);
+                    _ = ctx.stop.requested(), if deadline.is_none() => {
+                        deadline = ctx.stop.deadline();
                     }
                     _ = sleep_until(deadline), if deadline.is_some() => break Ok(()),
                 }
@@ -369,10 +360,11 @@ async fn send_batches(
     window: &Mutex<Window>,
     room: &Notify,
     sending_done: &AtomicBool,
-    max_frame: usize,
+    allowed: &BatchLimits,
 ) -> Result<(), SessionError> {
     // Start after what was already acked: everything unacked is sent again, in order.
     let mut cursor = 0u64;
+    ctx.queue.reset_sent();
     loop {
         loop {
             let notified = room.notified();
@@ -393,23 +385,53 @@ async fn send_batches(
             return std::future::pending().await;
         }
         cursor = batch.seq;
-        if batch.frame.len() - frame::LENGTH_PREFIX_BYTES > max_frame {
-            // Built under larger limits than this collector allows: it can never be accepted here.
-            warn!(
-                seq = batch.seq,
-                bytes = batch.frame.len(),
-                max_frame,
-                "dropping a batch larger than the collector's frame limit"
-            );
-            if ctx.queue.remove(batch.seq).is_some() {
-                MeterMetrics::inc(&ctx.metrics.batches_nacked, "frame_too_large");
-                ctx.metrics.records_nacked.inc_by(u64::from(batch.records));
-            }
+        if batch.frame.len() - frame::LENGTH_PREFIX_BYTES > allowed.max_frame_bytes
+            || batch.records as usize > allowed.max_records
+        {
+            // Built under larger limits than this collector allows (before its Welcome): split it
+            // into batches that fit; they get new seqs and are queued after the others.
+            reseal(ctx, batch.seq, allowed);
             continue;
         }
         send.write_chunk(batch.frame).await?;
         lock(window).sent(batch.seq);
+        ctx.queue.mark_sent(batch.seq);
         ctx.metrics.batches_sent.inc();
+    }
+}
+
+/// Takes batch `seq` out of the queue and queues its records again as batches within `allowed`.
+fn reseal(ctx: &SessionContext, seq: u64, allowed: &BatchLimits) {
+    let Some(batch) = ctx.queue.remove(seq) else {
+        return;
+    };
+    let records = match pb::DataUp::decode(batch.frame.slice(frame::LENGTH_PREFIX_BYTES..)) {
+        Ok(pb::DataUp {
+            msg: Some(pb::data_up::Msg::Batch(b)),
+        }) => b.records,
+        _ => {
+            // Cannot happen for a frame this meter encoded; counted rather than assumed.
+            MeterMetrics::inc_by(
+                &ctx.metrics.records_dropped,
+                "undecodable_queued",
+                batch.records.into(),
+            );
+            return;
+        }
+    };
+    ctx.metrics.batches_resealed.inc();
+    debug!(
+        seq,
+        records = batch.records,
+        "splitting a queued batch to fit the collector's limits"
+    );
+    if let Err(error) = ctx.sealer.seal(records, allowed) {
+        MeterMetrics::inc_by(
+            &ctx.metrics.records_dropped,
+            "seq_unavailable",
+            batch.records.into(),
+        );
+        tracing::error!(%error, "cannot re-queue a split batch");
     }
 }
 

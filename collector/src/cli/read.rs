@@ -122,10 +122,9 @@ pub fn read_store(
         for (name, reader) in &mut readers {
             batches.clear();
             let progress = reader.read_available(&mut batches)?;
-            if progress.segments_skipped > 0 {
+            if progress.skipped_by_retention {
                 eprintln!(
-                    "collector read: org {name}: {} segment(s) were deleted by retention before they could be read",
-                    progress.segments_skipped
+                    "collector read: org {name}: records were deleted by retention (sink.file.max_bytes) before they could be read; skipped"
                 );
             }
             for problem in &progress.corruption {

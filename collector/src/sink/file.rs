@@ -111,13 +111,20 @@ impl FileSink {
     ) -> bool {
         let mut written = 0;
         loop {
-            match self.try_write(&group[written..], &ctx.metrics) {
+            let result = self.try_write(&group[written..]);
+            count_evicted(&self.store.take_evicted(), &ctx.metrics);
+            match result {
                 Ok(()) => break,
                 Err((done, error)) => {
-                    // After a failed sync the kernel may have dropped the dirty pages: write the
-                    // whole group again (duplicates are harmless, downstream de-duplicates by
-                    // (meter_id, seq)). After a failed write, continue where it stopped.
-                    written = if done == usize::MAX { 0 } else { written + done };
+                    // A failed write: continue where it stopped (no duplicates). A failed sync or a
+                    // vanished segment: what was written may not be on disk (the kernel may drop
+                    // pages it could not write), so the whole group is written again; copies are
+                    // harmless, downstream de-duplicates by (meter_id, seq).
+                    written = if error.lost_durability() {
+                        0
+                    } else {
+                        written + done
+                    };
                     ctx.metrics.sink_write_errors.inc();
                     ctx.health.set(false);
                     log_write_error(throttle, &error);
@@ -142,18 +149,17 @@ impl FileSink {
         true
     }
 
-    /// Appends `jobs` and syncs per policy. On error returns how many jobs were appended before it
-    /// (`usize::MAX` if the sync failed, meaning none can be trusted).
-    fn try_write(&mut self, jobs: &[SinkJob], metrics: &CollectorMetrics) -> Result<(), (usize, StoreError)> {
+    /// Appends `jobs`, checks their segments are still in place, and syncs per policy. On error
+    /// returns how many jobs were appended before it.
+    fn try_write(&mut self, jobs: &[SinkJob]) -> Result<(), (usize, StoreError)> {
         for (i, job) in jobs.iter().enumerate() {
-            let evicted = self
-                .store
+            self.store
                 .append(&job.batch.org, &job.batch.payload, job.batch.records)
                 .map_err(|e| (i, e))?;
-            count_evicted(&evicted, metrics);
         }
+        self.store.verify_active().map_err(|e| (jobs.len(), e))?;
         if self.fsync == FsyncPolicy::Always {
-            self.store.sync().map_err(|e| (usize::MAX, e))?;
+            self.store.sync().map_err(|e| (jobs.len(), e))?;
         }
         Ok(())
     }

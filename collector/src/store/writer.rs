@@ -42,6 +42,11 @@ pub enum StoreError {
     },
     #[error("{path} is not a ringflow segment file; move it out of the data directory")]
     Foreign { path: PathBuf },
+    #[error(
+        "{path} was deleted or replaced while the collector was writing it (were files under data_dir removed?); \
+         its batches are written again to a new segment"
+    )]
+    Vanished { path: PathBuf },
 }
 
 impl StoreError {
@@ -51,6 +56,16 @@ impl StoreError {
             path: path.to_owned(),
             source,
         }
+    }
+
+    /// True when data written before this error may not be on disk after all: a failed sync
+    /// (the kernel may have dropped the pages it could not write) or a segment that vanished.
+    /// Everything written since the last successful sync must be written again.
+    pub fn lost_durability(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Io { op: "sync", .. } | StoreError::Vanished { .. }
+        )
     }
 
     /// True when the disk is full (or over quota): worth retrying after space is freed.
@@ -86,6 +101,8 @@ struct Active {
     path: PathBuf,
     meta: SegmentMeta,
     unsynced: bool,
+    /// Appended to since the last [`SegmentStore::verify_active`].
+    unverified: bool,
 }
 
 struct Sealed {
@@ -104,6 +121,8 @@ pub struct SegmentStore {
     total_bytes: u64,
     next_id: u64,
     scratch: Vec<u8>,
+    /// Segments deleted by the byte cap and not yet taken by the caller to count.
+    evicted: Vec<Evicted>,
 }
 
 impl SegmentStore {
@@ -111,6 +130,7 @@ impl SegmentStore {
     pub fn open(data_dir: &Path, limits: StoreLimits) -> Result<(Self, RecoveryReport), StoreError> {
         let segments_dir = data_dir.join("segments");
         std::fs::create_dir_all(&segments_dir).map_err(StoreError::io("create", &segments_dir))?;
+        sync_dir(data_dir)?;
         let lock_path = data_dir.join("LOCK");
         let lock = OpenOptions::new()
             .create(true)
@@ -136,6 +156,7 @@ impl SegmentStore {
             total_bytes: 0,
             next_id: 1,
             scratch: Vec::new(),
+            evicted: Vec::new(),
         };
         let report = store.recover()?;
         Ok((store, report))
@@ -172,6 +193,7 @@ impl SegmentStore {
                                     path,
                                     meta,
                                     unsynced: false,
+                                    unverified: false,
                                 },
                             );
                             continue;
@@ -195,9 +217,9 @@ impl SegmentStore {
         Ok(report)
     }
 
-    /// Appends one batch for `org`. Returns the segments deleted to make room (their batches are
-    /// dropped and must be counted by the caller). Data is written to the OS, not yet synced.
-    pub fn append(&mut self, org: &str, body: &[u8], records: u32) -> Result<Vec<Evicted>, StoreError> {
+    /// Appends one batch for `org`: written to the OS, not yet synced. Segments deleted to make
+    /// room are kept for [`take_evicted`](Self::take_evicted), whether or not the append succeeds.
+    pub fn append(&mut self, org: &str, body: &[u8], records: u32) -> Result<(), StoreError> {
         let entry_bytes = (segment::ENTRY_HEADER_BYTES + body.len()) as u64;
         // Rotate first, so that the room made below accounts for a new segment's header.
         if let Some(active) = self.active.get(org)
@@ -207,7 +229,7 @@ impl SegmentStore {
             self.seal(org)?;
         }
         // Room for a segment header too: eviction may close this org's segment and start another.
-        let evicted = self.make_room(SEGMENT_HEADER_BYTES + entry_bytes)?;
+        self.make_room(SEGMENT_HEADER_BYTES + entry_bytes)?;
         if !self.active.contains_key(org) {
             self.start_segment(org)?;
         }
@@ -228,8 +250,42 @@ impl SegmentStore {
         active.meta.entries += 1;
         active.meta.records += u64::from(records);
         active.unsynced = true;
+        active.unverified = true;
         self.total_bytes += entry_bytes;
-        Ok(evicted)
+        Ok(())
+    }
+
+    /// The segments deleted by the byte cap since the last call; their batches count as dropped.
+    pub fn take_evicted(&mut self) -> Vec<Evicted> {
+        std::mem::take(&mut self.evicted)
+    }
+
+    /// Checks that every segment appended to since the last check is still the file at its path.
+    /// One that was deleted or replaced (someone removed files under `data_dir`) is dropped from
+    /// the store: what was written to it is gone, so the caller must write it again.
+    pub fn verify_active(&mut self) -> Result<(), StoreError> {
+        use std::os::unix::fs::MetadataExt;
+        let mut vanished = None;
+        for (org, active) in self.active.iter_mut().filter(|(_, a)| a.unverified) {
+            let same = match (active.file.metadata(), std::fs::metadata(&active.path)) {
+                (Ok(open), Ok(named)) => open.dev() == named.dev() && open.ino() == named.ino(),
+                _ => false,
+            };
+            if same {
+                active.unverified = false;
+            } else {
+                vanished = Some(org.clone());
+                break;
+            }
+        }
+        let Some(org) = vanished else {
+            return Ok(());
+        };
+        let Some(active) = self.active.remove(&org) else {
+            return Ok(());
+        };
+        self.total_bytes = self.total_bytes.saturating_sub(active.meta.bytes);
+        Err(StoreError::Vanished { path: active.path })
     }
 
     /// Makes everything appended so far durable (fdatasync of each segment written to).
@@ -255,8 +311,7 @@ impl SegmentStore {
 
     /// Deletes the oldest segments (sealed or active, across all orgs) until `need` more bytes
     /// fit under the cap.
-    fn make_room(&mut self, need: u64) -> Result<Vec<Evicted>, StoreError> {
-        let mut evicted = Vec::new();
+    fn make_room(&mut self, need: u64) -> Result<(), StoreError> {
         while self.total_bytes + need > self.limits.max_bytes {
             let oldest_sealed = self.sealed.keys().next().copied();
             let oldest_active = self.active.iter().map(|(org, a)| (a.id, org.clone())).min();
@@ -266,21 +321,29 @@ impl SegmentStore {
                 (Some(s), None) => s,
                 (None, None) => break,
             };
-            let Some(sealed) = self.sealed.remove(&id) else {
+            let Some(sealed) = self.sealed.get(&id) else {
                 break;
             };
             let org_dir = self.segments_dir.join(&sealed.org);
             let path = org_dir.join(segment_file_name(id));
-            std::fs::remove_file(&path).map_err(StoreError::io("delete", &path))?;
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                // Already gone (removed by hand): it no longer takes space either way.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError::io("delete", &path)(e)),
+            }
             let _ = std::fs::remove_file(org_dir.join(meta_file_name(id)));
+            let Some(sealed) = self.sealed.remove(&id) else {
+                break;
+            };
             self.total_bytes = self.total_bytes.saturating_sub(sealed.meta.bytes);
-            evicted.push(Evicted {
+            self.evicted.push(Evicted {
                 org: sealed.org,
                 segment: id,
                 meta: sealed.meta,
             });
         }
-        Ok(evicted)
+        Ok(())
     }
 
     /// Closes `org`'s active segment: syncs it and writes its sidecar. Returns its id.
@@ -306,7 +369,11 @@ impl SegmentStore {
 
     fn start_segment(&mut self, org: &str) -> Result<(), StoreError> {
         let org_dir = self.segments_dir.join(org);
-        std::fs::create_dir_all(&org_dir).map_err(StoreError::io("create", &org_dir))?;
+        if !org_dir.is_dir() {
+            std::fs::create_dir_all(&org_dir).map_err(StoreError::io("create", &org_dir))?;
+            // The new org directory's own entry must be durable too.
+            sync_dir(&self.segments_dir)?;
+        }
         let id = self.next_id;
         self.next_id += 1;
         let path = org_dir.join(segment_file_name(id));
@@ -318,9 +385,7 @@ impl SegmentStore {
         file.write_all(&SEGMENT_MAGIC)
             .map_err(StoreError::io("write", &path))?;
         // Make the new file's directory entry durable, or a power loss could lose the segment.
-        File::open(&org_dir)
-            .and_then(|d| d.sync_all())
-            .map_err(StoreError::io("sync", &org_dir))?;
+        sync_dir(&org_dir)?;
         self.total_bytes += SEGMENT_HEADER_BYTES;
         self.active.insert(
             org.to_owned(),
@@ -334,10 +399,17 @@ impl SegmentStore {
                     records: 0,
                 },
                 unsynced: true,
+                unverified: true,
             },
         );
         Ok(())
     }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(StoreError::io("sync", dir))
 }
 
 /// Org directories under `segments_dir` (names that are valid org ids), sorted.
@@ -483,7 +555,8 @@ mod tests {
         let (mut dropped_entries, mut dropped_records) = (0, 0);
         for i in 0..500u32 {
             let org = if i % 3 == 0 { "a" } else { "b" };
-            for e in store.append(org, &body(i.into()), 5).unwrap() {
+            store.append(org, &body(i.into()), 5).unwrap();
+            for e in store.take_evicted() {
                 dropped_entries += e.meta.entries;
                 dropped_records += e.meta.records;
             }
@@ -570,5 +643,56 @@ mod tests {
         assert_eq!(report.segments_scanned, 2, "the tail and the one without sidecar");
         let (_, report) = SegmentStore::open(dir.path(), LIMITS).unwrap();
         assert_eq!(report.segments_scanned, 1, "the sidecar was rewritten");
+    }
+
+    #[test]
+    fn evictions_are_reported_even_when_the_append_then_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _) = SegmentStore::open(dir.path(), LIMITS).unwrap();
+        // Fill until the next append must delete something to fit.
+        let need = SEGMENT_HEADER_BYTES + (segment::ENTRY_HEADER_BYTES + body(99).len()) as u64;
+        let mut i = 0;
+        while store.total_bytes() + need <= LIMITS.max_bytes {
+            store.append("a", &body(i), 1).unwrap();
+            i += 1;
+        }
+        let _ = store.take_evicted();
+        // Org b's directory cannot be created: a file is in the way.
+        std::fs::write(dir.path().join("segments/b"), b"x").unwrap();
+        assert!(store.append("b", &body(99), 1).is_err());
+        let evicted = store.take_evicted();
+        assert!(
+            !evicted.is_empty(),
+            "room was made (and data dropped) before the append failed"
+        );
+        assert!(evicted.iter().all(|e| e.org == "a" && e.meta.entries > 0));
+    }
+
+    #[test]
+    fn a_segment_removed_under_the_writer_is_caught_before_acking() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _) = SegmentStore::open(dir.path(), LIMITS).unwrap();
+        store.append("a", &body(1), 1).unwrap();
+        store.verify_active().unwrap();
+        let org_dir = dir.path().join("segments/a");
+        let first = list_segments(&org_dir).unwrap()[0];
+        std::fs::remove_file(org_dir.join(segment_file_name(first))).unwrap();
+        store.append("a", &body(2), 1).unwrap();
+        let err = store.verify_active().unwrap_err();
+        assert!(
+            matches!(err, StoreError::Vanished { .. }) && err.lost_durability(),
+            "{err}"
+        );
+        // Written again, it lands in a new segment and reads back.
+        store.append("a", &body(2), 1).unwrap();
+        store.verify_active().unwrap();
+        store.sync().unwrap();
+        assert_eq!(store.total_bytes(), disk_bytes(dir.path()));
+        drop(store);
+        let mut out = Vec::new();
+        crate::store::reader::OrgReader::new(dir.path(), "a")
+            .read_available(&mut out)
+            .unwrap();
+        assert_eq!(out.iter().map(|b| b.seq).collect::<Vec<_>>(), vec![2]);
     }
 }
