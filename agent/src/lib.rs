@@ -373,7 +373,7 @@ impl FailureLog {
             kind,
             collector = target,
             repeats = self.repeats,
-            "cannot reach a collector: {error}{hint}"
+            "no session with a collector: {error}{hint}"
         );
         self.last_kind = Some(kind);
         self.last_logged = Some(now);

@@ -77,7 +77,7 @@ pub enum SessionError {
     Connection(#[from] quinn::ConnectionError),
     #[error("no Welcome within {0:?}")]
     Timeout(Duration),
-    #[error("stream error: {0}")]
+    #[error(transparent)]
     Frame(#[from] FrameError),
     #[error("write failed: {0}")]
     Write(#[from] quinn::WriteError),
