@@ -35,8 +35,8 @@ enum Command {
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
     },
-    /// Validate a configuration file (including the token and CA files it names) and print what
-    /// the meter would do.
+    /// Validate a configuration file (and the token and CA files it names), resolve the fleet,
+    /// and print this meter's ring order and the collector it would connect to, and why.
     Check {
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
@@ -87,16 +87,6 @@ fn check(path: PathBuf) -> ExitCode {
     }
     println!("config ok: {}", path.display());
     println!("org: {}", config.org_id);
-    println!(
-        "meter id: {}",
-        config
-            .meter_id
-            .as_deref()
-            .unwrap_or("(generated on first start, kept in state_dir)")
-    );
-    for t in config.targets() {
-        println!("collector: {} (certificate name {})", t.address, t.server_name);
-    }
     let s = &config.sources.synthetic;
     if s.enabled {
         println!(
@@ -106,7 +96,96 @@ fn check(path: PathBuf) -> ExitCode {
     } else {
         println!("sources: none enabled");
     }
-    ExitCode::SUCCESS
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(error) => {
+            eprintln!("meter check: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(check_fleet(&config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("meter check: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves the fleet the way the meter would at start and explains its choice.
+async fn check_fleet(config: &Config) -> Result<(), String> {
+    use crate::fleet::dns::FleetResolver;
+    use crate::fleet::{FleetView, LastKnownGood};
+    let mut view = FleetView::new(&config.collectors, None);
+    for c in &config.collectors {
+        println!("static collector: {c}");
+    }
+    let lkg = LastKnownGood::load(&config.state_dir);
+    match FleetResolver::new(&config.fleet).map_err(|e| e.to_string())? {
+        Some(resolver) => match resolver.resolve().await {
+            Ok(resolved) => {
+                println!(
+                    "fleet {}: {} collector(s) from DNS, TTL {} s: {}",
+                    resolver.name(),
+                    resolved.members.len(),
+                    resolved.ttl.as_secs(),
+                    resolved.members.join(", ")
+                );
+                view.set_dns(resolved.members);
+            }
+            Err(error) => match lkg {
+                Some(lkg) => {
+                    println!(
+                        "fleet {}: DNS fails ({error}); the meter would use the last-known-good fleet in {}: {}",
+                        resolver.name(),
+                        LastKnownGood::path(&config.state_dir).display(),
+                        lkg.collectors.join(", ")
+                    );
+                    view.set_dns(lkg.collectors);
+                }
+                None => println!(
+                    "fleet {}: DNS fails ({error}) and there is no last-known-good fleet",
+                    resolver.name()
+                ),
+            },
+        },
+        None => {
+            if let Some(lkg) = lkg {
+                println!(
+                    "collectors remembered from earlier sessions: {}",
+                    lkg.collectors.join(", ")
+                );
+                view.set_welcome(lkg.collectors);
+            }
+        }
+    }
+    let ring = view.ring();
+    if ring.is_empty() {
+        return Err("no collector is known: check fleet.name, fleet.nameservers and collectors".into());
+    }
+    let meter_id = match &config.meter_id {
+        Some(id) => Some(id.clone()),
+        None => crate::state::read_meter_id(&config.state_dir).map_err(|e| e.to_string())?,
+    };
+    let Some(meter_id) = meter_id else {
+        println!(
+            "meter id: none yet (generated at first start and kept in {}); the ring order depends on it",
+            config.state_dir.display()
+        );
+        return Ok(());
+    };
+    println!("meter id: {meter_id}");
+    println!("ring order for this meter (it tries them in this order when one fails):");
+    for (i, c) in ring.walk(&meter_id).enumerate() {
+        println!("  {}. {c}", i + 1);
+    }
+    if let Some(first) = ring.first(&meter_id) {
+        println!(
+            "would connect to {first} (certificate name {}): the first collector at or after this meter's point on the ring",
+            config.server_name_for(first)
+        );
+    }
+    Ok(())
 }
 
 fn run(path: PathBuf) -> ExitCode {

@@ -37,13 +37,18 @@ pub struct Config {
     /// File holding the org token (first line).
     #[serde(default)]
     pub org_token_file: Option<PathBuf>,
-    /// Collector addresses, `host:port`. Tried in order, moving on when one fails.
+    /// Static collector addresses, `host:port`, used together with (or instead of) the fleet
+    /// found through DNS.
+    #[serde(default)]
     pub collectors: Vec<String>,
-    /// Name the collector's certificate must carry. Default: the host part of each address.
+    /// Name the collectors' certificates must carry. Default: `fleet.name`, or for a static
+    /// address without a fleet name, its host part.
     #[serde(default)]
     pub server_name: Option<String>,
     /// PEM CA certificate(s) that sign collector certificates. There is no way to skip this check.
     pub ca_file: PathBuf,
+    #[serde(default)]
+    pub fleet: FleetConfig,
     #[serde(default)]
     pub batch: BatchConfig,
     #[serde(default)]
@@ -79,12 +84,43 @@ pub struct QueueConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReconnectConfig {
-    /// First delay after a failure; the delay doubles per failure up to `max_delay_ms`, and each
-    /// wait is drawn uniformly from [0, 2 x delay] (full jitter) so meters do not retry in step.
+    /// Backoff after a round of attempts in which every collector failed: the n-th such round
+    /// waits a uniform random time in [0, min(max_delay, initial_delay x multiplier^n)] (full
+    /// jitter), so meters that failed together do not retry together.
     pub initial_delay_ms: u64,
     pub max_delay_ms: u64,
+    pub multiplier: f64,
     /// Time allowed to connect (QUIC + TLS) and get Welcome.
     pub connect_timeout_ms: u64,
+    /// The first attempt after start waits a uniform random time in [0, splay).
+    pub splay_ms: u64,
+    /// Before trying the next collector after a failure, wait a uniform random time in [0, this).
+    pub step_delay_ms: u64,
+    /// A session that lasts this long resets the backoff; one that ends sooner counts as a failure.
+    pub healthy_after_ms: u64,
+    /// When this meter's first choice is not the collector it is connected to (after a failover,
+    /// or a fleet change), it moves at a uniform random moment within this window.
+    pub rebalance_window_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FleetConfig {
+    /// DNS name of the collector fleet. Every A/AAAA record (with `port`) and every SRV record of
+    /// `_ringflow._udp.NAME` (host and port) is a collector. Unset: only static `collectors`.
+    pub name: Option<String>,
+    /// Port for addresses found in A/AAAA records.
+    pub port: u16,
+    /// Also look up SRV records.
+    pub srv: bool,
+    /// DNS servers to ask, `ip:port`. Empty: the system's resolvers (/etc/resolv.conf).
+    pub nameservers: Vec<std::net::SocketAddr>,
+    /// The fleet is looked up again when its records' TTL expires, but never more often than
+    /// `refresh_min_ms` nor less often than `refresh_max_ms`.
+    pub refresh_min_ms: u64,
+    pub refresh_max_ms: u64,
+    /// Time allowed for one lookup.
+    pub resolve_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -142,9 +178,28 @@ impl Default for QueueConfig {
 impl Default for ReconnectConfig {
     fn default() -> Self {
         Self {
-            initial_delay_ms: 500,
-            max_delay_ms: 30_000,
+            initial_delay_ms: 1_000,
+            max_delay_ms: 60_000,
+            multiplier: 2.0,
             connect_timeout_ms: 10_000,
+            splay_ms: 1_000,
+            step_delay_ms: 500,
+            healthy_after_ms: 30_000,
+            rebalance_window_ms: 60_000,
+        }
+    }
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        Self {
+            name: None,
+            port: 4433,
+            srv: true,
+            nameservers: Vec::new(),
+            refresh_min_ms: 5_000,
+            refresh_max_ms: 300_000,
+            resolve_timeout_ms: 3_000,
         }
     }
 }
@@ -167,12 +222,6 @@ impl Default for SyntheticConfig {
 }
 
 impl ReconnectConfig {
-    pub fn initial_delay(&self) -> Duration {
-        Duration::from_millis(self.initial_delay_ms)
-    }
-    pub fn max_delay(&self) -> Duration {
-        Duration::from_millis(self.max_delay_ms)
-    }
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
     }
@@ -230,11 +279,16 @@ impl Config {
             (Some(t), None) if t.trim().is_empty() => return Err(invalid("org_token", "is empty")),
             _ => {}
         }
-        if self.collectors.is_empty() {
+        if self.collectors.is_empty() && self.fleet.name.is_none() {
             return Err(invalid(
-                "collectors",
-                "list at least one collector as \"host:port\"",
+                "fleet.name",
+                "no collector is configured: set fleet.name (the fleet's DNS name) or list collectors as \"host:port\"",
             ));
+        }
+        if let Some(name) = &self.fleet.name
+            && !valid_dns_name(name)
+        {
+            return Err(invalid("fleet.name", format!("{name:?} is not a DNS name")));
         }
         for (i, c) in self.collectors.iter().enumerate() {
             if split_host_port(c).is_none() {
@@ -262,6 +316,31 @@ impl Config {
             86_400_000,
         )?;
         check_range("reconnect.connect_timeout_ms", r.connect_timeout_ms, 100, 600_000)?;
+        if !(1.0..=10.0).contains(&r.multiplier) {
+            return Err(invalid(
+                "reconnect.multiplier",
+                format!("must be between 1.0 and 10.0, got {}", r.multiplier),
+            ));
+        }
+        check_range("reconnect.splay_ms", r.splay_ms, 0, 3_600_000)?;
+        check_range("reconnect.step_delay_ms", r.step_delay_ms, 0, 600_000)?;
+        check_range("reconnect.healthy_after_ms", r.healthy_after_ms, 0, 3_600_000)?;
+        check_range(
+            "reconnect.rebalance_window_ms",
+            r.rebalance_window_ms,
+            0,
+            86_400_000,
+        )?;
+        let f = &self.fleet;
+        check_range("fleet.port", f.port.into(), 1, 65_535)?;
+        check_range("fleet.refresh_min_ms", f.refresh_min_ms, 100, 86_400_000)?;
+        check_range(
+            "fleet.refresh_max_ms",
+            f.refresh_max_ms,
+            f.refresh_min_ms,
+            86_400_000,
+        )?;
+        check_range("fleet.resolve_timeout_ms", f.resolve_timeout_ms, 100, 60_000)?;
         check_range("shutdown.grace_ms", self.shutdown.grace_ms, 0, 3_600_000)?;
         let s = &self.sources.synthetic;
         if s.enabled {
@@ -294,19 +373,50 @@ impl Config {
         Ok(token)
     }
 
-    /// Each collector address with the TLS name to verify it by.
-    pub fn targets(&self) -> Vec<crate::selector::Target> {
-        self.collectors
-            .iter()
-            .filter_map(|c| {
-                let (host, _) = split_host_port(c)?;
-                Some(crate::selector::Target {
-                    address: c.clone(),
-                    server_name: self.server_name.clone().unwrap_or_else(|| host.to_owned()),
-                })
-            })
-            .collect()
+    /// The name a collector's certificate must carry: `server_name`, else `fleet.name`, else the
+    /// host part of its address.
+    pub fn server_name_for(&self, address: &str) -> String {
+        self.server_name
+            .clone()
+            .or_else(|| self.fleet.name.clone())
+            .or_else(|| split_host_port(address).map(|(h, _)| h.to_owned()))
+            .unwrap_or_else(|| address.to_owned())
     }
+
+    /// The selection timing rules.
+    pub fn selection(&self) -> crate::selector::SelectorConfig {
+        let ms = Duration::from_millis;
+        let r = &self.reconnect;
+        crate::selector::SelectorConfig {
+            splay: ms(r.splay_ms),
+            step_delay: ms(r.step_delay_ms),
+            healthy_after: ms(r.healthy_after_ms),
+            rebalance_window: ms(r.rebalance_window_ms),
+        }
+    }
+
+    /// The backoff between failed rounds.
+    pub fn jitter(&self) -> crate::selector::backoff::JitterParams {
+        let r = &self.reconnect;
+        crate::selector::backoff::JitterParams {
+            initial: Duration::from_millis(r.initial_delay_ms),
+            max: Duration::from_millis(r.max_delay_ms),
+            multiplier: r.multiplier,
+        }
+    }
+}
+
+/// A plausible DNS name: dot-separated labels of letters, digits, '-' and '_', at most 253 bytes.
+pub fn valid_dns_name(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }
 
 /// Splits "host:port" (or "[v6]:port") into host and port.
@@ -345,6 +455,7 @@ mod tests {
         let example = Config::parse(EXAMPLE_CONFIG).unwrap();
         let minimal = Config::parse(MINIMAL).unwrap();
         assert_eq!(format!("{:?}", example.batch), format!("{:?}", minimal.batch));
+        assert_eq!(format!("{:?}", example.fleet), format!("{:?}", minimal.fleet));
         assert_eq!(format!("{:?}", example.queue), format!("{:?}", minimal.queue));
         assert_eq!(
             format!("{:?}", example.reconnect),
@@ -389,8 +500,26 @@ mod tests {
     }
 
     #[test]
-    fn server_name_defaults_to_the_host() {
+    fn server_name_defaults_to_the_fleet_name_then_the_host() {
         let c = Config::parse(&MINIMAL.replace("127.0.0.1:4433", "c1.example:4433")).unwrap();
-        assert_eq!(c.targets()[0].server_name, "c1.example");
+        assert_eq!(c.server_name_for("c1.example:4433"), "c1.example");
+        let c = Config::parse(&format!("{MINIMAL}\n[fleet]\nname = \"collectors.example\"\n")).unwrap();
+        assert_eq!(c.server_name_for("10.0.0.1:4433"), "collectors.example");
+    }
+
+    #[test]
+    fn a_fleet_name_or_a_static_collector_is_required() {
+        let none = MINIMAL.replace("collectors = [\"127.0.0.1:4433\"]", "");
+        let err = Config::parse(&none).unwrap_err();
+        assert!(err.to_string().contains("fleet.name"), "{err}");
+        let fleet_only = format!("{none}\n[fleet]\nname = \"collectors.example\"\n");
+        assert!(Config::parse(&fleet_only).is_ok());
+        let bad = format!("{none}\n[fleet]\nname = \"not a name\"\n");
+        assert!(
+            Config::parse(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("not a DNS name")
+        );
     }
 }

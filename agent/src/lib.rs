@@ -1,20 +1,24 @@
 //! ringflow meter: measures flows (for now: a synthetic source), batches them, and ships them to
-//! a collector over QUIC (ringflow/1), keeping every batch until a collector acks it.
+//! a collector fleet over QUIC (ringflow/1), keeping every batch until a collector acks it.
 //!
 //! ```text
 //! sources ──records_tx (bounded)──► batcher ──► BatchQueue (bounded, drop-oldest) ◄──► session
 //!                                                                   ▲        acks/nacks  │
-//!                                              connect loop: selector + backoff ─────────┘
+//!        fleet (DNS task, Welcome views) ──► connect loop: selector (ring, walk, backoff) ┘
 //! ```
 //!
 //! Module map (see ARCHITECTURE.md): `config`, `state` (id, seq reservation), `source`, `batcher`,
-//! `queue`, `session` (QUIC driver + sans-IO `window`), `selector` (target + backoff, sans-IO),
-//! `transport`, `telemetry`, `cli`.
+//! `queue`, `session` (QUIC driver + sans-IO `window`), `ring` (consistent hash), `selector`
+//! (sans-IO fleet selection), `fleet` (discovery, last-known-good), `connect` (drives the
+//! selector), `stop`, `transport`, `telemetry`, `cli`.
 
 pub mod batcher;
 pub mod cli;
 pub mod config;
+pub mod connect;
+pub mod fleet;
 pub mod queue;
+pub mod ring;
 pub mod selector;
 pub mod session;
 pub mod source;
@@ -27,10 +31,8 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use rand::Rng;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -43,8 +45,7 @@ use batcher::{BatchLimits, Sealer};
 use config::ConfigError;
 use queue::{BatchQueue, QueueLimits};
 use ringflow_proto::codes::ConnectionCode;
-use selector::{Selector, full_jitter};
-use session::{Credentials, SessionContext, SessionEnd};
+use session::{Credentials, SessionContext};
 use state::{SeqAllocator, StateError};
 use stop::StopClock;
 
@@ -237,9 +238,12 @@ impl Pipeline {
                 sources_stop.cancel();
             });
         }
+        let fleet_stop = CancellationToken::new();
+        let fleet = discover_fleet(&config, &metrics, &tasks, &fleet_stop).await;
         // Returns on shutdown, or once every source has finished and all they produced is
         // settled (a synthetic source with `total_records`): the meter then has nothing to do.
-        connect_loop(&ctx, &config).await;
+        connect::run(&ctx, &config, fleet).await;
+        fleet_stop.cancel();
         sources_stop.cancel();
         let result = match batcher.await {
             Ok(Ok(())) => Ok(()),
@@ -265,124 +269,75 @@ impl Pipeline {
     }
 }
 
-/// Connects, runs sessions, and waits between attempts, until the queue is flushed (after
-/// shutdown, or once every source has finished) or the flush deadline has passed.
-async fn connect_loop(ctx: &SessionContext, config: &Config) {
-    let _task = ctx.metrics.task("connect_loop");
-    let mut selector = Selector::new(
-        config.targets(),
-        full_jitter(config.reconnect.initial_delay(), config.reconnect.max_delay()),
-    );
-    let mut failures = FailureLog::default();
-    loop {
-        if let Some(deadline) = ctx.stop.deadline()
-            && (Instant::now() >= deadline || (ctx.queue.is_closed() && ctx.queue.depth().0 == 0))
-        {
-            return;
+/// The fleet at start: static collectors, plus DNS if configured, or the last-known-good fleet
+/// if DNS fails now. Starts the task that keeps the DNS answer fresh.
+async fn discover_fleet(
+    config: &Config,
+    metrics: &Arc<MeterMetrics>,
+    tasks: &TaskTracker,
+    stop: &CancellationToken,
+) -> fleet::FleetWatch {
+    use fleet::LastKnownGood;
+    use fleet::dns::{FleetResolver, next_refresh};
+    let mut view = fleet::FleetView::new(&config.collectors, Some(config.state_dir.clone()));
+    let resolver = match FleetResolver::new(&config.fleet) {
+        Ok(r) => r,
+        Err(error) => {
+            tracing::error!(%error, "cannot resolve the fleet");
+            None
         }
-        let target = selector.next_target();
-        let delay = match resolve(&target.address).await {
-            Err(error) => {
-                failures.record("resolve", &target.address, &error);
-                selector.failure_delay(None)
-            }
-            Ok(addr) => {
-                let outcome = session::run(ctx, addr, &target.server_name).await;
-                if outcome.welcomed {
-                    selector.on_success();
-                    failures.reset();
+    };
+    let Some(resolver) = resolver else {
+        // No DNS: static collectors, plus the fleet views collectors sent before a restart.
+        if let Some(lkg) = LastKnownGood::load(&config.state_dir) {
+            view.set_welcome(lkg.collectors);
+        }
+        return fleet::FleetWatch::new(view, None);
+    };
+    let retry = Duration::from_millis(config.fleet.refresh_min_ms);
+    let (first_wait, answer) = match resolver.resolve().await {
+        Ok(resolved) => {
+            MeterMetrics::inc(&metrics.fleet_lookups, "ok");
+            info!(
+                fleet = resolver.name(),
+                collectors = resolved.members.len(),
+                ttl_s = resolved.ttl.as_secs(),
+                "fleet resolved"
+            );
+            (next_refresh(resolved.ttl, &config.fleet), resolved.members)
+        }
+        Err(error) => {
+            MeterMetrics::inc(&metrics.fleet_lookups, error.label());
+            match LastKnownGood::load(&config.state_dir) {
+                Some(lkg) => {
+                    metrics.fleet_last_known_good.inc();
+                    warn!(
+                        fleet = resolver.name(),
+                        %error,
+                        collectors = lkg.collectors.len(),
+                        saved_unix_ms = lkg.saved_unix_ms,
+                        "DNS fails: using the last-known-good fleet from state_dir/fleet.json"
+                    );
+                    (retry, lkg.collectors)
                 }
-                match outcome.end {
-                    SessionEnd::Flushed | SessionEnd::Unflushed => {
-                        MeterMetrics::inc(&ctx.metrics.session_ends, "shutdown");
-                        return;
-                    }
-                    SessionEnd::Drained { reconnect_within } => {
-                        MeterMetrics::inc(&ctx.metrics.session_ends, "drained");
-                        // Anywhere in the window, so a draining collector's meters do not herd.
-                        rand::rng().random_range(Duration::ZERO..=reconnect_within)
-                    }
-                    SessionEnd::Rejected {
-                        reason,
-                        retry_after,
-                        message,
-                    } => {
-                        MeterMetrics::inc(&ctx.metrics.session_ends, "rejected");
-                        MeterMetrics::inc(&ctx.metrics.rejects, ringflow_proto::names::reject_reason(reason));
-                        ctx.metrics.notify();
-                        failures.record(
-                            ringflow_proto::names::reject_reason(reason),
-                            &target.address,
-                            &format!("rejected: {message}"),
-                        );
-                        selector.failure_delay(retry_after)
-                    }
-                    SessionEnd::Failed(error) => {
-                        MeterMetrics::inc(&ctx.metrics.session_ends, error.label());
-                        ctx.metrics.notify();
-                        failures.record(error.label(), &target.address, &error);
-                        selector.failure_delay(None)
-                    }
+                None => {
+                    warn!(fleet = resolver.name(), %error, "DNS fails and there is no last-known-good fleet yet; retrying");
+                    (retry, Vec::new())
                 }
             }
-        };
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            // On shutdown, try at once to flush what is queued (bounded by the flush deadline).
-            _ = ctx.stop.requested(), if !ctx.stop.is_stopping() => {}
         }
-    }
-}
-
-async fn resolve(address: &str) -> std::io::Result<std::net::SocketAddr> {
-    tokio::net::lookup_host(address)
-        .await?
-        .next()
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "name has no addresses"))
-}
-
-/// Aggregates connection failures in the log: a line when the kind of failure changes, else at
-/// most one per [`FailureLog::REPEAT_INTERVAL`] saying how many happened since.
-#[derive(Default)]
-struct FailureLog {
-    last_kind: Option<&'static str>,
-    last_logged: Option<Instant>,
-    repeats: u64,
-}
-
-impl FailureLog {
-    const REPEAT_INTERVAL: Duration = Duration::from_secs(60);
-
-    fn record(&mut self, kind: &'static str, target: &str, error: &dyn std::fmt::Display) {
-        let now = Instant::now();
-        let same = self.last_kind == Some(kind);
-        if same
-            && self
-                .last_logged
-                .is_some_and(|t| now.duration_since(t) < Self::REPEAT_INTERVAL)
-        {
-            self.repeats += 1;
-            return;
-        }
-        let hint = match kind {
-            "auth" => " (check org_id and the org token)",
-            "unsupported_version" => " (upgrade the meter)",
-            _ => "",
-        };
-        warn!(
-            kind,
-            collector = target,
-            repeats = self.repeats,
-            "no session with a collector: {error}{hint}"
-        );
-        self.last_kind = Some(kind);
-        self.last_logged = Some(now);
-        self.repeats = 0;
-    }
-
-    fn reset(&mut self) {
-        *self = FailureLog::default();
-    }
+    };
+    view.set_dns(answer.clone());
+    let (members_tx, members_rx) = watch::channel(answer);
+    tasks.spawn(fleet::dns::refresh(
+        resolver,
+        config.fleet.clone(),
+        first_wait,
+        members_tx,
+        Arc::clone(metrics),
+        stop.clone(),
+    ));
+    fleet::FleetWatch::new(view, Some(members_rx))
 }
 
 /// Now, as nanoseconds since the Unix epoch (0 if the clock is before 1970).

@@ -52,12 +52,22 @@ pub fn meter_id(dir: &Path, configured: Option<&str>) -> Result<String, StateErr
     if let Some(id) = configured {
         return Ok(id.to_owned());
     }
+    if let Some(id) = read_meter_id(dir)? {
+        return Ok(id);
+    }
+    let id = format!("m-{}", hex::encode(rand::random::<[u8; 8]>()));
+    write_synced(&dir.join("meter-id"), &id)?;
+    Ok(id)
+}
+
+/// The id kept in the state directory, if there is one (nothing is written).
+pub fn read_meter_id(dir: &Path) -> Result<Option<String>, StateError> {
     let path = dir.join("meter-id");
     match fs::read_to_string(&path) {
         Ok(text) => {
             let id = text.trim();
             if valid_meter_id(id) {
-                Ok(id.to_owned())
+                Ok(Some(id.to_owned()))
             } else {
                 Err(StateError::Corrupt {
                     path,
@@ -66,11 +76,7 @@ pub fn meter_id(dir: &Path, configured: Option<&str>) -> Result<String, StateErr
                 })
             }
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let id = format!("m-{}", hex::encode(rand::random::<[u8; 8]>()));
-            write_synced(&path, &id)?;
-            Ok(id)
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io_err("read", &path)(e)),
     }
 }

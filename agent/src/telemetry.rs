@@ -40,8 +40,13 @@ pub struct MeterMetrics {
     pub session_ends: Family<ReasonLabel, Counter>,
     pub rejects: Family<ReasonLabel, Counter>,
     pub connect_attempts: Counter,
+    pub fleet_collectors: Gauge,
+    pub fleet_lookups: Family<ReasonLabel, Counter>,
+    pub fleet_last_known_good: Counter,
     pub tasks_active: Family<TaskLabel, Gauge>,
     changed: watch::Sender<()>,
+    /// The collector of the current session, for tools and tests (not exported).
+    connected: std::sync::Mutex<Option<std::sync::Arc<str>>>,
 }
 
 impl MeterMetrics {
@@ -120,8 +125,24 @@ impl MeterMetrics {
                 Family::default()
             ),
             connect_attempts: reg!("connect_attempts", "Connection attempts", Counter::default()),
+            fleet_collectors: reg!(
+                "fleet_collectors",
+                "Collectors on this meter's ring (static, DNS and the last Welcome's fleet view)",
+                Gauge::default()
+            ),
+            fleet_lookups: reg!(
+                "fleet_lookups",
+                "DNS lookups of the fleet, by result (ok, no_records, server_error, unreachable)",
+                Family::default()
+            ),
+            fleet_last_known_good: reg!(
+                "fleet_last_known_good",
+                "Starts that used the last-known-good fleet because DNS failed",
+                Counter::default()
+            ),
             tasks_active: reg!("tasks_active", "Running tasks, by kind", Family::default()),
             changed: watch::Sender::new(()),
+            connected: std::sync::Mutex::new(None),
             registry,
         }
     }
@@ -136,6 +157,16 @@ impl MeterMetrics {
     /// and session changes.
     pub fn notify(&self) {
         self.changed.send_replace(());
+    }
+    /// Records the collector of the current session (`None`: not connected) and signals it.
+    pub fn set_connected(&self, collector: Option<std::sync::Arc<str>>) {
+        *self.connected.lock().unwrap_or_else(|p| p.into_inner()) = collector;
+        self.notify();
+    }
+
+    /// The collector of the current session, if any.
+    pub fn connected_to(&self) -> Option<std::sync::Arc<str>> {
+        self.connected.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// A receiver that is marked changed whenever progress is made.

@@ -47,6 +47,8 @@ pub struct Config {
     #[serde(default)]
     pub orgs: Vec<OrgConfig>,
     #[serde(default)]
+    pub fleet: FleetConfig,
+    #[serde(default)]
     pub limits: LimitsConfig,
     #[serde(default)]
     pub sink: SinkConfig,
@@ -71,6 +73,43 @@ pub struct OrgConfig {
     /// `sha256:<64 hex>` lines printed by `collector token`. Several allow rotation.
     pub token_hashes: Vec<String>,
 }
+
+/// What this collector tells meters about its fleet in `Welcome`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FleetConfig {
+    /// The address meters dial to reach this collector, `host:port`.
+    pub advertise: Option<String>,
+    /// Every collector of the fleet, as meters dial them (`host:port`). Sent to each meter in
+    /// `Welcome`, so a meter whose DNS told it about only one collector still learns them all and
+    /// spreads itself over the whole fleet.
+    pub members: Vec<String>,
+}
+
+impl FleetConfig {
+    /// The fleet view sent in `Welcome`: the members and this collector's own address.
+    pub fn view(&self, collector_id: &str) -> Vec<ringflow_proto::pb::FleetMember> {
+        let mut view: Vec<ringflow_proto::pb::FleetMember> = self
+            .members
+            .iter()
+            .filter(|m| Some(*m) != self.advertise.as_ref())
+            .map(|m| ringflow_proto::pb::FleetMember {
+                collector_id: String::new(),
+                address: m.clone(),
+            })
+            .collect();
+        if let Some(own) = &self.advertise {
+            view.push(ringflow_proto::pb::FleetMember {
+                collector_id: collector_id.to_owned(),
+                address: own.clone(),
+            });
+        }
+        view
+    }
+}
+
+/// Most fleet members a config may list (the view must fit in a `Welcome`).
+pub const MAX_FLEET_MEMBERS: usize = 4_096;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -260,6 +299,31 @@ impl Config {
             return Err(invalid("collector_id", "must be 1-128 characters"));
         }
         self.org_directory()?;
+        let f = &self.fleet;
+        if f.members.len() > MAX_FLEET_MEMBERS {
+            return Err(invalid(
+                "fleet.members",
+                format!("lists more than {MAX_FLEET_MEMBERS} collectors"),
+            ));
+        }
+        for (key, address) in f
+            .advertise
+            .iter()
+            .map(|a| ("fleet.advertise".to_owned(), a))
+            .chain(
+                f.members
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| (format!("fleet.members[{i}]"), m)),
+            )
+        {
+            if !valid_host_port(address) {
+                return Err(invalid(
+                    key,
+                    format!("{address:?} is not \"host:port\" (IPv6: \"[::1]:4433\")"),
+                ));
+            }
+        }
         let l = &self.limits;
         check_range("limits.max_connections", l.max_connections as u64, 1, 1 << 20)?;
         check_range("limits.max_data_streams", l.max_data_streams.into(), 1, 64)?;
@@ -365,6 +429,17 @@ impl Config {
     }
 }
 
+/// "host:port" or "[v6]:port" with a non-empty host and a numeric port.
+fn valid_host_port(s: &str) -> bool {
+    if s.parse::<SocketAddr>().is_ok() {
+        return true;
+    }
+    match s.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && !host.contains(':') && port.parse::<u16>().is_ok(),
+        None => false,
+    }
+}
+
 /// Org ids name directories and message subjects, so they are kept to a safe alphabet.
 pub fn valid_org_id(id: &str) -> bool {
     (1..=64).contains(&id.len())
@@ -401,6 +476,7 @@ mod tests {
         // Every default written in the example file is the default in code.
         assert_eq!(format!("{:?}", example.limits), format!("{:?}", minimal.limits));
         assert_eq!(format!("{:?}", example.sink), format!("{:?}", minimal.sink));
+        assert_eq!(format!("{:?}", example.fleet), format!("{:?}", minimal.fleet));
         assert_eq!(
             format!("{:?}", example.shutdown),
             format!("{:?}", minimal.shutdown)
@@ -441,6 +517,21 @@ mod tests {
         let bad_hash = MINIMAL.replace("sha256:0000", "md5:0000");
         let err = Config::parse(&bad_hash).unwrap_err();
         assert!(err.to_string().contains("orgs[0].token_hashes[0]"), "{err}");
+    }
+    #[test]
+    fn the_welcome_view_is_the_members_and_this_collector() {
+        let c = Config::parse(&format!(
+            "{MINIMAL}\n[fleet]\nadvertise = \"10.0.0.2:4433\"\nmembers = [\"10.0.0.1:4433\", \"10.0.0.2:4433\"]\n"
+        ))
+        .unwrap();
+        let view = c.fleet.view("c2");
+        let addrs: Vec<_> = view
+            .iter()
+            .map(|m| (m.address.as_str(), m.collector_id.as_str()))
+            .collect();
+        assert_eq!(addrs, [("10.0.0.1:4433", ""), ("10.0.0.2:4433", "c2")]);
+        let err = Config::parse(&format!("{MINIMAL}\n[fleet]\nmembers = [\"nope\"]\n")).unwrap_err();
+        assert!(err.to_string().contains("fleet.members[0]"), "{err}");
     }
 
     #[test]

@@ -172,6 +172,7 @@ impl Collector {
                 batch_hint_max_age_ms: l.batch_hint_max_age_ms,
                 heartbeat_interval_ms: l.heartbeat_interval_ms,
             },
+            fleet_view: config.fleet.view(&collector_id),
             data_limits: DataLimits {
                 max_frame_bytes: l.max_frame_bytes as usize,
                 max_records_per_batch: l.max_records_per_batch as usize,

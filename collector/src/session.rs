@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use quinn::{Connection, Incoming};
 use ringflow_proto::codes::ConnectionCode;
-use ringflow_proto::frame::{self, FrameReader, MAX_CONTROL_FRAME_BYTES};
+use ringflow_proto::frame::{self, FrameReader, MAX_COLLECTOR_CONTROL_FRAME_BYTES, MAX_CONTROL_FRAME_BYTES};
 use ringflow_proto::{PROTOCOL_VERSION, pb};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -41,6 +41,8 @@ pub struct Shared {
     pub collector_id: Arc<str>,
     pub orgs: OrgDirectory,
     pub welcome_limits: pb::Limits,
+    /// The fleet view every `Welcome` carries.
+    pub fleet_view: Vec<pb::FleetMember>,
     pub data_limits: DataLimits,
     pub handshake_timeout: Duration,
     pub hello_timeout: Duration,
@@ -275,7 +277,7 @@ async fn run_session(conn: Connection, shared: &Arc<Shared>, started: Instant) {
         session_id: identity.session_id.clone(),
         collector_id: shared.collector_id.to_string(),
         limits: Some(shared.welcome_limits),
-        fleet: Vec::new(),
+        fleet: shared.fleet_view.clone(),
     }));
     if ctl_send.write_chunk(welcome).await.is_err() {
         return;
@@ -365,7 +367,11 @@ async fn control_loop(
 
 fn control(msg: pb::control_frame::Msg) -> bytes::Bytes {
     // Control messages are small and built here; they always fit the control frame limit.
-    frame::encode_to_bytes(&pb::ControlFrame { msg: Some(msg) }, MAX_CONTROL_FRAME_BYTES).unwrap_or_default()
+    frame::encode_to_bytes(
+        &pb::ControlFrame { msg: Some(msg) },
+        MAX_COLLECTOR_CONTROL_FRAME_BYTES,
+    )
+    .unwrap_or_default()
 }
 
 fn new_session_id() -> String {

@@ -22,9 +22,14 @@ pub const LENGTH_PREFIX_BYTES: usize = 4;
 /// connections cannot be made to buffer gigabytes.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 1 << 20;
 
-/// Largest frame body on a control stream. Control messages are small; a tight limit bounds
-/// what an unauthenticated peer can make a collector buffer before its `Hello` is checked.
+/// Largest frame body a meter may send on its control stream. Control messages are small; a
+/// tight limit bounds what an unauthenticated peer can make a collector buffer before its
+/// `Hello` is checked.
 pub const MAX_CONTROL_FRAME_BYTES: usize = 16 * 1024;
+
+/// Largest frame body a collector may send on a control stream: a `Welcome` carries the fleet
+/// view, which for a fleet of thousands of collectors is tens of KiB.
+pub const MAX_COLLECTOR_CONTROL_FRAME_BYTES: usize = 256 * 1024;
 
 /// How much [`FrameReader`] asks the stream for at a time when the buffer is full.
 const READ_CHUNK_BYTES: usize = 64 * 1024;

@@ -7,6 +7,7 @@
 //! their handle is dropped.
 
 pub mod demo;
+pub mod dns;
 pub mod logs;
 pub mod process;
 pub mod raw;
@@ -43,13 +44,34 @@ enum Root {
     Kept(PathBuf),
 }
 
-/// Meter settings for tests: fast reconnects and short batch ages, so tests do not wait.
-const TEST_METER_EXTRA: &str = "
-[reconnect]
-initial_delay_ms = 20
-max_delay_ms = 500
-connect_timeout_ms = 5000
+/// The `[reconnect]` table for test meters: no splay and fast reconnects, so tests do not wait;
+/// sessions count as healthy after a second. `more` adds or overrides keys of the table.
+pub fn test_reconnect(more: &str) -> String {
+    let mut keys: Vec<(String, String)> = [
+        ("initial_delay_ms", "20"),
+        ("max_delay_ms", "500"),
+        ("connect_timeout_ms", "5000"),
+        ("splay_ms", "0"),
+        ("step_delay_ms", "20"),
+        ("healthy_after_ms", "1000"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    for line in more.lines() {
+        if let Some((k, v)) = line.split_once('=') {
+            let (k, v) = (k.trim().to_owned(), v.trim().to_owned());
+            match keys.iter_mut().find(|(key, _)| *key == k) {
+                Some(slot) => slot.1 = v,
+                None => keys.push((k, v)),
+            }
+        }
+    }
+    let body: Vec<String> = keys.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+    format!("\n[reconnect]\n{}\n", body.join("\n"))
+}
 
+const TEST_METER_EXTRA: &str = "
 [batch]
 max_age_ms = 50
 ";
@@ -71,8 +93,9 @@ impl TestBed {
         let path = match &root {
             Root::Temp(t) => t.path().to_owned(),
             Root::Kept(p) => p.clone(),
-        };
-        let certs = ringflow_collector::tls::write_dev_certs(&path.join("certs"), &[])?;
+        }; // Valid for the fleet name too, so meters finding collectors through DNS verify them.
+        let certs =
+            ringflow_collector::tls::write_dev_certs(&path.join("certs"), &[dns::FLEET_NAME.to_owned()])?;
         let token = ringflow_collector::auth::generate_token();
         Ok(Self {
             root,
@@ -133,13 +156,19 @@ grace_ms = 5000
     /// appended (tables such as `[batch]` or `[sources.synthetic]`).
     pub fn meter_toml(&self, name: &str, collectors: &[SocketAddr], extra: &str) -> String {
         let list: Vec<String> = collectors.iter().map(|a| format!("\"{a}\"")).collect();
+        // Fleet-discovering meters verify collectors by the fleet name; static ones by localhost.
+        let server_name = if collectors.is_empty() {
+            dns::FLEET_NAME
+        } else {
+            "localhost"
+        };
         format!(
             r#"meter_id = "{name}"
 state_dir = "{state}"
 org_id = "{org}"
 org_token = "{token}"
 collectors = [{list}]
-server_name = "localhost"
+server_name = "{server_name}"
 ca_file = "{ca}"
 {extra}
 "#,
@@ -154,9 +183,40 @@ ca_file = "{ca}"
     /// A meter config for tests: fast reconnects, short batch ages, and the synthetic source
     /// off (tests turn it on with the rate and total they need).
     pub fn meter_config(&self, name: &str, collectors: &[SocketAddr]) -> ringflow_agent::Config {
-        let text = self.meter_toml(name, collectors, TEST_METER_EXTRA);
+        let text = self.meter_toml(
+            name,
+            collectors,
+            &format!("{}{TEST_METER_EXTRA}", test_reconnect("")),
+        );
         // Built here from known-good parts.
         ringflow_agent::Config::parse(&text).expect("fixture meter config is valid")
+    }
+    /// A test meter that finds its collectors through DNS: the fixture's fleet name, asked of
+    /// `dns`, with addresses on `port`. `reconnect` adds or overrides `[reconnect]` keys.
+    pub fn fleet_meter_config(
+        &self,
+        name: &str,
+        dns: SocketAddr,
+        port: u16,
+        reconnect: &str,
+    ) -> anyhow::Result<ringflow_agent::Config> {
+        let extra = format!(
+            "{}{TEST_METER_EXTRA}\n[fleet]\nname = \"{}\"\nport = {port}\nnameservers = [\"{dns}\"]\nrefresh_min_ms = 500\nresolve_timeout_ms = 500\n",
+            test_reconnect(reconnect),
+            dns::FLEET_NAME,
+        );
+        let text = self.meter_toml(name, &[], &extra);
+        Ok(ringflow_agent::Config::parse(&text)?)
+    }
+
+    /// The `[fleet]` table for a collector at `advertise` in a fleet of `members`, plus a short
+    /// idle timeout so meters notice a dead collector within seconds.
+    pub fn collector_fleet_extra(advertise: SocketAddr, members: &[SocketAddr]) -> String {
+        let list: Vec<String> = members.iter().map(|m| format!("\"{m}\"")).collect();
+        format!(
+            "[fleet]\nadvertise = \"{advertise}\"\nmembers = [{}]\n[limits]\nidle_timeout_ms = 3000\n",
+            list.join(", ")
+        )
     }
 
     /// Starts an in-process collector.

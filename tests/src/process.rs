@@ -19,6 +19,20 @@ pub fn free_udp_addr() -> anyhow::Result<SocketAddr> {
     Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?)
 }
 
+/// A UDP port free on every one of `ips` a moment ago: a fleet on 127.0.0.2, 127.0.0.3, ...
+/// listens on the same port, as a real fleet behind one DNS name does.
+pub fn free_udp_port_on(ips: &[std::net::Ipv4Addr]) -> anyhow::Result<u16> {
+    for _ in 0..50 {
+        let first = UdpSocket::bind((ips[0], 0))?;
+        let port = first.local_addr()?.port();
+        let others: Result<Vec<_>, _> = ips[1..].iter().map(|ip| UdpSocket::bind((*ip, port))).collect();
+        if others.is_ok() {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no UDP port free on all of {ips:?}")
+}
+
 pub struct CollectorProcess {
     child: Child,
     pub addr: SocketAddr,

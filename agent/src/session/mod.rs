@@ -17,9 +17,11 @@ use std::time::Duration;
 use prost::Message;
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use ringflow_proto::codes::{ConnectionCode, StreamCode};
-use ringflow_proto::frame::{self, FrameError, FrameReader, MAX_CONTROL_FRAME_BYTES};
+use ringflow_proto::frame::{
+    self, FrameError, FrameReader, MAX_COLLECTOR_CONTROL_FRAME_BYTES, MAX_CONTROL_FRAME_BYTES,
+};
 use ringflow_proto::{PROTOCOL_VERSION, pb};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -135,6 +137,8 @@ pub enum SessionEnd {
     Drained {
         reconnect_within: Duration,
     },
+    /// The meter left to move to a better collector (the `leave_at` instant came).
+    Moved,
     /// The collector refused the session.
     Rejected {
         reason: pb::RejectReason,
@@ -161,8 +165,16 @@ fn control_frame(msg: pb::control_frame::Msg) -> bytes::Bytes {
 }
 
 /// Runs one session with the collector at `addr`. Once shutdown is requested the session ends
-/// when the queue is drained, or at the flush deadline.
-pub async fn run(ctx: &SessionContext, addr: SocketAddr, server_name: &str) -> SessionOutcome {
+/// when the queue is drained, or at the flush deadline. When the collector welcomes the meter,
+/// its fleet view goes to `welcome_tx`; when `leave_at` names an instant, the session ends
+/// then, after its in-flight batches are settled ([`SessionEnd::Moved`]).
+pub async fn run(
+    ctx: &SessionContext,
+    addr: SocketAddr,
+    server_name: &str,
+    leave_at: watch::Receiver<Option<Instant>>,
+    welcome_tx: oneshot::Sender<Vec<String>>,
+) -> SessionOutcome {
     ctx.metrics.connect_attempts.inc();
     let connecting = match ctx.endpoint.connect(addr, server_name) {
         Ok(c) => c,
@@ -180,7 +192,7 @@ pub async fn run(ctx: &SessionContext, addr: SocketAddr, server_name: &str) -> S
         let conn = connecting.await?;
         let (mut ctl_send, ctl_recv) = conn.open_bi().await?;
         ctl_send.write_chunk(hello).await?;
-        let mut ctl = FrameReader::new(ctl_recv, MAX_CONTROL_FRAME_BYTES);
+        let mut ctl = FrameReader::new(ctl_recv, MAX_COLLECTOR_CONTROL_FRAME_BYTES);
         let first = ctl.next_message::<pb::ControlFrame>().await?;
         Ok::<_, SessionError>((conn, ctl_send, ctl, first))
     };
@@ -226,6 +238,7 @@ pub async fn run(ctx: &SessionContext, addr: SocketAddr, server_name: &str) -> S
         }
     };
     let limits = welcome.limits.unwrap_or_default();
+    let _ = welcome_tx.send(welcome.fleet.iter().map(|m| m.address.clone()).collect());
     ctx.limits_tx.send_replace(ctx.local_limits.capped_by(&limits));
     ctx.metrics.sessions_started.inc();
     ctx.metrics.notify();
@@ -244,12 +257,12 @@ pub async fn run(ctx: &SessionContext, addr: SocketAddr, server_name: &str) -> S
                 data_send,
                 data: FrameReader::new(data_recv, MAX_CONTROL_FRAME_BYTES),
             };
-            streams.run(ctx, &limits).await
+            streams.run(ctx, &limits, leave_at).await
         }
         Err(e) => SessionEnd::Failed(e.into()),
     };
     let code = match end {
-        SessionEnd::Drained { .. } => ConnectionCode::Drained,
+        SessionEnd::Drained { .. } | SessionEnd::Moved => ConnectionCode::Drained,
         SessionEnd::Flushed | SessionEnd::Unflushed => ConnectionCode::ShuttingDown,
         _ => ConnectionCode::Done,
     };
@@ -271,7 +284,12 @@ enum ControlEvent {
 }
 
 impl Streams<'_> {
-    async fn run(mut self, ctx: &SessionContext, limits: &pb::Limits) -> SessionEnd {
+    async fn run(
+        mut self,
+        ctx: &SessionContext,
+        limits: &pb::Limits,
+        mut leave_at: watch::Receiver<Option<Instant>>,
+    ) -> SessionEnd {
         let window = Mutex::new(Window::new(limits.max_unacked_batches as usize));
         let room = Notify::new();
         // Stop taking new batches from the queue (after Drain, or when the queue is exhausted).
@@ -287,8 +305,25 @@ impl Streams<'_> {
             tokio::pin!(sender, receiver, control);
             let mut deadline: Option<Instant> = None;
             let mut drained: Option<Duration> = None;
+            let mut moving = false;
+            let mut leave: Option<Instant> = *leave_at.borrow_and_update();
             loop {
                 tokio::select! {
+                    changed = leave_at.changed() => match changed {
+                        Ok(()) => leave = *leave_at.borrow_and_update(),
+                        // The connect loop is gone: nothing more will change.
+                        Err(_) => leave = None,
+                    },
+                    _ = sleep_until(leave), if leave.is_some() && !moving && drained.is_none() => {
+                        debug!("leaving to move to this meter's first choice; finishing in-flight batches");
+                        moving = true;
+                        sending_done.store(true, Ordering::Relaxed);
+                        let by = Instant::now() + DRAIN_ACK_WAIT;
+                        deadline = Some(deadline.map_or(by, |d| d.min(by)));
+                        if lock(&window).is_empty() {
+                            break Ok(());
+                        }
+                    }
                     r = &mut sender, if !sending_done.load(Ordering::Relaxed) => match r {
                         Ok(()) => {
                             sending_done.store(true, Ordering::Relaxed);
@@ -318,7 +353,10 @@ impl Streams<'_> {
                 }
             }
             .map(|()| match drained {
-                Some(within) => SessionEnd::Drained { reconnect_within: within },
+                Some(within) => SessionEnd::Drained {
+                    reconnect_within: within,
+                },
+                None if moving => SessionEnd::Moved,
                 None if ctx.queue.is_closed() && lock(&window).is_empty() && ctx.queue.depth().0 == 0 => {
                     SessionEnd::Flushed
                 }
