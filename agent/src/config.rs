@@ -221,6 +221,12 @@ impl Default for SyntheticConfig {
     }
 }
 
+impl FleetConfig {
+    pub fn resolve_timeout(&self) -> Duration {
+        Duration::from_millis(self.resolve_timeout_ms)
+    }
+}
+
 impl ReconnectConfig {
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
@@ -392,6 +398,7 @@ impl Config {
             step_delay: ms(r.step_delay_ms),
             healthy_after: ms(r.healthy_after_ms),
             rebalance_window: ms(r.rebalance_window_ms),
+            max_hold: ms(r.max_delay_ms),
         }
     }
 

@@ -65,7 +65,12 @@ pub async fn run(ctx: &SessionContext, config: &Config, mut fleet: FleetWatch) {
             continue;
         }
         let target = attempt.target;
-        let addr = match resolve(&target).await {
+        let lookup = tokio::time::timeout(config.fleet.resolve_timeout(), resolve(&target));
+        let resolved = tokio::select! {
+            r = lookup => r.unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "lookup timed out"))),
+            _ = ctx.stop.expired() => return,
+        };
+        let addr = match resolved {
             Ok(addr) => addr,
             Err(error) => {
                 MeterMetrics::inc(&ctx.metrics.session_ends, "resolve");
@@ -96,7 +101,8 @@ pub async fn run(ctx: &SessionContext, config: &Config, mut fleet: FleetWatch) {
             tokio::select! {
                 outcome = &mut session => break outcome,
                 view = &mut welcome_rx, if !welcomed => {
-                    welcomed = true;                    on_welcome(view.ok(), &mut selector, &mut fleet);
+                    welcomed = true;
+                    on_welcome(view.ok(), &mut selector, &mut fleet);
                 }
                 _ = fleet.changed() => {
                     fleet_changed(&mut selector, &fleet, ctx);
@@ -105,7 +111,8 @@ pub async fn run(ctx: &SessionContext, config: &Config, mut fleet: FleetWatch) {
             }
         };
         if outcome.welcomed && !welcomed {
-            // The session ended before its Welcome was seen here: account for it first.            on_welcome(welcome_rx.try_recv().ok(), &mut selector, &mut fleet);
+            // The session ended before its Welcome was seen here: account for it first.
+            on_welcome(welcome_rx.try_recv().ok(), &mut selector, &mut fleet);
         }
         ctx.metrics.set_connected(None);
         let now = Instant::now();

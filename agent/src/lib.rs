@@ -239,7 +239,11 @@ impl Pipeline {
             });
         }
         let fleet_stop = CancellationToken::new();
-        let fleet = discover_fleet(&config, &metrics, &tasks, &fleet_stop).await;
+        let fleet = tokio::select! {
+            fleet = discover_fleet(&config, &metrics, &tasks, &fleet_stop) => fleet,
+            // Stopped before the fleet was known: nothing can be flushed anywhere.
+            _ = ctx.stop.requested() => fleet::FleetWatch::new(fleet::FleetView::new(&config.collectors, None), None),
+        };
         // Returns on shutdown, or once every source has finished and all they produced is
         // settled (a synthetic source with `total_records`): the meter then has nothing to do.
         connect::run(&ctx, &config, fleet).await;

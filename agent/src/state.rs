@@ -138,8 +138,9 @@ impl SeqAllocator {
     }
 }
 
-/// Writes `text` to `path` atomically (temporary file, sync, rename).
-fn write_synced(path: &Path, text: &str) -> Result<(), StateError> {
+/// Writes `text` to `path` atomically and durably (temporary file, sync, rename, sync of the
+/// directory).
+pub(crate) fn write_synced(path: &Path, text: &str) -> Result<(), StateError> {
     let tmp = path.with_extension("tmp");
     let mut f = File::create(&tmp).map_err(io_err("create", &tmp))?;
     f.write_all(text.as_bytes()).map_err(io_err("write", &tmp))?;

@@ -108,8 +108,8 @@ impl FleetConfig {
     }
 }
 
-/// Most fleet members a config may list (the view must fit in a `Welcome`).
-pub const MAX_FLEET_MEMBERS: usize = 4_096;
+/// Most fleet members a config may list: what a meter puts on its ring at most.
+pub const MAX_FLEET_MEMBERS: usize = 512;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -324,6 +324,18 @@ impl Config {
                 ));
             }
         }
+        let view = prost::Message::encoded_len(&ringflow_proto::pb::Welcome {
+            fleet: f.view(&self.collector_id()),
+            ..Default::default()
+        });
+        if view > ringflow_proto::frame::MAX_COLLECTOR_CONTROL_FRAME_BYTES / 2 {
+            return Err(invalid(
+                "fleet.members",
+                format!(
+                    "the fleet view takes {view} bytes, too much for a Welcome: list fewer or shorter addresses"
+                ),
+            ));
+        }
         let l = &self.limits;
         check_range("limits.max_connections", l.max_connections as u64, 1, 1 << 20)?;
         check_range("limits.max_data_streams", l.max_data_streams.into(), 1, 64)?;
@@ -532,6 +544,26 @@ mod tests {
         assert_eq!(addrs, [("10.0.0.1:4433", ""), ("10.0.0.2:4433", "c2")]);
         let err = Config::parse(&format!("{MINIMAL}\n[fleet]\nmembers = [\"nope\"]\n")).unwrap_err();
         assert!(err.to_string().contains("fleet.members[0]"), "{err}");
+    }
+
+    #[test]
+    fn a_fleet_view_too_large_for_a_welcome_is_refused() {
+        let long: Vec<String> = (0..512)
+            .map(|i| format!("\"{}{i}.example:4433\"", "c".repeat(240)))
+            .collect();
+        let text = format!("{MINIMAL}\n[fleet]\nmembers = [{}]\n", long.join(", "));
+        let err = Config::parse(&text).unwrap_err();
+        assert!(err.to_string().contains("too much for a Welcome"), "{err}");
+        let too_many: Vec<String> = (0..513)
+            .map(|i| format!("\"10.0.{}.{}:1\"", i / 250, i % 250))
+            .collect();
+        let text = format!("{MINIMAL}\n[fleet]\nmembers = [{}]\n", too_many.join(", "));
+        assert!(
+            Config::parse(&text)
+                .unwrap_err()
+                .to_string()
+                .contains("more than 512")
+        );
     }
 
     #[test]

@@ -161,12 +161,17 @@ impl FleetResolver {
                 Lookup::Failed(e) => failure = failure.or(Some(e)),
             }
         }
+        // A lookup that failed may have hidden collectors: keep the last complete answer instead
+        // of publishing a partial one.
+        if let Some(failure) = failure {
+            return Err(failure);
+        }
         members.sort();
         members.dedup();
         if members.is_empty() {
-            return Err(failure.unwrap_or_else(|| ResolveError::NoRecords {
+            return Err(ResolveError::NoRecords {
                 name: self.display.clone(),
-            }));
+            });
         }
         Ok(Resolved {
             members,
@@ -282,7 +287,11 @@ pub async fn refresh(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
         }
-        match resolver.resolve().await {
+        let answer = tokio::select! {
+            _ = stop.cancelled() => return,
+            answer = resolver.resolve() => answer,
+        };
+        match answer {
             Ok(resolved) => {
                 MeterMetrics::inc(&metrics.fleet_lookups, "ok");
                 if failing {

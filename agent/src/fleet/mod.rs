@@ -19,9 +19,10 @@ use tokio::sync::watch;
 use crate::config::split_host_port;
 use crate::ring::Ring;
 
-/// Most collectors taken from one source (a `Welcome` view, a DNS answer), so a broken peer
-/// cannot make a meter build an enormous ring.
-pub const MAX_MEMBERS: usize = 4_096;
+/// Most collectors on a meter's ring (24 KiB each, see `ring::REPLICAS`: 12 MiB at the cap), so
+/// a broken DNS answer or `Welcome` view cannot make a meter build an enormous ring. Static
+/// addresses count first, then DNS, then the `Welcome` view.
+pub const MAX_MEMBERS: usize = 512;
 
 /// A collector address as the ring knows it: `ip:port` in canonical form, or `host:port` as
 /// written. `None` if it is neither.
@@ -71,16 +72,15 @@ impl LastKnownGood {
         }
     }
 
-    /// Saves `collectors` atomically (temporary file, then rename).
+    /// Saves `collectors` durably: temporary file, fsync, rename, fsync of the directory (a
+    /// power loss leaves the old copy or the new one, never an empty file).
     pub fn save(state_dir: &Path, collectors: &[Arc<str>]) -> std::io::Result<()> {
         let lkg = LastKnownGood {
             saved_unix_ms: crate::unix_nanos_now() / 1_000_000,
             collectors: collectors.iter().map(|c| c.to_string()).collect(),
         };
-        let path = Self::path(state_dir);
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&lkg).unwrap_or_default())?;
-        std::fs::rename(&tmp, &path)
+        let text = serde_json::to_string_pretty(&lkg).unwrap_or_default();
+        crate::state::write_synced(&Self::path(state_dir), &text).map_err(std::io::Error::other)
     }
 }
 
@@ -113,9 +113,14 @@ impl FleetView {
         self.rebuild()
     }
 
-    /// The fleet view of the collector that welcomed this meter. True if the ring changed.
+    /// The fleet view of the collector that welcomed this meter. True if the ring changed. An
+    /// empty view (a collector that was not told its fleet) says nothing and changes nothing.
     pub fn set_welcome(&mut self, members: Vec<String>) -> bool {
-        self.welcome = canonical_set(members);
+        let members = canonical_set(members);
+        if members.is_empty() {
+            return false;
+        }
+        self.welcome = members;
         self.rebuild()
     }
 
@@ -124,14 +129,16 @@ impl FleetView {
     }
 
     fn rebuild(&mut self) -> bool {
-        let mut all: Vec<&String> = self
-            .statics
-            .iter()
-            .chain(&self.dns)
-            .chain(&self.welcome)
-            .collect();
+        let mut all: Vec<&String> = Vec::new();
+        for m in self.statics.iter().chain(&self.dns).chain(&self.welcome) {
+            if all.len() == MAX_MEMBERS {
+                break;
+            }
+            if !all.contains(&m) {
+                all.push(m);
+            }
+        }
         all.sort();
-        all.dedup();
         if all
             .iter()
             .map(|s| s.as_str())
@@ -221,6 +228,22 @@ mod tests {
         assert_eq!(canonical("nonsense"), None);
         let set = canonical_set(vec!["10.0.0.1:1".into(), "junk".into(), "10.0.0.1:1".into()]);
         assert_eq!(set, ["10.0.0.1:1"]);
+    }
+
+    #[test]
+    fn empty_views_change_nothing_and_the_ring_is_capped() {
+        let mut view = FleetView::new(&[], None);
+        assert!(view.set_welcome(vec!["10.0.0.1:4433".into()]));
+        assert!(
+            !view.set_welcome(Vec::new()),
+            "a collector without a fleet view says nothing"
+        );
+        assert_eq!(view.ring().members().len(), 1);
+        let many: Vec<String> = (0..2_000)
+            .map(|i| format!("10.{}.{}.1:4433", i / 250, i % 250))
+            .collect();
+        view.set_dns(many);
+        assert_eq!(view.ring().members().len(), MAX_MEMBERS);
     }
 
     #[test]

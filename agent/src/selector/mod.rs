@@ -10,16 +10,20 @@
 //! - **Splay.** The first attempt after start waits a uniform random time in `[0, splay)`.
 //! - **Walk.** A failed attempt (unreachable, refused, any `Reject`) or a session that dies young
 //!   (before `healthy_after`) moves to the next collector in ring order not yet tried in this
-//!   round, after a uniform random `[0, step_delay)`. After every collector was tried, the
-//!   round restarts at the first choice after a backoff delay (full jitter); a collector's
-//!   `retry_after` is a floor for trying it again.
+//!   round, after a uniform random `[0, step_delay)`. After every collector was tried, the next
+//!   round starts after a backoff delay (full jitter), at the first collector in ring order not
+//!   on hold. A collector's `retry_after` (capped at `max_hold`) is a floor for trying it again.
 //! - **Healthy.** Only a session that lasted `healthy_after` resets the backoff, so a collector
-//!   that accepts and drops meters cannot make them flap at full speed.
+//!   that accepts and drops meters cannot make them flap at full speed. When a healthy session
+//!   is lost, the meter waits the backoff's first delay before dialling again, so the meters of a
+//!   crashed collector do not all come back in the same instant.
 //! - **Drain.** A draining collector's meters move to their next collector at a uniform random
 //!   moment within the window the collector names, and leave it alone for that window.
 //! - **Rebalance.** While connected to a collector that is not its first choice (after a walk, or
 //!   because the fleet changed), a meter moves to its first choice at a uniform random moment
-//!   within `rebalance_window`, so a fleet change never moves everyone at once.
+//!   within `rebalance_window` (not before the first choice's hold ends), so a fleet change never
+//!   moves everyone at once. Each failed return doubles the window for the next one, until the
+//!   first choice welcomes the meter again: a dead first choice is not dialled every window.
 //!
 //! Must never: do I/O, sleep or read a clock.
 
@@ -46,7 +50,12 @@ pub struct SelectorConfig {
     pub healthy_after: Duration,
     /// Moves to a better collector happen at a uniform random moment in this window.
     pub rebalance_window: Duration,
+    /// The longest `retry_after` honoured; a longer hint is cut to this.
+    pub max_hold: Duration,
 }
+
+/// Doublings of the rebalance window after failed returns home, at most.
+const MAX_HOME_DOUBLINGS: u32 = 6;
 
 /// What to do next: dial `target` at `at`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,6 +101,10 @@ pub struct Selector<B, R> {
     /// While in a session: when to leave it for a better collector.
     move_at: Option<Instant>,
     next: Option<Attempt>,
+    /// The pending attempt is a return to the first choice after leaving another collector.
+    returning: bool,
+    /// Consecutive failed returns to this first choice.
+    home_misses: (Option<Arc<str>>, u32),
 }
 
 impl<B: Backoff, R: Rng> Selector<B, R> {
@@ -115,6 +128,8 @@ impl<B: Backoff, R: Rng> Selector<B, R> {
             session: None,
             move_at: None,
             next: None,
+            returning: false,
+            home_misses: (None, 0),
         };
         s.splay_until = now + s.jitter(config.splay);
         s.next = s.first().map(|target| Attempt {
@@ -157,29 +172,36 @@ impl<B: Backoff, R: Rng> Selector<B, R> {
             if self.first().as_ref() == Some(current) {
                 self.move_at = None;
             } else if self.move_at.is_none() {
-                self.move_at = Some(now + self.jitter(self.config.rebalance_window));
+                self.schedule_move(now);
             }
             return;
         }
         // Not in a session: aim the pending attempt at the new ring, without making it sooner.
         let at = self.next.as_ref().map_or(self.splay_until.max(now), |a| a.at);
         let target = if self.tried.is_empty() {
-            self.first()
+            self.round_start(now)
         } else {
-            self.next_untried(now).or_else(|| self.first())
+            self.next_untried(now)
+                .map(|t| (t, now))
+                .or_else(|| self.round_start(now))
         };
-        self.next = target.map(|target| Attempt { target, at });
+        self.next = target.map(|(target, free)| Attempt {
+            target,
+            at: at.max(free),
+        });
     }
 
     /// The collector welcomed the meter.
     pub fn on_welcome(&mut self, target: &Arc<str>, now: Instant) {
         self.next = None;
+        self.returning = false;
         self.session = Some((Arc::clone(target), now));
-        self.move_at = if self.first().as_ref() == Some(target) {
-            None
+        if self.first().as_ref() == Some(target) {
+            self.home_misses = (None, 0);
+            self.move_at = None;
         } else {
-            Some(now + self.jitter(self.config.rebalance_window))
-        };
+            self.schedule_move(now);
+        }
     }
 
     /// An attempt at `target` failed before `Welcome`.
@@ -190,7 +212,15 @@ impl<B: Backoff, R: Rng> Selector<B, R> {
             retry_after: Some(floor),
         } = failure
         {
-            self.hold(target, now + floor);
+            self.hold(target, now + floor.min(self.config.max_hold));
+        }
+        if std::mem::take(&mut self.returning) && self.first().as_ref() == Some(target) {
+            let misses = if self.home_misses.0.as_ref() == Some(target) {
+                self.home_misses.1
+            } else {
+                0
+            };
+            self.home_misses = (Some(Arc::clone(target)), misses + 1);
         }
         self.tried.push(Arc::clone(target));
         self.step(now);
@@ -200,6 +230,9 @@ impl<B: Backoff, R: Rng> Selector<B, R> {
     pub fn on_ended(&mut self, ended: Ended, now: Instant) {
         self.move_at = None;
         let Some((target, since)) = self.session.take() else {
+            // Not known to be in a session (the driver missed the Welcome): treat it as a failed
+            // attempt rather than leave a stale attempt to be made at once.
+            self.step(now);
             return;
         };
         let healthy = now.duration_since(since) >= self.config.healthy_after;
@@ -210,7 +243,11 @@ impl<B: Backoff, R: Rng> Selector<B, R> {
         match ended {
             Ended::Moved => {
                 self.tried.clear();
-                self.next = self.first().map(|target| Attempt { target, at: now });
+                self.returning = true;
+                self.next = self.first().map(|target| Attempt {
+                    at: self.hold_until(&target, now),
+                    target,
+                });
             }
             Ended::Drained { within } => {
                 let until = now + within;
@@ -222,17 +259,21 @@ impl<B: Backoff, R: Rng> Selector<B, R> {
                     // A fleet of one: come back to it after the window.
                     None => {
                         self.tried.clear();
-                        self.first().map(|target| Attempt {
-                            at: at.max(self.hold_until(&target, now)),
+                        self.round_start(now).map(|(target, free)| Attempt {
                             target,
+                            at: at.max(free),
                         })
                     }
                 };
             }
-            // A long session lost: the collector may just be restarting; start a new round.
+            // A long session lost: the collector may just be restarting. Start a new round after
+            // the backoff's first (full-jitter) delay, so its meters do not return all at once.
             Ended::Lost if healthy => {
-                let at = now + self.jitter(self.config.step_delay);
-                self.next = self.first().map(|target| Attempt { target, at });
+                let delay = self.backoff.next_backoff().unwrap_or(self.config.step_delay);
+                self.next = self.round_start(now).map(|(target, free)| Attempt {
+                    at: (now + delay).max(free),
+                    target,
+                });
             }
             // A session that died young is a failure of that collector.
             Ended::Lost => {
@@ -251,10 +292,42 @@ impl<B: Backoff, R: Rng> Selector<B, R> {
         }
         self.tried.clear();
         let delay = self.backoff.next_backoff().unwrap_or(Duration::from_secs(60));
-        self.next = self.first().map(|target| Attempt {
-            at: (now + delay).max(self.hold_until(&target, now)),
+        self.next = self.round_start(now).map(|(target, free)| Attempt {
+            at: (now + delay).max(free),
             target,
         });
+    }
+
+    /// Where a new round starts: the first collector in ring order not on hold (free now), or if
+    /// all are on hold, the one free soonest.
+    fn round_start(&self, now: Instant) -> Option<(Arc<str>, Instant)> {
+        let mut soonest: Option<(Arc<str>, Instant)> = None;
+        for c in self.ring.walk(&self.meter_id) {
+            let free = self.hold_until(&c, now);
+            if free <= now {
+                return Some((c, now));
+            }
+            if soonest.as_ref().is_none_or(|(_, s)| free < *s) {
+                soonest = Some((c, free));
+            }
+        }
+        soonest
+    }
+
+    /// While connected elsewhere: leave for the first choice at a random moment within the
+    /// rebalance window (doubled for each failed return), and not before its hold ends.
+    fn schedule_move(&mut self, now: Instant) {
+        let Some(first) = self.first() else {
+            self.move_at = None;
+            return;
+        };
+        let misses = if self.home_misses.0.as_ref() == Some(&first) {
+            self.home_misses.1
+        } else {
+            0
+        };
+        let window = self.config.rebalance_window * 2u32.pow(misses.min(MAX_HOME_DOUBLINGS));
+        self.move_at = Some((now + self.jitter(window)).max(self.hold_until(&first, now)));
     }
 
     /// The first collector in ring order not tried in this round and not on hold.
@@ -263,9 +336,8 @@ impl<B: Backoff, R: Rng> Selector<B, R> {
             .walk(&self.meter_id)
             .find(|c| !self.tried.contains(c) && self.hold_until(c, now) <= now)
     }
-
     fn hold(&mut self, target: &Arc<str>, until: Instant) {
-        self.holds.retain(|(t, _)| t != target);
+        self.holds.retain(|(t, _)| t != target && self.ring.contains(t));
         self.holds.push((Arc::clone(target), until));
     }
 
@@ -292,12 +364,12 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
     use rand::rngs::StdRng;
-
     const CONFIG: SelectorConfig = SelectorConfig {
         splay: Duration::from_secs(2),
         step_delay: Duration::from_millis(500),
         healthy_after: Duration::from_secs(30),
         rebalance_window: Duration::from_secs(60),
+        max_hold: Duration::from_secs(120),
     };
 
     const JITTER: JitterParams = JitterParams {
@@ -400,15 +472,17 @@ mod tests {
             let a = s.next_attempt().unwrap();
             assert!(a.at <= now + JITTER.ceiling(round));
             now = a.at;
-        } // A session that lasted: the next loss starts afresh, almost at once.
+        }
+        // A session that lasted: the backoff starts afresh. Losing it waits the first delay...
         s.on_welcome(&target, now);
         now += CONFIG.healthy_after;
         s.on_ended(Ended::Lost, now);
         let a = s.next_attempt().unwrap().clone();
-        assert!(a.at <= now + CONFIG.step_delay);
+        assert!(a.at <= now + JITTER.ceiling(0));
+        // ...and the next failed round the second, not the seventh.
         s.on_failure(&target, Failure::Unreachable, a.at);
         assert!(
-            s.next_attempt().unwrap().at <= a.at + JITTER.ceiling(0),
+            s.next_attempt().unwrap().at <= a.at + JITTER.ceiling(1),
             "backoff was reset"
         );
     }
@@ -487,5 +561,85 @@ mod tests {
         let r = ring(2);
         s.on_fleet(r.clone(), t0 + Duration::from_secs(5));
         assert_eq!(s.next_attempt().map(|a| a.target.clone()), r.first("m1").cloned());
+    }
+
+    #[test]
+    fn a_dead_first_choice_is_not_dialled_every_window() {
+        let t0 = Instant::now();
+        let r = ring(3);
+        let order: Vec<_> = r.walk("m1").collect();
+        let mut s = selector("m1", r, t0);
+        let mut now = t0;
+        s.on_failure(&order[0], Failure::Unreachable, now);
+        let mut returns = 0;
+        // Ten simulated hours on the second choice, trying to go home, which is dead.
+        while now < t0 + Duration::from_secs(36_000) {
+            let a = s.next_attempt().unwrap().clone();
+            now = now.max(a.at);
+            if a.target == order[0] {
+                returns += 1;
+                s.on_failure(&order[0], Failure::Unreachable, now);
+                continue;
+            }
+            s.on_welcome(&a.target, now);
+            now = s.move_at().expect("away from home");
+            s.on_ended(Ended::Moved, now);
+        }
+        // A fixed 60 s window would mean about 600 returns; doubling caps it near 10 h / 64 min.
+        assert!(
+            (5..=25).contains(&returns),
+            "{returns} returns to a dead first choice in 10 h"
+        );
+    }
+
+    #[test]
+    fn moving_home_waits_for_its_hold_and_retry_after_is_capped() {
+        let t0 = Instant::now();
+        let r = ring(2);
+        let order: Vec<_> = r.walk("m1").collect();
+        let mut s = selector("m1", r, t0);
+        // Home refuses with a (too) long retry_after: capped at max_hold.
+        let day = Some(Duration::from_secs(86_400));
+        s.on_failure(&order[0], Failure::Refused { retry_after: day }, t0);
+        let a = s.next_attempt().unwrap().clone();
+        assert_eq!(a.target, order[1]);
+        s.on_welcome(&order[1], a.at);
+        let move_at = s.move_at().unwrap();
+        assert!(move_at >= t0 + CONFIG.max_hold, "not before home's hold ends");
+        assert!(move_at <= a.at + CONFIG.max_hold + CONFIG.rebalance_window);
+    }
+
+    #[test]
+    fn a_new_round_starts_at_a_collector_not_on_hold() {
+        let t0 = Instant::now();
+        let r = ring(3);
+        let order: Vec<_> = r.walk("m1").collect();
+        let mut s = selector("m1", r, t0);
+        let hold = Some(Duration::from_secs(100));
+        s.on_failure(&order[0], Failure::Refused { retry_after: hold }, t0);
+        s.on_failure(&order[1], Failure::Unreachable, t0);
+        s.on_failure(&order[2], Failure::Unreachable, t0);
+        let a = s.next_attempt().unwrap();
+        assert_eq!(
+            a.target, order[1],
+            "the first choice is on hold; the round starts at the next"
+        );
+        assert!(a.at <= t0 + JITTER.ceiling(0));
+    }
+
+    #[test]
+    fn an_end_without_a_known_session_is_not_redialled_at_once() {
+        let t0 = Instant::now();
+        let mut s = selector("m1", ring(2), t0);
+        let first = s.next_attempt().unwrap().target.clone();
+        // The driver never reported the Welcome.
+        let later = t0 + Duration::from_secs(10);
+        s.on_ended(Ended::Lost, later);
+        let a = s.next_attempt().unwrap();
+        assert!(a.at >= later);
+        assert!(
+            a.target != first || a.at > later,
+            "not the same collector at once"
+        );
     }
 }

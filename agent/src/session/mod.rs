@@ -306,6 +306,7 @@ impl Streams<'_> {
             let mut deadline: Option<Instant> = None;
             let mut drained: Option<Duration> = None;
             let mut moving = false;
+            let mut stop_seen = false;
             let mut leave: Option<Instant> = *leave_at.borrow_and_update();
             loop {
                 tokio::select! {
@@ -346,8 +347,12 @@ impl Streams<'_> {
                         }
                         Err(e) => break Err(e),
                     },
-                    _ = ctx.stop.requested(), if deadline.is_none() => {
-                        deadline = ctx.stop.deadline();
+                    _ = ctx.stop.requested(), if !stop_seen => {
+                        stop_seen = true;
+                        deadline = match (deadline, ctx.stop.deadline()) {
+                            (Some(a), Some(b)) => Some(a.min(b)),
+                            (a, b) => a.or(b),
+                        };
                     }
                     _ = sleep_until(deadline), if deadline.is_some() => break Ok(()),
                 }
