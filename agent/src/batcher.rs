@@ -6,7 +6,7 @@
 //! frame is encoded once here; every send and resend reuses it. Must never: wait on the network;
 //! when the queue is full it drops the oldest batch (counted) rather than stall the sources.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use prost::Message;
@@ -15,8 +15,8 @@ use ringflow_proto::pb;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::queue::{BatchQueue, QueuedBatch};
 use crate::source::RecordChunk;
+use crate::spool::handle::{SpoolBatch, SpoolHandle};
 use crate::state::{SeqAllocator, StateError};
 use crate::telemetry::MeterMetrics;
 
@@ -111,78 +111,47 @@ impl Batcher {
     }
 }
 
-/// Numbers, encodes and queues batches. Shared by the batcher and the session (which re-seals a
-/// queued batch that a collector's lower limits do not allow), so seqs are allocated and pushed
-/// to the queue in one order.
+/// Why a batch could not be sealed.
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("the spool has stopped")]
+    SpoolStopped,
+}
+
+/// Numbers, encodes and spools batches. Shared by the batcher and the session (which re-seals a
+/// spooled batch that a collector's lower limits do not allow), so seqs are allocated and handed
+/// to the spool in one order.
 pub struct Sealer {
-    seqs: Mutex<SeqAllocator>,
-    queue: Arc<BatchQueue>,
+    seqs: tokio::sync::Mutex<SeqAllocator>,
+    spool: SpoolHandle,
     metrics: Arc<MeterMetrics>,
 }
 
 impl Sealer {
-    pub fn new(seqs: SeqAllocator, queue: Arc<BatchQueue>, metrics: Arc<MeterMetrics>) -> Self {
+    pub fn new(seqs: SeqAllocator, spool: SpoolHandle, metrics: Arc<MeterMetrics>) -> Self {
         Self {
-            seqs: Mutex::new(seqs),
-            queue,
+            seqs: tokio::sync::Mutex::new(seqs),
+            spool,
             metrics,
         }
     }
 
-    pub fn queue(&self) -> &Arc<BatchQueue> {
-        &self.queue
+    pub fn spool(&self) -> &SpoolHandle {
+        &self.spool
     }
 
-    /// Queues `records` as one batch, or as several if they do not fit `limits` (a batch built
+    /// Spools `records` as one batch, or as several if they do not fit `limits` (a batch built
     /// under larger limits than a collector allows is split, never dropped). Only a single
-    /// record larger than a whole frame is dropped, and counted.
-    pub fn seal(&self, records: Vec<pb::FlowRecord>, limits: &BatchLimits) -> Result<(), StateError> {
-        if records.len() > limits.max_records.max(1) {
-            return self.seal_split(records, limits);
+    /// record larger than a whole frame is dropped, and counted. Waits while the spool's
+    /// in-memory queue is full.
+    pub async fn seal(&self, records: Vec<pb::FlowRecord>, limits: &BatchLimits) -> Result<(), SealError> {
+        let fits = records.len() <= limits.max_records.max(1)
+            && FRAME_OVERHEAD + records.iter().map(record_size).sum::<usize>() <= limits.max_frame_bytes;
+        if fits {
+            return self.seal_one(records, limits).await;
         }
-        let n = records.len() as u32;
-        let mut seqs = self.seqs.lock().unwrap_or_else(|p| p.into_inner());
-        let seq = seqs.next_seq()?;
-        let up = pb::DataUp {
-            msg: Some(pb::data_up::Msg::Batch(pb::FlowBatch {
-                seq,
-                records,
-                created_unix_nanos: crate::unix_nanos_now(),
-            })),
-        };
-        let frame = match frame::encode_to_bytes(&up, limits.max_frame_bytes) {
-            Ok(f) => f,
-            Err(error) => {
-                drop(seqs);
-                let Some(pb::data_up::Msg::Batch(batch)) = up.msg else {
-                    unreachable!("built above");
-                };
-                if batch.records.len() > 1 {
-                    return self.seal_split(batch.records, limits);
-                }
-                MeterMetrics::inc_by(&self.metrics.records_dropped, "record_too_large", u64::from(n));
-                tracing::warn!(%error, "dropping a record larger than a whole frame");
-                return Ok(());
-            }
-        };
-        self.metrics.batches_built.inc();
-        // Pushed while the seq lock is held, so the queue stays in seq order.
-        let dropped = self.queue.push(QueuedBatch {
-            seq,
-            records: n,
-            frame,
-        });
-        drop(seqs);
-        if !dropped.is_empty() {
-            self.metrics.queue_dropped_batches.inc_by(dropped.len() as u64);
-            self.metrics
-                .queue_dropped_records
-                .inc_by(dropped.iter().map(|b| u64::from(b.records)).sum());
-        }
-        Ok(())
-    }
-
-    fn seal_split(&self, records: Vec<pb::FlowRecord>, limits: &BatchLimits) -> Result<(), StateError> {
         let mut batcher = Batcher::new(*limits);
         let mut parts = Vec::new();
         let now = Instant::now();
@@ -191,14 +160,52 @@ impl Sealer {
         }
         parts.extend(batcher.flush());
         for part in parts {
-            self.seal(part, limits)?;
+            self.seal_one(part, limits).await?;
         }
         Ok(())
     }
 
-    /// Counts records that can no longer be batched (the meter is failing).
-    fn discard(&self, records: u64) {
-        MeterMetrics::inc_by(&self.metrics.records_dropped, "seq_unavailable", records);
+    async fn seal_one(&self, records: Vec<pb::FlowRecord>, limits: &BatchLimits) -> Result<(), SealError> {
+        let n = records.len() as u32;
+        // Held until the spool has the batch: seqs reach the spool in order.
+        let mut seqs = self.seqs.lock().await;
+        let seq = seqs.next_seq()?;
+        let created_unix_nanos = crate::unix_nanos_now();
+        let up = pb::DataUp {
+            msg: Some(pb::data_up::Msg::Batch(pb::FlowBatch {
+                seq,
+                records,
+                created_unix_nanos,
+            })),
+        };
+        let frame = match frame::encode_to_bytes(&up, limits.max_frame_bytes) {
+            Ok(f) => f,
+            Err(error) => {
+                // Only a single record larger than a whole frame can get here.
+                MeterMetrics::inc_by(&self.metrics.records_dropped, "record_too_large", u64::from(n));
+                tracing::warn!(%error, "dropping a record larger than a whole frame");
+                return Ok(());
+            }
+        };
+        self.metrics.batches_built.inc();
+        self.spool
+            .append(SpoolBatch {
+                seq,
+                records: n,
+                created_unix_ms: created_unix_nanos / 1_000_000,
+                frame,
+            })
+            .await
+            .map_err(|_| SealError::SpoolStopped)
+    }
+
+    /// Counts records that can no longer be batched (the meter is failing), by why.
+    fn discard(&self, records: u64, why: &SealError) {
+        let reason = match why {
+            SealError::State(_) => "seq_unavailable",
+            SealError::SpoolStopped => "spool_write_failed",
+        };
+        MeterMetrics::inc_by(&self.metrics.records_dropped, reason, records);
     }
 }
 
@@ -210,7 +217,7 @@ pub async fn run(
     mut records_rx: mpsc::Receiver<RecordChunk>,
     sealer: Arc<Sealer>,
     mut limits: watch::Receiver<BatchLimits>,
-) -> Result<(), StateError> {
+) -> Result<(), SealError> {
     let _task = sealer.metrics.task("batcher");
     let mut batcher = Batcher::new(*limits.borrow_and_update());
     let mut closed: Vec<Vec<pb::FlowRecord>> = Vec::new();
@@ -230,7 +237,7 @@ pub async fn run(
                 }
                 None => false,
             },
-            _ = sleep_until(deadline), if deadline.is_some() => {
+            _ = crate::sleep_until(deadline), if deadline.is_some() => {
                 closed.extend(batcher.flush());
                 true
             }
@@ -242,29 +249,22 @@ pub async fn run(
         let mut pending = closed.drain(..);
         while let Some(records) = pending.next() {
             let n = records.len() as u64;
-            if let Err(e) = sealer.seal(records, &batcher.limits) {
+            if let Err(e) = sealer.seal(records, &batcher.limits).await {
                 let mut lost: u64 = n + pending.map(|r| r.len() as u64).sum::<u64>();
                 lost += batcher.flush().map_or(0, |r| r.len() as u64);
                 records_rx.close();
                 while let Ok(chunk) = records_rx.try_recv() {
                     lost += chunk.len() as u64;
                 }
-                sealer.discard(lost);
-                sealer.queue.close();
+                sealer.discard(lost, &e);
+                sealer.spool.close().await;
                 return Err(e);
             }
         }
         if !open {
-            sealer.queue.close();
+            sealer.spool.close().await;
             return Ok(());
         }
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }
 
@@ -352,35 +352,56 @@ mod tests {
         assert_eq!(l.capped_by(&pb::Limits::default()), l);
     }
 
-    fn sealer(dir: &std::path::Path, block: u64) -> (Arc<Sealer>, Arc<BatchQueue>, Arc<MeterMetrics>) {
-        let queue = Arc::new(BatchQueue::new(crate::queue::QueueLimits {
-            max_batches: 10_000,
-            max_bytes: 64 << 20,
-        }));
+    fn sealer(dir: &std::path::Path, block: u64) -> (Arc<Sealer>, SpoolHandle, Arc<MeterMetrics>) {
+        use crate::spool::handle::{FsyncPolicy, SpoolRun};
+        use crate::spool::task::start;
+        use crate::spool::{Spool, SpoolLimits, fs::MemFs};
         let metrics = Arc::new(MeterMetrics::new());
+        let limits = SpoolLimits {
+            max_bytes: 64 << 20,
+            max_entries: 100_000,
+            segment_bytes: 1 << 20,
+            recent_bytes: 1 << 20,
+        };
+        let (spool, _) = Spool::open(MemFs::default(), limits).unwrap();
+        let run = SpoolRun {
+            fsync: FsyncPolicy::Never,
+            memory_batches: 16,
+        };
+        let (handle, task) = start(spool, run, Arc::clone(&metrics));
+        tokio::spawn(task);
         let seqs = SeqAllocator::open_with_block(dir, block).unwrap();
         (
-            Arc::new(Sealer::new(seqs, queue.clone(), metrics.clone())),
-            queue,
+            Arc::new(Sealer::new(seqs, handle.clone(), Arc::clone(&metrics))),
+            handle,
             metrics,
         )
     }
 
-    #[test]
-    fn a_batch_over_the_limits_is_split_never_dropped() {
-        let dir = tempfile::tempdir().unwrap();
-        let (sealer, queue, metrics) = sealer(dir.path(), 1 << 20);
-        let records: Vec<_> = (0..5_000).map(rec).collect();
-        sealer.seal(records, &limits(400, 4_096)).unwrap();
-        let mut seen = 0u64;
-        let mut after = 0;
-        while let Some(b) = queue.next_after(after) {
-            assert!(b.records <= 400, "{} records", b.records);
-            assert!(b.frame.len() - frame::LENGTH_PREFIX_BYTES <= 4_096);
-            seen += u64::from(b.records);
-            after = b.seq;
+    /// Everything the spool holds, once it is closed.
+    async fn spooled(spool: &SpoolHandle) -> Vec<crate::spool::Entry> {
+        let mut reader = spool.reader();
+        let mut out = Vec::new();
+        while let Some(e) = reader.next().await.unwrap() {
+            out.push(e);
         }
-        assert_eq!(seen, 5_000);
+        out
+    }
+
+    #[tokio::test]
+    async fn a_batch_over_the_limits_is_split_never_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sealer, spool, metrics) = sealer(dir.path(), 1 << 20);
+        let records: Vec<_> = (0..5_000).map(rec).collect();
+        sealer.seal(records, &limits(400, 4_096)).await.unwrap();
+        spool.close().await;
+        let entries = spooled(&spool).await;
+        for e in &entries {
+            assert!(e.records <= 400, "{} records", e.records);
+            assert!(e.frame.len() - frame::LENGTH_PREFIX_BYTES <= 4_096);
+        }
+        assert_eq!(entries.iter().map(|e| u64::from(e.records)).sum::<u64>(), 5_000);
+        assert!(entries.windows(2).all(|w| w[0].seq < w[1].seq), "in seq order");
         assert_eq!(
             MeterMetrics::count(&metrics.records_dropped, "record_too_large"),
             0
@@ -390,7 +411,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_seq_reservation_counts_what_it_discards_and_fails() {
         let dir = tempfile::tempdir().unwrap();
-        let (sealer, queue, metrics) = sealer(dir.path(), 2);
+        let (sealer, spool, metrics) = sealer(dir.path(), 2);
         // The next reservation cannot be written: a directory sits where the file goes.
         std::fs::remove_file(dir.path().join("seq")).unwrap();
         std::fs::create_dir_all(dir.path().join("seq/blocked")).unwrap();
@@ -401,12 +422,17 @@ mod tests {
         }
         drop(tx);
         let result = run(rx, sealer, limits_rx).await;
-        assert!(matches!(result, Err(StateError::Io { .. })), "{result:?}");
-        let (queued, _) = queue.depth();
-        let queued_records = queued as u64 * 10;
+        assert!(
+            matches!(result, Err(SealError::State(StateError::Io { .. }))),
+            "{result:?}"
+        );
+        let spooled_records: u64 = spooled(&spool).await.iter().map(|e| u64::from(e.records)).sum();
         let dropped = MeterMetrics::count(&metrics.records_dropped, "seq_unavailable");
-        assert_eq!(queued, 2, "the first block (2 seqs) was used");
-        assert_eq!(queued_records + dropped, 50, "every record is queued or counted");
-        assert!(queue.is_closed());
+        assert_eq!(spooled_records, 20, "the first block (2 seqs) was used");
+        assert_eq!(
+            spooled_records + dropped,
+            50,
+            "every record is spooled or counted"
+        );
     }
 }

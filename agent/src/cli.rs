@@ -1,8 +1,8 @@
 //! The `meter` command line: parse flags, set up logging and signals, call the library.
 //!
 //! Exit codes: 0 success, 1 runtime failure, 64 bad configuration. Signals: the first SIGTERM or
-//! SIGINT stops the sources and flushes what is queued within `shutdown.grace_ms`; a second one
-//! exits at once.
+//! SIGINT stops the sources, writes what is in memory to the spool and keeps delivering for up
+//! to `shutdown.grace_ms`; a second one exits at once (the spool keeps everything it was given).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,7 +29,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the meter until SIGTERM/SIGINT, then flush what is queued and stop.
+    /// Run the meter until SIGTERM/SIGINT, then spool what is in memory, deliver what it can
+    /// within the grace period and stop.
     Run {
         /// Configuration file (TOML); `meter example-config` prints one with every key.
         #[arg(long, short, value_name = "FILE")]
@@ -204,7 +205,7 @@ fn run(path: PathBuf) -> ExitCode {
         let shutdown = CancellationToken::new();
         tokio::spawn(ringflow_proto::ops::shutdown_on_signals(
             shutdown.clone(),
-            "flushing",
+            "stopping the sources; spooling what is in memory, delivering until shutdown.grace_ms",
         ));
         match crate::run(config, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,

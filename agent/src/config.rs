@@ -25,7 +25,8 @@ pub struct Config {
     /// Stable id of this meter. Default: generated on first start and kept in `state_dir`.
     #[serde(default)]
     pub meter_id: Option<String>,
-    /// Where the meter keeps its id and sequence numbers. Default `/var/lib/ringflow/meter`.
+    /// Where the meter keeps its id, sequence numbers, last-known fleet and spool. Default
+    /// `/var/lib/ringflow/meter`.
     #[serde(default = "defaults::state_dir")]
     pub state_dir: PathBuf,
     /// Org this meter sends for.
@@ -52,13 +53,15 @@ pub struct Config {
     #[serde(default)]
     pub batch: BatchConfig,
     #[serde(default)]
-    pub queue: QueueConfig,
+    pub spool: SpoolConfig,
     #[serde(default)]
     pub reconnect: ReconnectConfig,
     #[serde(default)]
     pub shutdown: ShutdownConfig,
     #[serde(default)]
     pub sources: SourcesConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -72,13 +75,45 @@ pub struct BatchConfig {
     pub max_age_ms: u64,
 }
 
+/// The disk spool in `STATE_DIR/spool`, where every batch waits until a collector acks it.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct QueueConfig {
-    /// Batches kept in memory until acked. When full, the oldest batch is dropped and counted.
-    pub max_batches: usize,
-    /// Bytes kept in memory until acked; same drop-oldest policy.
-    pub max_bytes: usize,
+pub struct SpoolConfig {
+    /// Cap on the spool's bytes on disk. At the cap the oldest segment is deleted and what it
+    /// held that was not yet acked is counted as dropped.
+    pub max_bytes: u64,
+    /// Cap on the batches in the spool; same drop-oldest policy.
+    pub max_entries: u64,
+    /// Size at which a segment file is closed and a new one started.
+    pub segment_bytes: u64,
+    /// When a written batch is forced to disk.
+    pub fsync: FsyncMode,
+    /// With `fsync = "interval"`: how often.
+    pub fsync_interval_ms: u64,
+    /// Sealed batches held in memory on their way to disk. When full, the batcher waits and the
+    /// sources, which never wait, drop and count.
+    pub memory_batches: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncMode {
+    /// Every write is synced before the batch is sent: survives power loss.
+    Always,
+    /// Synced every `fsync_interval_ms`: a crash of the meter loses nothing, a power loss at
+    /// most that interval.
+    Interval,
+    /// Left to the OS.
+    Never,
+}
+
+/// The meter's local HTTP endpoint: `/healthz` and `/metrics`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub enabled: bool,
+    /// A loopback address (`127.0.0.1:PORT`, `[::1]:PORT`); port 0 picks a free one.
+    pub listen: std::net::SocketAddr,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -126,7 +161,8 @@ pub struct FleetConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShutdownConfig {
-    /// On SIGTERM, how long to keep sending what is queued and waiting for acks before exiting.
+    /// On SIGTERM, how long to keep sending what is spooled and waiting for acks before exiting
+    /// (what is not acked by then stays in the spool for the next start).
     pub grace_ms: u64,
 }
 
@@ -166,11 +202,50 @@ impl Default for BatchConfig {
     }
 }
 
-impl Default for QueueConfig {
+impl Default for SpoolConfig {
     fn default() -> Self {
         Self {
-            max_batches: 4_096,
-            max_bytes: 64 << 20,
+            max_bytes: 256 << 20,
+            max_entries: 100_000,
+            segment_bytes: 8 << 20,
+            fsync: FsyncMode::Interval,
+            fsync_interval_ms: 1_000,
+            memory_batches: 64,
+        }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 9465)),
+        }
+    }
+}
+
+/// Recently spooled batches also kept in memory, so a sender that keeps up never reads the disk.
+const RECENT_BYTES: u64 = 8 << 20;
+
+impl SpoolConfig {
+    pub fn limits(&self) -> crate::spool::SpoolLimits {
+        crate::spool::SpoolLimits {
+            max_bytes: self.max_bytes,
+            max_entries: self.max_entries,
+            segment_bytes: self.segment_bytes,
+            recent_bytes: RECENT_BYTES.min(self.max_bytes),
+        }
+    }
+
+    pub fn run(&self) -> crate::spool::handle::SpoolRun {
+        use crate::spool::handle::FsyncPolicy;
+        crate::spool::handle::SpoolRun {
+            fsync: match self.fsync {
+                FsyncMode::Always => FsyncPolicy::Always,
+                FsyncMode::Interval => FsyncPolicy::Interval(Duration::from_millis(self.fsync_interval_ms)),
+                FsyncMode::Never => FsyncPolicy::Never,
+            },
+            memory_batches: self.memory_batches,
         }
     }
 }
@@ -308,10 +383,26 @@ impl Config {
         check_range("batch.max_records", b.max_records as u64, 1, 1 << 20)?;
         check_range("batch.max_bytes", b.max_bytes as u64, 1024, 16 << 20)?;
         check_range("batch.max_age_ms", b.max_age_ms, 1, 3_600_000)?;
-        let q = &self.queue;
-        check_range("queue.max_batches", q.max_batches as u64, 1, 1 << 24)?;
-        if q.max_bytes < b.max_bytes {
-            return Err(invalid("queue.max_bytes", "must be at least batch.max_bytes"));
+        let sp = &self.spool;
+        check_range("spool.segment_bytes", sp.segment_bytes, 64 << 10, 64 << 20)?;
+        if sp.segment_bytes < b.max_bytes as u64 {
+            return Err(invalid(
+                "spool.segment_bytes",
+                "must be at least batch.max_bytes (a segment holds at least one batch)",
+            ));
+        }
+        check_range("spool.max_bytes", sp.max_bytes, 2 * sp.segment_bytes, 1 << 50)?;
+        check_range("spool.max_entries", sp.max_entries, 16, 1 << 40)?;
+        check_range("spool.fsync_interval_ms", sp.fsync_interval_ms, 10, 3_600_000)?;
+        check_range("spool.memory_batches", sp.memory_batches as u64, 1, 1 << 16)?;
+        if self.admin.enabled && !self.admin.listen.ip().is_loopback() {
+            return Err(invalid(
+                "admin.listen",
+                format!(
+                    "{} is not a loopback address; the meter's admin endpoint is local only (use 127.0.0.1:PORT or [::1]:PORT)",
+                    self.admin.listen
+                ),
+            ));
         }
         let r = &self.reconnect;
         check_range("reconnect.initial_delay_ms", r.initial_delay_ms, 1, 3_600_000)?;
@@ -463,7 +554,8 @@ mod tests {
         let minimal = Config::parse(MINIMAL).unwrap();
         assert_eq!(format!("{:?}", example.batch), format!("{:?}", minimal.batch));
         assert_eq!(format!("{:?}", example.fleet), format!("{:?}", minimal.fleet));
-        assert_eq!(format!("{:?}", example.queue), format!("{:?}", minimal.queue));
+        assert_eq!(format!("{:?}", example.spool), format!("{:?}", minimal.spool));
+        assert_eq!(format!("{:?}", example.admin), format!("{:?}", minimal.admin));
         assert_eq!(
             format!("{:?}", example.reconnect),
             format!("{:?}", minimal.reconnect)
@@ -478,6 +570,24 @@ mod tests {
             format!("{:?}", example.sources.synthetic),
             format!("{:?}", minimal.sources.synthetic)
         );
+    }
+
+    #[test]
+    fn spool_and_admin_settings_are_checked() {
+        let with = |table: &str| Config::parse(&format!("{MINIMAL}\n{table}\n"));
+        let err = with("[spool]\nsegment_bytes = 1024").unwrap_err();
+        assert!(err.to_string().contains("spool.segment_bytes"), "{err}");
+        let err = with("[spool]\nmax_bytes = 1048576\nsegment_bytes = 1048576").unwrap_err();
+        assert!(err.to_string().contains("spool.max_bytes"), "{err}");
+        let err = with("[spool]\nfsync = \"sometimes\"").unwrap_err();
+        assert!(err.to_string().contains("fsync"), "{err}");
+        let err = with("[admin]\nlisten = \"0.0.0.0:9465\"").unwrap_err();
+        assert!(
+            err.to_string().contains("admin.listen") && err.to_string().contains("loopback"),
+            "{err}"
+        );
+        assert!(with("[admin]\nenabled = false\nlisten = \"0.0.0.0:9465\"").is_ok());
+        assert!(with("[spool]\nfsync = \"always\"\n[admin]\nlisten = \"[::1]:0\"").is_ok());
     }
 
     #[test]

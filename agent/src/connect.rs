@@ -21,8 +21,9 @@ use crate::selector::{Ended, Failure, Selector, backoff};
 use crate::session::{self, SessionContext, SessionEnd};
 use crate::telemetry::MeterMetrics;
 
-/// Connects, runs sessions and waits between attempts until the queue is flushed (after shutdown,
-/// or once every source has finished) or the flush deadline has passed.
+/// Connects, runs sessions and waits between attempts until the spool is settled (after
+/// shutdown, or once every source has finished) or the flush deadline has passed. What is still
+/// pending then stays in the spool for the next start.
 pub async fn run(ctx: &SessionContext, config: &Config, mut fleet: FleetWatch) {
     let _task = ctx.metrics.task("connect_loop");
     let mut selector = Selector::new(
@@ -38,9 +39,7 @@ pub async fn run(ctx: &SessionContext, config: &Config, mut fleet: FleetWatch) {
         .set(fleet.view.ring().members().len() as i64);
     let mut failures = FailureLog::default();
     loop {
-        if ctx.stop.deadline().is_some_and(|d| Instant::now() >= d)
-            || (ctx.queue.is_closed() && ctx.queue.depth().0 == 0)
-        {
+        if ctx.stop.deadline().is_some_and(|d| Instant::now() >= d) || ctx.spool.status().settled() {
             return;
         }
         let Some(attempt) = selector.next_attempt().cloned() else {
@@ -57,7 +56,7 @@ pub async fn run(ctx: &SessionContext, config: &Config, mut fleet: FleetWatch) {
                 fleet_changed(&mut selector, &fleet, ctx);
                 false
             }
-            // Shutdown: stop waiting, and try at once to flush what is queued.
+            // Shutdown: stop waiting, and try at once to deliver what is spooled.
             _ = ctx.stop.requested(), if !ctx.stop.is_stopping() => true,
             _ = ctx.stop.expired() => return,
         };

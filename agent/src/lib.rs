@@ -2,26 +2,29 @@
 //! a collector fleet over QUIC (ringflow/1), keeping every batch until a collector acks it.
 //!
 //! ```text
-//! sources ──records_tx (bounded)──► batcher ──► BatchQueue (bounded, drop-oldest) ◄──► session
-//!                                                                   ▲        acks/nacks  │
-//!        fleet (DNS task, Welcome views) ──► connect loop: selector (ring, walk, backoff) ┘
+//! sources ─records_tx (bounded, drop+count)─► batcher ─► spool task ─► STATE_DIR/spool
+//!                        (memory_batches, bounded, batcher waits) ┘        │ read, ack, nack
+//!        fleet (DNS task, Welcome views) ──► connect loop: selector ──► session ◄┘
 //! ```
 //!
 //! Module map (see ARCHITECTURE.md): `config`, `state` (id, seq reservation), `source`, `batcher`,
-//! `queue`, `session` (QUIC driver + sans-IO `window`), `ring` (consistent hash), `selector`
-//! (sans-IO fleet selection), `fleet` (discovery, last-known-good), `connect` (drives the
-//! selector), `stop`, `transport`, `telemetry`, `cli`.
+//! `spool` (disk spool; sans-IO over a filesystem trait, plus its task), `session` (QUIC driver +
+//! sans-IO `window`), `ring` (consistent hash), `selector` (sans-IO fleet selection), `fleet`
+//! (discovery, last-known-good), `connect` (drives the selector), `stop`, `transport`,
+//! `telemetry`, `admin` (local `/healthz`, `/metrics`), `cli`.
 
+pub mod admin;
 pub mod batcher;
 pub mod cli;
 pub mod config;
 pub mod connect;
 pub mod fleet;
-pub mod queue;
+
 pub mod ring;
 pub mod selector;
 pub mod session;
 pub mod source;
+pub mod spool;
 pub mod state;
 pub mod stop;
 pub mod telemetry;
@@ -41,11 +44,13 @@ pub use config::Config;
 use ringflow_proto::quic::TlsError;
 pub use telemetry::MeterMetrics;
 
-use batcher::{BatchLimits, Sealer};
+use batcher::{BatchLimits, SealError, Sealer};
 use config::ConfigError;
-use queue::{BatchQueue, QueueLimits};
+
 use ringflow_proto::codes::ConnectionCode;
 use session::{Credentials, SessionContext};
+use spool::fs::RealFs;
+use spool::{Spool, SpoolError};
 use state::{SeqAllocator, StateError};
 use stop::StopClock;
 
@@ -57,6 +62,10 @@ pub enum StartError {
     Tls(#[from] TlsError),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error(transparent)]
+    Admin(#[from] admin::AdminBindError),
     #[error("cannot open a UDP socket for QUIC: {0}")]
     Socket(std::io::Error),
 }
@@ -64,7 +73,10 @@ pub enum StartError {
 impl StartError {
     /// True when the operator's configuration is at fault (exit code 64).
     pub fn is_config(&self) -> bool {
-        matches!(self, StartError::Config(_) | StartError::Tls(_))
+        matches!(
+            self,
+            StartError::Config(_) | StartError::Tls(_) | StartError::Admin(_)
+        )
     }
 }
 
@@ -73,6 +85,8 @@ impl StartError {
 pub enum RunError {
     #[error("the state directory failed: {0}")]
     State(#[from] StateError),
+    #[error("the spool stopped before the batcher was done")]
+    SpoolStopped,
     #[error("the meter's pipeline panicked: {0}")]
     Panicked(String),
 }
@@ -97,6 +111,7 @@ impl MeterError {
 pub struct Meter {
     id: String,
     metrics: Arc<MeterMetrics>,
+    admin_addr: Option<std::net::SocketAddr>,
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), RunError>>,
 }
@@ -108,7 +123,9 @@ impl Meter {
         config.validate()?;
         state::open_dir(&config.state_dir)?;
         let id = state::meter_id(&config.state_dir, config.meter_id.as_deref())?;
-        let seqs = SeqAllocator::open(&config.state_dir)?;
+        let mut seqs = SeqAllocator::open(&config.state_dir)?;
+        let spool = open_spool(&config)?;
+        seqs.skip_past(spool.last_seq())?;
         let credentials = Credentials {
             meter_id: id.clone(),
             org_id: config.org_id.clone(),
@@ -116,21 +133,34 @@ impl Meter {
         };
         let client = transport::client_config(&config.ca_file)?;
         let endpoint = transport::client_endpoint(client).map_err(StartError::Socket)?;
+        let admin = match config.admin.enabled {
+            true => Some(admin::bind(config.admin.listen).await?),
+            false => None,
+        };
+        let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
         let metrics = Arc::new(MeterMetrics::new());
         let pipeline = Pipeline {
             config,
             credentials,
             endpoint,
             seqs,
+            spool,
+            admin,
             metrics: Arc::clone(&metrics),
         };
         let task = tokio::spawn(pipeline.run(shutdown.clone()));
         Ok(Meter {
             id,
             metrics,
+            admin_addr,
             shutdown,
             task,
         })
+    }
+
+    /// Where the admin endpoint listens (`None` when `admin.enabled = false`).
+    pub fn admin_addr(&self) -> Option<std::net::SocketAddr> {
+        self.admin_addr
     }
 
     pub fn id(&self) -> &str {
@@ -163,11 +193,38 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Mete
     Ok(())
 }
 
+/// Opens (and recovers) the spool in `STATE_DIR/spool`.
+fn open_spool(config: &Config) -> Result<Spool<RealFs>, SpoolError> {
+    let dir = spool_dir(&config.state_dir);
+    let fs = RealFs::new(&dir).map_err(|source| SpoolError::Io {
+        op: "create",
+        name: dir.display().to_string(),
+        source,
+    })?;
+    let (spool, recovery) = Spool::open(fs, config.spool.limits())?;
+    info!(
+        pending_batches = recovery.pending_batches,
+        segments = recovery.segments,
+        segments_read = recovery.segments_read,
+        truncated_bytes = recovery.truncated_bytes,
+        dropped_records_total = spool.dropped().records,
+        "spool opened"
+    );
+    Ok(spool)
+}
+
+/// The spool's directory inside a state directory.
+pub fn spool_dir(state_dir: &std::path::Path) -> std::path::PathBuf {
+    state_dir.join("spool")
+}
+
 struct Pipeline {
     config: Config,
     credentials: Credentials,
     endpoint: quinn::Endpoint,
     seqs: SeqAllocator,
+    spool: Spool<RealFs>,
+    admin: Option<tokio::net::TcpListener>,
     metrics: Arc<MeterMetrics>,
 }
 
@@ -178,15 +235,29 @@ impl Pipeline {
             credentials,
             endpoint,
             seqs,
+            spool,
+            admin,
             metrics,
         } = self;
         let tasks = TaskTracker::new();
         let sources_stop = CancellationToken::new();
-        let queue = Arc::new(BatchQueue::new(QueueLimits {
-            max_batches: config.queue.max_batches,
-            max_bytes: config.queue.max_bytes,
-        }));
-        let sealer = Arc::new(Sealer::new(seqs, Arc::clone(&queue), Arc::clone(&metrics)));
+        let acked_through = spool.acked_through();
+        let (spool, spool_task) = spool::task::start(spool, config.spool.run(), Arc::clone(&metrics));
+        // Not tracked with the others: it must outlive them all, and ends when its last handle goes.
+        let spool_task = tokio::spawn(spool_task);
+        let admin_stop = CancellationToken::new();
+        if let Some(listener) = admin {
+            if let Ok(addr) = listener.local_addr() {
+                info!(%addr, "admin endpoint listening (/healthz, /metrics)");
+            }
+            tasks.spawn(admin::serve(
+                listener,
+                Arc::clone(&metrics),
+                spool.watch(),
+                admin_stop.clone(),
+            ));
+        }
+        let sealer = Arc::new(Sealer::new(seqs, spool.clone(), Arc::clone(&metrics)));
         let local_limits = BatchLimits {
             max_records: config.batch.max_records,
             max_frame_bytes: config.batch.max_bytes,
@@ -218,15 +289,16 @@ impl Pipeline {
             credentials,
             connect_timeout: config.reconnect.connect_timeout(),
             sealer,
-            queue: Arc::clone(&queue),
+            spool: spool.clone(),
             metrics: Arc::clone(&metrics),
             stop: StopClock::new(shutdown.clone(), Duration::from_millis(config.shutdown.grace_ms)),
             local_limits,
             limits_tx,
-            last_acked: AtomicU64::new(0),
+            last_acked: AtomicU64::new(acked_through),
         });
-        // On shutdown the sources stop first; the batcher then flushes its open batch and closes
-        // the queue, and the connect loop below flushes the queue by the stop clock's deadline.
+        // On shutdown the sources stop first; the batcher then seals its open batch and closes
+        // the spool's input, and the connect loop below delivers what it can by the stop clock's
+        // deadline. Whatever is not acked then stays in the spool.
         {
             let (ctx, sources_stop) = (Arc::clone(&ctx), sources_stop.clone());
             tasks.spawn(async move {
@@ -249,26 +321,50 @@ impl Pipeline {
         connect::run(&ctx, &config, fleet).await;
         fleet_stop.cancel();
         sources_stop.cancel();
-        let result = match batcher.await {
+        // The batcher ends once the sources have; only a spool that cannot write (a full disk)
+        // can hold it, and only until the flush deadline.
+        let mut batcher = batcher;
+        let joined = tokio::select! {
+            joined = &mut batcher => joined,
+            _ = ctx.stop.expired() => {
+                spool.give_up();
+                batcher.await
+            }
+        };
+        let result = match joined {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => {
+            Ok(Err(SealError::State(error))) => {
                 tracing::error!(%error, "batching stopped: the meter cannot reserve sequence numbers");
                 Err(RunError::State(error))
             }
+            Ok(Err(SealError::SpoolStopped)) => Err(RunError::SpoolStopped),
             Err(join) => Err(RunError::Panicked(join.to_string())),
         };
+        admin_stop.cancel();
         tasks.close();
         tasks.wait().await;
-        let (left, _) = queue.depth();
-        if left > 0 {
-            warn!(
-                batches = left,
-                "exiting with batches no collector acked; they are lost (no disk spool yet)"
+        let left = spool.status();
+        // Past this point nothing waits for a failing disk any more; then the last handles go,
+        // and the spool task saves its state, syncs and ends.
+        spool.give_up();
+        drop((ctx, spool));
+        if let Err(join) = spool_task.await {
+            tracing::error!(error = %join, "the spool task failed");
+        }
+        if left.pending_batches > 0 {
+            info!(
+                batches = left.pending_batches,
+                records = left.pending_records,
+                "batches not yet acked stay in the spool; they are sent first at the next start"
             );
         }
         ConnectionCode::ShuttingDown.close_endpoint(&endpoint);
         let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
-        info!(acked_records = metrics.records_acked.get(), "meter stopped");
+        info!(
+            acked_records = metrics.records_acked.get(),
+            spooled_records_total = metrics.spool_accepted_records.get(),
+            "meter stopped"
+        );
         result
     }
 }
@@ -342,6 +438,14 @@ async fn discover_fleet(
         stop.clone(),
     ));
     fleet::FleetWatch::new(view, Some(members_rx))
+}
+
+/// Sleeps until `deadline`, or forever if there is none (for an optional branch of a `select!`).
+pub(crate) async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Now, as nanoseconds since the Unix epoch (0 if the clock is before 1970).

@@ -120,6 +120,17 @@ impl SeqAllocator {
         Ok(alloc)
     }
 
+    /// Makes every later seq greater than `used` (the spool's highest seq: if the `seq` file was
+    /// lost or restored from an old backup, seqs must still never repeat, or a collector would
+    /// take new batches for duplicates).
+    pub fn skip_past(&mut self, used: u64) -> Result<(), StateError> {
+        if used >= self.next {
+            self.next = used + 1;
+            self.reserve()?;
+        }
+        Ok(())
+    }
+
     /// The next seq.
     pub fn next_seq(&mut self) -> Result<u64, StateError> {
         if self.next >= self.reserved_until {
@@ -186,6 +197,20 @@ mod tests {
         }
         assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
         assert_eq!(seen[0], 1);
+    }
+
+    #[test]
+    fn seqs_skip_past_what_the_spool_holds_even_if_the_seq_file_was_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut seqs = SeqAllocator::open_with_block(dir.path(), 10).unwrap();
+        seqs.skip_past(500).unwrap();
+        assert_eq!(seqs.next_seq().unwrap(), 501);
+        // Lower than what is in use already: no effect.
+        seqs.skip_past(3).unwrap();
+        assert_eq!(seqs.next_seq().unwrap(), 502);
+        drop(seqs);
+        let mut again = SeqAllocator::open_with_block(dir.path(), 10).unwrap();
+        assert!(again.next_seq().unwrap() > 502, "the skip was reserved durably");
     }
 
     #[test]

@@ -17,6 +17,11 @@ pub struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CollectorLabel {
+    pub collector: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TaskLabel {
     pub task: &'static str,
 }
@@ -26,11 +31,15 @@ pub struct MeterMetrics {
     pub records_generated: Counter,
     pub records_dropped: Family<ReasonLabel, Counter>,
     pub batches_built: Counter,
+    pub spool_accepted_records: Counter,
+    pub spool_dropped_batches: Counter,
+    pub spool_dropped_records: Counter,
+    pub spool_written_bytes: Counter,
+    pub spool_bytes: Gauge,
+    pub spool_batches: Gauge,
+    pub spool_oldest_age_seconds: Gauge,
+    pub collector_info: Family<CollectorLabel, Gauge>,
     pub batches_resealed: Counter,
-    pub queue_batches: Gauge,
-    pub queue_bytes: Gauge,
-    pub queue_dropped_batches: Counter,
-    pub queue_dropped_records: Counter,
     pub batches_sent: Counter,
     pub batches_acked: Counter,
     pub records_acked: Counter,
@@ -67,29 +76,57 @@ impl MeterMetrics {
             ),
             records_dropped: reg!(
                 "records_dropped",
-                "Records dropped, by reason: source_queue_full (the pipeline was behind), record_too_large, seq_unavailable (the state directory failed)",
+                "Records dropped outside the spool's caps, by reason: source_queue_full (the pipeline was behind), record_too_large, seq_unavailable (the state directory failed), spool_write_failed (shutdown while the disk failed), undecodable_spooled; drops at the caps or of damaged segments are spool_dropped_records",
                 Family::default()
             ),
             batches_built: reg!(
                 "batches_built",
-                "Batches numbered and queued (splits included)",
+                "Batches numbered and handed to the spool (splits included)",
                 Counter::default()
+            ),
+            spool_accepted_records: reg!(
+                "spool_accepted_records",
+                "Records written to the spool over the meter's whole life (survives restarts)",
+                Counter::default()
+            ),
+            spool_dropped_batches: reg!(
+                "spool_dropped_batches",
+                "Batches dropped because the spool was full, over the meter's whole life (survives restarts)",
+                Counter::default()
+            ),
+            spool_dropped_records: reg!(
+                "spool_dropped_records",
+                "Records dropped because the spool was full, over the meter's whole life (survives restarts)",
+                Counter::default()
+            ),
+            spool_written_bytes: reg!(
+                "spool_written_bytes",
+                "Bytes appended to the spool by this process",
+                Counter::default()
+            ),
+            spool_bytes: reg!(
+                "spool_bytes",
+                "Bytes of the spool's segment files",
+                Gauge::default()
+            ),
+            spool_batches: reg!(
+                "spool_batches",
+                "Batches in the spool not yet acked",
+                Gauge::default()
+            ),
+            spool_oldest_age_seconds: reg!(
+                "spool_oldest_age_seconds",
+                "Age of the oldest batch not yet acked (0 when none)",
+                Gauge::default()
+            ),
+            collector_info: reg!(
+                "collector_info",
+                "1 for the collector of the current session",
+                Family::default()
             ),
             batches_resealed: reg!(
                 "batches_resealed",
-                "Queued batches split because a collector allows smaller batches than they were built for",
-                Counter::default()
-            ),
-            queue_batches: reg!("queue_batches", "Batches held until acked", Gauge::default()),
-            queue_bytes: reg!("queue_bytes", "Bytes held until acked", Gauge::default()),
-            queue_dropped_batches: reg!(
-                "queue_dropped_batches",
-                "Oldest batches dropped because the queue was full",
-                Counter::default()
-            ),
-            queue_dropped_records: reg!(
-                "queue_dropped_records",
-                "Records in batches dropped because the queue was full",
+                "Spooled batches split because a collector allows smaller batches than they were built for",
                 Counter::default()
             ),
             batches_sent: reg!(
@@ -105,7 +142,7 @@ impl MeterMetrics {
             records_acked: reg!("records_acked", "Records in acked batches", Counter::default()),
             batches_nacked: reg!(
                 "batches_nacked",
-                "Batches a collector refused for good and that were dropped, by reason",
+                "Batches a collector refused for good (removed from the spool, never resent), by reason",
                 Family::default()
             ),
             records_nacked: reg!("records_nacked", "Records in nacked batches", Counter::default()),
@@ -153,14 +190,30 @@ impl MeterMetrics {
         out
     }
 
-    /// Wakes everyone waiting on [`changed`](Self::changed): called after acks, nacks, rejects
-    /// and session changes.
+    /// Wakes everyone waiting on [`changed`](Self::changed): called after acks, nacks, rejects,
+    /// session changes and every change of the spool's status.
     pub fn notify(&self) {
         self.changed.send_replace(());
     }
     /// Records the collector of the current session (`None`: not connected) and signals it.
     pub fn set_connected(&self, collector: Option<std::sync::Arc<str>>) {
-        *self.connected.lock().unwrap_or_else(|p| p.into_inner()) = collector;
+        let mut current = self.connected.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = current.as_ref() {
+            self.collector_info
+                .get_or_create(&CollectorLabel {
+                    collector: old.to_string(),
+                })
+                .set(0);
+        }
+        if let Some(new) = collector.as_ref() {
+            self.collector_info
+                .get_or_create(&CollectorLabel {
+                    collector: new.to_string(),
+                })
+                .set(1);
+        }
+        *current = collector;
+        drop(current);
         self.notify();
     }
 

@@ -69,9 +69,12 @@ pub async fn run(
     )?;
     writeln!(
         out,
-        "  meter      {}  synthetic source, {} records/s",
+        "  meter      {}  synthetic source, {} records/s{}",
         meter.id(),
-        options.rate
+        options.rate,
+        meter
+            .admin_addr()
+            .map_or(String::new(), |a| format!("  (metrics: http://{a}/metrics)"))
     )?;
     writeln!(out, "  store      {}", data_dir.display())?;
     writeln!(
@@ -95,11 +98,12 @@ pub async fn run(
     collector.stop().await;
     writeln!(
         out,
-        "\nstopped: generated {} records, acked {}, stored {} (batches lost: {})",
+        "\nstopped: generated {} records, spooled {}, acked {}, stored {} (dropped at the spool's caps: {})",
         metrics.records_generated.get(),
+        metrics.spool_accepted_records.get(),
         metrics.records_acked.get(),
         count_stored(&data_dir)?,
-        metrics.queue_dropped_batches.get()
+        metrics.spool_dropped_records.get()
     )?;
     writeln!(
         out,

@@ -93,7 +93,8 @@ impl TestBed {
         let path = match &root {
             Root::Temp(t) => t.path().to_owned(),
             Root::Kept(p) => p.clone(),
-        }; // Valid for the fleet name too, so meters finding collectors through DNS verify them.
+        };
+        // Valid for the fleet name too, so meters finding collectors through DNS verify them.
         let certs =
             ringflow_collector::tls::write_dev_certs(&path.join("certs"), &[dns::FLEET_NAME.to_owned()])?;
         let token = ringflow_collector::auth::generate_token();
@@ -170,6 +171,7 @@ org_token = "{token}"
 collectors = [{list}]
 server_name = "{server_name}"
 ca_file = "{ca}"
+admin.listen = "127.0.0.1:0"
 {extra}
 "#,
             org = self.org,
@@ -270,6 +272,20 @@ impl RunningCollector {
     pub fn stored(&self) -> anyhow::Result<Vec<pb::StoredBatch>> {
         Ok(ringflow_collector::store::read_all(&self.data_dir, None)?)
     }
+}
+
+/// Waits until `done()` holds, checking every 10 ms: for conditions in another process (or
+/// counters with no change signal); fails after `timeout` with `what` in the message.
+pub async fn poll_until(timeout: Duration, what: &str, done: impl AsyncFn() -> bool) -> anyhow::Result<()> {
+    let wait = async {
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        while !done().await {
+            tick.tick().await;
+        }
+    };
+    tokio::time::timeout(timeout, wait)
+        .await
+        .map_err(|_| anyhow::anyhow!("timed out after {timeout:?} waiting for: {what}"))
 }
 
 /// Starts a meter.

@@ -1,4 +1,5 @@
-//! A collector in a child process, for tests that must kill it (`kill -9`) and start it again.
+//! Collectors and meters in child processes, for tests that must kill them (`kill -9`) and start
+//! them again.
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
@@ -33,8 +34,107 @@ pub fn free_udp_port_on(ips: &[std::net::Ipv4Addr]) -> anyhow::Result<u16> {
     anyhow::bail!("no UDP port free on all of {ips:?}")
 }
 
-pub struct CollectorProcess {
+/// A child process whose stderr is copied to the test's output (each line prefixed with its
+/// label), and which is killed if the test drops it still running.
+pub struct ChildProcess {
     child: Child,
+    label: String,
+}
+
+impl ChildProcess {
+    /// Starts `binary` with `args`, and returns once it has logged a line containing `ready`
+    /// (within [`READY_TIMEOUT`]).
+    pub async fn start(
+        binary: &Path,
+        args: &[&std::ffi::OsStr],
+        label: &str,
+        ready: &str,
+    ) -> anyhow::Result<Self> {
+        let mut child = Command::new(binary)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let stderr = child.stderr.take().context("child stderr")?;
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let (prefix, wanted) = (label.to_owned(), ready.to_owned());
+        std::thread::spawn(move || {
+            let mut ready_tx = Some(ready_tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[{prefix}] {line}");
+                if line.contains(&wanted)
+                    && let Some(tx) = ready_tx.take()
+                {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        let mut process = ChildProcess {
+            child,
+            label: label.to_owned(),
+        };
+        match tokio::time::timeout(READY_TIMEOUT, ready_rx).await {
+            Ok(Ok(())) => Ok(process),
+            _ => {
+                let status = process.kill();
+                anyhow::bail!("{label} did not log {ready:?} within {READY_TIMEOUT:?} (exit: {status:?})")
+            }
+        }
+    }
+
+    /// SIGKILL: no drain, no flush, no cleanup.
+    pub fn kill(&mut self) -> Option<ExitStatus> {
+        let _ = self.child.kill();
+        self.child.wait().ok()
+    }
+
+    /// SIGTERM, then waits for the process to exit by itself.
+    pub async fn terminate(self) -> anyhow::Result<ExitStatus> {
+        self.sigterm()?;
+        self.wait(Duration::from_secs(3600)).await
+    }
+
+    /// Sends SIGTERM (a graceful stop).
+    pub fn sigterm(&self) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -TERM {} failed", self.label);
+        Ok(())
+    }
+
+    /// Waits until the process exits by itself, killing it (and failing) after `timeout`.
+    pub async fn wait(mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        let waiter = tokio::task::spawn_blocking(move || {
+            let status = self.child.wait();
+            (self, status)
+        });
+        match tokio::time::timeout(timeout, waiter).await {
+            Ok(joined) => {
+                let (_process, status) = joined?;
+                Ok(status?)
+            }
+            Err(_) => anyhow::bail!("still running after {timeout:?}"),
+        }
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The `collector` command line in a child process.
+pub struct CollectorProcess {
+    process: ChildProcess,
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
 }
@@ -51,71 +151,29 @@ impl CollectorProcess {
     ) -> anyhow::Result<Self> {
         let config_path = bed.path().join(format!("{name}.toml"));
         std::fs::write(&config_path, bed.collector_toml(name, addr, extra))?;
-        let mut child = Command::new(binary)
-            .args(["run", "--config"])
-            .arg(&config_path)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
-        let stderr = child.stderr.take().context("child stderr")?;
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let label = name.to_owned();
-        std::thread::spawn(move || {
-            let mut ready_tx = Some(ready_tx);
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[{label}] {line}");
-                if line.contains("collector ready")
-                    && let Some(tx) = ready_tx.take()
-                {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        let mut process = CollectorProcess {
-            child,
+        let args = ["run".as_ref(), "--config".as_ref(), config_path.as_os_str()];
+        let process = ChildProcess::start(binary, &args, name, "collector ready").await?;
+        Ok(CollectorProcess {
+            process,
             addr,
             data_dir: bed.data_dir(name),
-        };
-        match tokio::time::timeout(READY_TIMEOUT, ready_rx).await {
-            Ok(Ok(())) => Ok(process),
-            _ => {
-                let status = process.kill();
-                anyhow::bail!(
-                    "collector {name} did not become ready within {READY_TIMEOUT:?} (exit: {status:?})"
-                )
-            }
-        }
+        })
     }
 
     /// SIGKILL: no drain, no flush, no cleanup.
     pub fn kill(&mut self) -> Option<ExitStatus> {
-        let _ = self.child.kill();
-        self.child.wait().ok()
+        self.process.kill()
     }
 
     /// SIGTERM, then waits for the process to exit by itself.
-    pub async fn terminate(mut self) -> anyhow::Result<ExitStatus> {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()?;
-        anyhow::ensure!(status.success(), "kill -TERM failed");
-        let waiter = tokio::task::spawn_blocking(move || {
-            let status = self.child.wait();
-            (self, status)
-        });
-        let (_process, status) = waiter.await?;
-        Ok(status?)
+    pub async fn terminate(self) -> anyhow::Result<ExitStatus> {
+        self.process.terminate().await
     }
 }
 
-impl Drop for CollectorProcess {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+/// Starts `binary` (the `meter` command line) with the config file at `config`, and returns
+/// once it has logged that it started.
+pub async fn start_meter_process(binary: &Path, config: &Path, label: &str) -> anyhow::Result<ChildProcess> {
+    let args = ["run".as_ref(), "--config".as_ref(), config.as_os_str()];
+    ChildProcess::start(binary, &args, label, "meter started").await
 }

@@ -1,7 +1,7 @@
-//! What a rejected meter and the collector log. This test captures log output, so it lives in
-//! its own test binary: tracing caches per-callsite interest process-wide, and a callsite first
-//! hit by another test's thread (with no subscriber) could be cached as disabled and vanish from
-//! the capture.
+//! What the meter and the collector log when a meter is rejected or a batch is refused. These
+//! tests capture log output, so they live in their own test binary: tracing caches per-callsite
+//! interest process-wide, and a callsite first hit by another test's thread (with no subscriber)
+//! could be cached as disabled and vanish from the capture.
 
 use std::time::Duration;
 
@@ -51,5 +51,82 @@ async fn a_wrong_token_is_rejected_and_never_logged() -> anyhow::Result<()> {
     assert!(!text.contains(&bed.token), "the real token was logged");
     // Repeats are aggregated, not logged once per attempt.
     assert_eq!(text.matches("rejected hello").count(), 1, "{text}");
+    Ok(())
+}
+
+/// A batch in the meter's spool that the collector refuses for good (here: left by an older
+/// meter with an invalid address in it) is nacked once, removed from the spool with a counter
+/// and a log line saying why, and never sent again, even after a restart; the batches around it
+/// are delivered.
+#[tokio::test]
+async fn a_poison_batch_is_nacked_once_removed_and_logged_with_its_reason() -> anyhow::Result<()> {
+    use bytes::Bytes;
+    use ringflow_agent::spool::{Spool, fs::RealFs};
+    use ringflow_proto::pb;
+    use ringflow_tests::raw::batch_frame;
+
+    let logs = LogCapture::default();
+    let _guard = logs.install();
+    let bed = TestBed::new()?;
+    let collector = bed.start_collector("c1", "").await?;
+    let config = bed.meter_config("m1", &[collector.addr]);
+    let good = pb::FlowRecord {
+        src_addr: Bytes::from_static(&[10, 0, 0, 1]),
+        dst_addr: Bytes::from_static(&[10, 0, 0, 2]),
+        ip_protocol: 6,
+        ..Default::default()
+    };
+    let mut poison = good.clone();
+    poison.dst_addr = Bytes::from_static(&[1, 2, 3]);
+    {
+        let fs = RealFs::new(&ringflow_agent::spool_dir(&config.state_dir))?;
+        let (mut spool, _) = Spool::open(fs, config.spool.limits())?;
+        for (seq, records) in [(1, vec![good.clone(); 3]), (2, vec![poison]), (3, vec![good; 2])] {
+            let n = records.len() as u32;
+            let frame = batch_frame(pb::FlowBatch {
+                seq,
+                records,
+                created_unix_nanos: 0,
+            });
+            spool.append(seq, n, 0, frame)?;
+        }
+        spool.sync()?;
+    }
+
+    // No source: the meter delivers its spool and stops by itself.
+    let meter = start_meter(config.clone()).await?;
+    let metrics = meter.metrics();
+    tokio::time::timeout(Duration::from_secs(30), meter.join()).await??;
+    assert_eq!(
+        ringflow_agent::MeterMetrics::count(&metrics.batches_nacked, "invalid_record"),
+        1
+    );
+    assert_eq!(metrics.records_nacked.get(), 1);
+    assert_eq!(metrics.records_acked.get(), 5);
+    let text = logs.text();
+    assert!(
+        text.contains("collector refused a batch for good")
+            && text.contains("seq=2")
+            && text.contains("reason=\"invalid_record\""),
+        "the meter says which batch it removed and why:\n{text}"
+    );
+
+    // Started again, it has nothing to send: the nack was recorded in the spool.
+    let again = start_meter(config).await?;
+    let metrics = again.metrics();
+    tokio::time::timeout(Duration::from_secs(30), again.join()).await??;
+    assert_eq!(metrics.batches_sent.get(), 0);
+    let cm = collector.metrics.clone();
+    collector.stop().await;
+    assert_eq!(
+        CollectorMetrics::count(&cm.nacks, "invalid_record"),
+        1,
+        "nacked once, ever"
+    );
+    let seqs: Vec<u64> = read_all(&bed.data_dir("c1"), None)?
+        .iter()
+        .map(|b| b.seq)
+        .collect();
+    assert_eq!(seqs, vec![1, 3]);
     Ok(())
 }

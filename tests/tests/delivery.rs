@@ -107,7 +107,7 @@ async fn acked_batches_survive_a_collector_kill_and_the_meter_resumes() -> anyho
         "the restarted collector should reset the old connection (same data_dir, same reset key) \
          rather than leave the meter to time out"
     );
-    assert_eq!(metrics.queue_dropped_batches.get(), 0);
+    assert_eq!(metrics.spool_dropped_batches.get(), 0);
     Ok(())
 }
 

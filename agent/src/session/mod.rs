@@ -1,11 +1,11 @@
 //! One session with one collector: connect, `Hello` → `Welcome` | `Reject`, then a data stream
-//! carrying queued batches within the granted window, while acks and nacks come back.
+//! carrying spooled batches within the granted window, while acks and nacks come back.
 //!
 //! Owns: the QUIC connection and its streams for the session's lifetime. The rules live in
 //! [`window::Window`] (sans-IO); this module only drives them. Three loops run concurrently on
-//! one task: the sender (queue → data stream, while the window has room), the receiver (acks and
-//! nacks → window and queue), and the control loop (heartbeats, `Drain`). Must never: drop a
-//! batch that was not acked or nacked, or log the org token.
+//! one task: the sender (spool → data stream, oldest pending first, while the window has room),
+//! the receiver (acks and nacks → window and spool), and the control loop (heartbeats, `Drain`).
+//! Must never: settle a batch in the spool that was not acked or nacked, or log the org token.
 
 pub mod window;
 
@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::batcher::{BatchLimits, Sealer};
-use crate::queue::BatchQueue;
+use crate::spool::handle::SpoolHandle;
 use crate::stop::StopClock;
 use crate::telemetry::MeterMetrics;
 use window::{Window, WindowError};
@@ -57,10 +57,11 @@ pub struct SessionContext {
     pub endpoint: Endpoint,
     pub credentials: Credentials,
     pub connect_timeout: Duration,
-    /// Numbers and queues batches; the session re-seals through it what a collector's limits
+    /// Numbers and spools batches; the session re-seals through it what a collector's limits
     /// do not allow.
     pub sealer: Arc<Sealer>,
-    pub queue: Arc<BatchQueue>,
+    /// Where batches wait until a collector acks them.
+    pub spool: SpoolHandle,
     pub metrics: Arc<MeterMetrics>,
     /// Shutdown and the flush deadline.
     pub stop: StopClock,
@@ -89,6 +90,9 @@ pub enum SessionError {
     Protocol(String),
     #[error(transparent)]
     Window(#[from] WindowError),
+    /// The meter's own spool failed (logged by the spool); the next session starts over.
+    #[error("the spool failed: {0}")]
+    Spool(String),
 }
 
 impl SessionError {
@@ -121,6 +125,7 @@ impl SessionError {
             SessionError::Timeout(_) => "timeout",
             SessionError::StreamClosed { .. } => "stream_closed",
             SessionError::Protocol(_) | SessionError::Window(_) => "protocol",
+            SessionError::Spool(_) => "spool",
             SessionError::Connection(_) | SessionError::Frame(_) | SessionError::Write(_) => "stream",
         }
     }
@@ -129,9 +134,9 @@ impl SessionError {
 /// How a session ended.
 #[derive(Debug)]
 pub enum SessionEnd {
-    /// Shutdown: the queue is closed and every batch in it was settled.
+    /// Shutdown: the spool is closed and every batch in it was settled.
     Flushed,
-    /// Shutdown: the grace period ran out with batches unsettled.
+    /// Shutdown: the grace period ran out with batches unsettled (they stay in the spool).
     Unflushed,
     /// The collector is leaving: reconnect elsewhere at a random moment within this window.
     Drained {
@@ -165,7 +170,7 @@ fn control_frame(msg: pb::control_frame::Msg) -> bytes::Bytes {
 }
 
 /// Runs one session with the collector at `addr`. Once shutdown is requested the session ends
-/// when the queue is drained, or at the flush deadline. When the collector welcomes the meter,
+/// when the spool is settled, or at the flush deadline. When the collector welcomes the meter,
 /// its fleet view goes to `welcome_tx`; when `leave_at` names an instant, the session ends
 /// then, after its in-flight batches are settled ([`SessionEnd::Moved`]).
 pub async fn run(
@@ -202,7 +207,7 @@ pub async fn run(
             Ok(Err(e)) => return ended(SessionEnd::Failed(e), false),
             Err(_) => return ended(SessionEnd::Failed(SessionError::Timeout(ctx.connect_timeout)), false),
         },
-        // Shutting down and the grace period ran out before a collector took the queue.
+        // Shutting down and the grace period ran out before a collector took the spool.
         _ = ctx.stop.expired() => {
             return ended(SessionEnd::Unflushed, false);
         }
@@ -292,10 +297,10 @@ impl Streams<'_> {
     ) -> SessionEnd {
         let window = Mutex::new(Window::new(limits.max_unacked_batches as usize));
         let room = Notify::new();
-        // Stop taking new batches from the queue (after Drain, or when the queue is exhausted).
+        // Stop taking batches from the spool (after Drain, or when the spool is closed and read).
         let sending_done = AtomicBool::new(false);
         let heartbeat = Duration::from_millis(limits.heartbeat_interval_ms.into());
-        // What this collector accepts; batches queued under larger limits are split to fit.
+        // What this collector accepts; batches spooled under larger limits are split to fit.
         let allowed = ctx.local_limits.capped_by(limits);
 
         let result = {
@@ -315,7 +320,7 @@ impl Streams<'_> {
                         // The connect loop is gone: nothing more will change.
                         Err(_) => leave = None,
                     },
-                    _ = sleep_until(leave), if leave.is_some() && !moving && drained.is_none() => {
+                    _ = crate::sleep_until(leave), if leave.is_some() && !moving && drained.is_none() => {
                         debug!("leaving to move to this meter's first choice; finishing in-flight batches");
                         moving = true;
                         sending_done.store(true, Ordering::Relaxed);
@@ -354,7 +359,7 @@ impl Streams<'_> {
                             (a, b) => a.or(b),
                         };
                     }
-                    _ = sleep_until(deadline), if deadline.is_some() => break Ok(()),
+                    _ = crate::sleep_until(deadline), if deadline.is_some() => break Ok(()),
                 }
             }
             .map(|()| match drained {
@@ -362,9 +367,7 @@ impl Streams<'_> {
                     reconnect_within: within,
                 },
                 None if moving => SessionEnd::Moved,
-                None if ctx.queue.is_closed() && lock(&window).is_empty() && ctx.queue.depth().0 == 0 => {
-                    SessionEnd::Flushed
-                }
+                None if lock(&window).is_empty() && ctx.spool.status().settled() => SessionEnd::Flushed,
                 None => SessionEnd::Unflushed,
             })
         };
@@ -388,15 +391,8 @@ fn lock(window: &Mutex<Window>) -> MutexGuard<'_, Window> {
     window.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Writes queued batches while the window has room. Returns when the queue is closed and
-/// exhausted (shutdown), or when told to stop sending.
+/// Writes spooled batches, oldest first, while the window has room. Returns when the spool is
+/// closed and read to its end (shutdown), or when told to stop sending.
 async fn send_batches(
     send: &mut SendStream,
     ctx: &SessionContext,
@@ -405,9 +401,8 @@ async fn send_batches(
     sending_done: &AtomicBool,
     allowed: &BatchLimits,
 ) -> Result<(), SessionError> {
-    // Start after what was already acked: everything unacked is sent again, in order.
-    let mut cursor = 0u64;
-    ctx.queue.reset_sent();
+    // From the oldest pending batch: everything unacked is sent again, in order.
+    let mut spooled = ctx.spool.reader();
     loop {
         loop {
             let notified = room.notified();
@@ -421,60 +416,69 @@ async fn send_batches(
         if sending_done.load(Ordering::Relaxed) {
             return std::future::pending().await;
         }
-        let Some(batch) = ctx.queue.wait_next_after(cursor).await else {
+        let Some(batch) = spooled
+            .next()
+            .await
+            .map_err(|e| SessionError::Spool(e.to_string()))?
+        else {
             return Ok(());
         };
         if sending_done.load(Ordering::Relaxed) {
             return std::future::pending().await;
         }
-        cursor = batch.seq;
         if batch.frame.len() - frame::LENGTH_PREFIX_BYTES > allowed.max_frame_bytes
             || batch.records as usize > allowed.max_records
         {
             // Built under larger limits than this collector allows (before its Welcome): split it
-            // into batches that fit; they get new seqs and are queued after the others.
-            reseal(ctx, batch.seq, allowed);
+            // into batches that fit; they get new seqs and are spooled after the others.
+            reseal(ctx, batch, allowed).await?;
             continue;
         }
         send.write_chunk(batch.frame).await?;
-        lock(window).sent(batch.seq);
-        ctx.queue.mark_sent(batch.seq);
+        lock(window).sent(batch.seq, batch.records);
         ctx.metrics.batches_sent.inc();
     }
 }
 
-/// Takes batch `seq` out of the queue and queues its records again as batches within `allowed`.
-fn reseal(ctx: &SessionContext, seq: u64, allowed: &BatchLimits) {
-    let Some(batch) = ctx.queue.remove(seq) else {
-        return;
-    };
+/// Spools the records of `batch` again as batches within `allowed`, then settles `batch`. If
+/// that fails, `batch` stays spooled whole and the session ends (sending past it would let a
+/// cumulative ack settle it unsent).
+async fn reseal(
+    ctx: &SessionContext,
+    batch: crate::spool::Entry,
+    allowed: &BatchLimits,
+) -> Result<(), SessionError> {
+    let seq = batch.seq;
     let records = match pb::DataUp::decode(batch.frame.slice(frame::LENGTH_PREFIX_BYTES..)) {
         Ok(pb::DataUp {
             msg: Some(pb::data_up::Msg::Batch(b)),
         }) => b.records,
         _ => {
-            // Cannot happen for a frame this meter encoded; counted rather than assumed.
+            // Cannot happen for a frame this meter encoded (the spool checks a CRC per entry);
+            // counted rather than assumed.
             MeterMetrics::inc_by(
                 &ctx.metrics.records_dropped,
-                "undecodable_queued",
+                "undecodable_spooled",
                 batch.records.into(),
             );
-            return;
+            ctx.spool.remove(seq, batch.records).await;
+            return Ok(());
         }
     };
     ctx.metrics.batches_resealed.inc();
     debug!(
         seq,
         records = batch.records,
-        "splitting a queued batch to fit the collector's limits"
+        "splitting a spooled batch to fit the collector's limits"
     );
-    if let Err(error) = ctx.sealer.seal(records, allowed) {
-        MeterMetrics::inc_by(
-            &ctx.metrics.records_dropped,
-            "seq_unavailable",
-            batch.records.into(),
-        );
-        tracing::error!(%error, "cannot re-queue a split batch");
+    match ctx.sealer.seal(records, allowed).await {
+        Ok(()) => {
+            ctx.spool.replaced(seq, batch.records).await;
+            Ok(())
+        }
+        Err(error) => Err(SessionError::Spool(format!(
+            "cannot spool the parts of batch {seq}: {error}"
+        ))),
     }
 }
 
@@ -501,23 +505,25 @@ async fn receive_replies(
         };
         match reply.msg {
             Some(pb::data_down::Msg::Ack(ack)) => {
+                // The spool first, the window after: once the window is empty the session may
+                // end at any await, and the spool must have the ack by then. (The spool task
+                // counts what acks settle.)
+                lock(window).check_ack(ack.up_to_seq)?;
+                ctx.spool.ack(ack.up_to_seq).await;
                 lock(window).ack(ack.up_to_seq)?;
-                let settled = ctx.queue.ack(ack.up_to_seq);
                 ctx.last_acked.fetch_max(ack.up_to_seq, Ordering::Relaxed);
-                ctx.metrics.batches_acked.inc_by(settled.batches);
-                ctx.metrics.records_acked.inc_by(settled.records);
             }
             Some(pb::data_down::Msg::Nack(nack)) => {
-                lock(window).nack(nack.seq)?;
+                let records = lock(window).check_nack(nack.seq)?;
                 let reason = pb::NackReason::try_from(nack.reason).unwrap_or_default();
-                if let Some(batch) = ctx.queue.remove(nack.seq) {
-                    MeterMetrics::inc(
-                        &ctx.metrics.batches_nacked,
-                        ringflow_proto::names::nack_reason(reason),
-                    );
-                    ctx.metrics.records_nacked.inc_by(u64::from(batch.records));
-                }
-                warn!(seq = nack.seq, reason = reason.as_str_name(), message = %nack.message, "collector refused a batch for good; dropped it");
+                ctx.spool.remove(nack.seq, records).await;
+                lock(window).nack(nack.seq)?;
+                MeterMetrics::inc(
+                    &ctx.metrics.batches_nacked,
+                    ringflow_proto::names::nack_reason(reason),
+                );
+                ctx.metrics.records_nacked.inc_by(u64::from(records));
+                warn!(seq = nack.seq, records, reason = ringflow_proto::names::nack_reason(reason), why = %nack.message, "collector refused a batch for good; removed it from the spool (it is never sent again)");
             }
             None => {
                 return Err(SessionError::Protocol(
@@ -525,9 +531,6 @@ async fn receive_replies(
                 ));
             }
         }
-        let (depth, bytes) = ctx.queue.depth();
-        ctx.metrics.queue_batches.set(depth as i64);
-        ctx.metrics.queue_bytes.set(bytes as i64);
         ctx.metrics.notify();
         room.notify_one();
         if sending_done.load(Ordering::Relaxed) && lock(window).is_empty() {
