@@ -138,10 +138,6 @@ impl Sealer {
         }
     }
 
-    pub fn spool(&self) -> &SpoolHandle {
-        &self.spool
-    }
-
     /// Spools `records` as one batch, or as several if they do not fit `limits` (a batch built
     /// under larger limits than a collector allows is split, never dropped). Only a single
     /// record larger than a whole frame is dropped, and counted. Waits while the spool's

@@ -193,8 +193,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Mete
     Ok(())
 }
 
-/// Opens (and recovers) the spool in `STATE_DIR/spool`.
-fn open_spool(config: &Config) -> Result<Spool<RealFs>, SpoolError> {
+/// Opens (and recovers) the spool in `STATE_DIR/spool`: at start, and for tools and tests that
+/// look at a stopped meter's spool.
+pub fn open_spool(config: &Config) -> Result<Spool<RealFs>, SpoolError> {
     let dir = spool_dir(&config.state_dir);
     let fs = RealFs::new(&dir).map_err(|source| SpoolError::Io {
         op: "create",
@@ -321,17 +322,10 @@ impl Pipeline {
         connect::run(&ctx, &config, fleet).await;
         fleet_stop.cancel();
         sources_stop.cancel();
-        // The batcher ends once the sources have; only a spool that cannot write (a full disk)
-        // can hold it, and only until the flush deadline.
-        let mut batcher = batcher;
-        let joined = tokio::select! {
-            joined = &mut batcher => joined,
-            _ = ctx.stop.expired() => {
-                spool.give_up();
-                batcher.await
-            }
-        };
-        let result = match joined {
+        // The spool is settled, or the flush deadline has passed: nothing may wait any longer
+        // on a disk that fails (the batcher could be waiting to hand it a batch).
+        spool.give_up();
+        let result = match batcher.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(SealError::State(error))) => {
                 tracing::error!(%error, "batching stopped: the meter cannot reserve sequence numbers");
@@ -344,9 +338,7 @@ impl Pipeline {
         tasks.close();
         tasks.wait().await;
         let left = spool.status();
-        // Past this point nothing waits for a failing disk any more; then the last handles go,
-        // and the spool task saves its state, syncs and ends.
-        spool.give_up();
+        // The last handles: the spool task saves its state, syncs and ends.
         drop((ctx, spool));
         if let Err(join) = spool_task.await {
             tracing::error!(error = %join, "the spool task failed");

@@ -61,7 +61,7 @@ async fn a_wrong_token_is_rejected_and_never_logged() -> anyhow::Result<()> {
 #[tokio::test]
 async fn a_poison_batch_is_nacked_once_removed_and_logged_with_its_reason() -> anyhow::Result<()> {
     use bytes::Bytes;
-    use ringflow_agent::spool::{Spool, fs::RealFs};
+
     use ringflow_proto::pb;
     use ringflow_tests::raw::batch_frame;
 
@@ -79,8 +79,7 @@ async fn a_poison_batch_is_nacked_once_removed_and_logged_with_its_reason() -> a
     let mut poison = good.clone();
     poison.dst_addr = Bytes::from_static(&[1, 2, 3]);
     {
-        let fs = RealFs::new(&ringflow_agent::spool_dir(&config.state_dir))?;
-        let (mut spool, _) = Spool::open(fs, config.spool.limits())?;
+        let mut spool = ringflow_agent::open_spool(&config)?;
         for (seq, records) in [(1, vec![good.clone(); 3]), (2, vec![poison]), (3, vec![good; 2])] {
             let n = records.len() as u32;
             let frame = batch_frame(pb::FlowBatch {

@@ -5,8 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use ringflow_agent::MeterMetrics;
-use ringflow_agent::spool::Spool;
-use ringflow_agent::spool::fs::RealFs;
+
 use ringflow_collector::store::read_all;
 use ringflow_proto::pb;
 use ringflow_tests::process::{free_udp_addr, start_meter_process};
@@ -17,12 +16,6 @@ use ringflow_tests::{
 use tokio_util::sync::CancellationToken;
 
 const METER_BIN: &str = env!("CARGO_BIN_EXE_meter-fixture");
-
-/// Opens a stopped meter's spool, as the meter would at its next start.
-fn open_spool(config: &ringflow_agent::Config) -> anyhow::Result<Spool<RealFs>> {
-    let fs = RealFs::new(&ringflow_agent::spool_dir(&config.state_dir))?;
-    Ok(Spool::open(fs, config.spool.limits())?.0)
-}
 
 /// Records stored per unique `(meter_id, seq)`; fails if two copies of one batch differ (the
 /// de-duplication key would then hide a loss).
@@ -149,7 +142,7 @@ async fn kill_9_and_restarts_lose_nothing_the_meter_spooled() -> anyhow::Result<
     assert!(status.success(), "the last run ends by itself: {status}");
     collector.stop().await;
 
-    let spool = open_spool(&config)?;
+    let spool = ringflow_agent::open_spool(&config)?;
     let accepted = spool.accepted_records();
     assert_eq!(spool.pending().batches, 0, "everything was acked");
     assert_eq!(spool.dropped().records, 0, "the spool never reached its caps");
@@ -252,7 +245,10 @@ async fn an_outage_longer_than_the_spool_drops_the_oldest_and_counts_them_exactl
         "dropped = produced - delivered"
     );
     // The drop count is kept in the spool, for the next start's metrics.
-    assert_eq!(open_spool(&config)?.dropped().records, produced - delivered);
+    assert_eq!(
+        ringflow_agent::open_spool(&config)?.dropped().records,
+        produced - delivered
+    );
     Ok(())
 }
 
@@ -284,7 +280,7 @@ async fn a_stop_spools_what_is_in_memory_and_the_next_start_sends_it_in_order() 
         "every generated record is spooled or counted"
     );
     assert_eq!(metrics.records_acked.get(), 0);
-    let spool = open_spool(&config)?;
+    let spool = ringflow_agent::open_spool(&config)?;
     assert_eq!(spool.pending().records, accepted, "all of it is pending on disk");
     let last_seq = spool.last_seq();
     drop(spool);

@@ -31,9 +31,15 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// Bytes it takes in a segment.
     pub fn size(&self) -> u64 {
-        (ENTRY_HEADER_BYTES + self.frame.len()) as u64
+        entry_bytes(self.frame.len())
     }
+}
+
+/// Bytes an entry with a frame of `frame_len` bytes takes in a segment.
+pub fn entry_bytes(frame_len: usize) -> u64 {
+    (ENTRY_HEADER_BYTES + frame_len) as u64
 }
 
 /// What a sealed segment holds, so start-up never has to scan it.

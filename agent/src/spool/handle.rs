@@ -27,7 +27,7 @@ pub struct SpoolBatch {
 impl SpoolBatch {
     /// Bytes it takes in a segment.
     pub fn size(&self) -> u64 {
-        (super::format::ENTRY_HEADER_BYTES + self.frame.len()) as u64
+        super::format::entry_bytes(self.frame.len())
     }
 }
 
@@ -105,14 +105,6 @@ pub(super) enum Command {
 #[derive(Debug, thiserror::Error)]
 #[error("the spool has stopped")]
 pub struct SpoolStopped;
-
-/// Why a [`SpoolReader`] cannot go on.
-#[derive(Debug, thiserror::Error)]
-pub enum ReadError {
-    /// Reading the spool failed; nothing was skipped, so a new reader starts where this one was.
-    #[error(transparent)]
-    Spool(#[from] SpoolError),
-}
 
 /// Talks to the spool task. Cheap to clone; the task ends when every handle is gone.
 #[derive(Clone)]
@@ -222,8 +214,9 @@ const READ_BATCHES: usize = 64;
 
 impl SpoolReader {
     /// The next pending batch after the last one returned; `None` once the spool is closed (or
-    /// stopped) and holds nothing more to send. An error leaves the reader where it was.
-    pub async fn next(&mut self) -> Result<Option<Entry>, ReadError> {
+    /// stopped) and holds nothing more to send. An error (a failed read) skips nothing: the
+    /// reader stays where it was.
+    pub async fn next(&mut self) -> Result<Option<Entry>, SpoolError> {
         let mut status = self.handle.watch();
         loop {
             if let Some(entry) = self.buffer.pop_front() {

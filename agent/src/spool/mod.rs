@@ -99,8 +99,8 @@ struct PersistentState {
     /// Every batch with seq <= this is settled.
     acked_through: u64,
     /// Batches above the watermark settled out of order (nacked, or split into new batches):
-    /// (seq, records).
-    removed: Vec<(u64, u32)>,
+    /// seq → records.
+    removed: BTreeMap<u64, u32>,
     dropped_batches: u64,
     dropped_records: u64,
     dropped_segments: u64,
@@ -192,7 +192,6 @@ pub struct Spool<F: SpoolFs> {
     limits: SpoolLimits,
     segments: BTreeMap<u64, Segment>,
     state: PersistentState,
-    removed: BTreeMap<u64, u32>,
     head: Head,
     pending: Counted,
     disk_bytes: u64,
@@ -205,7 +204,7 @@ pub struct Spool<F: SpoolFs> {
     recent: Recent,
     /// The segment bytes read last: consecutive entries are parsed out of one read.
     chunk: Option<Chunk>,
-    oldest_pending: Option<Option<u64>>,
+
     unsynced: bool,
     /// Every append up to this seq is synced.
     synced_seq: u64,
@@ -225,7 +224,7 @@ impl<F: SpoolFs> Spool<F> {
             limits,
             segments: BTreeMap::new(),
             state: PersistentState::default(),
-            removed: BTreeMap::new(),
+
             head: Head {
                 id: 0,
                 offset: HEADER_BYTES,
@@ -239,7 +238,7 @@ impl<F: SpoolFs> Spool<F> {
             read_position: None,
             recent: Recent::new(limits.recent_bytes),
             chunk: None,
-            oldest_pending: None,
+
             unsynced: false,
             synced_seq: 0,
             state_dirty: false,
@@ -289,7 +288,7 @@ impl<F: SpoolFs> Spool<F> {
             };
             self.segments.insert(id, Segment { meta, sealed });
         }
-        self.removed = self.state.removed.iter().copied().collect();
+
         // Fully acked sealed segments are done with.
         let done: Vec<u64> = self
             .segments
@@ -320,7 +319,7 @@ impl<F: SpoolFs> Spool<F> {
         if let Some(last) = self.segments.values().last() {
             self.accepted_records = last.meta.accepted_before + last.meta.records;
         }
-        for &records in self.removed.values() {
+        for &records in self.state.removed.values() {
             self.pending.batches = self.pending.batches.saturating_sub(1);
             self.pending.records = self.pending.records.saturating_sub(u64::from(records));
         }
@@ -352,7 +351,7 @@ impl<F: SpoolFs> Spool<F> {
         frame: Bytes,
     ) -> Result<Vec<Dropped>, SpoolError> {
         debug_assert!(seq > self.last_seq, "seq {seq} after {}", self.last_seq);
-        let size = (format::ENTRY_HEADER_BYTES + frame.len()) as u64;
+        let size = format::entry_bytes(frame.len());
         let active_id = self.active_id();
         let rotate = self.segments.get(&active_id).is_some_and(|s| {
             s.meta.entries > 0
@@ -393,9 +392,6 @@ impl<F: SpoolFs> Spool<F> {
         self.accepted_records += u64::from(records);
         self.last_seq = seq;
         self.unsynced = true;
-        if self.oldest_pending == Some(None) {
-            self.oldest_pending = Some(Some(created_unix_ms));
-        }
         let entry = Entry {
             seq,
             records,
@@ -467,7 +463,7 @@ impl<F: SpoolFs> Spool<F> {
                     break 'segments;
                 }
                 pos.offset += size;
-                if entry.seq > from && !self.removed.contains_key(&entry.seq) {
+                if entry.seq > from && !self.state.removed.contains_key(&entry.seq) {
                     bytes += entry.frame.len();
                     out.push(entry);
                     if out.len() >= max_batches || bytes >= max_bytes {
@@ -501,7 +497,7 @@ impl<F: SpoolFs> Spool<F> {
         let settled = self.advance_head(up_to)?;
         self.recent.forget_before(self.head);
         // Settled out of order and now below the watermark: nothing to remember.
-        self.removed.retain(|&seq, _| seq > up_to);
+        self.state.removed.retain(|&seq, _| seq > up_to);
         self.state_dirty = true;
         Ok(settled)
     }
@@ -517,15 +513,14 @@ impl<F: SpoolFs> Spool<F> {
         if seq <= self.state.acked_through
             || seq > self.last_seq
             || oldest_on_disk.is_none_or(|first| seq < first)
-            || self.removed.contains_key(&seq)
+            || self.state.removed.contains_key(&seq)
         {
             // Settled already, or dropped at a cap (and counted then).
             return Ok(false);
         }
-        self.removed.insert(seq, records);
+        self.state.removed.insert(seq, records);
         self.pending.batches = self.pending.batches.saturating_sub(1);
         self.pending.records = self.pending.records.saturating_sub(u64::from(records));
-        self.oldest_pending = None;
         self.save_state(false)?;
         Ok(true)
     }
@@ -561,11 +556,9 @@ impl<F: SpoolFs> Spool<F> {
         self.last_seq
     }
 
-    /// Creation time of the oldest pending batch.
+    /// Creation time of the oldest pending batch. Reads it back each time (the spool task
+    /// looks at most once a second).
     pub fn oldest_pending_unix_ms(&mut self) -> Result<Option<u64>, SpoolError> {
-        if let Some(cached) = self.oldest_pending {
-            return Ok(cached);
-        }
         // Keep the sender's read position: this read is not the sender's.
         let sender_position = self.read_position.take();
         let first = self
@@ -573,7 +566,6 @@ impl<F: SpoolFs> Spool<F> {
             .first()
             .map(|e| e.created_unix_ms);
         self.read_position = sender_position;
-        self.oldest_pending = Some(first);
         Ok(first)
     }
 
@@ -581,7 +573,6 @@ impl<F: SpoolFs> Spool<F> {
     /// deletes sealed segments left with nothing pending.
     fn advance_head(&mut self, up_to: u64) -> Result<Counted, SpoolError> {
         let mut settled = Counted::default();
-        self.oldest_pending = None;
         loop {
             let Some(seg) = self.segments.get(&self.head.id) else {
                 return Ok(settled);
@@ -595,7 +586,7 @@ impl<F: SpoolFs> Spool<F> {
                     return Ok(settled);
                 }
                 self.head.offset += size;
-                if self.removed.remove(&entry.seq).is_none() {
+                if self.state.removed.remove(&entry.seq).is_none() {
                     settled.batches += 1;
                     settled.records += u64::from(entry.records);
                     self.pending.batches = self.pending.batches.saturating_sub(1);
@@ -685,7 +676,7 @@ impl<F: SpoolFs> Spool<F> {
             seen.records += u64::from(entry.records);
             if offset >= head_offset
                 && entry.seq > self.state.acked_through
-                && !self.removed.contains_key(&entry.seq)
+                && !self.state.removed.contains_key(&entry.seq)
             {
                 pending.batches += 1;
                 pending.records += u64::from(entry.records);
@@ -700,16 +691,10 @@ impl<F: SpoolFs> Spool<F> {
         state.dropped_records += pending.records;
         state.dropped_segments += 1;
         state.dropped_through_id = id;
-        state.removed = self
-            .removed
-            .iter()
-            .filter(|(s, _)| !in_segment(s))
-            .map(|(s, r)| (*s, *r))
-            .collect();
-        self.write_state(&state, true)?;
+        state.removed.retain(|s, _| !in_segment(s));
+        write_state(&mut self.fs, &state, true)?;
         self.state = state;
         self.state_dirty = false;
-        self.removed.retain(|s, _| !in_segment(s));
         self.pending.batches = self.pending.batches.saturating_sub(pending.batches);
         self.pending.records = self.pending.records.saturating_sub(pending.records);
         self.delete_segment(id)?;
@@ -719,7 +704,6 @@ impl<F: SpoolFs> Spool<F> {
                 offset: HEADER_BYTES,
             };
         }
-        self.oldest_pending = None;
         Ok(Dropped {
             first_seq: meta.first_seq,
             last_seq: meta.last_seq,
@@ -827,18 +811,9 @@ impl<F: SpoolFs> Spool<F> {
     }
 
     fn save_state(&mut self, durable: bool) -> Result<(), SpoolError> {
-        self.state.removed = self.removed.iter().map(|(s, r)| (*s, *r)).collect();
-        let state = self.state.clone();
-        self.write_state(&state, durable)?;
+        write_state(&mut self.fs, &self.state, durable)?;
         self.state_dirty = false;
         Ok(())
-    }
-
-    fn write_state(&mut self, state: &PersistentState, durable: bool) -> Result<(), SpoolError> {
-        let text = serde_json::to_vec(state).unwrap_or_default();
-        self.fs
-            .replace(STATE_FILE, &text, durable)
-            .map_err(io_err("write", STATE_FILE))
     }
 
     /// Reads a segment that may be torn, cuts everything after its last whole entry, and returns
@@ -936,6 +911,12 @@ impl<F: SpoolFs> Spool<F> {
             }
         }
     }
+}
+
+fn write_state<F: SpoolFs>(fs: &mut F, state: &PersistentState, durable: bool) -> Result<(), SpoolError> {
+    let text = serde_json::to_vec(state).unwrap_or_default();
+    fs.replace(STATE_FILE, &text, durable)
+        .map_err(io_err("write", STATE_FILE))
 }
 
 fn empty_meta(accepted_before: u64) -> SegmentMeta {

@@ -97,7 +97,8 @@ struct Task<F: SpoolFs> {
     last_drop_log: Option<Instant>,
     /// Failed write attempts in a row, and when that was last logged.
     failures: (u64, Option<Instant>),
-    /// The oldest pending batch's creation time, and when that was looked up.
+    /// The oldest pending batch's creation time, and when that was looked up (it may be up to
+    /// a second stale).
     oldest: Option<(Option<u64>, Instant)>,
 }
 
@@ -155,7 +156,6 @@ impl<F: SpoolFs> Task<F> {
                         last_fsync = Instant::now();
                     }
                     self.checkpoint(fsync).await;
-                    self.oldest = None;
                 }
             }
             self.account_drops();
@@ -241,7 +241,6 @@ impl<F: SpoolFs> Task<F> {
                 });
                 self.metrics.batches_acked.inc_by(settled.batches);
                 self.metrics.records_acked.inc_by(settled.records);
-                self.oldest = None;
                 self.account_drops();
                 self.publish();
                 let _ = reply.send(settled);
@@ -250,7 +249,6 @@ impl<F: SpoolFs> Task<F> {
                 if let Err(error) = spool.remove(seq, records) {
                     tracing::error!(%error, seq, "spool: cannot record a refused batch; it may be sent once more after a restart");
                 }
-                self.oldest = None;
             }
         }
     }
@@ -342,7 +340,6 @@ impl<F: SpoolFs> Task<F> {
         self.counted_drops = total;
         self.metrics.spool_dropped_batches.inc_by(new.batches);
         self.metrics.spool_dropped_records.inc_by(new.records);
-        self.oldest = None;
         // Drops of damaged segments were logged as they happened.
         let full = Counted {
             batches: new.batches.saturating_sub(self.damage_dropped.batches),
@@ -379,8 +376,8 @@ impl<F: SpoolFs> Task<F> {
         let now = Instant::now();
         let oldest = match self.oldest {
             _ if pending.batches == 0 => None,
-            // Looking it up reads the disk: at most once a second.
-            Some((oldest, at)) if now.duration_since(at) < CHECKPOINT => oldest,
+            // Looking it up reads the spool: at most once a second (it is a gauge of age).
+            Some((Some(oldest), at)) if now.duration_since(at) < CHECKPOINT => Some(oldest),
             _ => {
                 let oldest = spool.oldest_pending_unix_ms().unwrap_or(None);
                 self.oldest = Some((oldest, now));
