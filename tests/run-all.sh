@@ -2,11 +2,15 @@
 # The whole test suite: README command 2, and what .ci/run calls.
 #
 # Unit and property tests of every crate, integration tests over loopback QUIC with real
-# collectors (in-process and as child processes), CLI tests of both binaries.
+# collectors (in-process and as child processes) and real nats-server processes, CLI tests of
+# both binaries. Installs nats-server (Debian package) first if it is missing.
 # Runs with cargo-nextest when it is installed (one process per test, each bounded by
 # .config/nextest.toml), else with cargo test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# The NATS sink tests run a real nats-server (each its own, on a free loopback port).
+tests/ensure-nats-server.sh
 
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --locked "$@"

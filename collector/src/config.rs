@@ -146,7 +146,7 @@ pub struct LimitsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SinkConfig {
-    /// Which sink stores accepted batches. Only `file` exists so far.
+    /// Which sink stores accepted batches: `file` (default) or `nats`.
     pub kind: SinkKind,
     /// Batches waiting for the sink across all connections. When full, data streams stop reading
     /// (QUIC flow control pushes back to meters). Default 4,096.
@@ -154,12 +154,73 @@ pub struct SinkConfig {
     /// Bytes waiting for the sink across all connections. Default 64 MiB.
     pub queue_bytes: usize,
     pub file: FileSinkConfig,
+    pub nats: NatsSinkConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SinkKind {
     File,
+    Nats,
+}
+
+/// A secret from the config file (a token or a password): never printed, not even by `{:?}`.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// The NATS JetStream sink: where the fleet's collectors forward batches (see the README,
+/// "A collector fleet on NATS JetStream").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsSinkConfig {
+    /// NATS server URLs (`nats://host:port`, `tls://host:port`); the client fails over between
+    /// them and learns the rest of the cluster from the servers. Default `nats://127.0.0.1:4222`.
+    pub servers: Vec<String>,
+    /// Credentials: at most one of `token`, `user` + `password`, `creds_file` (a `.creds` file
+    /// with a JWT and NKey seed). Default: none.
+    pub token: Option<Secret>,
+    pub user: Option<String>,
+    pub password: Option<Secret>,
+    pub creds_file: Option<PathBuf>,
+    /// PEM CA that signs the NATS servers' certificates; setting it requires TLS. Default: none
+    /// (plain connections unless a `tls://` URL is given, then the system roots).
+    pub ca_file: Option<PathBuf>,
+    /// JetStream stream the batches go to; created if missing. Default `RINGFLOW`.
+    pub stream: String,
+    /// Batches of org ORG are published on subject `PREFIX.ORG`; the stream holds `PREFIX.>`.
+    /// Default `ringflow.flows`.
+    pub subject_prefix: String,
+    /// Stream limits used when the collector creates the stream: oldest messages are removed
+    /// after `max_age_ms` (0: kept until `max_bytes`), or once the stream holds `max_bytes`
+    /// (0: no limit of its own; the server's JetStream storage limit applies). Defaults 7 days, 0.
+    pub max_age_ms: u64,
+    pub max_bytes: u64,
+    /// Copies of each message in a clustered JetStream (1-5). Default 1.
+    pub replicas: u32,
+    /// JetStream drops a message whose `Nats-Msg-Id` (`METER_ID:SEQ`) it has seen within this
+    /// window: a batch re-sent after a collector failover is stored once. The stream must have at
+    /// least this window. Default 2 min.
+    pub duplicate_window_ms: u64,
+    /// Publishes awaiting their JetStream ack at once (pipelining). Default 256.
+    pub max_in_flight: usize,
+    /// A publish not acked within this is retried (same `Nats-Msg-Id`, so never stored twice
+    /// within the window). Default 5 s.
+    pub publish_timeout_ms: u64,
+    /// Time allowed for one connection attempt. Default 5 s.
+    pub connect_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -241,8 +302,124 @@ impl Default for SinkConfig {
             queue_batches: 4_096,
             queue_bytes: 64 << 20,
             file: FileSinkConfig::default(),
+            nats: NatsSinkConfig::default(),
         }
     }
+}
+
+impl Default for NatsSinkConfig {
+    fn default() -> Self {
+        Self {
+            servers: vec!["nats://127.0.0.1:4222".to_owned()],
+            token: None,
+            user: None,
+            password: None,
+            creds_file: None,
+            ca_file: None,
+            stream: "RINGFLOW".to_owned(),
+            subject_prefix: "ringflow.flows".to_owned(),
+            max_age_ms: 7 * 24 * 3_600_000,
+            max_bytes: 0,
+            replicas: 1,
+            duplicate_window_ms: 120_000,
+            max_in_flight: 256,
+            publish_timeout_ms: 5_000,
+            connect_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl NatsSinkConfig {
+    /// Checks every key of `[sink.nats]`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.servers.is_empty() {
+            return Err(invalid("sink.nats.servers", "lists no server"));
+        }
+        for (i, url) in self.servers.iter().enumerate() {
+            if url.parse::<async_nats::ServerAddr>().is_err() {
+                return Err(invalid(
+                    format!("sink.nats.servers[{i}]"),
+                    format!("{url:?} is not a NATS URL (e.g. \"nats://10.0.0.5:4222\")"),
+                ));
+            }
+        }
+        let credentials = [
+            self.token.is_some(),
+            self.user.is_some(),
+            self.creds_file.is_some(),
+        ];
+        if credentials.iter().filter(|c| **c).count() > 1 {
+            return Err(invalid(
+                "sink.nats",
+                "set at most one of token, user (with password) and creds_file",
+            ));
+        }
+        if self.user.is_some() != self.password.is_some() {
+            return Err(invalid("sink.nats.password", "user and password go together"));
+        }
+        if !valid_stream_name(&self.stream) {
+            return Err(invalid(
+                "sink.nats.stream",
+                format!(
+                    "{:?} is not a JetStream stream name: 1-64 characters, no spaces, '.', '*', '>', '/' or '\\'",
+                    self.stream
+                ),
+            ));
+        }
+        if !valid_subject_prefix(&self.subject_prefix) {
+            return Err(invalid(
+                "sink.nats.subject_prefix",
+                format!(
+                    "{:?} is not a subject prefix: dot-separated tokens of letters, digits, '-' and '_' (e.g. \"ringflow.flows\")",
+                    self.subject_prefix
+                ),
+            ));
+        }
+        check_range("sink.nats.replicas", self.replicas.into(), 1, 5)?;
+        check_range(
+            "sink.nats.duplicate_window_ms",
+            self.duplicate_window_ms,
+            1_000,
+            7 * 24 * 3_600_000,
+        )?;
+        if self.max_age_ms != 0 && self.max_age_ms < self.duplicate_window_ms {
+            return Err(invalid(
+                "sink.nats.max_age_ms",
+                "must be 0 (no age limit) or at least sink.nats.duplicate_window_ms",
+            ));
+        }
+        check_range("sink.nats.max_in_flight", self.max_in_flight as u64, 1, 4_096)?;
+        check_range(
+            "sink.nats.publish_timeout_ms",
+            self.publish_timeout_ms,
+            100,
+            600_000,
+        )?;
+        check_range(
+            "sink.nats.connect_timeout_ms",
+            self.connect_timeout_ms,
+            100,
+            600_000,
+        )?;
+        Ok(())
+    }
+}
+
+fn valid_stream_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_graphic() && !matches!(c, '.' | '*' | '>' | '/' | '\\'))
+}
+
+fn valid_subject_prefix(prefix: &str) -> bool {
+    prefix.len() <= 128
+        && prefix.split('.').all(|token| {
+            !token.is_empty()
+                && token
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }
 
 impl Default for FileSinkConfig {
@@ -273,7 +450,10 @@ impl Config {
         let base = path.parent().unwrap_or(Path::new("."));
         resolve_paths(
             base,
-            [&mut config.data_dir, &mut config.tls.cert, &mut config.tls.key],
+            [&mut config.data_dir, &mut config.tls.cert, &mut config.tls.key]
+                .into_iter()
+                .chain(config.sink.nats.creds_file.as_mut())
+                .chain(config.sink.nats.ca_file.as_mut()),
         );
         config.validate()?;
         Ok(config)
@@ -391,6 +571,7 @@ impl Config {
             ));
         }
         check_range("sink.file.fsync_interval_ms", f.fsync_interval_ms, 1, 3_600_000)?;
+        s.nats.validate()?;
         check_range("shutdown.grace_ms", self.shutdown.grace_ms, 0, 3_600_000)?;
         Ok(())
     }
@@ -564,6 +745,38 @@ mod tests {
                 .to_string()
                 .contains("more than 512")
         );
+    }
+
+    #[test]
+    fn nats_sink_keys_are_checked_by_name() {
+        let with = |table: &str| {
+            Config::parse(&format!(
+                "{MINIMAL}\n[sink]\nkind = \"nats\"\n[sink.nats]\n{table}\n"
+            ))
+        };
+        let ok = with("servers = [\"nats://10.0.0.1:4222\", \"tls://n2:4222\"]\ntoken = \"t\"").unwrap();
+        assert_eq!(ok.sink.kind, SinkKind::Nats);
+        assert!(
+            !format!("{:?}", ok.sink.nats).contains("\"t\""),
+            "a token never shows in Debug output"
+        );
+        let cases = [
+            ("servers = []", "sink.nats.servers"),
+            ("servers = [\"nats://bad host:4222\"]", "sink.nats.servers[0]"),
+            ("token = \"t\"\nuser = \"u\"\npassword = \"p\"", "at most one of"),
+            ("user = \"u\"", "sink.nats.password"),
+            ("stream = \"a.b\"", "sink.nats.stream"),
+            ("subject_prefix = \"flows.>\"", "sink.nats.subject_prefix"),
+            ("subject_prefix = \"flows..x\"", "sink.nats.subject_prefix"),
+            ("replicas = 7", "sink.nats.replicas"),
+            ("max_in_flight = 0", "sink.nats.max_in_flight"),
+            ("max_age_ms = 1000", "sink.nats.max_age_ms"),
+            ("stream_name = \"x\"", "stream_name"),
+        ];
+        for (table, key) in cases {
+            let err = with(table).unwrap_err().to_string();
+            assert!(err.contains(key), "{table}: {err}");
+        }
     }
 
     #[test]

@@ -21,11 +21,13 @@ use tracing::{info, warn};
 use crate::admin::{self, AdminState, Readiness};
 use crate::admission::{AdmissionPolicy, Admit};
 use crate::auth::OrgDirectory;
-use crate::config::{Config, ConfigError, LimitsConfig};
+use crate::config::{Config, ConfigError, LimitsConfig, SinkKind};
 use crate::ingest::DataLimits;
 use crate::session::{self, DataPlane, Shared};
 use crate::sink::file::FileSink;
-use crate::sink::{self, QueueBounds, Sink, SinkContext, SinkHealth};
+use crate::sink::nats::NatsSink;
+use crate::sink::nats::link::LinkError;
+use crate::sink::{self, ConfiguredSink, QueueBounds, SinkContext, SinkHealth};
 use crate::store::{RecoveryReport, StoreError};
 use crate::telemetry::{CollectorMetrics, LogThrottle};
 
@@ -40,6 +42,8 @@ pub enum StartError {
     Tls(#[from] TlsError),
     #[error("cannot open the store: {0}")]
     Store(#[from] StoreError),
+    #[error("cannot use the NATS sink: {0}")]
+    Nats(#[from] LinkError),
     #[error("cannot use the QUIC reset key {path}: {source}")]
     ResetKey {
         path: std::path::PathBuf,
@@ -58,7 +62,10 @@ pub enum StartError {
 impl StartError {
     /// True when the operator's configuration is at fault (exit code 64).
     pub fn is_config(&self) -> bool {
-        matches!(self, StartError::Config(_) | StartError::Tls(_))
+        matches!(
+            self,
+            StartError::Config(_) | StartError::Tls(_) | StartError::Nats(_)
+        )
     }
 }
 
@@ -69,8 +76,10 @@ pub struct Collector {
     endpoint: Endpoint,
     admin: TcpListener,
     metrics: Arc<CollectorMetrics>,
-    sink: FileSink,
+    sink: ConfiguredSink,
     recovery: RecoveryReport,
+    /// `limits.max_frame_bytes`, lowered if the sink cannot take batches that large.
+    max_frame_bytes: u32,
 }
 
 impl Collector {
@@ -82,7 +91,7 @@ impl Collector {
         let chain = quic::load_certificates("server certificate", &config.tls.cert)?;
         let key = quic::load_private_key(&config.tls.key)?;
         let crypto = quic::server_crypto(chain, key)?;
-        let (sink, recovery) = FileSink::open(&config.data_dir, &config.sink.file)?;
+        let (sink, recovery, max_frame_bytes) = open_sink(&config).await?;
         let bind_err = |what, addr| move |source| StartError::Bind { what, addr, source };
         let socket =
             quic::bind_udp(config.listen, SOCKET_BUFFER_BYTES).map_err(bind_err("QUIC", config.listen))?;
@@ -104,6 +113,7 @@ impl Collector {
             metrics: Arc::new(CollectorMetrics::new()),
             sink,
             recovery,
+            max_frame_bytes,
         })
     }
 
@@ -128,8 +138,9 @@ impl Collector {
             endpoint,
             admin: admin_listener,
             metrics,
-            sink: file_sink,
+            sink: configured_sink,
             recovery,
+            max_frame_bytes,
         } = self;
         let collector_id: Arc<str> = Arc::from(config.collector_id());
         let listen = endpoint.local_addr().unwrap_or(config.listen);
@@ -138,7 +149,7 @@ impl Collector {
         let draining = CancellationToken::new();
         let hard_stop = CancellationToken::new();
         let abandon = CancellationToken::new();
-        let health = SinkHealth::new(Arc::clone(&metrics));
+        let health = SinkHealth::starting(Arc::clone(&metrics), configured_sink.starts_healthy());
         let (sink_handle, jobs) = sink::queue(
             QueueBounds {
                 batches: config.sink.queue_batches,
@@ -146,8 +157,8 @@ impl Collector {
             },
             Arc::clone(&metrics),
         );
-        let sink_kind = file_sink.kind();
-        let sink_task = tokio::spawn(file_sink.run(
+        let sink_kind = configured_sink.kind();
+        let sink_task = tokio::spawn(configured_sink.run(
             jobs,
             SinkContext {
                 metrics: Arc::clone(&metrics),
@@ -165,7 +176,7 @@ impl Collector {
             collector_id: Arc::clone(&collector_id),
             orgs,
             welcome_limits: ringflow_proto::pb::Limits {
-                max_frame_bytes: l.max_frame_bytes,
+                max_frame_bytes,
                 max_records_per_batch: l.max_records_per_batch,
                 max_unacked_batches: l.max_unacked_batches,
                 batch_hint_records: l.batch_hint_records,
@@ -174,7 +185,7 @@ impl Collector {
             },
             fleet_view: config.fleet.view(&collector_id),
             data_limits: DataLimits {
-                max_frame_bytes: l.max_frame_bytes as usize,
+                max_frame_bytes: max_frame_bytes as usize,
                 max_records_per_batch: l.max_records_per_batch as usize,
                 max_unacked_batches: l.max_unacked_batches as usize,
                 max_field_bytes: l.max_field_bytes as usize,
@@ -275,6 +286,40 @@ impl Collector {
         admin_stop.cancel();
         let _ = admin_task.await;
         info!("collector stopped");
+    }
+}
+
+/// Opens the configured sink: the store's recovery report (file) and the largest data frame the
+/// sink can take.
+async fn open_sink(config: &Config) -> Result<(ConfiguredSink, RecoveryReport, u32), StartError> {
+    let limit = config.limits.max_frame_bytes;
+    match config.sink.kind {
+        SinkKind::File => {
+            let (sink, recovery) = FileSink::open(&config.data_dir, &config.sink.file)?;
+            Ok((ConfiguredSink::File(sink), recovery, limit))
+        }
+        SinkKind::Nats => {
+            // No store here, but the endpoint keys live in data_dir.
+            std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::ResetKey {
+                path: config.data_dir.clone(),
+                source,
+            })?;
+            let (sink, start) =
+                NatsSink::open(&config.sink.nats, &config.collector_id(), limit as usize).await?;
+            let fits = u32::try_from(start.max_frame_bytes).unwrap_or(limit);
+            if fits < limit {
+                info!(
+                    max_frame_bytes = fits,
+                    nats_max_payload = start.max_payload,
+                    "limits.max_frame_bytes lowered so that every batch fits one NATS message"
+                );
+            }
+            Ok((
+                ConfiguredSink::Nats(Box::new(sink)),
+                RecoveryReport::default(),
+                fits,
+            ))
+        }
     }
 }
 

@@ -61,6 +61,11 @@ pub struct CollectorMetrics {
     pub sink_queue_bytes: Gauge,
     pub sink_healthy: Gauge,
     pub sink_write_errors: Counter,
+    pub sink_outages: Counter,
+    pub sink_outage_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    pub sink_in_flight: Gauge,
+    pub sink_ack_seconds: Histogram,
+    pub sink_duplicates: Counter,
     pub store_bytes: Gauge,
     pub store_dropped_segments: Counter,
     pub store_dropped_batches: Counter,
@@ -158,12 +163,37 @@ impl CollectorMetrics {
             sink_queue_bytes: reg!("sink_queue_bytes", "Bytes waiting for the sink", Gauge::default()),
             sink_healthy: reg!(
                 "sink_healthy",
-                "1 when the sink's last write succeeded",
+                "1 when the sink can store batches (its last write succeeded, its server is reachable)",
                 Gauge::default()
             ),
             sink_write_errors: reg!(
                 "sink_write_errors",
-                "Failed sink writes (retried; nothing is acked until they succeed)",
+                "Failed sink writes or publishes (retried; nothing is acked until they succeed)",
+                Counter::default()
+            ),
+            sink_outages: reg!(
+                "sink_outages",
+                "Times the sink went from healthy to unavailable",
+                Counter::default()
+            ),
+            sink_outage_seconds: reg!(
+                "sink_outage_seconds",
+                "Time spent with the sink unavailable, counted when it recovers",
+                Counter::default()
+            ),
+            sink_in_flight: reg!(
+                "sink_in_flight",
+                "Batches handed to a remote sink (NATS) and not yet acknowledged by it",
+                Gauge::default()
+            ),
+            sink_ack_seconds: reg!(
+                "sink_ack_seconds",
+                "Time from handing a batch to a remote sink to its acknowledgement",
+                Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+            ),
+            sink_duplicates: reg!(
+                "sink_duplicates",
+                "Batches the sink recognised as already stored (JetStream Nats-Msg-Id de-duplication)",
                 Counter::default()
             ),
             store_bytes: reg!("store_bytes", "Bytes of all segment files", Gauge::default()),

@@ -9,6 +9,7 @@
 pub mod demo;
 pub mod dns;
 pub mod logs;
+pub mod nats;
 pub mod process;
 pub mod raw;
 

@@ -12,10 +12,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-pub use read::{read_store, record_json};
+pub use read::{read_nats, read_store, record_json};
 
 use crate::auth;
-use crate::config::{Config, EXAMPLE_CONFIG, valid_org_id};
+use crate::config::{Config, EXAMPLE_CONFIG, SinkKind, valid_org_id};
 use crate::server::Collector;
 use crate::tls;
 
@@ -58,11 +58,21 @@ enum Command {
         #[arg(long, value_name = "ORG")]
         org: String,
     },
-    /// Print stored records as JSON lines (one per record), oldest first.
+    /// Print stored records as JSON lines (one per record), oldest first: from a data_dir, or
+    /// from wherever a collector config's sink puts them (its data_dir or its NATS stream).
     Read {
-        /// The collector's data_dir.
-        #[arg(long, value_name = "DIR")]
-        data_dir: PathBuf,
+        /// The collector's data_dir (file sink).
+        #[arg(
+            long,
+            value_name = "DIR",
+            required_unless_present = "config",
+            conflicts_with = "config"
+        )]
+        data_dir: Option<PathBuf>,
+        /// A collector config file: read its sink (`sink.kind = "nats"`: its JetStream stream,
+        /// with an ordered consumer that changes nothing in the stream).
+        #[arg(long, short, value_name = "FILE")]
+        config: Option<PathBuf>,
         /// Only this org (default: every org).
         #[arg(long, value_name = "ORG")]
         org: Option<String>,
@@ -118,27 +128,41 @@ pub fn main() -> ExitCode {
         }
         Command::Read {
             data_dir,
+            config,
             org,
             follow,
-        } => {
-            let stop = CancellationToken::new();
-            match read_store(
-                &data_dir,
-                org.as_deref(),
-                follow,
-                &stop,
-                &mut std::io::stdout().lock(),
-            ) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    eprintln!("collector read: {error}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        } => read(data_dir, config, org.as_deref(), follow),
         Command::ExampleConfig => {
             print!("{EXAMPLE_CONFIG}");
             ExitCode::SUCCESS
+        }
+    }
+}
+
+fn read(data_dir: Option<PathBuf>, config: Option<PathBuf>, org: Option<&str>, follow: bool) -> ExitCode {
+    let out = &mut std::io::stdout().lock();
+    let result = match (data_dir, config) {
+        (Some(dir), _) => read_store(&dir, org, follow, &CancellationToken::new(), out),
+        (None, Some(path)) => {
+            let config = match Config::load(&path) {
+                Ok(c) => c,
+                Err(error) => {
+                    eprintln!("collector read: {error}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            match config.sink.kind {
+                SinkKind::File => read_store(&config.data_dir, org, follow, &CancellationToken::new(), out),
+                SinkKind::Nats => read_nats(&config.sink.nats, org, follow, out),
+            }
+        }
+        (None, None) => unreachable!("clap requires --data-dir or --config"),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("collector read: {error}");
+            ExitCode::FAILURE
         }
     }
 }

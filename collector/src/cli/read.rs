@@ -9,6 +9,8 @@ use ringflow_proto::pb;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::NatsSinkConfig;
+use crate::sink::nats::consume::{ConsumeError, read_stream};
 use crate::store::{OrgReader, StoreError, stored_orgs};
 
 /// How often `--follow` looks for new data.
@@ -20,6 +22,10 @@ pub enum ReadError {
     Store(#[from] StoreError),
     #[error("{dir} holds no ringflow store (no segments/ directory); pass the collector's data_dir")]
     NoStore { dir: String },
+    #[error("{0}")]
+    Nats(#[from] ConsumeError),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
 }
 
 /// One stored record as a JSON object: the batch's identity, then the record's fields.
@@ -144,6 +150,42 @@ pub fn read_store(
         }
         std::thread::sleep(FOLLOW_POLL);
     }
+}
+
+/// Writes every record in the NATS stream of `config` (of `org`, or of all orgs) to `out` as JSON
+/// lines; with `follow`, keeps waiting for new ones. Messages that are not ringflow batches are
+/// reported on stderr and skipped.
+pub fn read_nats(
+    config: &NatsSinkConfig,
+    org: Option<&str>,
+    follow: bool,
+    out: &mut dyn Write,
+) -> Result<(), ReadError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(ReadError::Runtime)?;
+    runtime.block_on(read_stream(config, org, follow, |message| {
+        match &message.batch {
+            Ok(batch) => {
+                for record in &batch.records {
+                    if writeln!(out, "{}", record_json(batch, record)).is_err() {
+                        return std::ops::ControlFlow::Break(());
+                    }
+                }
+            }
+            Err(why) => eprintln!(
+                "collector read: stream message {} on {}: {why}; skipped",
+                message.stream_seq, message.subject
+            ),
+        }
+        if follow && out.flush().is_err() {
+            return std::ops::ControlFlow::Break(());
+        }
+        std::ops::ControlFlow::Continue(())
+    }))?;
+    let _ = out.flush();
+    Ok(())
 }
 
 #[cfg(test)]

@@ -12,13 +12,15 @@
 //! that also reads from meters (invariant 3); a sink runs on its own task or thread.
 
 pub mod file;
+pub mod nats;
 
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::telemetry::CollectorMetrics;
@@ -120,24 +122,49 @@ impl SinkHandle {
 }
 
 /// Whether the sink can currently store data; read by `/readyz` and by the control plane.
+/// Counts outages (healthy → unavailable) and their length.
 #[derive(Clone)]
 pub struct SinkHealth {
     healthy: Arc<AtomicBool>,
+    /// When the current outage began (None while healthy, or before the sink first came up).
+    outage_since: Arc<Mutex<Option<Instant>>>,
     metrics: Arc<CollectorMetrics>,
 }
 
 impl SinkHealth {
+    /// A sink that starts healthy (a local one, ready once opened).
     pub fn new(metrics: Arc<CollectorMetrics>) -> Self {
-        metrics.sink_healthy.set(1);
+        Self::starting(metrics, true)
+    }
+
+    /// A sink whose health at start is `healthy`; a remote sink starts unavailable until it has
+    /// connected (not counted as an outage).
+    pub fn starting(metrics: Arc<CollectorMetrics>, healthy: bool) -> Self {
+        metrics.sink_healthy.set(i64::from(healthy));
         Self {
-            healthy: Arc::new(AtomicBool::new(true)),
+            healthy: Arc::new(AtomicBool::new(healthy)),
+            outage_since: Arc::new(Mutex::new(None)),
             metrics,
         }
     }
 
     pub fn set(&self, healthy: bool) {
-        self.healthy.store(healthy, Ordering::Relaxed);
+        let was = self.healthy.swap(healthy, Ordering::Relaxed);
         self.metrics.sink_healthy.set(i64::from(healthy));
+        if was == healthy {
+            return;
+        }
+        let mut since = self.outage_since.lock().unwrap_or_else(|e| e.into_inner());
+        if healthy {
+            if let Some(start) = since.take() {
+                self.metrics
+                    .sink_outage_seconds
+                    .inc_by(start.elapsed().as_secs_f64());
+            }
+        } else {
+            self.metrics.sink_outages.inc();
+            *since = Some(Instant::now());
+        }
     }
 
     pub fn is_healthy(&self) -> bool {
@@ -163,6 +190,33 @@ pub trait Sink: Send + 'static {
     /// Takes jobs until the queue is closed and empty (or `ctx.abandon` fires), completing each
     /// job only once the batch is held per this sink's durability promise.
     fn run(self, jobs: mpsc::Receiver<SinkJob>, ctx: SinkContext) -> impl Future<Output = ()> + Send;
+}
+
+/// The sink the configuration asks for, opened. Adding a sink adds a variant here and a module.
+pub enum ConfiguredSink {
+    File(file::FileSink),
+    Nats(Box<nats::NatsSink>),
+}
+
+impl ConfiguredSink {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ConfiguredSink::File(s) => s.kind(),
+            ConfiguredSink::Nats(s) => s.kind(),
+        }
+    }
+
+    /// Whether the sink can store data the moment it starts (a remote sink must connect first).
+    pub fn starts_healthy(&self) -> bool {
+        matches!(self, ConfiguredSink::File(_))
+    }
+
+    pub async fn run(self, jobs: mpsc::Receiver<SinkJob>, ctx: SinkContext) {
+        match self {
+            ConfiguredSink::File(s) => s.run(jobs, ctx).await,
+            ConfiguredSink::Nats(s) => s.run(jobs, ctx).await,
+        }
+    }
 }
 
 /// Bounds of the queue in front of a sink.

@@ -1,0 +1,125 @@
+//! A real `nats-server -js` for tests: on a free loopback port, with its own store directory,
+//! killed when the fixture is dropped. It can be killed (SIGKILL) and started again on the same
+//! port and store, which is how sink outages are tested.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use ringflow_collector::config::NatsSinkConfig;
+use ringflow_collector::sink::nats::consume::{StreamedBatch, read_stream};
+
+use crate::process::ChildProcess;
+
+/// Where `nats-server` is looked for besides `$PATH` (Debian installs it in /usr/sbin).
+const SEARCH_DIRS: [&str; 3] = ["/usr/sbin", "/usr/bin", "/usr/local/bin"];
+
+/// The `nats-server` binary: `$RINGFLOW_NATS_SERVER`, else `$PATH`, else the usual directories.
+pub fn nats_server_binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("RINGFLOW_NATS_SERVER") {
+        return Ok(PathBuf::from(path));
+    }
+    let path_dirs = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default();
+    path_dirs
+        .into_iter()
+        .chain(SEARCH_DIRS.iter().map(PathBuf::from))
+        .map(|dir| dir.join("nats-server"))
+        .find(|p| p.is_file())
+        .context(
+            "nats-server not found (tests/run-all.sh installs it with `apt-get install -y nats-server`; \
+             or set RINGFLOW_NATS_SERVER to its path)",
+        )
+}
+
+/// A running `nats-server` with JetStream.
+pub struct NatsServer {
+    binary: PathBuf,
+    process: Option<ChildProcess>,
+    pub port: u16,
+    store: PathBuf,
+}
+
+impl NatsServer {
+    /// Starts a server on a free loopback port, storing JetStream data under `store`.
+    pub async fn start(store: &Path) -> anyhow::Result<Self> {
+        let mut server = Self::not_started(store)?;
+        server.restart().await?;
+        Ok(server)
+    }
+
+    /// A server with a port and a store, not running yet ([`restart`](Self::restart) starts it):
+    /// for a collector that starts before its NATS does.
+    pub fn not_started(store: &Path) -> anyhow::Result<Self> {
+        Ok(NatsServer {
+            binary: nats_server_binary()?,
+            process: None,
+            port: TcpListener::bind("127.0.0.1:0")?.local_addr()?.port(),
+            store: store.to_owned(),
+        })
+    }
+
+    /// `nats://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL: no flush, no goodbye to clients.
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.kill();
+        }
+    }
+
+    /// Starts the server (again) on the same port and store; returns once it is ready.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        let port = self.port.to_string();
+        let store = self.store.clone();
+        let args: Vec<&std::ffi::OsStr> = vec![
+            "-js".as_ref(),
+            "-a".as_ref(),
+            "127.0.0.1".as_ref(),
+            "-p".as_ref(),
+            port.as_ref(),
+            "-sd".as_ref(),
+            store.as_os_str(),
+        ];
+        let label = format!("nats:{}", self.port);
+        self.process = Some(ChildProcess::start(&self.binary, &args, &label, "Server is ready").await?);
+        Ok(())
+    }
+
+    /// The `[sink]` tables that point a collector at this server and `stream`.
+    pub fn sink_toml(&self, stream: &str) -> String {
+        format!(
+            "[sink]\nkind = \"nats\"\n[sink.nats]\nservers = [\"{}\"]\nstream = \"{stream}\"\nconnect_timeout_ms = 2000\npublish_timeout_ms = 2000\n",
+            self.url()
+        )
+    }
+
+    /// A sink config for reading `stream` back.
+    pub fn sink_config(&self, stream: &str) -> NatsSinkConfig {
+        NatsSinkConfig {
+            servers: vec![self.url()],
+            stream: stream.to_owned(),
+            ..NatsSinkConfig::default()
+        }
+    }
+
+    /// Every message of `stream`, oldest first.
+    pub async fn read_all(&self, stream: &str) -> anyhow::Result<Vec<StreamedBatch>> {
+        let mut all = Vec::new();
+        let config = self.sink_config(stream);
+        let read = read_stream(&config, None, false, |m| {
+            all.push(m);
+            std::ops::ControlFlow::Continue(())
+        });
+        tokio::time::timeout(Duration::from_secs(60), read)
+            .await
+            .context("reading the stream took over 60 s")??;
+        Ok(all)
+    }
+}

@@ -1,0 +1,342 @@
+//! The NATS JetStream sink against a real `nats-server -js` on loopback: every batch acked to a
+//! meter is in the stream exactly once, through a NATS outage and through a collector `kill -9`.
+//! Each test starts its own server on a free port with a temporary store, and kills it at the end.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ringflow_agent::Meter;
+use ringflow_agent::source::synthetic::bytes_from_src;
+use ringflow_collector::sink::nats::consume::StreamedBatch;
+use ringflow_proto::pb;
+use ringflow_tests::nats::NatsServer;
+use ringflow_tests::process::{CollectorProcess, free_udp_addr};
+use ringflow_tests::raw::{RawHello, RawSession};
+use ringflow_tests::{ORG, TestBed, http_get, poll_until, start_meter, synthetic, wait_for_meter};
+
+const COLLECTOR_BIN: &str = env!("CARGO_BIN_EXE_collector-fixture");
+const STREAM: &str = "FLOWS";
+
+/// Starts `count` meters named m0, m1, ... each sending `total` records at `rate`/s to
+/// `collectors` (each meter's ring picks one).
+async fn start_meters(
+    bed: &TestBed,
+    collectors: &[SocketAddr],
+    count: usize,
+    rate: u64,
+    total: u64,
+) -> anyhow::Result<Vec<Meter>> {
+    let mut meters = Vec::new();
+    for i in 0..count {
+        let mut config = bed.meter_config(&format!("m{i}"), collectors);
+        config.sources.synthetic = synthetic(rate, total);
+        meters.push(start_meter(config).await?);
+    }
+    Ok(meters)
+}
+
+fn acked(meters: &[Meter]) -> u64 {
+    meters.iter().map(|m| m.metrics().records_acked.get()).sum()
+}
+
+async fn wait_all_acked(meters: &[Meter], total: u64, within: Duration) -> anyhow::Result<()> {
+    for (i, meter) in meters.iter().enumerate() {
+        wait_for_meter(
+            &meter.metrics(),
+            within,
+            &format!("m{i}: all records acked"),
+            |m| m.records_acked.get() >= total,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Checks that the stream holds each meter's batches exactly once, intact: every message is a
+/// ringflow batch of our org whose `Nats-Msg-Id` names it; no (meter, seq) twice; each meter's
+/// records are exactly the `total` it generated (by count and content); and the number of
+/// batches is the number each meter built.
+fn assert_exactly_once(messages: &[StreamedBatch], meters: &[Meter], total: u64) {
+    let mut seen: HashMap<(String, u64), u64> = HashMap::new();
+    let mut per_meter: HashMap<String, (u64, u64)> = HashMap::new();
+    for m in messages {
+        let batch: &pb::StoredBatch = m.batch.as_ref().expect("every message decodes");
+        assert_eq!(batch.org_id, ORG, "stored under the authenticated org");
+        assert_eq!(m.subject, format!("ringflow.flows.{ORG}"));
+        assert_eq!(
+            m.message_id.as_deref(),
+            Some(format!("{}:{}", batch.meter_id, batch.seq).as_str()),
+            "Nats-Msg-Id is METER_ID:SEQ"
+        );
+        if let Some(first) = seen.insert((batch.meter_id.clone(), batch.seq), m.stream_seq) {
+            panic!(
+                "batch {}:{} stored twice (stream seqs {first} and {})",
+                batch.meter_id, batch.seq, m.stream_seq
+            );
+        }
+        let e = per_meter.entry(batch.meter_id.clone()).or_default();
+        e.0 += batch.records.len() as u64;
+        e.1 += batch.records.iter().map(|r| r.bytes_from_src).sum::<u64>();
+    }
+    let expected_bytes: u64 = (0..total).map(bytes_from_src).sum();
+    for (i, meter) in meters.iter().enumerate() {
+        let name = format!("m{i}");
+        assert_eq!(
+            per_meter.get(&name).copied(),
+            Some((total, expected_bytes)),
+            "{name}: records and their contents in the stream"
+        );
+        let built = meter.metrics().batches_built.get();
+        let stored = seen.keys().filter(|(id, _)| *id == name).count() as u64;
+        assert_eq!(stored, built, "{name}: batches in the stream = batches built");
+    }
+}
+
+async fn stop_all(meters: Vec<Meter>) -> anyhow::Result<()> {
+    for m in meters {
+        m.stop().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_from_several_meters_through_two_collectors_are_in_the_stream_once() -> anyhow::Result<()> {
+    const METERS: usize = 4;
+    const TOTAL: u64 = 25_000;
+    let bed = TestBed::new()?;
+    let nats = NatsServer::start(&bed.path().join("nats")).await?;
+    let c1 = bed.start_collector("c1", &nats.sink_toml(STREAM)).await?;
+    let c2 = bed.start_collector("c2", &nats.sink_toml(STREAM)).await?;
+    let meters = start_meters(&bed, &[c1.addr, c2.addr], METERS, 50_000, TOTAL).await?;
+    wait_all_acked(&meters, TOTAL, Duration::from_secs(120)).await?;
+
+    let messages = nats.read_all(STREAM).await?;
+    assert_exactly_once(&messages, &meters, TOTAL);
+    assert_eq!(acked(&meters), METERS as u64 * TOTAL, "nothing acked twice");
+    let stored = c1.metrics.batches_stored.get() + c2.metrics.batches_stored.get();
+    assert_eq!(stored, messages.len() as u64, "each publish ack is one message");
+    assert!(
+        c1.metrics.batches_stored.get() > 0 && c2.metrics.batches_stored.get() > 0,
+        "both collectors carried batches"
+    );
+    eprintln!(
+        "{} records in {} batches from {METERS} meters through 2 collectors: in the stream once each",
+        METERS as u64 * TOTAL,
+        messages.len()
+    );
+
+    // `collector read --config` prints what arrived, one JSON line per record.
+    let config = bed.path().join("reader.toml");
+    std::fs::write(
+        &config,
+        bed.collector_toml("reader", "127.0.0.1:0".parse()?, &nats.sink_toml(STREAM)),
+    )?;
+    let out = std::process::Command::new(COLLECTOR_BIN)
+        .args(["read", "--org", ORG, "--config"])
+        .arg(&config)
+        .output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout)?;
+    assert_eq!(text.lines().count() as u64, METERS as u64 * TOTAL);
+    let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap_or_default())?;
+    assert_eq!(first["org"], ORG);
+    assert_eq!(first["source"], "synthetic");
+    stop_all(meters).await?;
+    c1.stop().await;
+    c2.stop().await;
+    Ok(())
+}
+
+/// Answers within `within`: the admin server's /healthz, and a brand-new session's Hello.
+async fn control_plane_answers(bed: &TestBed, quic: SocketAddr, admin: SocketAddr) -> anyhow::Result<String> {
+    let within = Duration::from_secs(2);
+    let (status, _) = tokio::time::timeout(within, http_get(admin, "/healthz")).await??;
+    anyhow::ensure!(status == 200, "/healthz answered {status}");
+    let answer = tokio::time::timeout(within, RawSession::hello(bed, quic, ORG, "probe", &bed.token))
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer to Hello within {within:?}"))??;
+    Ok(match answer {
+        RawHello::Welcomed(_) => "welcome".into(),
+        RawHello::Rejected(r) => format!("reject:{:?}", r.reason()),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_outage_holds_acks_and_loses_and_duplicates_nothing() -> anyhow::Result<()> {
+    const METERS: usize = 2;
+    const TOTAL: u64 = 60_000;
+    const OUTAGE: Duration = Duration::from_secs(10);
+    let bed = TestBed::new()?;
+    let mut nats = NatsServer::start(&bed.path().join("nats")).await?;
+    let collector = bed.start_collector("c1", &nats.sink_toml(STREAM)).await?;
+    let meters = start_meters(&bed, &[collector.addr], METERS, 3_000, TOTAL).await?;
+    poll_until(Duration::from_secs(60), "a quarter acked", async || {
+        acked(&meters) >= METERS as u64 * TOTAL / 4
+    })
+    .await?;
+
+    nats.kill();
+    let killed = tokio::time::Instant::now();
+    // Throughout the outage: liveness and new Hellos are answered at once; readiness goes to 503
+    // and, once it has, nothing more is acked.
+    let mut answers = 0;
+    let mut acked_when_unready = None;
+    while killed.elapsed() < OUTAGE {
+        let answer = control_plane_answers(&bed, collector.addr, collector.admin_addr).await?;
+        answers += 1;
+        let (ready, _) = http_get(collector.admin_addr, "/readyz").await?;
+        match (ready, acked_when_unready) {
+            (503, None) => {
+                acked_when_unready = Some(acked(&meters));
+                assert_eq!(
+                    answer, "reject:SinkUnavailable",
+                    "new meters told to come back later"
+                );
+            }
+            (503, Some(before)) => assert_eq!(acked(&meters), before, "acked while NATS was down"),
+            (status, _) => assert!(acked_when_unready.is_none(), "/readyz {status} during the outage"),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let held =
+        acked_when_unready.ok_or_else(|| anyhow::anyhow!("/readyz never said 503 during the outage"))?;
+    assert!(
+        held < METERS as u64 * TOTAL,
+        "the outage happened before the meters finished"
+    );
+    assert!(collector.metrics.sink_outages.get() >= 1);
+    assert!(
+        collector.metrics.sessions_active.get() >= METERS as i64,
+        "sessions kept"
+    );
+
+    nats.restart().await?;
+    wait_all_acked(&meters, TOTAL, Duration::from_secs(120)).await?;
+    assert_eq!(http_get(collector.admin_addr, "/readyz").await?.0, 200);
+    for m in &meters {
+        assert_eq!(
+            m.metrics().spool_dropped_batches.get(),
+            0,
+            "meters spooled, dropped nothing"
+        );
+    }
+    let messages = nats.read_all(STREAM).await?;
+    assert_exactly_once(&messages, &meters, TOTAL);
+    eprintln!(
+        "NATS down {OUTAGE:?}: {answers} control-plane probes answered; acks held at {held} records; \
+         after restart {} batches in the stream once each; outage counted {} s; duplicates dropped by JetStream: {}",
+        messages.len(),
+        collector.metrics.sink_outage_seconds.get().round(),
+        collector.metrics.sink_duplicates.get()
+    );
+    stop_all(meters).await?;
+    collector.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_collectors_meters_resend_elsewhere_and_the_stream_keeps_one_copy() -> anyhow::Result<()> {
+    const METERS: usize = 4;
+    const TOTAL: u64 = 40_000;
+    let bed = TestBed::new()?;
+    let nats = NatsServer::start(&bed.path().join("nats")).await?;
+    let binary = std::path::Path::new(COLLECTOR_BIN);
+    let extra = format!("{}[limits]\nidle_timeout_ms = 3000\n", nats.sink_toml(STREAM));
+    let addrs = [free_udp_addr()?, free_udp_addr()?];
+    let mut collectors = vec![
+        CollectorProcess::start(binary, &bed, "c0", addrs[0], &extra).await?,
+        CollectorProcess::start(binary, &bed, "c1", addrs[1], &extra).await?,
+    ];
+    let meters = start_meters(&bed, &addrs, METERS, 5_000, TOTAL).await?;
+    poll_until(Duration::from_secs(60), "a third acked", async || {
+        acked(&meters) >= METERS as u64 * TOTAL / 3
+    })
+    .await?;
+
+    // Kill the collector serving more meters (at least one, whatever the ring chose).
+    let on = |addr: &str| -> Vec<usize> {
+        (0..METERS)
+            .filter(|i| meters[*i].metrics().connected_to().as_deref() == Some(addr))
+            .collect()
+    };
+    let (a0, a1) = (addrs[0].to_string(), addrs[1].to_string());
+    let victim = if on(&a0).len() >= on(&a1).len() { 0 } else { 1 };
+    let victims_meters = on(&addrs[victim].to_string());
+    assert!(!victims_meters.is_empty());
+    collectors[victim].kill();
+    wait_all_acked(&meters, TOTAL, Duration::from_secs(120)).await?;
+    // The killed collector's meters finished on the survivor: nothing else was left to ack them.
+    for i in &victims_meters {
+        assert!(
+            meters[*i].metrics().sessions_started.get() >= 2,
+            "m{i} reconnected"
+        );
+    }
+    let messages = nats.read_all(STREAM).await?;
+    assert_exactly_once(&messages, &meters, TOTAL);
+    let moved = victims_meters.len();
+    eprintln!(
+        "collector kill -9: {moved} of {METERS} meters moved; {} batches in the stream once each",
+        messages.len()
+    );
+    stop_all(meters).await?;
+    collectors.swap_remove(1 - victim).terminate().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_started_before_nats_is_unready_until_nats_comes() -> anyhow::Result<()> {
+    let bed = TestBed::new()?;
+    let mut nats = NatsServer::not_started(&bed.path().join("nats"))?;
+    let collector = bed.start_collector("c1", &nats.sink_toml(STREAM)).await?;
+    assert_eq!(http_get(collector.admin_addr, "/readyz").await?.0, 503);
+    assert_eq!(
+        control_plane_answers(&bed, collector.addr, collector.admin_addr).await?,
+        "reject:SinkUnavailable"
+    );
+
+    nats.restart().await?;
+    poll_until(Duration::from_secs(30), "ready once NATS is up", async || {
+        matches!(http_get(collector.admin_addr, "/readyz").await, Ok((200, _)))
+    })
+    .await?;
+    let meters = start_meters(&bed, &[collector.addr], 1, 10_000, 2_000).await?;
+    wait_all_acked(&meters, 2_000, Duration::from_secs(60)).await?;
+    assert_exactly_once(&nats.read_all(STREAM).await?, &meters, 2_000);
+    stop_all(meters).await?;
+    collector.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_stream_that_does_not_fit_stops_the_start_with_exit_64() -> anyhow::Result<()> {
+    let bed = TestBed::new()?;
+    let nats = NatsServer::start(&bed.path().join("nats")).await?;
+    // Someone else's stream under our name, on other subjects.
+    let client = async_nats::connect(nats.url()).await?;
+    async_nats::jetstream::new(client)
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: STREAM.into(),
+            subjects: vec!["other.>".into()],
+            ..Default::default()
+        })
+        .await?;
+    let config = bed.path().join("c1.toml");
+    std::fs::write(
+        &config,
+        bed.collector_toml("c1", free_udp_addr()?, &nats.sink_toml(STREAM)),
+    )?;
+    let out = std::process::Command::new(COLLECTOR_BIN)
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains(&format!("stream \"{STREAM}\" cannot take ringflow's batches"))
+            && stderr.contains("do not include \"ringflow.flows.>\""),
+        "{stderr}"
+    );
+    Ok(())
+}
