@@ -15,6 +15,7 @@ pub use ringflow_proto::ops::ConfigError;
 use ringflow_proto::ops::{check_range, parse_toml, read_toml, resolve_paths};
 
 use crate::auth::{OrgDirectory, TokenHash};
+use crate::sink::nats::stream::loggable_servers;
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::invalid(key, message)
@@ -170,6 +171,10 @@ pub enum SinkKind {
 pub struct Secret(String);
 
 impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -183,7 +188,7 @@ impl std::fmt::Debug for Secret {
 
 /// The NATS JetStream sink: where the fleet's collectors forward batches (see the README,
 /// "A collector fleet on NATS JetStream").
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsSinkConfig {
     /// NATS server URLs (`nats://host:port`, `tls://host:port`); the client fails over between
@@ -210,7 +215,7 @@ pub struct NatsSinkConfig {
     pub max_bytes: u64,
     /// Copies of each message in a clustered JetStream (1-5). Default 1.
     pub replicas: u32,
-    /// JetStream drops a message whose `Nats-Msg-Id` (`METER_ID:SEQ`) it has seen within this
+    /// JetStream drops a message whose `Nats-Msg-Id` (`ORG:METER_ID:SEQ`) it has seen within this
     /// window: a batch re-sent after a collector failover is stored once. The stream must have at
     /// least this window. Default 2 min.
     pub duplicate_window_ms: u64,
@@ -329,17 +334,45 @@ impl Default for NatsSinkConfig {
     }
 }
 
+/// Written out by hand so that no secret, and no credential inside a server URL, is printed.
+impl std::fmt::Debug for NatsSinkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsSinkConfig")
+            .field("servers", &loggable_servers(&self.servers))
+            .field("token", &self.token)
+            .field("user", &self.user)
+            .field("password", &self.password)
+            .field("creds_file", &self.creds_file)
+            .field("ca_file", &self.ca_file)
+            .field("stream", &self.stream)
+            .field("subject_prefix", &self.subject_prefix)
+            .field("max_age_ms", &self.max_age_ms)
+            .field("max_bytes", &self.max_bytes)
+            .field("replicas", &self.replicas)
+            .field("duplicate_window_ms", &self.duplicate_window_ms)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("publish_timeout_ms", &self.publish_timeout_ms)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .finish()
+    }
+}
+
 impl NatsSinkConfig {
     /// Checks every key of `[sink.nats]`.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.servers.is_empty() {
             return Err(invalid("sink.nats.servers", "lists no server"));
         }
-        for (i, url) in self.servers.iter().enumerate() {
+        for (i, (url, shown)) in self
+            .servers
+            .iter()
+            .zip(loggable_servers(&self.servers))
+            .enumerate()
+        {
             if url.parse::<async_nats::ServerAddr>().is_err() {
                 return Err(invalid(
                     format!("sink.nats.servers[{i}]"),
-                    format!("{url:?} is not a NATS URL (e.g. \"nats://10.0.0.5:4222\")"),
+                    format!("{shown:?} is not a NATS URL (e.g. \"nats://10.0.0.5:4222\")"),
                 ));
             }
         }

@@ -44,6 +44,12 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("cannot use the NATS sink: {0}")]
     Nats(#[from] LinkError),
+    #[error("cannot create data_dir {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot use the QUIC reset key {path}: {source}")]
     ResetKey {
         path: std::path::PathBuf,
@@ -300,7 +306,7 @@ async fn open_sink(config: &Config) -> Result<(ConfiguredSink, RecoveryReport, u
         }
         SinkKind::Nats => {
             // No store here, but the endpoint keys live in data_dir.
-            std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::ResetKey {
+            std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
                 path: config.data_dir.clone(),
                 source,
             })?;

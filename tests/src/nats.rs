@@ -40,12 +40,20 @@ pub struct NatsServer {
     process: Option<ChildProcess>,
     pub port: u16,
     store: PathBuf,
+    /// Extra command-line options (e.g. `--auth TOKEN`).
+    options: Vec<String>,
 }
 
 impl NatsServer {
     /// Starts a server on a free loopback port, storing JetStream data under `store`.
     pub async fn start(store: &Path) -> anyhow::Result<Self> {
+        Self::start_with(store, &[]).await
+    }
+
+    /// Like [`start`](Self::start), with extra `nats-server` options (kept for restarts).
+    pub async fn start_with(store: &Path, options: &[&str]) -> anyhow::Result<Self> {
         let mut server = Self::not_started(store)?;
+        server.options = options.iter().map(|o| o.to_string()).collect();
         server.restart().await?;
         Ok(server)
     }
@@ -58,6 +66,7 @@ impl NatsServer {
             process: None,
             port: TcpListener::bind("127.0.0.1:0")?.local_addr()?.port(),
             store: store.to_owned(),
+            options: Vec::new(),
         })
     }
 
@@ -78,7 +87,7 @@ impl NatsServer {
         self.kill();
         let port = self.port.to_string();
         let store = self.store.clone();
-        let args: Vec<&std::ffi::OsStr> = vec![
+        let mut args: Vec<&std::ffi::OsStr> = vec![
             "-js".as_ref(),
             "-a".as_ref(),
             "127.0.0.1".as_ref(),
@@ -87,6 +96,7 @@ impl NatsServer {
             "-sd".as_ref(),
             store.as_os_str(),
         ];
+        args.extend(self.options.iter().map(std::ffi::OsStr::new));
         let label = format!("nats:{}", self.port);
         self.process = Some(ChildProcess::start(&self.binary, &args, &label, "Server is ready").await?);
         Ok(())

@@ -10,6 +10,7 @@ use ringflow_agent::Meter;
 use ringflow_agent::source::synthetic::bytes_from_src;
 use ringflow_collector::sink::nats::consume::StreamedBatch;
 use ringflow_proto::pb;
+use ringflow_tests::logs::LogCapture;
 use ringflow_tests::nats::NatsServer;
 use ringflow_tests::process::{CollectorProcess, free_udp_addr};
 use ringflow_tests::raw::{RawHello, RawSession};
@@ -29,11 +30,22 @@ async fn start_meters(
 ) -> anyhow::Result<Vec<Meter>> {
     let mut meters = Vec::new();
     for i in 0..count {
-        let mut config = bed.meter_config(&format!("m{i}"), collectors);
-        config.sources.synthetic = synthetic(rate, total);
-        meters.push(start_meter(config).await?);
+        meters.push(start_meter_numbered(bed, i, collectors, rate, total).await?);
     }
     Ok(meters)
+}
+
+/// Meter `m{i}`, sending `total` records at `rate`/s to `collectors`.
+async fn start_meter_numbered(
+    bed: &TestBed,
+    i: usize,
+    collectors: &[SocketAddr],
+    rate: u64,
+    total: u64,
+) -> anyhow::Result<Meter> {
+    let mut config = bed.meter_config(&format!("m{i}"), collectors);
+    config.sources.synthetic = synthetic(rate, total);
+    start_meter(config).await
 }
 
 fn acked(meters: &[Meter]) -> u64 {
@@ -66,8 +78,8 @@ fn assert_exactly_once(messages: &[StreamedBatch], meters: &[Meter], total: u64)
         assert_eq!(m.subject, format!("ringflow.flows.{ORG}"));
         assert_eq!(
             m.message_id.as_deref(),
-            Some(format!("{}:{}", batch.meter_id, batch.seq).as_str()),
-            "Nats-Msg-Id is METER_ID:SEQ"
+            Some(format!("{ORG}:{}:{}", batch.meter_id, batch.seq).as_str()),
+            "Nats-Msg-Id is ORG:METER_ID:SEQ"
         );
         if let Some(first) = seen.insert((batch.meter_id.clone(), batch.seq), m.stream_seq) {
             panic!(
@@ -93,6 +105,21 @@ fn assert_exactly_once(messages: &[StreamedBatch], meters: &[Meter], total: u64)
     }
 }
 
+/// Runs the `collector` command line with `args` and then `config`, killing it after 60 s.
+async fn run_bounded(args: &[&str], config: &std::path::Path) -> anyhow::Result<std::process::Output> {
+    let child = tokio::process::Command::new(COLLECTOR_BIN)
+        .args(args)
+        .arg(config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .map_err(|_| anyhow::anyhow!("collector {args:?} still running after 60 s"))?
+        .map_err(Into::into)
+}
+
 async fn stop_all(meters: Vec<Meter>) -> anyhow::Result<()> {
     for m in meters {
         m.stop().await?;
@@ -108,16 +135,27 @@ async fn batches_from_several_meters_through_two_collectors_are_in_the_stream_on
     let nats = NatsServer::start(&bed.path().join("nats")).await?;
     let c1 = bed.start_collector("c1", &nats.sink_toml(STREAM)).await?;
     let c2 = bed.start_collector("c2", &nats.sink_toml(STREAM)).await?;
-    let meters = start_meters(&bed, &[c1.addr, c2.addr], METERS, 50_000, TOTAL).await?;
+    // Half the meters on each collector.
+    let mut meters = Vec::new();
+    for i in 0..METERS {
+        let collector = if i % 2 == 0 { c1.addr } else { c2.addr };
+        meters.push(start_meter_numbered(&bed, i, &[collector], 50_000, TOTAL).await?);
+    }
     wait_all_acked(&meters, TOTAL, Duration::from_secs(120)).await?;
 
     let messages = nats.read_all(STREAM).await?;
     assert_exactly_once(&messages, &meters, TOTAL);
     assert_eq!(acked(&meters), METERS as u64 * TOTAL, "nothing acked twice");
-    let stored = c1.metrics.batches_stored.get() + c2.metrics.batches_stored.get();
-    assert_eq!(stored, messages.len() as u64, "each publish ack is one message");
+    let (m1, m2) = (&c1.metrics, &c2.metrics);
+    let stored = m1.batches_stored.get() + m2.batches_stored.get();
+    let dups = m1.sink_duplicates.get() + m2.sink_duplicates.get();
+    assert_eq!(
+        stored - dups,
+        messages.len() as u64,
+        "each new publish ack is one message"
+    );
     assert!(
-        c1.metrics.batches_stored.get() > 0 && c2.metrics.batches_stored.get() > 0,
+        m1.batches_stored.get() > 0 && m2.batches_stored.get() > 0,
         "both collectors carried batches"
     );
     eprintln!(
@@ -132,10 +170,7 @@ async fn batches_from_several_meters_through_two_collectors_are_in_the_stream_on
         &config,
         bed.collector_toml("reader", "127.0.0.1:0".parse()?, &nats.sink_toml(STREAM)),
     )?;
-    let out = std::process::Command::new(COLLECTOR_BIN)
-        .args(["read", "--org", ORG, "--config"])
-        .arg(&config)
-        .output()?;
+    let out = run_bounded(&["read", "--org", ORG, "--config"], &config).await?;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout)?;
     assert_eq!(text.lines().count() as u64, METERS as u64 * TOTAL);
@@ -169,7 +204,16 @@ async fn a_nats_outage_holds_acks_and_loses_and_duplicates_nothing() -> anyhow::
     const OUTAGE: Duration = Duration::from_secs(10);
     let bed = TestBed::new()?;
     let mut nats = NatsServer::start(&bed.path().join("nats")).await?;
-    let collector = bed.start_collector("c1", &nats.sink_toml(STREAM)).await?;
+    // A small sink queue and window, so that the bound is visibly what the collector holds:
+    // the queue, plus the publishes it had taken out of it when NATS died.
+    const QUEUE: i64 = 16;
+    const IN_FLIGHT: i64 = 8;
+    let sink = format!(
+        "{}max_in_flight = {IN_FLIGHT}\n",
+        nats.sink_toml(STREAM)
+            .replacen("[sink]\n", &format!("[sink]\nqueue_batches = {QUEUE}\n"), 1)
+    );
+    let collector = bed.start_collector("c1", &sink).await?;
     let meters = start_meters(&bed, &[collector.addr], METERS, 3_000, TOTAL).await?;
     poll_until(Duration::from_secs(60), "a quarter acked", async || {
         acked(&meters) >= METERS as u64 * TOTAL / 4
@@ -182,10 +226,16 @@ async fn a_nats_outage_holds_acks_and_loses_and_duplicates_nothing() -> anyhow::
     // and, once it has, nothing more is acked.
     let mut answers = 0;
     let mut acked_when_unready = None;
+    let (mut peak_queue, mut peak_in_flight, mut peak_spooled) = (0, 0, 0);
     while killed.elapsed() < OUTAGE {
+        // Readiness first: once it says 503 it stays so until NATS is back, so the Hello that
+        // follows must be turned away.
+        let (ready, _) = http_get(collector.admin_addr, "/readyz").await?;
         let answer = control_plane_answers(&bed, collector.addr, collector.admin_addr).await?;
         answers += 1;
-        let (ready, _) = http_get(collector.admin_addr, "/readyz").await?;
+        peak_queue = peak_queue.max(collector.metrics.sink_queue_batches.get());
+        peak_in_flight = peak_in_flight.max(collector.metrics.sink_in_flight.get());
+        peak_spooled = peak_spooled.max(meters.iter().map(|m| m.metrics().spool_batches.get()).sum());
         match (ready, acked_when_unready) {
             (503, None) => {
                 acked_when_unready = Some(acked(&meters));
@@ -207,6 +257,14 @@ async fn a_nats_outage_holds_acks_and_loses_and_duplicates_nothing() -> anyhow::
     );
     assert!(collector.metrics.sink_outages.get() >= 1);
     assert!(
+        peak_queue <= QUEUE + IN_FLIGHT && peak_in_flight <= IN_FLIGHT,
+        "held at most the queue's bound: queue {peak_queue}, in flight {peak_in_flight}"
+    );
+    assert!(
+        peak_spooled > 2 * QUEUE,
+        "meters kept the rest: {peak_spooled} batches spooled"
+    );
+    assert!(
         collector.metrics.sessions_active.get() >= METERS as i64,
         "sessions kept"
     );
@@ -225,6 +283,7 @@ async fn a_nats_outage_holds_acks_and_loses_and_duplicates_nothing() -> anyhow::
     assert_exactly_once(&messages, &meters, TOTAL);
     eprintln!(
         "NATS down {OUTAGE:?}: {answers} control-plane probes answered; acks held at {held} records; \
+         collector held at most {peak_queue} queued / {peak_in_flight} in flight, meters spooled up to {peak_spooled} batches; \
          after restart {} batches in the stream once each; outage counted {} s; duplicates dropped by JetStream: {}",
         messages.len(),
         collector.metrics.sink_outage_seconds.get().round(),
@@ -327,10 +386,7 @@ async fn an_existing_stream_that_does_not_fit_stops_the_start_with_exit_64() -> 
         &config,
         bed.collector_toml("c1", free_udp_addr()?, &nats.sink_toml(STREAM)),
     )?;
-    let out = std::process::Command::new(COLLECTOR_BIN)
-        .args(["run", "--config"])
-        .arg(&config)
-        .output()?;
+    let out = run_bounded(&["run", "--config"], &config).await?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64), "{stderr}");
     assert!(
@@ -339,4 +395,112 @@ async fn an_existing_stream_that_does_not_fit_stops_the_start_with_exit_64() -> 
         "{stderr}"
     );
     Ok(())
+}
+
+/// Token authentication: the right token delivers; a wrong one leaves the collector not ready
+/// with an error naming the keys to check; neither token appears in any log line (the NATS
+/// client's own debug output included).
+#[tokio::test]
+async fn nats_credentials_are_used_and_never_logged() -> anyhow::Result<()> {
+    let logs = LogCapture::default();
+    let _capture = logs.install();
+    let bed = TestBed::new()?;
+    let right = format!("right-{}", ringflow_collector::auth::generate_token());
+    let wrong = format!("wrong-{}", ringflow_collector::auth::generate_token());
+    let nats = NatsServer::start_with(&bed.path().join("nats"), &["--auth", &right]).await?;
+    let with_token = |token: &str| format!("{}token = \"{token}\"\n", nats.sink_toml(STREAM));
+
+    let refused = match bed.start_collector("c0", &with_token(&wrong)).await {
+        Ok(_) => anyhow::bail!("a collector with a wrong NATS token started"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        refused.contains("NATS refused the collector's credentials") && refused.contains("sink.nats.token"),
+        "{refused}"
+    );
+
+    let collector = bed.start_collector("c1", &with_token(&right)).await?;
+    assert_eq!(http_get(collector.admin_addr, "/readyz").await?.0, 200);
+    let meters = start_meters(&bed, &[collector.addr], 1, 10_000, 1_000).await?;
+    wait_all_acked(&meters, 1_000, Duration::from_secs(60)).await?;
+    stop_all(meters).await?;
+    collector.stop().await;
+    let nats_reader = ringflow_collector::config::NatsSinkConfig {
+        token: Some(ringflow_collector::config::Secret::new(right.clone())),
+        ..nats.sink_config(STREAM)
+    };
+    let mut batches = 0;
+    ringflow_collector::sink::nats::consume::read_stream(&nats_reader, None, false, |_| {
+        batches += 1;
+        std::ops::ControlFlow::Continue(())
+    })
+    .await?;
+    assert!(batches > 0);
+
+    let text = logs.text();
+    assert!(text.contains("authorization violation"), "the refusal was logged");
+    assert!(
+        !text.contains(&right) && !text.contains(&wrong),
+        "a NATS token was logged"
+    );
+    Ok(())
+}
+
+/// A batch re-sent after a failover (same meter, same seq, through another collector) is
+/// acked again but stored once: JetStream's de-duplication by `Nats-Msg-Id`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_resent_through_another_collector_is_stored_once() -> anyhow::Result<()> {
+    let bed = TestBed::new()?;
+    let nats = NatsServer::start(&bed.path().join("nats")).await?;
+    let c1 = bed.start_collector("c1", &nats.sink_toml(STREAM)).await?;
+    let c2 = bed.start_collector("c2", &nats.sink_toml(STREAM)).await?;
+    assert_eq!(send_until_acked(&bed, c1.addr, 1..=5).await?, 5);
+    // The meter did not see those acks (say), and sends them again elsewhere, and more.
+    assert_eq!(send_until_acked(&bed, c2.addr, 1..=8).await?, 8);
+    assert_eq!(
+        c2.metrics.sink_duplicates.get(),
+        5,
+        "JetStream recognised the re-sent five"
+    );
+    let messages = nats.read_all(STREAM).await?;
+    let seqs: Vec<u64> = messages
+        .iter()
+        .filter_map(|m| m.batch.as_ref().ok().map(|b| b.seq))
+        .collect();
+    assert_eq!(seqs, (1..=8).collect::<Vec<_>>(), "each batch once, in order");
+    c1.stop().await;
+    c2.stop().await;
+    Ok(())
+}
+
+/// Sends batches `seqs` (10 records each) as meter "raw" and returns the highest seq acked.
+async fn send_until_acked(
+    bed: &TestBed,
+    addr: SocketAddr,
+    seqs: std::ops::RangeInclusive<u64>,
+) -> anyhow::Result<u64> {
+    let RawHello::Welcomed(raw) = RawSession::hello(bed, addr, ORG, "raw", &bed.token).await? else {
+        anyhow::bail!("rejected");
+    };
+    let last = *seqs.end();
+    let mut wire = Vec::new();
+    for seq in seqs {
+        wire.extend_from_slice(&ringflow_tests::raw::batch_frame(pb::FlowBatch {
+            seq,
+            records: vec![pb::FlowRecord::default(); 10],
+            created_unix_nanos: 0,
+        }));
+    }
+    let (_send, mut reader) = raw.send_raw(wire.into()).await?;
+    let mut acked = 0;
+    while acked < last {
+        let down = tokio::time::timeout(Duration::from_secs(10), reader.next_message::<pb::DataDown>())
+            .await
+            .map_err(|_| anyhow::anyhow!("no ack within 10 s"))??;
+        match down.and_then(|d| d.msg) {
+            Some(pb::data_down::Msg::Ack(a)) => acked = a.up_to_seq,
+            other => anyhow::bail!("expected an ack, got {other:?}"),
+        }
+    }
+    Ok(acked)
 }

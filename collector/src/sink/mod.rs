@@ -208,7 +208,10 @@ impl ConfiguredSink {
 
     /// Whether the sink can store data the moment it starts (a remote sink must connect first).
     pub fn starts_healthy(&self) -> bool {
-        matches!(self, ConfiguredSink::File(_))
+        match self {
+            ConfiguredSink::File(_) => true,
+            ConfiguredSink::Nats(s) => s.ready_at_start(),
+        }
     }
 
     pub async fn run(self, jobs: mpsc::Receiver<SinkJob>, ctx: SinkContext) {

@@ -32,7 +32,7 @@ pub struct StreamedBatch {
     /// Position in the stream.
     pub stream_seq: u64,
     pub subject: String,
-    /// `Nats-Msg-Id` (`METER_ID:SEQ`).
+    /// `Nats-Msg-Id` (`ORG:METER_ID:SEQ`).
     pub message_id: Option<String>,
     pub batch: Result<pb::StoredBatch, String>,
 }

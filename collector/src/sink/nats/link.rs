@@ -7,6 +7,7 @@
 //! `watch`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, context::CreateStreamErrorKind, context::GetStreamErrorKind};
@@ -16,6 +17,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+pub use super::stream::loggable_servers;
 use super::stream::{StreamMismatch, check_existing, wanted_stream};
 use crate::config::NatsSinkConfig;
 use crate::telemetry::LogThrottle;
@@ -42,31 +44,37 @@ pub enum LinkError {
     Connect { servers: Vec<String>, error: String },
     #[error(transparent)]
     Stream(#[from] StreamMismatch),
+    #[error("{AUTH_REFUSED}")]
+    AuthRefused,
 }
 
-/// A client whose connection task is running (connected or still trying).
+/// What the client's event callback reports.
+struct LinkEvents {
+    connected: watch::Sender<bool>,
+    auth_refused: Arc<AtomicBool>,
+}
+
+const AUTH_REFUSED: &str = "NATS refused the collector's credentials (authorization violation): check sink.nats.token, sink.nats.user/password or sink.nats.creds_file, and the account's permissions";
+
+/// A client whose connection task is running (connected or still trying). Clones share it.
+#[derive(Clone)]
 pub struct Link {
     pub client: Client,
     pub js: jetstream::Context,
     /// True while the TCP/TLS connection to a server is up.
     pub connected: watch::Receiver<bool>,
-}
-
-/// `servers` as they may be logged: any `user:password@` part of a URL is masked.
-pub fn loggable_servers(servers: &[String]) -> Vec<String> {
-    servers
-        .iter()
-        .map(|url| match (url.find("://"), url.rfind('@')) {
-            (Some(scheme), Some(at)) if at > scheme => format!("{}***{}", &url[..scheme + 3], &url[at..]),
-            (None, Some(at)) => format!("***{}", &url[at..]),
-            _ => url.clone(),
-        })
-        .collect()
+    /// Set when a server refused our credentials, cleared by a successful connection.
+    pub auth_refused: Arc<AtomicBool>,
 }
 
 /// Starts the client. Returns at once: the first connection is made in the background.
 pub async fn start(config: &NatsSinkConfig, collector_id: &str) -> Result<Link, LinkError> {
     let (connected_tx, connected) = watch::channel(false);
+    let auth_refused = Arc::new(AtomicBool::new(false));
+    let events = Arc::new(LinkEvents {
+        connected: connected_tx,
+        auth_refused: Arc::clone(&auth_refused),
+    });
     let log = Arc::new(LogThrottle::new(Duration::from_secs(10), 8));
     let mut options = ConnectOptions::new()
         .name(format!("ringflow-collector {collector_id}"))
@@ -76,9 +84,9 @@ pub async fn start(config: &NatsSinkConfig, collector_id: &str) -> Result<Link, 
         .ping_interval(Duration::from_secs(10))
         .reconnect_delay_callback(reconnect_delay)
         .event_callback(move |event| {
-            let connected_tx = connected_tx.clone();
+            let events = Arc::clone(&events);
             let log = Arc::clone(&log);
-            async move { on_event(event, &connected_tx, &log) }
+            async move { on_event(event, &events, &log) }
         });
     if let Some(token) = &config.token {
         options = options.token(token.expose().to_owned());
@@ -115,6 +123,7 @@ pub async fn start(config: &NatsSinkConfig, collector_id: &str) -> Result<Link, 
         client,
         js,
         connected,
+        auth_refused,
     })
 }
 
@@ -123,15 +132,32 @@ fn reconnect_delay(attempts: usize) -> Duration {
     cap.mul_f64(rand::random::<f64>())
 }
 
-fn on_event(event: Event, connected: &watch::Sender<bool>, log: &LogThrottle) {
+/// Whether a client event says the server refused our credentials.
+fn is_auth_refusal(event: &Event) -> bool {
+    match event {
+        Event::ServerError(async_nats::ServerError::AuthorizationViolation) => true,
+        Event::ClientError(e) => e.to_string().contains("authorization violation"),
+        _ => false,
+    }
+}
+
+fn on_event(event: Event, state: &LinkEvents, log: &LogThrottle) {
+    if is_auth_refusal(&event) {
+        state.auth_refused.store(true, Ordering::Relaxed);
+        if let Some(suppressed) = log.check("auth", Instant::now()) {
+            error!(suppressed, "{AUTH_REFUSED}; retrying");
+        }
+        return;
+    }
     match event {
         Event::Connected => {
             info!("NATS connected");
-            connected.send_replace(true);
+            state.auth_refused.store(false, Ordering::Relaxed);
+            state.connected.send_replace(true);
         }
         Event::Disconnected | Event::Closed => {
-            if connected.send_replace(false) {
-                warn!("NATS connection lost: holding acks (meters keep their data) and reconnecting");
+            if state.connected.send_replace(false) {
+                warn!("NATS connection lost; reconnecting");
             }
         }
         Event::LameDuckMode => warn!("NATS server entering lame duck mode; the client will move"),
@@ -175,11 +201,22 @@ pub async fn ensure_stream(
                         info!(stream = %config.stream, "created the JetStream stream");
                         return Ok(Vec::new());
                     }
-                    // Another collector created it a moment ago: check theirs.
-                    Err(e)
-                        if matches!(e.kind(), CreateStreamErrorKind::JetStream(ref j)
-                            if j.error_code() == jetstream::ErrorCode::STREAM_NAME_EXIST) => {}
-                    Err(e) => return Err(unavailable(&e)),
+                    Err(e) => match e.kind() {
+                        // Another collector created it a moment ago: check theirs.
+                        CreateStreamErrorKind::JetStream(j)
+                            if j.error_code() == jetstream::ErrorCode::STREAM_NAME_EXIST => {}
+                        // JetStream answered no (too many replicas for the cluster, no
+                        // resources, not allowed): an operator must act.
+                        CreateStreamErrorKind::JetStream(j) => {
+                            return Err(EnsureError::Mismatch(StreamMismatch {
+                                stream: config.stream.clone(),
+                                problem: format!(
+                                    "JetStream refused to create it: {j}; check sink.nats.replicas, sink.nats.max_bytes and the account's JetStream limits, or create the stream yourself"
+                                ),
+                            }));
+                        }
+                        _ => return Err(unavailable(&e)),
+                    },
                 }
             }
             Err(e) => return Err(unavailable(&e)),
@@ -191,27 +228,53 @@ pub async fn ensure_stream(
 }
 
 /// Keeps `ready` true exactly while the client is connected and the stream has been checked
-/// since the connection came up. `recheck` asks for the stream to be looked at again (a publish
-/// said it is gone). Runs until `stop`.
+/// since the connection came up (`checked_at_start`: it was, just before this started).
+/// `recheck` asks for the stream to be looked at again (a publish was refused). Runs until
+/// `stop`.
 pub async fn supervise(
-    link_js: jetstream::Context,
-    mut connected: watch::Receiver<bool>,
+    link: Link,
     config: NatsSinkConfig,
     max_message_bytes: usize,
     ready: watch::Sender<bool>,
+    checked_at_start: bool,
     recheck: Arc<Notify>,
     stop: CancellationToken,
 ) {
+    let Link {
+        client,
+        js: link_js,
+        mut connected,
+        ..
+    } = link;
     let log = LogThrottle::new(Duration::from_secs(10), 4);
+    if checked_at_start {
+        ready.send_replace(true);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = connected.wait_for(|up| !*up) => {}
+            _ = recheck.notified() => {}
+        }
+    }
     loop {
         ready.send_replace(false);
         tokio::select! {
             _ = stop.cancelled() => return,
             up = connected.wait_for(|up| *up) => if up.is_err() { return },
         }
-        let ensured = tokio::select! {
-            _ = stop.cancelled() => return,
-            ensured = ensure_stream(&link_js, &config, max_message_bytes) => ensured,
+        let max_payload = client.server_info().max_payload;
+        let ensured = if max_payload > 0 && max_payload < max_message_bytes {
+            // Granted to meters at start; a server that cannot take it would refuse batches.
+            Err(EnsureError::Mismatch(StreamMismatch {
+                stream: config.stream.clone(),
+                problem: format!(
+                    "the NATS server's max_payload ({max_payload} bytes) is below the largest batch message ({max_message_bytes} bytes) this collector granted meters at start; raise max_payload on every server or restart the collector to grant less"
+                ),
+            }))
+        } else {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                ensured = ensure_stream(&link_js, &config, max_message_bytes) => ensured,
+            }
         };
         let wait = match ensured {
             Ok(notes) => {
@@ -245,27 +308,5 @@ pub async fn supervise(
             _ = tokio::time::sleep(wait) => {}
             _ = recheck.notified() => {}
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn credentials_in_urls_are_masked_for_logs() {
-        let servers = [
-            "nats://alice:s3cret@10.0.0.1:4222".to_owned(),
-            "tok3n@10.0.0.2:4222".to_owned(),
-            "nats://10.0.0.3:4222".to_owned(),
-        ];
-        assert_eq!(
-            loggable_servers(&servers),
-            [
-                "nats://***@10.0.0.1:4222",
-                "***@10.0.0.2:4222",
-                "nats://10.0.0.3:4222"
-            ]
-        );
     }
 }

@@ -1,6 +1,6 @@
 //! The NATS JetStream sink: for a fleet of collectors feeding one replicated stream.
 //!
-//! Each batch becomes one message on `PREFIX.ORG` with `Nats-Msg-Id = METER_ID:SEQ` and identity
+//! Each batch becomes one message on `PREFIX.ORG` with `Nats-Msg-Id = ORG:METER_ID:SEQ` and identity
 //! headers ([`stream`]); the job completes (and the meter gets its ack) only when JetStream has
 //! acknowledged that publish. Up to `max_in_flight` publishes are pipelined. A publish that fails
 //! or is not acked in time is sent again with the same id, after a growing delay, before any new
@@ -53,6 +53,8 @@ pub struct NatsSink {
     config: NatsSinkConfig,
     collector_id: Arc<str>,
     max_message_bytes: usize,
+    /// Connected with the stream checked when `open` returned.
+    ready_at_start: bool,
 }
 
 impl NatsSink {
@@ -82,6 +84,7 @@ impl NatsSink {
             max_frame_bytes: limit_frame_bytes.min(fits),
         };
         let max_message_bytes = start.max_frame_bytes + stream::MESSAGE_OVERHEAD_BYTES;
+        let mut ready_at_start = false;
         if reachable {
             match tokio::time::timeout(wait, link::ensure_stream(&link.js, config, max_message_bytes)).await {
                 Ok(Err(EnsureError::Mismatch(mismatch))) => return Err(mismatch.into()),
@@ -89,12 +92,15 @@ impl NatsSink {
                     for note in notes {
                         warn!(stream = %config.stream, "JetStream stream {note}");
                     }
+                    ready_at_start = true;
                 }
                 Ok(Err(EnsureError::Unavailable(why))) => {
                     warn!(%why, "JetStream did not answer at start; starting not ready and retrying");
                 }
                 Err(_) => warn!("JetStream did not answer at start; starting not ready and retrying"),
             }
+        } else if link.auth_refused.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(LinkError::AuthRefused);
         } else {
             warn!(
                 servers = ?link::loggable_servers(&config.servers),
@@ -107,6 +113,7 @@ impl NatsSink {
                 config: config.clone(),
                 collector_id: Arc::from(collector_id),
                 max_message_bytes,
+                ready_at_start,
             },
             start,
         ))
@@ -159,17 +166,22 @@ impl RetryDelay {
 }
 
 impl NatsSink {
+    /// Whether the sink can store the moment it runs (NATS answered and the stream fits).
+    pub fn ready_at_start(&self) -> bool {
+        self.ready_at_start
+    }
+
     async fn publish_loop(self, mut jobs: mpsc::Receiver<SinkJob>, ctx: SinkContext) {
         let _task = ctx.metrics.task("nats_sink");
-        let (ready_tx, mut ready) = watch::channel(false);
+        let (ready_tx, mut ready) = watch::channel(self.ready_at_start);
         let recheck = Arc::new(Notify::new());
         let stop_link = CancellationToken::new();
         let supervisor = tokio::spawn(link::supervise(
-            self.link.js.clone(),
-            self.link.connected.clone(),
+            self.link.clone(),
             self.config.clone(),
             self.max_message_bytes,
             ready_tx,
+            self.ready_at_start,
             Arc::clone(&recheck),
             stop_link.clone(),
         ));
@@ -180,12 +192,17 @@ impl NatsSink {
         let mut resend_at: Option<Instant> = None;
         let mut delay = RetryDelay::new();
         let mut queue_open = true;
-        let mut was_up = false;
+        let mut was_up = self.ready_at_start;
         loop {
             let up = *ready.borrow_and_update();
             if up != was_up {
                 // Connected with the stream checked: ready for meters (a failing publish says
                 // otherwise below). Down: not ready until the link is back.
+                if up {
+                    info!("NATS sink ready");
+                } else {
+                    warn!("NATS sink not ready: holding acks (meters keep their data) until it is");
+                }
                 ctx.health.set(up);
                 was_up = up;
             }
@@ -226,7 +243,10 @@ impl NatsSink {
                                 job.complete(SinkOutcome::Rejected(why));
                                 continue;
                             }
-                            if error.kind() == PublishErrorKind::StreamNotFound {
+                            // JetStream answered no (stream gone, sealed, message too large for
+                            // it): look at the stream again, so the reason is logged and the
+                            // stream re-created if it went away.
+                            if !matches!(error.kind(), PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe) {
                                 recheck.notify_one();
                             }
                             ctx.metrics.sink_write_errors.inc();

@@ -44,10 +44,13 @@ pub fn subject(prefix: &str, org: &str) -> String {
     format!("{prefix}.{org}")
 }
 
-/// `Nats-Msg-Id` of a batch: unique per batch for the life of a meter, so JetStream drops a copy
-/// re-sent after a failover.
+/// `Nats-Msg-Id` of a batch: `ORG:METER_ID:SEQ`, unique per batch for the life of a meter, so
+/// JetStream drops a copy re-sent after a failover. The org is part of it because meter ids are
+/// chosen by meters and one stream holds every org: without it, a batch of one org could be
+/// dropped as a "duplicate" of another org's batch with the same meter id and seq (org ids have
+/// no `:`, so the id splits unambiguously).
 pub fn message_id(batch: &SinkBatch) -> String {
-    format!("{}:{}", batch.meter_id, batch.seq)
+    format!("{}:{}:{}", batch.org, batch.meter_id, batch.seq)
 }
 
 /// The headers of a batch's message (`Nats-Msg-Id` included).
@@ -167,6 +170,22 @@ pub fn check_existing(
             existing.num_replicas, want.num_replicas
         ));
     }
+    if existing.storage == StorageType::Memory {
+        notes.push(
+            "keeps messages in memory: acked batches are lost if every replica restarts at once".into(),
+        );
+    }
+    if existing.max_messages_per_subject > 0 {
+        notes.push(format!(
+            "keeps only {} messages per subject, i.e. per org: older batches are removed as new ones arrive",
+            existing.max_messages_per_subject
+        ));
+    }
+    if existing.discard == DiscardPolicy::New {
+        notes.push(
+            "discards new messages when full: once at its limits, publishes fail and the collector stops acking".into(),
+        );
+    }
     if existing.retention != RetentionPolicy::Limits {
         notes.push(format!(
             "retention is {:?}: messages may be removed once consumed, not only by age or size",
@@ -174,6 +193,18 @@ pub fn check_existing(
         ));
     }
     Ok(notes)
+}
+
+/// `servers` as they may be logged: any `user:password@` part of a URL is masked.
+pub fn loggable_servers(servers: &[String]) -> Vec<String> {
+    servers
+        .iter()
+        .map(|url| match (url.find("://"), url.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => format!("{}***{}", &url[..scheme + 3], &url[at..]),
+            (None, Some(at)) => format!("***{}", &url[at..]),
+            _ => url.clone(),
+        })
+        .collect()
 }
 
 /// Whether subject filter `filter` matches every subject that `wanted` matches (NATS wildcard
@@ -290,12 +321,29 @@ mod tests {
         };
         let h = headers(&batch, "c1");
         let get = |k: &str| h.get(k).map(|v| v.as_str().to_owned());
-        assert_eq!(get("Nats-Msg-Id").as_deref(), Some("m-1:42"));
+        assert_eq!(get("Nats-Msg-Id").as_deref(), Some("acme:m-1:42"));
         assert_eq!(get(HEADER_ORG).as_deref(), Some("acme"));
         assert_eq!(get(HEADER_SEQ).as_deref(), Some("42"));
         assert_eq!(get(HEADER_RECORDS).as_deref(), Some("7"));
         assert_eq!(get(HEADER_SCHEMA).as_deref(), Some("1"));
         assert_eq!(subject("ringflow.flows", "acme"), "ringflow.flows.acme");
         assert_eq!(max_frame_for_payload(NATS_DEFAULT_MAX_PAYLOAD), (1 << 20) - 4096);
+    }
+
+    #[test]
+    fn credentials_in_urls_are_masked_for_logs() {
+        let servers = [
+            "nats://alice:s3cret@10.0.0.1:4222".to_owned(),
+            "tok3n@10.0.0.2:4222".to_owned(),
+            "nats://10.0.0.3:4222".to_owned(),
+        ];
+        assert_eq!(
+            loggable_servers(&servers),
+            [
+                "nats://***@10.0.0.1:4222",
+                "***@10.0.0.2:4222",
+                "nats://10.0.0.3:4222"
+            ]
+        );
     }
 }
