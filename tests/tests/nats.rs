@@ -204,8 +204,8 @@ async fn a_nats_outage_holds_acks_and_loses_and_duplicates_nothing() -> anyhow::
     const OUTAGE: Duration = Duration::from_secs(10);
     let bed = TestBed::new()?;
     let mut nats = NatsServer::start(&bed.path().join("nats")).await?;
-    // A small sink queue and window, so that the bound is visibly what the collector holds:
-    // the queue, plus the publishes it had taken out of it when NATS died.
+    // A small sink queue and window, so that the bound is visibly what the collector holds: the
+    // queue, the jobs the sink took out of it, and one batch per data stream waiting to enter.
     const QUEUE: i64 = 16;
     const IN_FLIGHT: i64 = 8;
     let sink = format!(
@@ -257,7 +257,7 @@ async fn a_nats_outage_holds_acks_and_loses_and_duplicates_nothing() -> anyhow::
     );
     assert!(collector.metrics.sink_outages.get() >= 1);
     assert!(
-        peak_queue <= QUEUE + IN_FLIGHT && peak_in_flight <= IN_FLIGHT,
+        peak_queue <= QUEUE + IN_FLIGHT + METERS as i64 && peak_in_flight <= IN_FLIGHT,
         "held at most the queue's bound: queue {peak_queue}, in flight {peak_in_flight}"
     );
     assert!(
@@ -503,4 +503,48 @@ async fn send_until_acked(
         }
     }
     Ok(acked)
+}
+
+/// TLS to NATS: a server with a certificate from the test CA, trusted through `ca_file`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sink_speaks_tls_to_nats_with_a_configured_ca() -> anyhow::Result<()> {
+    let bed = TestBed::new()?;
+    let (cert, key) = (
+        bed.certs.server_cert.display().to_string(),
+        bed.certs.server_key.display().to_string(),
+    );
+    let nats = NatsServer::start_with(
+        &bed.path().join("nats"),
+        &["--tls", "--tlscert", &cert, "--tlskey", &key],
+    )
+    .await?;
+    // Without the CA the server's certificate is not trusted: no connection, not ready.
+    let untrusting = bed.start_collector("c0", &nats.sink_toml(STREAM)).await?;
+    assert_eq!(http_get(untrusting.admin_addr, "/readyz").await?.0, 503);
+    // With nothing queued, a sink that cannot reach NATS does not hold up shutdown (the sink
+    // would otherwise be abandoned only after its 10 s flush timeout).
+    tokio::time::timeout(Duration::from_secs(5), untrusting.stop())
+        .await
+        .map_err(|_| anyhow::anyhow!("an idle collector with NATS unreachable took over 5 s to stop"))?;
+
+    let ca = bed.certs.ca.display().to_string();
+    let sink = format!("{}ca_file = \"{ca}\"\n", nats.sink_toml(STREAM));
+    let collector = bed.start_collector("c1", &sink).await?;
+    assert_eq!(http_get(collector.admin_addr, "/readyz").await?.0, 200);
+    let meters = start_meters(&bed, &[collector.addr], 1, 10_000, 1_000).await?;
+    wait_all_acked(&meters, 1_000, Duration::from_secs(60)).await?;
+    let reader = ringflow_collector::config::NatsSinkConfig {
+        ca_file: Some(bed.certs.ca.clone()),
+        ..nats.sink_config(STREAM)
+    };
+    let mut messages = Vec::new();
+    ringflow_collector::sink::nats::consume::read_stream(&reader, None, false, |m| {
+        messages.push(m);
+        std::ops::ControlFlow::Continue(())
+    })
+    .await?;
+    assert_exactly_once(&messages, &meters, 1_000);
+    stop_all(meters).await?;
+    collector.stop().await;
+    Ok(())
 }

@@ -7,9 +7,10 @@
 //! batch: JetStream drops the copy if the first one did land.
 //!
 //! The loop here only takes jobs, starts publishes and settles acks; it never connects or waits
-//! on a connection ([`link`] owns that, on tasks of its own). While the link is down it takes no
-//! new jobs, so the bounded sink queue fills, data streams stop reading and meters keep their
-//! batches in their spools: memory held here is the queue's bound, nothing more.
+//! on a connection ([`link`] owns that, on tasks of its own). While the link is down it holds at
+//! most `max_in_flight` jobs and sends none, so the bounded sink queue fills, data streams stop
+//! reading and meters keep their batches in their spools: memory held is the queue's bound (its
+//! byte budget covers every job until it settles), nothing more.
 
 pub mod consume;
 pub mod link;
@@ -219,7 +220,10 @@ impl NatsSink {
             if !queue_open && resend.is_empty() && in_flight.is_empty() {
                 break;
             }
-            let take_new = queue_open && may_send && resend.is_empty() && in_flight.len() < max_in_flight;
+            // Jobs are taken while fewer than max_in_flight are held here, even when they cannot
+            // be sent yet (they wait behind the re-sends): so a closed, empty queue is noticed
+            // at shutdown whatever the link is doing, and what is held stays bounded.
+            let take_new = queue_open && in_flight.len() + resend.len() < max_in_flight;
             tokio::select! {
                 biased;
                 _ = ctx.abandon.cancelled() => break,
@@ -264,7 +268,8 @@ impl NatsSink {
                 changed = ready.changed() => if changed.is_err() { break },
                 _ = sleep_until(resend_at), if up && resend_at.is_some() => {}
                 job = jobs.recv(), if take_new => match job {
-                    Some(job) => in_flight.push(self.start(job)),
+                    Some(job) if may_send && resend.is_empty() => in_flight.push(self.start(job)),
+                    Some(job) => resend.push_back(job),
                     None => queue_open = false,
                 },
             }
