@@ -294,6 +294,15 @@ pub async fn start_meter(config: ringflow_agent::Config) -> anyhow::Result<Meter
     Ok(Meter::start(config, CancellationToken::new()).await?)
 }
 
+/// Stops `meters` (all at once) and waits for each to finish.
+pub async fn stop_all(meters: Vec<Meter>) -> anyhow::Result<()> {
+    let stops: Vec<_> = meters.into_iter().map(|m| tokio::spawn(m.stop())).collect();
+    for s in stops {
+        s.await??;
+    }
+    Ok(())
+}
+
 /// Waits until `done(metrics)` holds, woken by the meter's progress signal; fails after
 /// `timeout` with `what` in the message.
 pub async fn wait_for_meter(

@@ -121,15 +121,19 @@ impl NatsServer {
 
     /// Every message of `stream`, oldest first.
     pub async fn read_all(&self, stream: &str) -> anyhow::Result<Vec<StreamedBatch>> {
-        let mut all = Vec::new();
-        let config = self.sink_config(stream);
-        let read = read_stream(&config, None, false, |m| {
-            all.push(m);
-            std::ops::ControlFlow::Continue(())
-        });
-        tokio::time::timeout(Duration::from_secs(60), read)
-            .await
-            .context("reading the stream took over 60 s")??;
-        Ok(all)
+        read_all_with(&self.sink_config(stream)).await
     }
+}
+
+/// Every message of the stream `config` names (with its credentials and CA), oldest first.
+pub async fn read_all_with(config: &NatsSinkConfig) -> anyhow::Result<Vec<StreamedBatch>> {
+    let mut all = Vec::new();
+    let read = read_stream(config, None, false, |m| {
+        all.push(m);
+        std::ops::ControlFlow::Continue(())
+    });
+    tokio::time::timeout(Duration::from_secs(60), read)
+        .await
+        .context("reading the stream took over 60 s")??;
+    Ok(all)
 }

@@ -73,6 +73,20 @@ impl RawSession {
     }
 }
 
+/// Batches `seqs`, each of `records` empty records, framed back to back as a data stream
+/// carries them.
+pub fn batch_frames(seqs: std::ops::RangeInclusive<u64>, records: usize) -> Bytes {
+    let mut wire = Vec::new();
+    for seq in seqs {
+        wire.extend_from_slice(&batch_frame(pb::FlowBatch {
+            seq,
+            records: vec![pb::FlowRecord::default(); records],
+            created_unix_nanos: 0,
+        }));
+    }
+    Bytes::from(wire)
+}
+
 /// `batch` framed as a data stream carries it.
 pub fn batch_frame(batch: pb::FlowBatch) -> Bytes {
     let up = pb::DataUp {

@@ -13,7 +13,9 @@ use ringflow_agent::Meter;
 use ringflow_agent::ring::Ring;
 use ringflow_tests::dns::{DnsServer, Records};
 use ringflow_tests::process::{CollectorProcess, free_udp_port_on};
-use ringflow_tests::{RunningCollector, TestBed, start_meter, summarize, synthetic, wait_for_meter};
+use ringflow_tests::{
+    RunningCollector, TestBed, start_meter, stop_all, summarize, synthetic, wait_for_meter,
+};
 use tokio::time::Instant;
 
 const COLLECTOR_BIN: &str = env!("CARGO_BIN_EXE_collector-fixture");
@@ -108,14 +110,6 @@ fn assert_fair(counts: &HashMap<Arc<str>, usize>, collectors: usize, meters: usi
             "{c} holds {n} meters, {share:.2} x its fair share: {counts:?}"
         );
     }
-}
-
-async fn stop_all(meters: Vec<Meter>) -> anyhow::Result<()> {
-    let stops: Vec<_> = meters.into_iter().map(|m| tokio::spawn(m.stop())).collect();
-    for s in stops {
-        s.await??;
-    }
-    Ok(())
 }
 
 /// 300 meters spread over 3 collectors exactly as the ring says; one collector is killed (SIGKILL)

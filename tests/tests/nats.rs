@@ -11,10 +11,10 @@ use ringflow_agent::source::synthetic::bytes_from_src;
 use ringflow_collector::sink::nats::consume::StreamedBatch;
 use ringflow_proto::pb;
 use ringflow_tests::logs::LogCapture;
-use ringflow_tests::nats::NatsServer;
+use ringflow_tests::nats::{NatsServer, read_all_with};
 use ringflow_tests::process::{CollectorProcess, free_udp_addr};
 use ringflow_tests::raw::{RawHello, RawSession};
-use ringflow_tests::{ORG, TestBed, http_get, poll_until, start_meter, synthetic, wait_for_meter};
+use ringflow_tests::{ORG, TestBed, http_get, poll_until, start_meter, stop_all, synthetic, wait_for_meter};
 
 const COLLECTOR_BIN: &str = env!("CARGO_BIN_EXE_collector-fixture");
 const STREAM: &str = "FLOWS";
@@ -118,13 +118,6 @@ async fn run_bounded(args: &[&str], config: &std::path::Path) -> anyhow::Result<
         .await
         .map_err(|_| anyhow::anyhow!("collector {args:?} still running after 60 s"))?
         .map_err(Into::into)
-}
-
-async fn stop_all(meters: Vec<Meter>) -> anyhow::Result<()> {
-    for m in meters {
-        m.stop().await?;
-    }
-    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -429,13 +422,7 @@ async fn nats_credentials_are_used_and_never_logged() -> anyhow::Result<()> {
         token: Some(ringflow_collector::config::Secret::new(right.clone())),
         ..nats.sink_config(STREAM)
     };
-    let mut batches = 0;
-    ringflow_collector::sink::nats::consume::read_stream(&nats_reader, None, false, |_| {
-        batches += 1;
-        std::ops::ControlFlow::Continue(())
-    })
-    .await?;
-    assert!(batches > 0);
+    assert!(!read_all_with(&nats_reader).await?.is_empty());
 
     let text = logs.text();
     assert!(text.contains("authorization violation"), "the refusal was logged");
@@ -483,15 +470,7 @@ async fn send_until_acked(
         anyhow::bail!("rejected");
     };
     let last = *seqs.end();
-    let mut wire = Vec::new();
-    for seq in seqs {
-        wire.extend_from_slice(&ringflow_tests::raw::batch_frame(pb::FlowBatch {
-            seq,
-            records: vec![pb::FlowRecord::default(); 10],
-            created_unix_nanos: 0,
-        }));
-    }
-    let (_send, mut reader) = raw.send_raw(wire.into()).await?;
+    let (_send, mut reader) = raw.send_raw(ringflow_tests::raw::batch_frames(seqs, 10)).await?;
     let mut acked = 0;
     while acked < last {
         let down = tokio::time::timeout(Duration::from_secs(10), reader.next_message::<pb::DataDown>())
@@ -537,13 +516,7 @@ async fn the_sink_speaks_tls_to_nats_with_a_configured_ca() -> anyhow::Result<()
         ca_file: Some(bed.certs.ca.clone()),
         ..nats.sink_config(STREAM)
     };
-    let mut messages = Vec::new();
-    ringflow_collector::sink::nats::consume::read_stream(&reader, None, false, |m| {
-        messages.push(m);
-        std::ops::ControlFlow::Continue(())
-    })
-    .await?;
-    assert_exactly_once(&messages, &meters, 1_000);
+    assert_exactly_once(&read_all_with(&reader).await?, &meters, 1_000);
     stop_all(meters).await?;
     collector.stop().await;
     Ok(())

@@ -3,24 +3,10 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use ringflow_proto::frame::FrameReader;
 use ringflow_proto::pb;
-use ringflow_tests::raw::{RawHello, RawSession, batch_frame};
+use ringflow_tests::raw::{RawHello, RawSession, batch_frames};
 use ringflow_tests::{ORG, TestBed, http_get};
-
-fn batches(seqs: std::ops::RangeInclusive<u64>) -> Bytes {
-    let mut wire = Vec::new();
-    for seq in seqs {
-        let batch = pb::FlowBatch {
-            seq,
-            records: vec![pb::FlowRecord::default(); 10],
-            created_unix_nanos: 0,
-        };
-        wire.extend_from_slice(&batch_frame(batch));
-    }
-    Bytes::from(wire)
-}
 
 async fn next_ack(
     reader: &mut FrameReader<quinn::RecvStream>,
@@ -47,7 +33,7 @@ async fn a_failing_disk_holds_acks_and_shutdown_stays_bounded() -> anyhow::Resul
     else {
         anyhow::bail!("rejected");
     };
-    let (mut send, mut reader) = raw.send_raw(batches(1..=8)).await?;
+    let (mut send, mut reader) = raw.send_raw(batch_frames(1..=8, 10)).await?;
     // The sink retries every second; over three seconds nothing may be acked.
     assert_eq!(
         next_ack(&mut reader, Duration::from_secs(3)).await?,
@@ -71,7 +57,7 @@ async fn a_failing_disk_holds_acks_and_shutdown_stays_bounded() -> anyhow::Resul
     // It fails again, with batches queued: shutdown still completes within grace + flush bounds.
     std::fs::remove_dir_all(&blocker)?;
     std::fs::write(&blocker, b"not a directory")?;
-    send.write_chunk(batches(9..=16)).await?;
+    send.write_chunk(batch_frames(9..=16, 10)).await?;
     assert_eq!(next_ack(&mut reader, Duration::from_secs(2)).await?, None);
     drop(raw);
     tokio::time::timeout(Duration::from_secs(30), collector.stop())

@@ -47,11 +47,7 @@ pub async fn read_stream(
 ) -> Result<(), ConsumeError> {
     let link = link::start(config, "reader").await?;
     let timeout = Duration::from_millis(config.connect_timeout_ms);
-    let mut connected = link.connected.clone();
-    if tokio::time::timeout(timeout, connected.wait_for(|up| *up))
-        .await
-        .is_err()
-    {
+    if !link.wait_connected(timeout).await {
         return Err(ConsumeError::Unreachable {
             servers: link::loggable_servers(&config.servers),
             timeout,

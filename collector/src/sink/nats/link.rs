@@ -48,6 +48,16 @@ pub enum LinkError {
     AuthRefused,
 }
 
+impl Link {
+    /// Waits up to `timeout` for the first (or next) connection; false if none came.
+    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        let mut connected = self.connected.clone();
+        tokio::time::timeout(timeout, connected.wait_for(|up| *up))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+}
+
 /// What the client's event callback reports.
 struct LinkEvents {
     connected: watch::Sender<bool>,

@@ -69,11 +69,8 @@ impl NatsSink {
         limit_frame_bytes: usize,
     ) -> Result<(Self, NatsStart), LinkError> {
         let link = link::start(config, collector_id).await?;
-        let mut connected = link.connected.clone();
         let wait = Duration::from_millis(config.connect_timeout_ms);
-        let reachable = tokio::time::timeout(wait, connected.wait_for(|up| *up))
-            .await
-            .is_ok();
+        let reachable = link.wait_connected(wait).await;
         let max_payload = link
             .client
             .try_server_info()
