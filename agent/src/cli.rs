@@ -23,6 +23,10 @@ pub use ringflow_proto::ops::EXIT_CONFIG;
                   Exit codes: 0 ok, 1 runtime failure, 64 bad configuration."
 )]
 struct Cli {
+    /// Log format on stderr: "text", or "json" (one object per line, for log pipelines).
+    #[arg(long, global = true, value_name = "FORMAT", default_value = "text",
+          value_parser = ringflow_proto::ops::LOG_FORMATS)]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -48,7 +52,7 @@ enum Command {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    ringflow_proto::ops::init_logging("info");
+    ringflow_proto::ops::init_logging("info", &cli.log_format);
     match cli.command {
         Command::Run { config } => run(config),
         Command::Check { config } => check(config),

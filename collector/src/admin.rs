@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::sink::SinkHealth;
 use crate::telemetry::CollectorMetrics;
+use crate::udp_stats::UdpSocketProbe;
 
 /// The readiness rule: ready only when the listener is bound, the sink is healthy and the
 /// collector is not draining.
@@ -41,6 +42,8 @@ impl Readiness {
 pub struct AdminState {
     pub metrics: Arc<CollectorMetrics>,
     pub readiness: Readiness,
+    /// Read at each scrape for the kernel's UDP counters.
+    pub udp: UdpSocketProbe,
 }
 
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: CancellationToken) {
@@ -49,6 +52,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: Cancella
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), timed))
         .with_state(state);
     if let Err(error) = axum::serve(listener, app)
         .with_graceful_shutdown(stop.cancelled_owned())
@@ -56,6 +60,20 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: Cancella
     {
         tracing::error!(%error, "admin HTTP server failed");
     }
+}
+
+/// Times every admin request (`control_request_seconds{request="admin"}`).
+async fn timed(
+    State(state): State<Arc<AdminState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let started = tokio::time::Instant::now();
+    let response = next.run(request).await;
+    state
+        .metrics
+        .control_request("admin", started.elapsed().as_secs_f64());
+    response
 }
 
 async fn readyz(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
@@ -66,6 +84,8 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
+    state.udp.refresh(&state.metrics);
+    state.metrics.buffered_bytes();
     (
         [(
             header::CONTENT_TYPE,

@@ -1,44 +1,340 @@
-//! Admission: the decision, before any handshake work, whether a new connection is served.
+//! Admission: whether a new connection is served, decided before any handshake work, and whether
+//! an authenticated meter gets a session or is told to come back later.
 //!
-//! Sans-IO: the accept loop passes in what it knows and acts on the answer (refusing costs one
-//! packet; the TLS handshake is never started). Must never: do I/O or wait; it runs inline in the
-//! accept loop so its counts cannot overshoot.
+//! Owns: the collector's budgets and the two decisions made against them.
+//! - [`Admission::on_incoming`] runs inline in the accept loop for every new connection attempt,
+//!   before the TLS handshake. Over a **hard** budget (connections, handshakes in flight, accept
+//!   rate, buffered bytes) the attempt is refused: one packet, no TLS, no state kept. While many
+//!   handshakes are in flight, an address that has not proven it can receive our packets gets a
+//!   stateless QUIC Retry first (costs us nothing; a spoofed source never comes back).
+//! - [`Budgets::on_hello`] runs when an authenticated `Hello` arrives. Over a **soft** budget
+//!   (sessions, buffered bytes) the meter gets `Reject(overloaded)` with a `retry_after_ms` drawn
+//!   at random over a window that widens the further the collector is over the budget, so the
+//!   refused meters do not all come back in the same instant.
+//!
+//! Sans-IO: the caller passes in the load it measured, the time and a random number in `[0, 1)`;
+//! `herd sim` drives the same struct. Must never: do I/O, wait, or read a clock or an RNG itself.
+//! It runs inline in the accept loop so its counts cannot overshoot.
 
-/// What to do with a new connection.
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// The budgets. Defaults (see `config.rs` and the README) come from measured capacity.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Budgets {
+    /// Hard: connections held at once, in any state (`limits.max_connections`).
+    pub max_connections: usize,
+    /// Hard: handshakes in flight (accepted, `Welcome`/`Reject` not yet sent).
+    pub max_handshakes: usize,
+    /// Hard: sustained accepts per second (token bucket refill rate).
+    pub accept_rate: f64,
+    /// Hard: accepts allowed in one burst (token bucket size).
+    pub accept_burst: u32,
+    /// Hard: bytes the data plane holds across all connections.
+    pub max_buffered_bytes: u64,
+    /// Soft: sessions beyond this get `Reject(overloaded)`.
+    pub soft_max_sessions: usize,
+    /// Soft: buffered bytes beyond this and new sessions get `Reject(overloaded)`.
+    pub soft_buffered_bytes: u64,
+    /// The shortest and the longest `retry_after_ms` sent with `Reject(overloaded)`.
+    pub retry_after_min_ms: u32,
+    pub retry_after_max_ms: u32,
+}
+
+impl Budgets {
+    /// Decides on an authenticated `Hello`. `roll` is uniform in `[0, 1)`; it places the retry
+    /// hint inside the window.
+    pub fn on_hello(&self, load: &Load, roll: f64) -> Result<(), Overloaded> {
+        let b = self;
+        // How far over each soft budget, as a fraction of the room between it and the hard one.
+        let sessions = over(
+            load.sessions as f64,
+            b.soft_max_sessions as f64,
+            b.max_connections as f64,
+        );
+        let bytes = over(
+            load.buffered_bytes as f64,
+            b.soft_buffered_bytes as f64,
+            b.max_buffered_bytes as f64,
+        );
+        let (budget, overshoot) = match (sessions, bytes) {
+            (None, None) => return Ok(()),
+            (Some(s), Some(m)) if m > s => ("buffered_bytes", m),
+            (Some(s), _) => ("sessions", s),
+            (None, Some(m)) => ("buffered_bytes", m),
+        };
+        Err(Overloaded {
+            budget,
+            retry_after_ms: self.retry_after_ms(overshoot, roll),
+        })
+    }
+
+    /// A retry hint uniform in `[min, min + window)`, the window growing from `min` (just over
+    /// the soft budget) to `max - min` (at the hard budget).
+    pub fn retry_after_ms(&self, overshoot: f64, roll: f64) -> u32 {
+        let min = f64::from(self.retry_after_min_ms);
+        let max = f64::from(self.retry_after_max_ms);
+        let window = (min + (max - min - min) * overshoot.clamp(0.0, 1.0)).clamp(0.0, max - min);
+        (min + window * roll.clamp(0.0, 1.0)).round() as u32
+    }
+}
+
+/// What the collector measured at the moment of the decision.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Load {
+    /// Connections in any state (quinn's `open_connections`).
+    pub connections: usize,
+    /// Handshakes in flight: accepted, not yet answered with `Welcome` or `Reject`.
+    pub handshakes: usize,
+    /// Sessions (welcomed and still connected).
+    pub sessions: usize,
+    /// Bytes held by the data plane: the sink queue and frames waiting to enter it.
+    pub buffered_bytes: u64,
+    pub draining: bool,
+}
+
+/// What to do with a new connection attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admit {
+    /// Start the TLS handshake.
     Accept,
-    /// Refuse before the handshake; the label names the reason in metrics.
+    /// Answer with a stateless Retry: the client proves its address, then comes back.
+    Retry,
+    /// Refuse (CONNECTION_REFUSED) before the handshake; the label names the reason in metrics.
     Refuse(&'static str),
 }
 
-#[derive(Debug, Clone, Copy)]
-pub struct AdmissionPolicy {
-    /// Connections held at once (`limits.max_connections`).
-    pub max_connections: usize,
+/// An authenticated `Hello` turned away because the collector is over a soft budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Overloaded {
+    /// Metric label: which budget.
+    pub budget: &'static str,
+    pub retry_after_ms: u32,
 }
 
-impl AdmissionPolicy {
-    pub fn decide(&self, open_connections: usize, draining: bool) -> Admit {
-        if draining {
-            Admit::Refuse("draining")
-        } else if open_connections >= self.max_connections {
-            Admit::Refuse("max_connections")
-        } else {
-            Admit::Accept
+/// The admission policy and its accept-rate token bucket.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    budgets: Budgets,
+    tokens: f64,
+    refilled_at: Instant,
+}
+
+impl Admission {
+    pub fn new(budgets: Budgets, now: Instant) -> Self {
+        Self {
+            budgets,
+            tokens: f64::from(budgets.accept_burst),
+            refilled_at: now,
         }
     }
+
+    /// Decides on a new connection attempt. `validated`: the client already proved its address
+    /// (it answered a Retry). An accepted attempt takes a token from the bucket.
+    pub fn on_incoming(&mut self, load: &Load, validated: bool, now: Instant) -> Admit {
+        let b = &self.budgets;
+        if load.draining {
+            return Admit::Refuse("draining");
+        }
+        if load.connections >= b.max_connections {
+            return Admit::Refuse("max_connections");
+        }
+        if load.handshakes >= b.max_handshakes {
+            return Admit::Refuse("max_handshakes");
+        }
+        if load.buffered_bytes >= b.max_buffered_bytes {
+            return Admit::Refuse("max_buffered_bytes");
+        }
+        // Half the handshake budget busy: make unproven addresses prove themselves first. This
+        // is checked before the bucket, so the Retry costs no token.
+        if !validated && load.handshakes >= b.max_handshakes / 2 {
+            return Admit::Retry;
+        }
+        self.refill(now);
+        if self.tokens < 1.0 {
+            return Admit::Refuse("accept_rate");
+        }
+        self.tokens -= 1.0;
+        Admit::Accept
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.refilled_at);
+        self.refilled_at = now;
+        let burst = f64::from(self.budgets.accept_burst);
+        self.tokens = (self.tokens + elapsed.as_secs_f64() * self.budgets.accept_rate).min(burst);
+    }
+
+    /// Time until the bucket holds a token again (zero if it does now).
+    pub fn next_token_in(&self, now: Instant) -> Duration {
+        let mut probe = self.clone();
+        probe.refill(now);
+        if probe.tokens >= 1.0 || self.budgets.accept_rate <= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64((1.0 - probe.tokens) / self.budgets.accept_rate)
+        }
+    }
+}
+
+/// `Some(fraction)` when `value` is at or over `soft`: 0 at `soft`, 1 at `hard`.
+fn over(value: f64, soft: f64, hard: f64) -> Option<f64> {
+    (value >= soft).then(|| {
+        if hard > soft {
+            ((value - soft) / (hard - soft)).clamp(0.0, 1.0)
+        } else {
+            1.0
+        }
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn budgets() -> Budgets {
+        Budgets {
+            max_connections: 100,
+            max_handshakes: 10,
+            accept_rate: 10.0,
+            accept_burst: 5,
+            max_buffered_bytes: 1_000,
+            soft_max_sessions: 80,
+            soft_buffered_bytes: 500,
+            retry_after_min_ms: 1_000,
+            retry_after_max_ms: 21_000,
+        }
+    }
+
     #[test]
-    fn refuses_at_the_connection_budget_and_while_draining() {
-        let p = AdmissionPolicy { max_connections: 2 };
-        assert_eq!(p.decide(1, false), Admit::Accept);
-        assert_eq!(p.decide(2, false), Admit::Refuse("max_connections"));
-        assert_eq!(p.decide(0, true), Admit::Refuse("draining"));
+    fn hard_budgets_refuse_before_the_handshake_and_name_the_budget() {
+        let t0 = Instant::now();
+        let mut a = Admission::new(budgets(), t0);
+        let ok = Load::default();
+        let cases = [
+            (Load { draining: true, ..ok }, "draining"),
+            (
+                Load {
+                    connections: 100,
+                    ..ok
+                },
+                "max_connections",
+            ),
+            (Load { handshakes: 10, ..ok }, "max_handshakes"),
+            (
+                Load {
+                    buffered_bytes: 1_000,
+                    ..ok
+                },
+                "max_buffered_bytes",
+            ),
+        ];
+        for (load, reason) in cases {
+            assert_eq!(a.on_incoming(&load, true, t0), Admit::Refuse(reason), "{load:?}");
+        }
+        assert_eq!(a.on_incoming(&ok, false, t0), Admit::Accept);
+    }
+
+    #[test]
+    fn the_token_bucket_allows_a_burst_then_the_rate() {
+        let t0 = Instant::now();
+        let mut a = Admission::new(budgets(), t0);
+        let load = Load::default();
+        let burst = (0..20)
+            .filter(|_| a.on_incoming(&load, true, t0) == Admit::Accept)
+            .count();
+        assert_eq!(burst, 5, "the burst");
+        assert_eq!(a.on_incoming(&load, true, t0), Admit::Refuse("accept_rate"));
+        assert_eq!(a.next_token_in(t0), Duration::from_millis(100));
+        // One second at 10/s refills 10 tokens, capped at the burst of 5.
+        let t1 = t0 + Duration::from_secs(1);
+        let later = (0..20)
+            .filter(|_| a.on_incoming(&load, true, t1) == Admit::Accept)
+            .count();
+        assert_eq!(later, 5);
+        // Over ten seconds, one attempt every 10 ms: the sustained rate holds at 10/s.
+        let mut accepted = 0;
+        for ms in (10..=10_000).step_by(10) {
+            if a.on_incoming(&load, true, t1 + Duration::from_millis(ms)) == Admit::Accept {
+                accepted += 1;
+            }
+        }
+        assert!(
+            (99..=100).contains(&accepted),
+            "{accepted} (10/s, less float rounding)"
+        );
+    }
+
+    #[test]
+    fn busy_handshakes_make_unproven_addresses_retry_without_spending_a_token() {
+        let t0 = Instant::now();
+        let mut a = Admission::new(budgets(), t0);
+        let busy = Load {
+            handshakes: 5,
+            ..Load::default()
+        };
+        for _ in 0..50 {
+            assert_eq!(a.on_incoming(&busy, false, t0), Admit::Retry);
+        }
+        assert_eq!(a.on_incoming(&busy, true, t0), Admit::Accept, "tokens were kept");
+    }
+
+    #[test]
+    fn soft_budgets_reject_hellos_with_a_hint_that_widens_with_the_overshoot() {
+        let a = budgets();
+        assert_eq!(
+            a.on_hello(
+                &Load {
+                    sessions: 79,
+                    buffered_bytes: 499,
+                    ..Load::default()
+                },
+                0.5
+            ),
+            Ok(())
+        );
+        let just_over = a
+            .on_hello(
+                &Load {
+                    sessions: 80,
+                    ..Load::default()
+                },
+                0.999,
+            )
+            .unwrap_err();
+        assert_eq!(just_over.budget, "sessions");
+        assert!(
+            (1_000..=2_000).contains(&just_over.retry_after_ms),
+            "{just_over:?}"
+        );
+        let far_over = a
+            .on_hello(
+                &Load {
+                    sessions: 85,
+                    buffered_bytes: 1_000,
+                    ..Load::default()
+                },
+                0.999,
+            )
+            .unwrap_err();
+        assert_eq!(far_over.budget, "buffered_bytes", "the budget most over");
+        assert!(
+            (20_000..=21_000).contains(&far_over.retry_after_ms),
+            "{far_over:?}"
+        );
+    }
+
+    #[test]
+    fn retry_hints_spread_uniformly_over_their_window() {
+        let a = budgets();
+        // 1,000 rolls at the hard budget: hints cover [1 s, 21 s), a twentieth in each second.
+        let mut per_second = [0u32; 20];
+        for i in 0..1_000 {
+            let ms = a.retry_after_ms(1.0, f64::from(i) / 1_000.0);
+            assert!((1_000..21_000).contains(&ms), "{ms}");
+            per_second[((ms - 1_000) / 1_000) as usize] += 1;
+        }
+        assert!(per_second.iter().all(|n| *n == 50), "{per_second:?}");
     }
 }

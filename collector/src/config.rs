@@ -52,6 +52,10 @@ pub struct Config {
     #[serde(default)]
     pub limits: LimitsConfig,
     #[serde(default)]
+    pub admission: AdmissionConfig,
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+    #[serde(default)]
     pub sink: SinkConfig,
     #[serde(default)]
     pub shutdown: ShutdownConfig,
@@ -142,6 +146,98 @@ pub struct LimitsConfig {
     /// Per-stream QUIC receive window: what one data stream can make us buffer. Default 1.25 MiB
     /// (one maximum frame and change).
     pub stream_receive_window: u32,
+}
+
+/// Admission budgets (see `admission.rs`). Hard budgets refuse a new connection before the TLS
+/// handshake; soft budgets answer an authenticated `Hello` with `Reject(overloaded)` and a spread
+/// `retry_after_ms`. Defaults come from the handshake capacity measured on a 2-core machine
+/// (README, "Admission budgets").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdmissionConfig {
+    /// Hard: handshakes in flight (accepted, not yet answered with Welcome or Reject). Past half
+    /// of it, addresses not yet validated get a stateless Retry first. Default 256.
+    pub max_handshakes: u32,
+    /// Hard: sustained new connections per second (token bucket rate). Default 1,000.
+    pub accept_rate: u32,
+    /// Hard: new connections accepted in one burst (token bucket size). Default 1,000.
+    pub accept_burst: u32,
+    /// Hard: bytes the data plane holds across all connections (the sink queue and frames
+    /// waiting to enter it). Default 512 MiB.
+    pub max_buffered_bytes: u64,
+    /// Soft: sessions beyond this are told `Reject(overloaded)`; at or above
+    /// `limits.max_connections` only the hard budget applies. Default 9,000.
+    pub soft_max_sessions: u32,
+    /// Soft: buffered bytes beyond this make new sessions `Reject(overloaded)`. Must be more
+    /// than `sink.queue_bytes` (a full queue alone is back-pressure, not overload). Default 256 MiB.
+    pub soft_buffered_bytes: u64,
+    /// Range of the retry hint sent with `Reject(overloaded)`: uniform over a window that grows
+    /// from `retry_after_min_ms` wide (just over a soft budget) to the whole range (at the hard
+    /// one). Defaults 1 s and 30 s.
+    pub retry_after_min_ms: u32,
+    pub retry_after_max_ms: u32,
+}
+
+/// Threads of the two planes. The control plane (accepting, handshakes, QUIC packet I/O, Hello,
+/// control streams, drain, admin HTTP) and the data plane (data streams, the sink) run on
+/// separate tokio runtimes, so a saturated data plane cannot queue the control plane's work.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Worker threads of the control plane (used by `collector run`). Default 1.
+    pub control_threads: u32,
+    /// Worker threads of the data plane; 0 means one per CPU. Default 0.
+    pub data_threads: u32,
+}
+
+impl AdmissionConfig {
+    pub fn budgets(&self, limits: &LimitsConfig) -> crate::admission::Budgets {
+        crate::admission::Budgets {
+            max_connections: limits.max_connections,
+            max_handshakes: self.max_handshakes as usize,
+            accept_rate: f64::from(self.accept_rate),
+            accept_burst: self.accept_burst,
+            max_buffered_bytes: self.max_buffered_bytes,
+            soft_max_sessions: (self.soft_max_sessions as usize).min(limits.max_connections),
+            soft_buffered_bytes: self.soft_buffered_bytes,
+            retry_after_min_ms: self.retry_after_min_ms,
+            retry_after_max_ms: self.retry_after_max_ms,
+        }
+    }
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        Self {
+            max_handshakes: 256,
+            accept_rate: 1_000,
+            accept_burst: 1_000,
+            max_buffered_bytes: 512 << 20,
+            soft_max_sessions: 9_000,
+            soft_buffered_bytes: 256 << 20,
+            retry_after_min_ms: 1_000,
+            retry_after_max_ms: 30_000,
+        }
+    }
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            control_threads: 1,
+            data_threads: 0,
+        }
+    }
+}
+
+impl RuntimeConfig {
+    /// Data-plane worker threads, with 0 resolved to the number of CPUs.
+    pub fn data_threads(&self) -> usize {
+        match self.data_threads {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n as usize,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -605,7 +701,56 @@ impl Config {
         }
         check_range("sink.file.fsync_interval_ms", f.fsync_interval_ms, 1, 3_600_000)?;
         s.nats.validate()?;
+        self.validate_admission()?;
         check_range("shutdown.grace_ms", self.shutdown.grace_ms, 0, 3_600_000)?;
+        Ok(())
+    }
+
+    fn validate_admission(&self) -> Result<(), ConfigError> {
+        let a = &self.admission;
+        check_range("admission.max_handshakes", a.max_handshakes.into(), 1, 1 << 20)?;
+        check_range("admission.accept_rate", a.accept_rate.into(), 1, 1_000_000)?;
+        check_range("admission.accept_burst", a.accept_burst.into(), 1, 1_000_000)?;
+        let queue = self.sink.queue_bytes as u64;
+        if a.soft_buffered_bytes <= queue {
+            return Err(invalid(
+                "admission.soft_buffered_bytes",
+                format!(
+                    "must be more than sink.queue_bytes ({queue}): a full sink queue is back-pressure, not overload"
+                ),
+            ));
+        }
+        if a.max_buffered_bytes < a.soft_buffered_bytes {
+            return Err(invalid(
+                "admission.max_buffered_bytes",
+                "must be at least admission.soft_buffered_bytes",
+            ));
+        }
+        check_range(
+            "admission.soft_max_sessions",
+            a.soft_max_sessions.into(),
+            1,
+            1 << 20,
+        )?;
+        check_range(
+            "admission.retry_after_min_ms",
+            a.retry_after_min_ms.into(),
+            100,
+            600_000,
+        )?;
+        check_range(
+            "admission.retry_after_max_ms",
+            a.retry_after_max_ms.into(),
+            a.retry_after_min_ms.into(),
+            3_600_000,
+        )?;
+        check_range(
+            "runtime.control_threads",
+            self.runtime.control_threads.into(),
+            1,
+            64,
+        )?;
+        check_range("runtime.data_threads", self.runtime.data_threads.into(), 0, 256)?;
         Ok(())
     }
 
@@ -704,6 +849,11 @@ mod tests {
         assert_eq!(format!("{:?}", example.sink), format!("{:?}", minimal.sink));
         assert_eq!(format!("{:?}", example.fleet), format!("{:?}", minimal.fleet));
         assert_eq!(
+            format!("{:?}", example.admission),
+            format!("{:?}", minimal.admission)
+        );
+        assert_eq!(format!("{:?}", example.runtime), format!("{:?}", minimal.runtime));
+        assert_eq!(
             format!("{:?}", example.shutdown),
             format!("{:?}", minimal.shutdown)
         );
@@ -727,6 +877,26 @@ mod tests {
         ))
         .unwrap_err();
         assert!(err.to_string().contains("sink.file.max_bytes"), "{err}");
+    }
+
+    #[test]
+    fn admission_budgets_must_be_consistent() {
+        let err =
+            Config::parse(&format!("{MINIMAL}\n[admission]\nsoft_buffered_bytes = 1000\n")).unwrap_err();
+        assert!(err.to_string().contains("admission.soft_buffered_bytes"), "{err}");
+        let err = Config::parse(&format!(
+            "{MINIMAL}\n[admission]\nmax_buffered_bytes = 100000000\n"
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("admission.max_buffered_bytes"), "{err}");
+        let err = Config::parse(&format!(
+            "{MINIMAL}\n[admission]\nretry_after_min_ms = 5000\nretry_after_max_ms = 1000\n"
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("admission.retry_after_max_ms"), "{err}");
+        // A soft session budget above the hard one is cut to it.
+        let c = Config::parse(&format!("{MINIMAL}\n[limits]\nmax_connections = 10\n")).unwrap();
+        assert_eq!(c.admission.budgets(&c.limits).soft_max_sessions, 10);
     }
 
     #[test]

@@ -265,7 +265,7 @@ pub async fn serve_data_stream(
                         return StreamEnd::Closed(code);
                     }
                 };
-                ctx.org_counters.bytes.inc_by((body.len() + frame::LENGTH_PREFIX_BYTES) as u64);
+                ctx.org_counters.received_bytes((body.len() + frame::LENGTH_PREFIX_BYTES) as u64);
                 ctx.metrics.frame_bytes.observe(body.len() as f64);
                 match judge_frame(body, last_seq, &limits) {
                     Verdict::Accept(batch) => {
@@ -285,10 +285,12 @@ pub async fn serve_data_stream(
                         // Waits while the sink queue is full: we stop reading, QUIC pushes back.
                         // Shutdown must not wait behind a sink that cannot write: the batch is
                         // then dropped unacked, and the meter sends it again elsewhere.
+                        let waiting = WaitingFrame::new(&ctx.metrics, job.payload.len());
                         let submitted = tokio::select! {
                             receipt = ctx.sink.submit(job) => receipt.ok(),
                             _ = stop.cancelled() => None,
                         };
+                        drop(waiting);
                         match submitted {
                             Some(receipt) => in_flight.push_back(InFlight { seq, state: InFlightState::Waiting(receipt) }),
                             None => {
@@ -317,6 +319,27 @@ pub async fn serve_data_stream(
     }
 }
 
+/// Counts a batch's bytes in `frames_waiting_bytes` (part of what admission sees as buffered)
+/// while its stream waits for room in the sink queue.
+struct WaitingFrame<'a> {
+    metrics: &'a CollectorMetrics,
+    bytes: i64,
+}
+
+impl<'a> WaitingFrame<'a> {
+    fn new(metrics: &'a CollectorMetrics, bytes: usize) -> Self {
+        let bytes = bytes as i64;
+        metrics.frames_waiting_bytes.inc_by(bytes);
+        Self { metrics, bytes }
+    }
+}
+
+impl Drop for WaitingFrame<'_> {
+    fn drop(&mut self) {
+        self.metrics.frames_waiting_bytes.dec_by(self.bytes);
+    }
+}
+
 /// Waits for the oldest batch in flight to be settled. `None` if the sink dropped it.
 async fn settle_front(in_flight: &mut VecDeque<InFlight>) -> Option<Settlement> {
     let front = in_flight.front_mut()?;
@@ -340,6 +363,7 @@ fn encode_replies(
         let Some(entry) = in_flight.pop_front() else { break };
         if let Settlement::Nack(reason, message) = settlement {
             metrics.nacked(ringflow_proto::names::nack_reason(reason));
+            metrics.dropped("nacked", 1);
             let nack = pb::DataDown {
                 msg: Some(pb::data_down::Msg::Nack(pb::Nack {
                     seq: entry.seq,

@@ -3,10 +3,11 @@
 //! sink and acks it only once the sink holds it.
 //!
 //! Module map (see ARCHITECTURE.md): `config` (keys, defaults, validation), `auth` (tokens),
-//! `tls` (certificates), `admission` (refuse before handshake), `server` (lifecycle, accept loop),
+//! `tls` (certificates), `admission` (budgets: refuse before handshake, overload at Hello), `server` (lifecycle, the
+//! two runtimes, accept loop),
 //! `session` (control plane per connection), `ingest` (data plane per stream), `sink` (the seam and
 //! the file sink), `store` (segment files), `admin` (HTTP), `telemetry` (metrics, log throttle),
-//! `cli` (the binary).
+//! `udp_stats` (the kernel's view of the QUIC socket), `cli` (the binary).
 
 pub mod admin;
 pub mod admission;
@@ -20,6 +21,7 @@ pub mod sink;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
+pub mod udp_stats;
 
 pub use config::Config;
 pub use server::{Collector, StartError};

@@ -1,5 +1,12 @@
 //! The collector's lifecycle: bind, serve, drain, stop.
 //!
+//! Two planes on two runtimes. The control plane runs on the runtime that calls [`Collector::bind`]
+//! and [`Collector::run`] (`collector run` gives it `runtime.control_threads` threads): the QUIC
+//! endpoint and its packet I/O, the accept loop and admission, handshakes, `Hello`, control
+//! streams, drain and the admin HTTP server. The data plane gets a runtime of its own, owned by the
+//! collector (`runtime.data_threads`): data streams, the sink and the sink's client. However busy
+//! the data plane is, the control plane's work never waits in its run queue.
+//!
 //! Owns: the QUIC endpoint and its accept loop, the admin listener, the sink task, and the order
 //! of shutdown: refuse new connections and send `Drain` → wait for meters to leave (bounded by
 //! `shutdown.grace_ms`) → close what remains → let the sink flush its queue → exit. Must never:
@@ -19,17 +26,18 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::admin::{self, AdminState, Readiness};
-use crate::admission::{AdmissionPolicy, Admit};
+use crate::admission::{Admission, Admit, Load};
 use crate::auth::OrgDirectory;
 use crate::config::{Config, ConfigError, LimitsConfig, SinkKind};
 use crate::ingest::DataLimits;
-use crate::session::{self, DataPlane, Shared};
+use crate::session::{self, DataPlane, Shared, TrackedConnection};
 use crate::sink::file::FileSink;
 use crate::sink::nats::NatsSink;
 use crate::sink::nats::link::LinkError;
 use crate::sink::{self, ConfiguredSink, QueueBounds, SinkContext, SinkHealth};
 use crate::store::{RecoveryReport, StoreError};
 use crate::telemetry::{CollectorMetrics, LogThrottle};
+use crate::udp_stats::UdpSocketProbe;
 
 /// How long, after the grace period, the data streams and the sink get to settle what is queued.
 const SINK_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -56,6 +64,8 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot start the data-plane runtime: {0}")]
+    Runtime(#[source] std::io::Error),
     #[error("cannot bind the {what} address {addr}: {source}")]
     Bind {
         what: &'static str,
@@ -86,6 +96,45 @@ pub struct Collector {
     recovery: RecoveryReport,
     /// `limits.max_frame_bytes`, lowered if the sink cannot take batches that large.
     max_frame_bytes: u32,
+    data_runtime: DataRuntime,
+    udp: UdpSocketProbe,
+}
+
+/// The data plane's runtime. Shut down without blocking when dropped, so a collector can be
+/// dropped (or finish) inside an async context.
+struct DataRuntime(Option<tokio::runtime::Runtime>);
+
+impl DataRuntime {
+    fn start(threads: usize) -> std::io::Result<Self> {
+        // The data plane logs where its creator logs, even to a subscriber scoped to the
+        // creating thread (an embedding such as `herd`, or a test capturing logs).
+        let dispatch = tracing::dispatcher::get_default(|d| d.clone());
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("collector-data")
+            .on_thread_start(move || {
+                // Kept for the thread's whole life.
+                std::mem::forget(tracing::dispatcher::set_default(&dispatch));
+            })
+            .enable_all()
+            .build()
+            .map(|rt| DataRuntime(Some(rt)))
+    }
+
+    fn handle(&self) -> tokio::runtime::Handle {
+        match &self.0 {
+            Some(rt) => rt.handle().clone(),
+            None => tokio::runtime::Handle::current(),
+        }
+    }
+}
+
+impl Drop for DataRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl Collector {
@@ -97,10 +146,26 @@ impl Collector {
         let chain = quic::load_certificates("server certificate", &config.tls.cert)?;
         let key = quic::load_private_key(&config.tls.key)?;
         let crypto = quic::server_crypto(chain, key)?;
-        let (sink, recovery, max_frame_bytes) = open_sink(&config).await?;
+        let data_runtime = DataRuntime::start(config.runtime.data_threads()).map_err(StartError::Runtime)?;
+        // The sink and its client (NATS connection tasks) live on the data plane.
+        let sink_config = config.clone();
+        let (sink, recovery, max_frame_bytes) = data_runtime
+            .handle()
+            .spawn(async move { open_sink(&sink_config).await })
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
         let bind_err = |what, addr| move |source| StartError::Bind { what, addr, source };
         let socket =
             quic::bind_udp(config.listen, SOCKET_BUFFER_BYTES).map_err(bind_err("QUIC", config.listen))?;
+        let udp = UdpSocketProbe::of(&socket);
+        if udp.receive_buffer_bytes < SOCKET_BUFFER_BYTES {
+            warn!(
+                granted = udp.receive_buffer_bytes,
+                wanted = SOCKET_BUFFER_BYTES,
+                "the kernel granted a smaller UDP receive buffer than asked for: a burst of \
+                 handshakes may be dropped; raise net.core.rmem_max"
+            );
+        }
         let endpoint = Endpoint::new(
             endpoint_config(&config.data_dir)?,
             Some(server_config(crypto, &config.limits)),
@@ -120,6 +185,8 @@ impl Collector {
             sink,
             recovery,
             max_frame_bytes,
+            data_runtime,
+            udp,
         })
     }
 
@@ -147,7 +214,13 @@ impl Collector {
             sink: configured_sink,
             recovery,
             max_frame_bytes,
+            data_runtime,
+            udp,
         } = self;
+        metrics
+            .udp_receive_buffer_bytes
+            .set(udp.receive_buffer_bytes as i64);
+        let data = data_runtime.handle();
         let collector_id: Arc<str> = Arc::from(config.collector_id());
         let listen = endpoint.local_addr().unwrap_or(config.listen);
         let admin_addr = admin_listener.local_addr().unwrap_or(config.admin_listen);
@@ -164,7 +237,7 @@ impl Collector {
             Arc::clone(&metrics),
         );
         let sink_kind = configured_sink.kind();
-        let sink_task = tokio::spawn(configured_sink.run(
+        let sink_task = data.spawn(configured_sink.run(
             jobs,
             SinkContext {
                 metrics: Arc::clone(&metrics),
@@ -175,9 +248,10 @@ impl Collector {
 
         let l = &config.limits;
         let data_plane = DataPlane {
-            runtime: tokio::runtime::Handle::current(),
+            runtime: data.clone(),
             tasks: TaskTracker::new(),
         };
+        let budgets = config.admission.budgets(&config.limits);
         let shared = Arc::new(Shared {
             collector_id: Arc::clone(&collector_id),
             orgs,
@@ -199,6 +273,7 @@ impl Collector {
             handshake_timeout: Duration::from_millis(l.handshake_timeout_ms),
             hello_timeout: Duration::from_millis(l.hello_timeout_ms),
             drain_window_ms: config.shutdown.drain_window_ms,
+            budgets,
             sink: sink_handle,
             sink_health: health.clone(),
             metrics: Arc::clone(&metrics),
@@ -217,18 +292,16 @@ impl Collector {
                     draining: draining.clone(),
                     sink: health.clone(),
                 },
+                udp,
             }),
             admin_stop.clone(),
         ));
         let connections = TaskTracker::new();
-        let policy = AdmissionPolicy {
-            max_connections: config.limits.max_connections,
-        };
         let accept_task = tokio::spawn(accept_loop(
             endpoint.clone(),
             Arc::clone(&shared),
             connections.clone(),
-            policy,
+            Admission::new(budgets, Instant::now()),
         ));
         info!(
             %listen,
@@ -291,6 +364,7 @@ impl Collector {
         let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
         admin_stop.cancel();
         let _ = admin_task.await;
+        drop(data_runtime);
         info!("collector stopped");
     }
 }
@@ -330,22 +404,57 @@ async fn open_sink(config: &Config) -> Result<(ConfiguredSink, RecoveryReport, u
 }
 
 /// Accepts connections until the endpoint closes, deciding on each before any handshake work.
+/// The decision runs inline, so the counts it reads cannot be overtaken by connections it let in.
 async fn accept_loop(
     endpoint: Endpoint,
     shared: Arc<Shared>,
     connections: TaskTracker,
-    policy: AdmissionPolicy,
+    mut admission: Admission,
 ) {
     let _task = shared.metrics.task("accept_loop");
+    let m = &shared.metrics;
+    let refusal_log = LogThrottle::new(Duration::from_secs(10), 16);
     while let Some(incoming) = endpoint.accept().await {
-        match policy.decide(endpoint.open_connections(), shared.draining.is_cancelled()) {
+        let load = Load {
+            connections: endpoint.open_connections(),
+            handshakes: m.handshakes_in_flight(),
+            sessions: m.sessions_active.get().max(0) as usize,
+            buffered_bytes: m.buffered_bytes(),
+            draining: shared.draining.is_cancelled(),
+        };
+        let now = Instant::now();
+        match admission.on_incoming(&load, incoming.remote_address_validated(), now) {
             Admit::Refuse(reason) => {
-                shared.metrics.refused(reason);
+                m.refused(reason);
+                incoming.refuse();
+                if reason != "draining"
+                    && let Some(suppressed) = refusal_log.check(reason, now)
+                {
+                    warn!(
+                        reason,
+                        connections = load.connections,
+                        handshakes = load.handshakes,
+                        buffered_bytes = load.buffered_bytes,
+                        suppressed,
+                        "refusing new connections: over the admission budget"
+                    );
+                }
+            }
+            Admit::Retry if incoming.may_retry() => {
+                m.connections_retried.inc();
+                if let Err(error) = incoming.retry() {
+                    error.into_incoming().refuse();
+                }
+            }
+            Admit::Retry => {
+                // A client that already answered a Retry but whose token failed validation.
+                m.refused("invalid_retry_token");
                 incoming.refuse();
             }
             Admit::Accept => {
-                shared.metrics.connections_accepted.inc();
-                connections.spawn(session::serve_connection(incoming, Arc::clone(&shared)));
+                m.connections_accepted.inc();
+                let tracked = TrackedConnection::new(m);
+                connections.spawn(session::serve_connection(incoming, Arc::clone(&shared), tracked));
             }
         }
     }

@@ -17,10 +17,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info_span, warn};
 
+use crate::admission::{Budgets, Load, Overloaded};
 use crate::auth::{AuthFailure, OrgDirectory};
 use crate::ingest::{DataLimits, SessionIdentity, StreamContext, serve_data_stream};
 use crate::sink::{SinkHandle, SinkHealth};
-use crate::telemetry::{CollectorMetrics, LogThrottle, TaskGuard};
+use crate::telemetry::{CollectorMetrics, ConnState, LogThrottle, TaskGuard};
 
 /// How long a rejected meter gets to read its `Reject` before the connection is closed.
 const REJECT_LINGER: Duration = Duration::from_secs(2);
@@ -47,6 +48,8 @@ pub struct Shared {
     pub handshake_timeout: Duration,
     pub hello_timeout: Duration,
     pub drain_window_ms: u32,
+    /// Soft budgets checked at `Hello`.
+    pub budgets: Budgets,
     pub sink: SinkHandle,
     pub sink_health: SinkHealth,
     pub metrics: Arc<CollectorMetrics>,
@@ -72,12 +75,14 @@ pub struct Rejection {
 /// Longest meter id accepted.
 pub const MAX_METER_ID_BYTES: usize = 128;
 
-/// Decides whether a `Hello` gets a session. Pure: every input is an argument.
+/// Decides whether a `Hello` gets a session. Pure: every input is an argument; `overload` is the
+/// admission policy's answer for the collector's load ([`Budgets::on_hello`]).
 pub fn judge_hello(
     hello: &pb::Hello,
     orgs: &OrgDirectory,
     draining: bool,
     sink_healthy: bool,
+    overload: Result<(), Overloaded>,
 ) -> Result<(), Rejection> {
     let reject = |reason, label, message: String, retry_after_ms| {
         Err(Rejection {
@@ -135,6 +140,17 @@ pub fn judge_hello(
             RETRY_AFTER_UNAVAILABLE_MS,
         );
     }
+    if let Err(over) = overload {
+        return reject(
+            pb::RejectReason::Overloaded,
+            match over.budget {
+                "sessions" => "overloaded_sessions",
+                _ => "overloaded_buffered_bytes",
+            },
+            "collector is over its load budget; retry later or elsewhere".into(),
+            over.retry_after_ms,
+        );
+    }
     Ok(())
 }
 
@@ -154,20 +170,41 @@ fn loggable(claimed: &str) -> String {
     format!("{s:?}")
 }
 
-/// Keeps the open-connections gauge true however the task ends.
-struct OpenConnection(Arc<CollectorMetrics>);
+/// Keeps `connections_open` and `connections{state}` true however the task ends. Created in the
+/// accept loop, so the handshake budget counts a connection from the moment it is accepted.
+pub struct TrackedConnection {
+    metrics: Arc<CollectorMetrics>,
+    state: prometheus_client::metrics::gauge::Gauge,
+}
 
-impl Drop for OpenConnection {
+impl TrackedConnection {
+    pub fn new(metrics: &Arc<CollectorMetrics>) -> Self {
+        metrics.connections_open.inc();
+        let state = metrics.connection_state(ConnState::Handshaking);
+        state.inc();
+        Self {
+            metrics: Arc::clone(metrics),
+            state,
+        }
+    }
+
+    fn set(&mut self, state: ConnState) {
+        self.state.dec();
+        self.state = self.metrics.connection_state(state);
+        self.state.inc();
+    }
+}
+
+impl Drop for TrackedConnection {
     fn drop(&mut self) {
-        self.0.connections_open.dec();
+        self.state.dec();
+        self.metrics.connections_open.dec();
     }
 }
 
 /// Serves one connection from handshake to close.
-pub async fn serve_connection(incoming: Incoming, shared: Arc<Shared>) {
+pub async fn serve_connection(incoming: Incoming, shared: Arc<Shared>, mut tracked: TrackedConnection) {
     let _task = shared.metrics.task("connection");
-    shared.metrics.connections_open.inc();
-    let _open = OpenConnection(Arc::clone(&shared.metrics));
     let remote = incoming.remote_address();
     let started = Instant::now();
     let span = info_span!("conn", %remote);
@@ -192,13 +229,19 @@ pub async fn serve_connection(incoming: Incoming, shared: Arc<Shared>) {
                 return;
             }
         };
-        run_session(conn, &shared, started).await;
+        tracked.set(ConnState::AwaitingHello);
+        run_session(conn, &shared, started, &mut tracked).await;
     }
     .instrument(span)
     .await
 }
 
-async fn run_session(conn: Connection, shared: &Arc<Shared>, started: Instant) {
+async fn run_session(
+    conn: Connection,
+    shared: &Arc<Shared>,
+    started: Instant,
+    tracked: &mut TrackedConnection,
+) {
     // One deadline for the whole of "open the control stream and say Hello".
     let first = tokio::time::timeout(shared.hello_timeout, async {
         let (send, recv) = conn.accept_bi().await.ok()?;
@@ -232,17 +275,21 @@ async fn run_session(conn: Connection, shared: &Arc<Shared>, started: Instant) {
         }
     };
 
+    let hello_read = Instant::now();
+    let load = Load {
+        sessions: shared.metrics.sessions_active.get().max(0) as usize,
+        buffered_bytes: shared.metrics.buffered_bytes(),
+        ..Load::default()
+    };
     let verdict = judge_hello(
         &hello,
         &shared.orgs,
         shared.draining.is_cancelled(),
         shared.sink_health.is_healthy(),
+        shared.budgets.on_hello(&load, rand::random()),
     );
-    shared
-        .metrics
-        .handshake_seconds
-        .observe(started.elapsed().as_secs_f64());
     if let Err(rejection) = verdict {
+        tracked.set(ConnState::Closing);
         shared.metrics.rejected(rejection.label);
         if let Some(suppressed) = shared.reject_log.check(rejection.label, Instant::now()) {
             warn!(
@@ -259,7 +306,9 @@ async fn run_session(conn: Connection, shared: &Arc<Shared>, started: Instant) {
             retry_after_ms: rejection.retry_after_ms,
             message: rejection.message,
         }));
-        if ctl_send.write_chunk(reject).await.is_ok() && ctl_send.finish().is_ok() {
+        let sent = ctl_send.write_chunk(reject).await.is_ok() && ctl_send.finish().is_ok();
+        answered(shared, started, hello_read);
+        if sent {
             // Give the meter time to read the Reject; it closes the connection itself.
             let _ = tokio::time::timeout(REJECT_LINGER, conn.closed()).await;
         }
@@ -282,6 +331,8 @@ async fn run_session(conn: Connection, shared: &Arc<Shared>, started: Instant) {
     if ctl_send.write_chunk(welcome).await.is_err() {
         return;
     }
+    answered(shared, started, hello_read);
+    tracked.set(ConnState::Session);
     shared.metrics.sessions_welcomed.inc();
     let _active = SessionGauge::new(&shared.metrics);
     let span = info_span!("session", org = %identity.org, meter_id = %identity.meter_id, session = %identity.session_id);
@@ -295,6 +346,14 @@ async fn run_session(conn: Connection, shared: &Arc<Shared>, started: Instant) {
     });
     let end = control_loop(&conn, ctl_send, ctl, shared, &streams, &span).await;
     debug!(parent: &span, end, "session ended");
+}
+
+/// Times the answer to a `Hello`: from accepting the connection (`handshake_seconds`) and from
+/// reading the `Hello` (`control_request_seconds{request="hello"}`).
+fn answered(shared: &Shared, accepted: Instant, hello_read: Instant) {
+    let m = &shared.metrics;
+    m.handshake_seconds.observe(accepted.elapsed().as_secs_f64());
+    m.control_request("hello", hello_read.elapsed().as_secs_f64());
 }
 
 /// Runs the control stream and accepts data streams until the session ends. Returns why.
@@ -326,12 +385,14 @@ async fn control_loop(
             }
             frame = ctl.next_message::<pb::ControlFrame>() => match frame {
                 Ok(Some(pb::ControlFrame { msg: Some(pb::control_frame::Msg::Heartbeat(_)) })) => {
+                    let read = Instant::now();
                     let beat = control(pb::control_frame::Msg::Heartbeat(pb::Heartbeat {
                         sent_unix_nanos: crate::ingest::unix_nanos_now(),
                     }));
                     if ctl_send.write_chunk(beat).await.is_err() {
                         return "connection lost";
                     }
+                    shared.metrics.control_request("heartbeat", read.elapsed().as_secs_f64());
                 }
                 Ok(Some(_)) => {
                     ConnectionCode::ProtocolViolation.close(conn);
@@ -424,7 +485,7 @@ mod tests {
 
     #[test]
     fn a_good_hello_is_welcomed() {
-        assert_eq!(judge_hello(&hello(), &orgs(), false, true), Ok(()));
+        assert_eq!(judge_hello(&hello(), &orgs(), false, true, Ok(())), Ok(()));
     }
 
     #[test]
@@ -433,8 +494,8 @@ mod tests {
         wrong_token.org_token = "rft_bad".into();
         let mut wrong_org = hello();
         wrong_org.org_id = "other".into();
-        let a = judge_hello(&wrong_token, &orgs(), false, true).unwrap_err();
-        let b = judge_hello(&wrong_org, &orgs(), false, true).unwrap_err();
+        let a = judge_hello(&wrong_token, &orgs(), false, true, Ok(())).unwrap_err();
+        let b = judge_hello(&wrong_org, &orgs(), false, true, Ok(())).unwrap_err();
         assert_eq!(a.reason, pb::RejectReason::Auth);
         assert_eq!(b.reason, pb::RejectReason::Auth);
         assert_eq!(a.message, b.message, "the meter cannot tell which part was wrong");
@@ -447,22 +508,42 @@ mod tests {
         let mut v2 = hello();
         v2.protocol_version = 2;
         assert_eq!(
-            judge_hello(&v2, &orgs(), false, true).unwrap_err().reason,
+            judge_hello(&v2, &orgs(), false, true, Ok(())).unwrap_err().reason,
             pb::RejectReason::UnsupportedVersion
         );
         let mut bad_id = hello();
         bad_id.meter_id = "a b".into();
         assert_eq!(
-            judge_hello(&bad_id, &orgs(), false, true).unwrap_err().reason,
+            judge_hello(&bad_id, &orgs(), false, true, Ok(()))
+                .unwrap_err()
+                .reason,
             pb::RejectReason::BadHello
         );
-        let draining = judge_hello(&hello(), &orgs(), true, true).unwrap_err();
+        let draining = judge_hello(&hello(), &orgs(), true, true, Ok(())).unwrap_err();
         assert_eq!(draining.reason, pb::RejectReason::Draining);
         assert!(draining.retry_after_ms > 0);
         assert_eq!(
-            judge_hello(&hello(), &orgs(), false, false).unwrap_err().reason,
+            judge_hello(&hello(), &orgs(), false, false, Ok(()))
+                .unwrap_err()
+                .reason,
             pb::RejectReason::SinkUnavailable
         );
+    }
+
+    #[test]
+    fn over_a_soft_budget_an_authenticated_meter_is_told_when_to_retry() {
+        let over = Err(Overloaded {
+            budget: "sessions",
+            retry_after_ms: 4_321,
+        });
+        let r = judge_hello(&hello(), &orgs(), false, true, over).unwrap_err();
+        assert_eq!(r.reason, pb::RejectReason::Overloaded);
+        assert_eq!((r.label, r.retry_after_ms), ("overloaded_sessions", 4_321));
+        // Auth comes first: an unauthenticated client learns nothing about the load.
+        let mut wrong = hello();
+        wrong.org_token = "rft_bad".into();
+        let r = judge_hello(&wrong, &orgs(), false, true, over).unwrap_err();
+        assert_eq!(r.reason, pb::RejectReason::Auth);
     }
 
     #[test]

@@ -32,6 +32,47 @@ pub struct TaskLabel {
     pub task: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabel {
+    pub request: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn control_latency_histogram() -> Histogram {
+    // 50 µs to ~1.6 s.
+    Histogram::new(exponential_buckets(0.00005, 2.0, 16))
+}
+
+/// A connection's place in its life, as counted by `connections{state}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnState {
+    /// QUIC/TLS handshake in progress.
+    Handshaking,
+    /// Handshake done; waiting for (or judging) the meter's `Hello`.
+    AwaitingHello,
+    /// Welcomed: a session.
+    Session,
+    /// Rejected or shutting down; waiting for the peer to close.
+    Closing,
+}
+
+impl ConnState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnState::Handshaking => "handshaking",
+            ConnState::AwaitingHello => "awaiting_hello",
+            ConnState::Session => "session",
+            ConnState::Closing => "closing",
+        }
+    }
+}
+
 fn reason(reason: &'static str) -> ReasonLabel {
     ReasonLabel { reason }
 }
@@ -41,24 +82,36 @@ pub struct CollectorMetrics {
     registry: Registry,
     pub connections_accepted: Counter,
     pub connections_refused: Family<ReasonLabel, Counter>,
+    pub connections_retried: Counter,
     pub connections_open: Gauge,
+    pub connections: Family<StateLabel, Gauge>,
     pub handshake_failures: Counter,
     pub handshake_seconds: Histogram,
     pub sessions_active: Gauge,
     pub sessions_welcomed: Counter,
     pub hello_rejects: Family<ReasonLabel, Counter>,
+    pub control_request_seconds: HistogramFamily<RequestLabel>,
     pub batches_in: Family<OrgLabel, Counter>,
     pub records_in: Family<OrgLabel, Counter>,
     pub bytes_in: Family<OrgLabel, Counter>,
+    pub ingress_bytes: Counter,
     pub frame_bytes: Histogram,
     pub batches_stored: Counter,
     pub records_stored: Counter,
     pub bytes_out: Counter,
+    pub org_batches_out: Family<OrgLabel, Counter>,
+    pub org_records_out: Family<OrgLabel, Counter>,
+    pub org_bytes_out: Family<OrgLabel, Counter>,
+    pub ingress_egress_ratio: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub acks_sent: Counter,
     pub nacks: Family<ReasonLabel, Counter>,
     pub stream_errors: Family<ReasonLabel, Counter>,
     pub sink_queue_batches: Gauge,
     pub sink_queue_bytes: Gauge,
+    pub sink_seconds: Histogram,
+    pub frames_waiting_bytes: Gauge,
+    pub buffered_bytes: Gauge,
+    pub batches_dropped: Family<ReasonLabel, Counter>,
     pub sink_healthy: Gauge,
     pub sink_write_errors: Counter,
     pub sink_outages: Counter,
@@ -72,6 +125,9 @@ pub struct CollectorMetrics {
     pub store_dropped_records: Counter,
     pub store_dropped_bytes: Counter,
     pub tasks_active: Family<TaskLabel, Gauge>,
+    pub udp_receive_buffer_bytes: Gauge,
+    pub udp_socket_drops: Gauge,
+    pub udp_receive_buffer_errors: Gauge,
 }
 
 impl CollectorMetrics {
@@ -95,7 +151,17 @@ impl CollectorMetrics {
                 "Connections refused before the handshake, by reason",
                 Family::default()
             ),
+            connections_retried: reg!(
+                "connections_retried",
+                "Connection attempts answered with a stateless QUIC Retry (address validation under load)",
+                Counter::default()
+            ),
             connections_open: reg!("connections_open", "Connections currently open", Gauge::default()),
+            connections: reg!(
+                "connections",
+                "Connections by state: handshaking, awaiting_hello, session, closing",
+                Family::default()
+            ),
             handshake_failures: reg!(
                 "handshake_failures",
                 "QUIC/TLS handshakes that failed or timed out",
@@ -121,9 +187,19 @@ impl CollectorMetrics {
                 "Hellos answered with Reject, by reason",
                 Family::default()
             ),
+            control_request_seconds: reg!(
+                "control_request_seconds",
+                "Control-plane request latency, by request: hello (Hello read to Welcome/Reject written), heartbeat, admin (an HTTP request)",
+                Family::new_with_constructor(control_latency_histogram as fn() -> Histogram)
+            ),
             batches_in: reg!("batches_in", "Batches received, by org", Family::default()),
             records_in: reg!("records_in", "Records received, by org", Family::default()),
             bytes_in: reg!("bytes_in", "Data frame bytes received, by org", Family::default()),
+            ingress_bytes: reg!(
+                "ingress_bytes",
+                "Data frame bytes received, all orgs",
+                Counter::default()
+            ),
             frame_bytes: reg!(
                 "frame_bytes",
                 "Size of data frames received; compare with limits.max_frame_bytes to see the limit coming",
@@ -144,6 +220,26 @@ impl CollectorMetrics {
                 "Bytes handed to the sink; bytes_in / bytes_out is the ingress:egress ratio",
                 Counter::default()
             ),
+            org_batches_out: reg!(
+                "org_batches_out",
+                "Batches the sink holds (acked), by org",
+                Family::default()
+            ),
+            org_records_out: reg!(
+                "org_records_out",
+                "Records the sink holds (acked), by org",
+                Family::default()
+            ),
+            org_bytes_out: reg!(
+                "org_bytes_out",
+                "Bytes handed to the sink and held by it, by org",
+                Family::default()
+            ),
+            ingress_egress_ratio: reg!(
+                "ingress_egress_ratio",
+                "bytes_in / bytes_out over the collector's life (frames received per byte stored)",
+                Gauge::default()
+            ),
             acks_sent: reg!("acks_sent", "Ack frames sent", Counter::default()),
             nacks: reg!(
                 "nacks",
@@ -161,6 +257,26 @@ impl CollectorMetrics {
                 Gauge::default()
             ),
             sink_queue_bytes: reg!("sink_queue_bytes", "Bytes waiting for the sink", Gauge::default()),
+            sink_seconds: reg!(
+                "sink_seconds",
+                "Time from a batch entering the sink queue to the sink settling it (queue wait plus write or publish)",
+                Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+            ),
+            frames_waiting_bytes: reg!(
+                "frames_waiting_bytes",
+                "Bytes of data frames read and waiting for room in the sink queue",
+                Gauge::default()
+            ),
+            buffered_bytes: reg!(
+                "buffered_bytes",
+                "Bytes the data plane holds (sink queue plus frames waiting for it), as admission sees it",
+                Gauge::default()
+            ),
+            batches_dropped: reg!(
+                "batches_dropped",
+                "Batches the collector let go without storing them, by reason (rejected: nacked for good; shutdown: abandoned unacked at the end of the grace period, meters resend them)",
+                Family::default()
+            ),
             sink_healthy: reg!(
                 "sink_healthy",
                 "1 when the sink can store batches (its last write succeeded, its server is reachable)",
@@ -222,12 +338,32 @@ impl CollectorMetrics {
                 "Spawned tasks and threads currently running, by kind",
                 Family::default()
             ),
+            udp_receive_buffer_bytes: reg!(
+                "udp_receive_buffer_bytes",
+                "Receive buffer the kernel granted the QUIC socket (Linux reports twice the usable size)",
+                Gauge::default()
+            ),
+            udp_socket_drops: reg!(
+                "udp_socket_drops",
+                "Datagrams the kernel dropped on the QUIC socket (its receive buffer was full), from /proc/net/udp",
+                Gauge::default()
+            ),
+            udp_receive_buffer_errors: reg!(
+                "udp_receive_buffer_errors",
+                "UDP receive-buffer errors of the whole host (RcvbufErrors of Udp and Udp6 in /proc/net/snmp*)",
+                Gauge::default()
+            ),
             registry,
         }
     }
 
     /// Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
+        let out_bytes = self.bytes_out.get();
+        if out_bytes > 0 {
+            self.ingress_egress_ratio
+                .set(self.ingress_bytes.get() as f64 / out_bytes as f64);
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -240,6 +376,52 @@ impl CollectorMetrics {
 
     pub fn rejected(&self, why: &'static str) {
         self.hello_rejects.get_or_create(&reason(why)).inc();
+    }
+
+    /// Counts a batch the sink now holds: totals and the org's.
+    pub fn stored(&self, org: &str, records: u32, bytes: usize) {
+        self.batches_stored.inc();
+        self.records_stored.inc_by(u64::from(records));
+        self.bytes_out.inc_by(bytes as u64);
+        let label = OrgLabel { org: org.to_owned() };
+        self.org_batches_out.get_or_create(&label).inc();
+        self.org_records_out
+            .get_or_create(&label)
+            .inc_by(u64::from(records));
+        self.org_bytes_out.get_or_create(&label).inc_by(bytes as u64);
+    }
+
+    pub fn dropped(&self, why: &'static str, batches: u64) {
+        self.batches_dropped.get_or_create(&reason(why)).inc_by(batches);
+    }
+
+    /// Times one control-plane request.
+    pub fn control_request(&self, request: &'static str, seconds: f64) {
+        self.control_request_seconds
+            .get_or_create(&RequestLabel { request })
+            .observe(seconds);
+    }
+
+    /// What admission counts as buffered: the sink queue and frames waiting for it.
+    pub fn buffered_bytes(&self) -> u64 {
+        let bytes = self.sink_queue_bytes.get() + self.frames_waiting_bytes.get();
+        self.buffered_bytes.set(bytes);
+        bytes.max(0) as u64
+    }
+
+    /// Handshakes in flight: connections not yet answered with Welcome or Reject.
+    pub fn handshakes_in_flight(&self) -> usize {
+        let n = self.connection_state(ConnState::Handshaking).get()
+            + self.connection_state(ConnState::AwaitingHello).get();
+        n.max(0) as usize
+    }
+
+    pub fn connection_state(&self, state: ConnState) -> Gauge {
+        self.connections
+            .get_or_create(&StateLabel {
+                state: state.as_str(),
+            })
+            .clone()
     }
 
     pub fn nacked(&self, why: &'static str) {
@@ -264,6 +446,7 @@ impl CollectorMetrics {
             batches: self.batches_in.get_or_create(&label).clone(),
             records: self.records_in.get_or_create(&label).clone(),
             bytes: self.bytes_in.get_or_create(&label).clone(),
+            all_bytes: self.ingress_bytes.clone(),
         }
     }
 
@@ -282,7 +465,15 @@ impl Default for CollectorMetrics {
 pub struct OrgCounters {
     pub batches: Counter,
     pub records: Counter,
-    pub bytes: Counter,
+    bytes: Counter,
+    all_bytes: Counter,
+}
+
+impl OrgCounters {
+    pub fn received_bytes(&self, n: u64) {
+        self.bytes.inc_by(n);
+        self.all_bytes.inc_by(n);
+    }
 }
 
 /// Decrements its task gauge when dropped.

@@ -75,14 +75,23 @@ pub fn check_range(key: &str, value: u64, min: u64, max: u64) -> Result<(), Conf
     }
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (else `default_filter`).
-pub fn init_logging(default_filter: &str) {
+/// Log line formats: `text` for people, `json` (one object per line, fields as keys) for log
+/// pipelines.
+pub const LOG_FORMATS: [&str; 2] = ["text", "json"];
+
+/// Logs to stderr, filtered by `RUST_LOG` (else `default_filter`), as `format` (one of
+/// [`LOG_FORMATS`]; anything else is text).
+pub fn init_logging(default_filter: &str, format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = if format == "json" {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 /// Signal meanings: the first SIGTERM or SIGINT cancels `shutdown` (a graceful stop: `graceful`

@@ -12,6 +12,7 @@ pub mod logs;
 pub mod nats;
 pub mod process;
 pub mod raw;
+pub mod throttle;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -225,6 +226,17 @@ admin.listen = "127.0.0.1:0"
     /// Starts an in-process collector.
     pub async fn start_collector(&self, name: &str, extra: &str) -> anyhow::Result<RunningCollector> {
         RunningCollector::start(self.collector_config(name, extra)?).await
+    }
+
+    /// Starts an in-process collector listening on `listen`.
+    pub async fn start_collector_at(
+        &self,
+        name: &str,
+        listen: SocketAddr,
+        extra: &str,
+    ) -> anyhow::Result<RunningCollector> {
+        let text = self.collector_toml(name, listen, extra);
+        RunningCollector::start(ringflow_collector::Config::parse(&text)?).await
     }
 }
 

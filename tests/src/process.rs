@@ -39,6 +39,8 @@ pub fn free_udp_port_on(ips: &[std::net::Ipv4Addr]) -> anyhow::Result<u16> {
 pub struct ChildProcess {
     child: Child,
     label: String,
+    /// The log line that said the process was ready.
+    pub ready_line: String,
 }
 
 impl ChildProcess {
@@ -69,16 +71,20 @@ impl ChildProcess {
                 if line.contains(&wanted)
                     && let Some(tx) = ready_tx.take()
                 {
-                    let _ = tx.send(());
+                    let _ = tx.send(line.clone());
                 }
             }
         });
         let mut process = ChildProcess {
             child,
             label: label.to_owned(),
+            ready_line: String::new(),
         };
         match tokio::time::timeout(READY_TIMEOUT, ready_rx).await {
-            Ok(Ok(())) => Ok(process),
+            Ok(Ok(line)) => {
+                process.ready_line = line;
+                Ok(process)
+            }
             _ => {
                 let status = process.kill();
                 anyhow::bail!("{label} did not log {ready:?} within {READY_TIMEOUT:?} (exit: {status:?})")
@@ -90,6 +96,23 @@ impl ChildProcess {
     pub fn kill(&mut self) -> Option<ExitStatus> {
         let _ = self.child.kill();
         self.child.wait().ok()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Resident memory of the process now (`VmRSS` in `/proc/PID/status`).
+    pub fn rss_bytes(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .context("no VmRSS in /proc/PID/status")?;
+        Ok(kib * 1024)
     }
 
     /// SIGTERM, then waits for the process to exit by itself.
@@ -134,8 +157,10 @@ impl Drop for ChildProcess {
 
 /// The `collector` command line in a child process.
 pub struct CollectorProcess {
-    process: ChildProcess,
+    pub process: ChildProcess,
     pub addr: SocketAddr,
+    /// The admin HTTP address, as the collector logged it when ready.
+    pub admin_addr: SocketAddr,
     pub data_dir: PathBuf,
 }
 
@@ -153,9 +178,16 @@ impl CollectorProcess {
         std::fs::write(&config_path, bed.collector_toml(name, addr, extra))?;
         let args = ["run".as_ref(), "--config".as_ref(), config_path.as_os_str()];
         let process = ChildProcess::start(binary, &args, name, "collector ready").await?;
+        let admin_addr = process
+            .ready_line
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("admin="))
+            .and_then(|a| a.parse().ok())
+            .with_context(|| format!("no admin= address in {:?}", process.ready_line))?;
         Ok(CollectorProcess {
             process,
             addr,
+            admin_addr,
             data_dir: bed.data_dir(name),
         })
     }

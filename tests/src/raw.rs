@@ -34,6 +34,17 @@ impl RawSession {
     ) -> anyhow::Result<RawHello> {
         let client = ringflow_agent::transport::client_config(&bed.certs.ca)?;
         let endpoint = ringflow_agent::transport::client_endpoint(client)?;
+        Self::hello_on(&endpoint, addr, org, meter_id, token).await
+    }
+
+    /// Like [`RawSession::hello`], from an existing client `endpoint` (many sessions, one socket).
+    pub async fn hello_on(
+        endpoint: &Endpoint,
+        addr: SocketAddr,
+        org: &str,
+        meter_id: &str,
+        token: &str,
+    ) -> anyhow::Result<RawHello> {
         let conn = endpoint.connect(addr, "localhost")?.await?;
         let (mut send, recv) = conn.open_bi().await?;
         let hello = pb::ControlFrame {
@@ -57,7 +68,7 @@ impl RawSession {
             Some(pb::control_frame::Msg::Welcome(welcome)) => Ok(RawHello::Welcomed(Box::new(RawSession {
                 conn,
                 welcome,
-                _endpoint: endpoint,
+                _endpoint: endpoint.clone(),
                 _control: (send, reader),
             }))),
             Some(pb::control_frame::Msg::Reject(reject)) => Ok(RawHello::Rejected(reject)),

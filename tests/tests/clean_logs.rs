@@ -129,3 +129,39 @@ async fn a_poison_batch_is_nacked_once_removed_and_logged_with_its_reason() -> a
     assert_eq!(seqs, vec![1, 3]);
     Ok(())
 }
+
+/// `--log-format json`: each log line is one JSON object with the event's fields as keys.
+#[tokio::test]
+async fn json_logs_are_one_object_per_line_with_fields_as_keys() -> anyhow::Result<()> {
+    let bed = TestBed::new()?;
+    let config = bed.path().join("c1.toml");
+    std::fs::write(
+        &config,
+        bed.collector_toml("c1", std::net::SocketAddr::from(([127, 0, 0, 1], 0)), ""),
+    )?;
+    let collector = ringflow_tests::process::ChildProcess::start(
+        env!("CARGO_BIN_EXE_collector-fixture").as_ref(),
+        &[
+            "--log-format".as_ref(),
+            "json".as_ref(),
+            "run".as_ref(),
+            "--config".as_ref(),
+            config.as_os_str(),
+        ],
+        "c1",
+        "collector ready",
+    )
+    .await?;
+    let line: serde_json::Value = serde_json::from_str(&collector.ready_line)?;
+    assert_eq!(line["message"], "collector ready", "{line}");
+    assert_eq!(line["level"], "INFO");
+    assert_eq!(line["collector_id"], "c1");
+    assert!(
+        line["admin"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("127.0.0.1:")),
+        "{line}"
+    );
+    collector.terminate().await?;
+    Ok(())
+}

@@ -30,6 +30,10 @@ pub use ringflow_proto::ops::EXIT_CONFIG;
                   Exit codes: 0 ok, 1 runtime failure, 64 bad configuration."
 )]
 struct Cli {
+    /// Log format on stderr: "text", or "json" (one object per line, for log pipelines).
+    #[arg(long, global = true, value_name = "FORMAT", default_value = "text",
+          value_parser = ringflow_proto::ops::LOG_FORMATS)]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -86,7 +90,7 @@ enum Command {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    ringflow_proto::ops::init_logging("info");
+    ringflow_proto::ops::init_logging("info", &cli.log_format);
     match cli.command {
         Command::Run { config } => run(config),
         Command::DevCerts { out, names } => match tls::write_dev_certs(&out, &names) {
@@ -175,7 +179,13 @@ fn run(config_path: PathBuf) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let runtime = match tokio::runtime::Runtime::new() {
+    // This runtime is the control plane's; the collector starts its data plane's itself.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.runtime.control_threads as usize)
+        .thread_name("collector-control")
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(error) => {
             eprintln!("collector: cannot start the async runtime: {error}");

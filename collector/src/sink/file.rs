@@ -141,9 +141,8 @@ impl FileSink {
         }
         ctx.metrics.store_bytes.set(self.store.total_bytes() as i64);
         for job in group.drain(..) {
-            ctx.metrics.batches_stored.inc();
-            ctx.metrics.records_stored.inc_by(u64::from(job.batch.records));
-            ctx.metrics.bytes_out.inc_by(job.batch.payload.len() as u64);
+            ctx.metrics
+                .stored(&job.batch.org, job.batch.records, job.batch.payload.len());
             job.complete(SinkOutcome::Stored);
         }
         true
@@ -169,6 +168,7 @@ fn count_evicted(evicted: &[Evicted], metrics: &CollectorMetrics) {
     for e in evicted {
         metrics.store_dropped_segments.inc();
         metrics.store_dropped_batches.inc_by(e.meta.entries);
+        metrics.dropped("store_byte_cap", e.meta.entries);
         metrics.store_dropped_records.inc_by(e.meta.records);
         metrics.store_dropped_bytes.inc_by(e.meta.bytes);
         tracing::warn!(

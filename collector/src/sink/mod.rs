@@ -51,20 +51,38 @@ pub enum SinkOutcome {
 /// dropped, completed or not.
 pub struct SinkJob {
     pub batch: SinkBatch,
-    done: oneshot::Sender<SinkOutcome>,
-    _slot: QueueSlot,
+    /// Taken when the job is completed; a job dropped with it still here was let go unsettled.
+    done: Option<oneshot::Sender<SinkOutcome>>,
+    slot: QueueSlot,
 }
 
 impl SinkJob {
-    pub fn complete(self, outcome: SinkOutcome) {
-        // The data stream may be gone (meter disconnected); it will resend what it did not see acked.
-        let _ = self.done.send(outcome);
+    pub fn complete(mut self, outcome: SinkOutcome) {
+        self.slot
+            .metrics
+            .sink_seconds
+            .observe(self.slot.queued_at.elapsed().as_secs_f64());
+        if let Some(done) = self.done.take() {
+            // The data stream may be gone (meter disconnected); it will resend what it did not
+            // see acked.
+            let _ = done.send(outcome);
+        }
+    }
+}
+
+impl Drop for SinkJob {
+    fn drop(&mut self) {
+        if self.done.is_some() {
+            // Shutdown abandoned it: not acked, so its meter sends it again elsewhere.
+            self.slot.metrics.dropped("sink_stopped", 1);
+        }
     }
 }
 
 struct QueueSlot {
     _bytes: OwnedSemaphorePermit,
     bytes: i64,
+    queued_at: Instant,
     metrics: Arc<CollectorMetrics>,
 }
 
@@ -106,14 +124,15 @@ impl SinkHandle {
         let slot = QueueSlot {
             _bytes: permit,
             bytes: bytes as i64,
+            queued_at: Instant::now(),
             metrics: Arc::clone(&self.metrics),
         };
         let (done, receipt) = oneshot::channel();
         self.jobs_tx
             .send(SinkJob {
                 batch,
-                done,
-                _slot: slot,
+                done: Some(done),
+                slot,
             })
             .await
             .map_err(|_| SinkClosed)?;

@@ -294,9 +294,7 @@ impl NatsSink {
         if ack.duplicate {
             m.sink_duplicates.inc();
         }
-        m.batches_stored.inc();
-        m.records_stored.inc_by(u64::from(job.batch.records));
-        m.bytes_out.inc_by(job.batch.payload.len() as u64);
+        m.stored(&job.batch.org, job.batch.records, job.batch.payload.len());
         job.complete(SinkOutcome::Stored);
     }
 }
