@@ -12,9 +12,10 @@
 //!   at random over a window that widens the further the collector is over the budget, so the
 //!   refused meters do not all come back in the same instant.
 //!
-//! Sans-IO: the caller passes in the load it measured, the time and a random number in `[0, 1)`;
-//! `herd sim` drives the same struct. Must never: do I/O, wait, or read a clock or an RNG itself.
-//! It runs inline in the accept loop so its counts cannot overshoot.
+//! Sans-IO: the caller passes in the load it measured, the time and a random number in `[0, 1)`,
+//! so a simulator (`herd sim`) can drive the same struct. Must never: do I/O, wait, or read a
+//! clock or an RNG itself. `on_incoming` runs inline in the accept loop so its counts cannot be
+//! overtaken by connections it let in.
 
 use std::time::Duration;
 

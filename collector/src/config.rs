@@ -181,10 +181,11 @@ pub struct AdmissionConfig {
 /// Threads of the two planes. The control plane (accepting, handshakes, QUIC packet I/O, Hello,
 /// control streams, drain, admin HTTP) and the data plane (data streams, the sink) run on
 /// separate tokio runtimes, so a saturated data plane cannot queue the control plane's work.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
-    /// Worker threads of the control plane (used by `collector run`). Default 1.
+    /// Worker threads of the control plane (used by `collector run`); 0 means one per CPU.
+    /// Default 0: QUIC packet I/O (for data too) runs on the control plane.
     pub control_threads: u32,
     /// Worker threads of the data plane; 0 means one per CPU. Default 0.
     pub data_threads: u32,
@@ -221,22 +222,22 @@ impl Default for AdmissionConfig {
     }
 }
 
-impl Default for RuntimeConfig {
-    fn default() -> Self {
-        Self {
-            control_threads: 1,
-            data_threads: 0,
-        }
-    }
-}
-
 impl RuntimeConfig {
     /// Data-plane worker threads, with 0 resolved to the number of CPUs.
     pub fn data_threads(&self) -> usize {
-        match self.data_threads {
-            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
-            n => n as usize,
-        }
+        threads_or_cpus(self.data_threads)
+    }
+
+    /// Control-plane worker threads, with 0 resolved to the number of CPUs.
+    pub fn control_threads(&self) -> usize {
+        threads_or_cpus(self.control_threads)
+    }
+}
+
+fn threads_or_cpus(n: u32) -> usize {
+    match n {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n as usize,
     }
 }
 
@@ -738,17 +739,18 @@ impl Config {
             100,
             600_000,
         )?;
+        // The hint window starts min wide and grows to [min, max]: max is at least 2 x min.
         check_range(
             "admission.retry_after_max_ms",
             a.retry_after_max_ms.into(),
-            a.retry_after_min_ms.into(),
+            2 * u64::from(a.retry_after_min_ms),
             3_600_000,
         )?;
         check_range(
             "runtime.control_threads",
             self.runtime.control_threads.into(),
-            1,
-            64,
+            0,
+            256,
         )?;
         check_range("runtime.data_threads", self.runtime.data_threads.into(), 0, 256)?;
         Ok(())

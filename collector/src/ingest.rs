@@ -285,12 +285,10 @@ pub async fn serve_data_stream(
                         // Waits while the sink queue is full: we stop reading, QUIC pushes back.
                         // Shutdown must not wait behind a sink that cannot write: the batch is
                         // then dropped unacked, and the meter sends it again elsewhere.
-                        let waiting = WaitingFrame::new(&ctx.metrics, job.payload.len());
                         let submitted = tokio::select! {
                             receipt = ctx.sink.submit(job) => receipt.ok(),
                             _ = stop.cancelled() => None,
                         };
-                        drop(waiting);
                         match submitted {
                             Some(receipt) => in_flight.push_back(InFlight { seq, state: InFlightState::Waiting(receipt) }),
                             None => {
@@ -316,27 +314,6 @@ pub async fn serve_data_stream(
                 }
             }
         }
-    }
-}
-
-/// Counts a batch's bytes in `frames_waiting_bytes` (part of what admission sees as buffered)
-/// while its stream waits for room in the sink queue.
-struct WaitingFrame<'a> {
-    metrics: &'a CollectorMetrics,
-    bytes: i64,
-}
-
-impl<'a> WaitingFrame<'a> {
-    fn new(metrics: &'a CollectorMetrics, bytes: usize) -> Self {
-        let bytes = bytes as i64;
-        metrics.frames_waiting_bytes.inc_by(bytes);
-        Self { metrics, bytes }
-    }
-}
-
-impl Drop for WaitingFrame<'_> {
-    fn drop(&mut self) {
-        self.metrics.frames_waiting_bytes.dec_by(self.bytes);
     }
 }
 

@@ -100,22 +100,30 @@ pub struct Collector {
     udp: UdpSocketProbe,
 }
 
+thread_local! {
+    /// A data-plane thread's scoped subscriber, held until the thread stops.
+    static DATA_THREAD_LOG: std::cell::RefCell<Option<tracing::dispatcher::DefaultGuard>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 /// The data plane's runtime. Shut down without blocking when dropped, so a collector can be
 /// dropped (or finish) inside an async context.
 struct DataRuntime(Option<tokio::runtime::Runtime>);
 
 impl DataRuntime {
     fn start(threads: usize) -> std::io::Result<Self> {
-        // The data plane logs where its creator logs, even to a subscriber scoped to the
-        // creating thread (an embedding such as `herd`, or a test capturing logs).
+        // The data plane's threads log to the creator's subscriber, even one scoped to the
+        // creating thread (an embedding such as `herd`, or a test capturing logs). tracing cannot
+        // tell a scoped subscriber from the global one, so this is done in every case.
         let dispatch = tracing::dispatcher::get_default(|d| d.clone());
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
             .thread_name("collector-data")
             .on_thread_start(move || {
-                // Kept for the thread's whole life.
-                std::mem::forget(tracing::dispatcher::set_default(&dispatch));
+                let guard = tracing::dispatcher::set_default(&dispatch);
+                DATA_THREAD_LOG.with(|g| *g.borrow_mut() = Some(guard));
             })
+            .on_thread_stop(|| DATA_THREAD_LOG.with(|g| drop(g.borrow_mut().take())))
             .enable_all()
             .build()
             .map(|rt| DataRuntime(Some(rt)))
@@ -158,9 +166,10 @@ impl Collector {
         let socket =
             quic::bind_udp(config.listen, SOCKET_BUFFER_BYTES).map_err(bind_err("QUIC", config.listen))?;
         let udp = UdpSocketProbe::of(&socket);
-        if udp.receive_buffer_bytes < SOCKET_BUFFER_BYTES {
+        // Linux reports twice the usable size it granted.
+        if udp.receive_buffer_bytes / 2 < SOCKET_BUFFER_BYTES {
             warn!(
-                granted = udp.receive_buffer_bytes,
+                granted = udp.receive_buffer_bytes / 2,
                 wanted = SOCKET_BUFFER_BYTES,
                 "the kernel granted a smaller UDP receive buffer than asked for: a burst of \
                  handshakes may be dropped; raise net.core.rmem_max"
@@ -201,6 +210,11 @@ impl Collector {
 
     pub fn metrics(&self) -> Arc<CollectorMetrics> {
         Arc::clone(&self.metrics)
+    }
+
+    /// The data plane's runtime (for an embedding that wants to run or watch work there).
+    pub fn data_runtime(&self) -> tokio::runtime::Handle {
+        self.data_runtime.handle()
     }
 
     /// Serves until `shutdown` fires, then drains and stops (see the module docs).
@@ -416,7 +430,11 @@ async fn accept_loop(
     let refusal_log = LogThrottle::new(Duration::from_secs(10), 16);
     while let Some(incoming) = endpoint.accept().await {
         let load = Load {
-            connections: endpoint.open_connections(),
+            // quinn counts a connection only once its task has called `accept`; our gauge counts
+            // it from this loop's decision. The larger of the two cannot be overtaken.
+            connections: endpoint
+                .open_connections()
+                .max(m.connections_open.get().max(0) as usize),
             handshakes: m.handshakes_in_flight(),
             sessions: m.sessions_active.get().max(0) as usize,
             buffered_bytes: m.buffered_bytes(),
@@ -447,8 +465,9 @@ async fn accept_loop(
                 }
             }
             Admit::Retry => {
-                // A client that already answered a Retry but whose token failed validation.
-                m.refused("invalid_retry_token");
+                // Not expected: quinn lets every unvalidated address retry (it answers a bad
+                // Retry token itself). Refuse rather than start a handshake over budget.
+                m.refused("max_handshakes");
                 incoming.refuse();
             }
             Admit::Accept => {

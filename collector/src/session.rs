@@ -175,6 +175,8 @@ fn loggable(claimed: &str) -> String {
 pub struct TrackedConnection {
     metrics: Arc<CollectorMetrics>,
     state: prometheus_client::metrics::gauge::Gauge,
+    /// When the accept loop admitted it: handshake latency includes any wait for the runtime.
+    accepted: Instant,
 }
 
 impl TrackedConnection {
@@ -185,6 +187,7 @@ impl TrackedConnection {
         Self {
             metrics: Arc::clone(metrics),
             state,
+            accepted: Instant::now(),
         }
     }
 
@@ -206,7 +209,7 @@ impl Drop for TrackedConnection {
 pub async fn serve_connection(incoming: Incoming, shared: Arc<Shared>, mut tracked: TrackedConnection) {
     let _task = shared.metrics.task("connection");
     let remote = incoming.remote_address();
-    let started = Instant::now();
+    let started = tracked.accepted;
     let span = info_span!("conn", %remote);
     async move {
         let conn = match incoming.accept() {
@@ -288,6 +291,9 @@ async fn run_session(
         shared.sink_health.is_healthy(),
         shared.budgets.on_hello(&load, rand::random()),
     );
+    // The session's slot is taken with the decision, before any await, so Hellos judged at the
+    // same moment see each other and the soft session budget holds.
+    let active = verdict.is_ok().then(|| SessionGauge::new(&shared.metrics));
     if let Err(rejection) = verdict {
         tracked.set(ConnState::Closing);
         shared.metrics.rejected(rejection.label);
@@ -334,7 +340,7 @@ async fn run_session(
     answered(shared, started, hello_read);
     tracked.set(ConnState::Session);
     shared.metrics.sessions_welcomed.inc();
-    let _active = SessionGauge::new(&shared.metrics);
+    let _active = active;
     let span = info_span!("session", org = %identity.org, meter_id = %identity.meter_id, session = %identity.session_id);
     debug!(parent: &span, "session started");
     let streams = Arc::new(StreamContext {

@@ -58,7 +58,7 @@ pub enum ConnState {
     AwaitingHello,
     /// Welcomed: a session.
     Session,
-    /// Rejected or shutting down; waiting for the peer to close.
+    /// Its `Hello` was rejected; waiting for the peer to read the `Reject` and close.
     Closing,
 }
 
@@ -159,7 +159,7 @@ impl CollectorMetrics {
             connections_open: reg!("connections_open", "Connections currently open", Gauge::default()),
             connections: reg!(
                 "connections",
-                "Connections by state: handshaking, awaiting_hello, session, closing",
+                "Connections by state: handshaking, awaiting_hello, session, closing (rejected, waiting for the peer to close)",
                 Family::default()
             ),
             handshake_failures: reg!(
@@ -274,7 +274,7 @@ impl CollectorMetrics {
             ),
             batches_dropped: reg!(
                 "batches_dropped",
-                "Batches the collector let go without storing them, by reason (rejected: nacked for good; shutdown: abandoned unacked at the end of the grace period, meters resend them)",
+                "Batches the collector let go, by reason: nacked (refused for good), sink_stopped (abandoned unacked at shutdown; meters send them again), store_byte_cap (stored, then deleted by sink.file.max_bytes)",
                 Family::default()
             ),
             sink_healthy: reg!(

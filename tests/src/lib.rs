@@ -256,6 +256,8 @@ pub struct RunningCollector {
     pub admin_addr: SocketAddr,
     pub data_dir: PathBuf,
     pub metrics: Arc<CollectorMetrics>,
+    /// The collector's data-plane runtime.
+    pub data_runtime: tokio::runtime::Handle,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -270,6 +272,7 @@ impl RunningCollector {
             admin_addr: collector.admin_addr(),
             data_dir,
             metrics: collector.metrics(),
+            data_runtime: collector.data_runtime(),
             shutdown: shutdown.clone(),
             task: tokio::spawn(collector.run(shutdown)),
         })

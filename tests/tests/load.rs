@@ -156,6 +156,7 @@ async fn a_connection_flood_is_shed_and_connected_meters_keep_getting_acks() -> 
         rss_before >> 20,
         rss_peak >> 20
     );
+    assert!(retried > 0.0, "busy handshakes made unvalidated addresses retry");
     assert!(
         outcome.refused > ATTEMPTS / 2,
         "most of the flood was refused before the handshake: {outcome:?}"
@@ -389,11 +390,11 @@ async fn sigterm_drains_200_meters_spread_over_the_window() -> anyhow::Result<()
     }
     // Spread over the window: a quarter of it holds about a quarter of the moves. A move is
     // counted when the meter is welcomed by b, so moves drawn near the end of the window may
-    // land a little after it (the last quarter takes those up to a second late).
+    // land a little after it (the last quarter takes those up to two seconds late).
     let mut quarters = [0usize; 5];
     for t in moved_at.values() {
         let q = (t.as_secs_f64() / WINDOW.as_secs_f64() * 4.0) as usize;
-        let late = *t > WINDOW + Duration::from_secs(1);
+        let late = *t > WINDOW + Duration::from_secs(2);
         quarters[if late { 4 } else { q.min(3) }] += 1;
     }
     let last = moved_at.values().max().copied().unwrap_or_default();
@@ -407,7 +408,7 @@ async fn sigterm_drains_200_meters_spread_over_the_window() -> anyhow::Result<()
     assert!(exited_after < GRACE, "exited within the grace period");
     assert_eq!(
         quarters[4], 0,
-        "moves more than a second after the window: {quarters:?}"
+        "moves more than 2 s after the window: {quarters:?}"
     );
     for (q, n) in quarters[..4].iter().enumerate() {
         assert!(
@@ -476,6 +477,78 @@ async fn over_the_soft_session_budget_meters_are_told_when_to_retry() -> anyhow:
     );
     assert_eq!(m.sessions_active.get(), 2, "the served sessions were kept");
     drop(served);
+    collector.stop().await;
+    Ok(())
+}
+
+/// The data plane wedged outright (every one of its threads blocked) does not hold up the
+/// control plane: a new meter is welcomed and `/healthz` answers while no data-plane task can
+/// run, which the stalled acks of a connected meter show. With one runtime for both planes
+/// neither would answer until the data plane let go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wedged_data_plane_does_not_hold_up_the_control_plane() -> anyhow::Result<()> {
+    const DATA_THREADS: usize = 2;
+    const WEDGE: Duration = Duration::from_secs(4);
+    let bed = TestBed::new()?;
+    let collector = bed
+        .start_collector("c1", &format!("[runtime]\ndata_threads = {DATA_THREADS}\n"))
+        .await?;
+    let mut config = bed.meter_config("m1", &[collector.addr]);
+    config.sources.synthetic = synthetic(5_000, 0);
+    let meter = start_meter(config).await?;
+    poll_until(Duration::from_secs(30), "acks flowing", async || {
+        meter.metrics().records_acked.get() >= 2_000
+    })
+    .await?;
+
+    // Block every data-plane thread (tasks that never yield), and know they all are.
+    let (started_tx, mut started_rx) = tokio::sync::mpsc::channel(DATA_THREADS);
+    let release = Arc::new(std::sync::Barrier::new(DATA_THREADS + 1));
+    for _ in 0..DATA_THREADS {
+        let (started_tx, release) = (started_tx.clone(), Arc::clone(&release));
+        collector.data_runtime.spawn(async move {
+            let _ = started_tx.try_send(());
+            release.wait();
+        });
+    }
+    for _ in 0..DATA_THREADS {
+        started_rx.recv().await;
+    }
+    let wedged_at = Instant::now();
+    let acked_at_wedge = meter.metrics().records_acked.get();
+    // The probe runs on a runtime of its own, so its deadline holds whatever the collector's
+    // runtimes are doing.
+    let within = tokio::task::block_in_place(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        anyhow::Ok(rt.block_on(async {
+            tokio::time::timeout(WEDGE, async {
+                let hello = RawSession::hello(&bed, collector.addr, ORG, "newcomer", &bed.token).await?;
+                anyhow::ensure!(matches!(hello, RawHello::Welcomed(_)), "newcomer not welcomed");
+                let (status, _) = http_get(collector.admin_addr, "/healthz").await?;
+                anyhow::ensure!(status == 200);
+                Ok(())
+            })
+            .await
+        }))
+    })?;
+    let took = wedged_at.elapsed();
+    let acked_during = meter.metrics().records_acked.get() - acked_at_wedge;
+    // Let the data plane go again.
+    tokio::task::block_in_place(|| release.wait());
+    eprintln!(
+        "data plane wedged: the probe (a new meter's Hello, then /healthz) ended after {took:.1?}; acks during the wedge {acked_during}"
+    );
+    within
+        .map_err(|_| anyhow::anyhow!("the control plane did not answer while the data plane was wedged"))??;
+    assert_eq!(acked_during, 0, "the data plane was really wedged");
+    let after = meter.metrics().records_acked.get();
+    poll_until(Duration::from_secs(30), "acks after the wedge", async || {
+        meter.metrics().records_acked.get() > after
+    })
+    .await?;
+    meter.stop().await?;
     collector.stop().await;
     Ok(())
 }

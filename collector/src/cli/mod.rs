@@ -181,7 +181,7 @@ fn run(config_path: PathBuf) -> ExitCode {
     };
     // This runtime is the control plane's; the collector starts its data plane's itself.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.runtime.control_threads as usize)
+        .worker_threads(config.runtime.control_threads())
         .thread_name("collector-control")
         .enable_all()
         .build()

@@ -93,6 +93,28 @@ impl Drop for QueueSlot {
     }
 }
 
+/// Counts a batch's bytes in `frames_waiting_bytes` (part of what admission sees as buffered)
+/// until it has room in the sink queue's byte budget (from then on it counts in
+/// `sink_queue_bytes`).
+struct WaitingFrame<'a> {
+    metrics: &'a CollectorMetrics,
+    bytes: i64,
+}
+
+impl<'a> WaitingFrame<'a> {
+    fn new(metrics: &'a CollectorMetrics, bytes: usize) -> Self {
+        let bytes = bytes as i64;
+        metrics.frames_waiting_bytes.inc_by(bytes);
+        Self { metrics, bytes }
+    }
+}
+
+impl Drop for WaitingFrame<'_> {
+    fn drop(&mut self) {
+        self.metrics.frames_waiting_bytes.dec_by(self.bytes);
+    }
+}
+
 /// Resolves when the sink has settled the batch; an error means the sink stopped without
 /// settling it (shutdown): the batch must not be acked.
 pub type SinkReceipt = oneshot::Receiver<SinkOutcome>;
@@ -115,10 +137,12 @@ impl SinkHandle {
     pub async fn submit(&self, batch: SinkBatch) -> Result<SinkReceipt, SinkClosed> {
         // A batch larger than the whole byte budget takes the whole budget rather than waiting forever.
         let bytes = batch.payload.len().min(self.max_queue_bytes);
+        let waiting = WaitingFrame::new(&self.metrics, bytes);
         let permit = Arc::clone(&self.queue_bytes)
             .acquire_many_owned(u32::try_from(bytes).unwrap_or(u32::MAX))
             .await
             .map_err(|_| SinkClosed)?;
+        drop(waiting);
         self.metrics.sink_queue_batches.inc();
         self.metrics.sink_queue_bytes.inc_by(bytes as i64);
         let slot = QueueSlot {
