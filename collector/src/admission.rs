@@ -47,17 +47,16 @@ impl Budgets {
     /// Decides on an authenticated `Hello`. `roll` is uniform in `[0, 1)`; it places the retry
     /// hint inside the window.
     pub fn on_hello(&self, load: &Load, roll: f64) -> Result<(), Overloaded> {
-        let b = self;
         // How far over each soft budget, as a fraction of the room between it and the hard one.
         let sessions = over(
             load.sessions as f64,
-            b.soft_max_sessions as f64,
-            b.max_connections as f64,
+            self.soft_max_sessions as f64,
+            self.max_connections as f64,
         );
         let bytes = over(
             load.buffered_bytes as f64,
-            b.soft_buffered_bytes as f64,
-            b.max_buffered_bytes as f64,
+            self.soft_buffered_bytes as f64,
+            self.max_buffered_bytes as f64,
         );
         let (budget, overshoot) = match (sessions, bytes) {
             (None, None) => return Ok(()),

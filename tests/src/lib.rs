@@ -309,6 +309,22 @@ pub async fn start_meter(config: ringflow_agent::Config) -> anyhow::Result<Meter
     Ok(Meter::start(config, CancellationToken::new()).await?)
 }
 
+/// Records acked to all of `meters` so far.
+pub fn records_acked(meters: &[Meter]) -> u64 {
+    meters.iter().map(|m| m.metrics().records_acked.get()).sum()
+}
+
+/// Runs `work` to completion on a runtime of its own (on this thread, out of the caller's
+/// runtime): its timers and I/O go on whatever the caller's runtime, or a collector's, is doing.
+pub fn on_own_runtime<T>(work: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::task::block_in_place(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(work)
+    })
+}
+
 /// Stops `meters` (all at once) and waits for each to finish.
 pub async fn stop_all(meters: Vec<Meter>) -> anyhow::Result<()> {
     let stops: Vec<_> = meters.into_iter().map(|m| tokio::spawn(m.stop())).collect();

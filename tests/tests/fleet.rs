@@ -90,6 +90,17 @@ async fn converge(
     }
 }
 
+/// [`converge`] with every meter on its first choice in `ring`.
+async fn converge_on_first_choice(meters: &[Meter], ring: &Ring, within: Duration) -> anyhow::Result<()> {
+    // An empty ring expects no collector, which no meter reports: converge says so when it times out.
+    converge(
+        meters,
+        |id| ring.first(id).map_or_else(String::new, |c| c.to_string()),
+        within,
+    )
+    .await
+}
+
 fn sessions_per_collector(meters: &[Meter]) -> HashMap<Arc<str>, usize> {
     let mut counts = HashMap::new();
     for m in meters {
@@ -139,12 +150,7 @@ async fn meters_share_the_fleet_and_a_dead_collectors_meters_spread_over_the_res
     )
     .await?;
 
-    converge(
-        &meters,
-        |id| ring.first(id).unwrap().to_string(),
-        Duration::from_secs(90),
-    )
-    .await?;
+    converge_on_first_choice(&meters, &ring, Duration::from_secs(90)).await?;
     assert_fair(&sessions_per_collector(&meters), 3, METERS);
 
     // Kill one collector: its meters go to their second choice; nobody else moves.
@@ -228,22 +234,12 @@ async fn restarted_meters_use_the_last_known_good_fleet_while_dns_is_down() -> a
     let ring = ring_of(&addrs);
     let ids: Vec<String> = (0..30).map(meter_id).collect();
     let meters = start_meters(&bed, &ids, dns_addr, port, "").await?;
-    converge(
-        &meters,
-        |id| ring.first(id).unwrap().to_string(),
-        Duration::from_secs(60),
-    )
-    .await?;
+    converge_on_first_choice(&meters, &ring, Duration::from_secs(60)).await?;
     stop_all(meters).await?;
 
     dns.stop().await;
     let meters = start_meters(&bed, &ids, dns_addr, port, "").await?;
-    converge(
-        &meters,
-        |id| ring.first(id).unwrap().to_string(),
-        Duration::from_secs(60),
-    )
-    .await?;
+    converge_on_first_choice(&meters, &ring, Duration::from_secs(60)).await?;
     for m in &meters {
         assert_eq!(
             m.metrics().fleet_last_known_good.get(),
@@ -274,12 +270,7 @@ async fn a_dns_answering_a_single_record_still_ends_balanced() -> anyhow::Result
     let ring = ring_of(&addrs);
     let ids: Vec<String> = (0..METERS).map(meter_id).collect();
     let meters = start_meters(&bed, &ids, dns.addr(), port, "rebalance_window_ms = 3000").await?;
-    converge(
-        &meters,
-        |id| ring.first(id).unwrap().to_string(),
-        Duration::from_secs(90),
-    )
-    .await?;
+    converge_on_first_choice(&meters, &ring, Duration::from_secs(90)).await?;
     let counts = sessions_per_collector(&meters);
     assert_fair(&counts, 3, METERS);
     // DNS only ever named the first collector; the others were learned from Welcome.

@@ -9,20 +9,18 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ringflow_agent::Meter;
 use ringflow_agent::ring::Ring;
 use ringflow_tests::nats::NatsServer;
 use ringflow_tests::process::{CollectorProcess, free_udp_addr};
 use ringflow_tests::raw::{RawHello, RawSession};
 use ringflow_tests::throttle::ThrottledProxy;
-use ringflow_tests::{ORG, TestBed, http_get, poll_until, start_meter, stop_all, summarize, synthetic};
+use ringflow_tests::{
+    ORG, TestBed, http_get, on_own_runtime, poll_until, records_acked, start_meter, stop_all, summarize,
+    synthetic,
+};
 use tokio::time::Instant;
 
 const COLLECTOR_BIN: &str = env!("CARGO_BIN_EXE_collector-fixture");
-
-fn acked(meters: &[Meter]) -> u64 {
-    meters.iter().map(|m| m.metrics().records_acked.get()).sum()
-}
 
 /// Sum of every sample of a Prometheus counter family (`name{...} value` lines).
 fn metric_sum(text: &str, name: &str) -> f64 {
@@ -189,9 +187,9 @@ async fn a_connection_flood_is_shed_and_connected_meters_keep_getting_acks() -> 
         );
     }
     // And after it: acks go on.
-    let after = acked(&meters);
+    let after = records_acked(&meters);
     poll_until(Duration::from_secs(30), "acks after the flood", async || {
-        acked(&meters) > after + 1_000
+        records_acked(&meters) > after + 1_000
     })
     .await?;
     stop_all(meters).await?;
@@ -231,28 +229,23 @@ async fn the_control_plane_stays_prompt_while_the_data_plane_is_saturated() -> a
     .await?;
 
     let probe = |label: &str| -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
-        tokio::task::block_in_place(|| {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(async {
-                let (mut hello, mut health) = (Vec::new(), Vec::new());
-                for i in 0..SAMPLES {
-                    let t = Instant::now();
-                    let answer =
-                        RawSession::hello(&bed, addr, ORG, &format!("probe-{label}-{i}"), &bed.token).await?;
-                    hello.push(t.elapsed());
-                    anyhow::ensure!(
-                        matches!(answer, RawHello::Welcomed(_)),
-                        "probe {label} {i} not welcomed"
-                    );
-                    let t = Instant::now();
-                    let (status, _) = http_get(admin, "/healthz").await?;
-                    health.push(t.elapsed());
-                    anyhow::ensure!(status == 200);
-                }
-                Ok((hello, health))
-            })
+        on_own_runtime(async {
+            let (mut hello, mut health) = (Vec::new(), Vec::new());
+            for i in 0..SAMPLES {
+                let t = Instant::now();
+                let answer =
+                    RawSession::hello(&bed, addr, ORG, &format!("probe-{label}-{i}"), &bed.token).await?;
+                hello.push(t.elapsed());
+                anyhow::ensure!(
+                    matches!(answer, RawHello::Welcomed(_)),
+                    "probe {label} {i} not welcomed"
+                );
+                let t = Instant::now();
+                let (status, _) = http_get(admin, "/healthz").await?;
+                health.push(t.elapsed());
+                anyhow::ensure!(status == 200);
+            }
+            Ok((hello, health))
         })
     };
     let (hello_base, health_base) = probe("idle")?;
@@ -418,7 +411,7 @@ async fn sigterm_drains_200_meters_spread_over_the_window() -> anyhow::Result<()
     }
 
     // Nothing acked is lost: everything the meters saw acked is in a's or b's store.
-    let acked_total = acked(&meters);
+    let acked_total = records_acked(&meters);
     stop_all(meters).await?;
     b.stop().await;
     let mut stored = ringflow_collector::store::read_all(&bed.data_dir("a"), None)?;
@@ -518,20 +511,15 @@ async fn a_wedged_data_plane_does_not_hold_up_the_control_plane() -> anyhow::Res
     let acked_at_wedge = meter.metrics().records_acked.get();
     // The probe runs on a runtime of its own, so its deadline holds whatever the collector's
     // runtimes are doing.
-    let within = tokio::task::block_in_place(|| {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        anyhow::Ok(rt.block_on(async {
-            tokio::time::timeout(WEDGE, async {
-                let hello = RawSession::hello(&bed, collector.addr, ORG, "newcomer", &bed.token).await?;
-                anyhow::ensure!(matches!(hello, RawHello::Welcomed(_)), "newcomer not welcomed");
-                let (status, _) = http_get(collector.admin_addr, "/healthz").await?;
-                anyhow::ensure!(status == 200);
-                Ok(())
-            })
-            .await
-        }))
+    let within = on_own_runtime(async {
+        Ok(tokio::time::timeout(WEDGE, async {
+            let hello = RawSession::hello(&bed, collector.addr, ORG, "newcomer", &bed.token).await?;
+            anyhow::ensure!(matches!(hello, RawHello::Welcomed(_)), "newcomer not welcomed");
+            let (status, _) = http_get(collector.admin_addr, "/healthz").await?;
+            anyhow::ensure!(status == 200);
+            Ok(())
+        })
+        .await)
     })?;
     let took = wedged_at.elapsed();
     let acked_during = meter.metrics().records_acked.get() - acked_at_wedge;

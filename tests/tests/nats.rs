@@ -14,7 +14,9 @@ use ringflow_tests::logs::LogCapture;
 use ringflow_tests::nats::{NatsServer, read_all_with};
 use ringflow_tests::process::{CollectorProcess, free_udp_addr};
 use ringflow_tests::raw::{RawHello, RawSession};
-use ringflow_tests::{ORG, TestBed, http_get, poll_until, start_meter, stop_all, synthetic, wait_for_meter};
+use ringflow_tests::{
+    ORG, TestBed, http_get, poll_until, records_acked, start_meter, stop_all, synthetic, wait_for_meter,
+};
 
 const COLLECTOR_BIN: &str = env!("CARGO_BIN_EXE_collector-fixture");
 const STREAM: &str = "FLOWS";
@@ -46,10 +48,6 @@ async fn start_meter_numbered(
     let mut config = bed.meter_config(&format!("m{i}"), collectors);
     config.sources.synthetic = synthetic(rate, total);
     start_meter(config).await
-}
-
-fn acked(meters: &[Meter]) -> u64 {
-    meters.iter().map(|m| m.metrics().records_acked.get()).sum()
 }
 
 async fn wait_all_acked(meters: &[Meter], total: u64, within: Duration) -> anyhow::Result<()> {
@@ -138,7 +136,11 @@ async fn batches_from_several_meters_through_two_collectors_are_in_the_stream_on
 
     let messages = nats.read_all(STREAM).await?;
     assert_exactly_once(&messages, &meters, TOTAL);
-    assert_eq!(acked(&meters), METERS as u64 * TOTAL, "nothing acked twice");
+    assert_eq!(
+        records_acked(&meters),
+        METERS as u64 * TOTAL,
+        "nothing acked twice"
+    );
     let (m1, m2) = (&c1.metrics, &c2.metrics);
     let stored = m1.batches_stored.get() + m2.batches_stored.get();
     let dups = m1.sink_duplicates.get() + m2.sink_duplicates.get();
@@ -209,7 +211,7 @@ async fn a_nats_outage_holds_acks_and_loses_and_duplicates_nothing() -> anyhow::
     let collector = bed.start_collector("c1", &sink).await?;
     let meters = start_meters(&bed, &[collector.addr], METERS, 3_000, TOTAL).await?;
     poll_until(Duration::from_secs(60), "a quarter acked", async || {
-        acked(&meters) >= METERS as u64 * TOTAL / 4
+        records_acked(&meters) >= METERS as u64 * TOTAL / 4
     })
     .await?;
 
@@ -231,13 +233,13 @@ async fn a_nats_outage_holds_acks_and_loses_and_duplicates_nothing() -> anyhow::
         peak_spooled = peak_spooled.max(meters.iter().map(|m| m.metrics().spool_batches.get()).sum());
         match (ready, acked_when_unready) {
             (503, None) => {
-                acked_when_unready = Some(acked(&meters));
+                acked_when_unready = Some(records_acked(&meters));
                 assert_eq!(
                     answer, "reject:SinkUnavailable",
                     "new meters told to come back later"
                 );
             }
-            (503, Some(before)) => assert_eq!(acked(&meters), before, "acked while NATS was down"),
+            (503, Some(before)) => assert_eq!(records_acked(&meters), before, "acked while NATS was down"),
             (status, _) => assert!(acked_when_unready.is_none(), "/readyz {status} during the outage"),
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -302,7 +304,7 @@ async fn a_killed_collectors_meters_resend_elsewhere_and_the_stream_keeps_one_co
     ];
     let meters = start_meters(&bed, &addrs, METERS, 5_000, TOTAL).await?;
     poll_until(Duration::from_secs(60), "a third acked", async || {
-        acked(&meters) >= METERS as u64 * TOTAL / 3
+        records_acked(&meters) >= METERS as u64 * TOTAL / 3
     })
     .await?;
 
