@@ -2,7 +2,9 @@
 //!
 //! Owns: waiting until the next attempt, running a session, and telling the selector what
 //! happened; passing fleet changes (DNS answers, a collector's `Welcome` view) to the selector
-//! while a session runs, and the selector's "move now" instant to the session. Must never: decide
+//! while a session runs; and, at the selector's "move now" instant, making sure the first choice
+//! answers (a QUIC handshake) before telling the session to leave for it, so a meter never drops
+//! a working session for a collector that is down but still named by DNS. Must never: decide
 //! where or when to connect itself (that is the selector's), or block on DNS (answers arrive from
 //! their own task through [`FleetWatch`]).
 
@@ -94,18 +96,37 @@ pub async fn run(ctx: &SessionContext, config: &Config, mut fleet: FleetWatch) {
                 {
                     fleet_changed(selector, fleet, ctx);
                 }
-                leave_tx.send_replace(selector.move_at());
             };
+        // When to check the first choice, and the check under way.
+        let mut move_at: Option<Instant> = None;
+        let mut probe: Option<Probe<'_>> = None;
         let outcome = loop {
             tokio::select! {
                 outcome = &mut session => break outcome,
                 view = &mut welcome_rx, if !welcomed => {
                     welcomed = true;
                     on_welcome(view.ok(), &mut selector, &mut fleet);
+                    move_at = selector.move_at();
                 }
                 _ = fleet.changed() => {
                     fleet_changed(&mut selector, &fleet, ctx);
-                    leave_tx.send_replace(selector.move_at());
+                    move_at = selector.move_at();
+                    if move_at.is_none() {
+                        probe = None;
+                    }
+                }
+                _ = crate::sleep_until(move_at), if move_at.is_some() && probe.is_none() => {
+                    move_at = None;
+                    probe = selector.first().map(|home| -> Probe<'_> { Box::pin(answers(ctx, config, home)) });
+                }
+                reachable = until_done(&mut probe), if probe.is_some() => {
+                    probe = None;
+                    if reachable {
+                        leave_tx.send_replace(Some(Instant::now()));
+                    } else {
+                        selector.on_home_unreachable(Instant::now());
+                        move_at = selector.move_at();
+                    }
                 }
             }
         };
@@ -156,6 +177,36 @@ pub async fn run(ctx: &SessionContext, config: &Config, mut fleet: FleetWatch) {
         };
         MeterMetrics::inc(&ctx.metrics.session_ends, label);
         ctx.metrics.notify();
+    }
+}
+
+/// Whether `collector` completes a QUIC handshake within the connect timeout (the connection is
+/// closed at once; it says nothing to the collector beyond that).
+async fn answers(ctx: &SessionContext, config: &Config, collector: std::sync::Arc<str>) -> bool {
+    let addr = match tokio::time::timeout(config.fleet.resolve_timeout(), resolve(&collector)).await {
+        Ok(Ok(addr)) => addr,
+        _ => return false,
+    };
+    let Ok(connecting) = ctx.endpoint.connect(addr, &config.server_name_for(&collector)) else {
+        return false;
+    };
+    match tokio::time::timeout(ctx.connect_timeout, connecting).await {
+        Ok(Ok(conn)) => {
+            ringflow_proto::codes::ConnectionCode::Done.close(&conn);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// A check that a collector answers.
+type Probe<'a> = std::pin::Pin<Box<dyn Future<Output = bool> + Send + 'a>>;
+
+/// The check under way, or never (for an optional branch of a `select!`).
+async fn until_done(probe: &mut Option<Probe<'_>>) -> bool {
+    match probe {
+        Some(p) => p.await,
+        None => std::future::pending().await,
     }
 }
 

@@ -42,14 +42,14 @@ use tracing::{info, warn};
 
 pub use config::Config;
 use ringflow_proto::quic::TlsError;
-pub use telemetry::MeterMetrics;
+pub use telemetry::{AckObserver, AckedBatch, MeterMetrics};
 
 use batcher::{BatchLimits, SealError, Sealer};
 use config::ConfigError;
 
 use ringflow_proto::codes::ConnectionCode;
 use session::{Credentials, SessionContext};
-use spool::fs::RealFs;
+use spool::fs::{MemFs, RealFs};
 use spool::{Spool, SpoolError};
 use state::{SeqAllocator, StateError};
 use stop::StopClock;
@@ -107,6 +107,39 @@ impl MeterError {
     }
 }
 
+/// How a meter shares its process with other meters. The `herd` harness runs thousands of meters
+/// in one process: one UDP socket and one spool directory each would pass the process's file
+/// limit, so they share QUIC endpoints and keep their spools in memory. A real meter uses
+/// [`Embedding::default`]: its own endpoint, its spool on disk.
+#[derive(Clone, Default)]
+pub struct Embedding {
+    /// A QUIC client endpoint shared with other meters, made by [`transport::client_endpoint`]
+    /// with the same CA (`None`: the meter opens its own). A meter never closes a shared
+    /// endpoint; it closes its own connection when it stops.
+    pub endpoint: Option<quinn::Endpoint>,
+    /// Keeps the spool in memory instead of `STATE_DIR/spool`: nothing survives the process, so
+    /// only for load tests.
+    pub memory_spool: bool,
+    /// Told of every batch a collector acks.
+    pub ack_observer: Option<AckObserver>,
+}
+
+impl std::fmt::Debug for Embedding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Embedding")
+            .field("shared_endpoint", &self.endpoint.is_some())
+            .field("memory_spool", &self.memory_spool)
+            .field("ack_observer", &self.ack_observer.is_some())
+            .finish()
+    }
+}
+
+/// The spool a meter runs on.
+enum OpenSpool {
+    Disk(Spool<RealFs>),
+    Memory(Spool<MemFs>),
+}
+
 /// A running meter.
 pub struct Meter {
     id: String,
@@ -120,29 +153,56 @@ impl Meter {
     /// Checks everything that can be checked up front (config, state dir, token, CA, socket),
     /// then starts the pipeline and returns. It runs until [`stop`](Self::stop) or `shutdown`.
     pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Meter, StartError> {
+        Self::start_embedded(config, shutdown, Embedding::default()).await
+    }
+
+    /// As [`start`](Self::start), sharing the process with other meters as `embedding` says.
+    pub async fn start_embedded(
+        config: Config,
+        shutdown: CancellationToken,
+        embedding: Embedding,
+    ) -> Result<Meter, StartError> {
         config.validate()?;
         state::open_dir(&config.state_dir)?;
         let id = state::meter_id(&config.state_dir, config.meter_id.as_deref())?;
         let mut seqs = SeqAllocator::open(&config.state_dir)?;
-        let spool = open_spool(&config)?;
-        seqs.skip_past(spool.last_seq())?;
+        let spool = match embedding.memory_spool {
+            false => OpenSpool::Disk(open_spool(&config)?),
+            true => OpenSpool::Memory(Spool::open(MemFs::default(), config.spool.limits())?.0),
+        };
+        seqs.skip_past(match &spool {
+            OpenSpool::Disk(s) => s.last_seq(),
+            OpenSpool::Memory(s) => s.last_seq(),
+        })?;
         let credentials = Credentials {
             meter_id: id.clone(),
             org_id: config.org_id.clone(),
             org_token: config.org_token()?,
         };
-        let client = transport::client_config(&config.ca_file)?;
-        let endpoint = transport::client_endpoint(client).map_err(StartError::Socket)?;
+        let (endpoint, own_endpoint) = match embedding.endpoint {
+            Some(shared) => (shared, false),
+            None => {
+                let client = transport::client_config(&config.ca_file)?;
+                (
+                    transport::client_endpoint(client).map_err(StartError::Socket)?,
+                    true,
+                )
+            }
+        };
         let admin = match config.admin.enabled {
             true => Some(admin::bind(config.admin.listen).await?),
             false => None,
         };
         let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
         let metrics = Arc::new(MeterMetrics::new());
+        if let Some(observer) = embedding.ack_observer {
+            metrics.observe_acks(observer);
+        }
         let pipeline = Pipeline {
             config,
             credentials,
             endpoint,
+            own_endpoint,
             seqs,
             spool,
             admin,
@@ -223,8 +283,10 @@ struct Pipeline {
     config: Config,
     credentials: Credentials,
     endpoint: quinn::Endpoint,
+    /// False when the endpoint is shared with other meters (it is not this meter's to close).
+    own_endpoint: bool,
     seqs: SeqAllocator,
-    spool: Spool<RealFs>,
+    spool: OpenSpool,
     admin: Option<tokio::net::TcpListener>,
     metrics: Arc<MeterMetrics>,
 }
@@ -235,6 +297,7 @@ impl Pipeline {
             config,
             credentials,
             endpoint,
+            own_endpoint,
             seqs,
             spool,
             admin,
@@ -242,10 +305,20 @@ impl Pipeline {
         } = self;
         let tasks = TaskTracker::new();
         let sources_stop = CancellationToken::new();
-        let acked_through = spool.acked_through();
-        let (spool, spool_task) = spool::task::start(spool, config.spool.run(), Arc::clone(&metrics));
-        // Not tracked with the others: it must outlive them all, and ends when its last handle goes.
-        let spool_task = tokio::spawn(spool_task);
+        // Not tracked with the others: the spool task must outlive them all, and ends when its
+        // last handle goes.
+        let (acked_through, spool, spool_task) = match spool {
+            OpenSpool::Disk(s) => {
+                let acked_through = s.acked_through();
+                let (handle, task) = spool::task::start(s, config.spool.run(), Arc::clone(&metrics));
+                (acked_through, handle, tokio::spawn(task))
+            }
+            OpenSpool::Memory(s) => {
+                let acked_through = s.acked_through();
+                let (handle, task) = spool::task::start(s, config.spool.run(), Arc::clone(&metrics));
+                (acked_through, handle, tokio::spawn(task))
+            }
+        };
         let admin_stop = CancellationToken::new();
         if let Some(listener) = admin {
             if let Ok(addr) = listener.local_addr() {
@@ -350,8 +423,10 @@ impl Pipeline {
                 "batches not yet acked stay in the spool; they are sent first at the next start"
             );
         }
-        ConnectionCode::ShuttingDown.close_endpoint(&endpoint);
-        let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+        if own_endpoint {
+            ConnectionCode::ShuttingDown.close_endpoint(&endpoint);
+            let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+        }
         info!(
             acked_records = metrics.records_acked.get(),
             spooled_records_total = metrics.spool_accepted_records.get(),
@@ -387,7 +462,10 @@ async fn discover_fleet(
         return fleet::FleetWatch::new(view, None);
     };
     let retry = Duration::from_millis(config.fleet.refresh_min_ms);
-    let (first_wait, answer) = match resolver.resolve().await {
+    let first = resolver.resolve().await;
+    // Whoever waits for this meter's first lookup (an embedding pacing its starts) hears of it.
+    metrics.notify();
+    let (first_wait, answer) = match first {
         Ok(resolved) => {
             MeterMetrics::inc(&metrics.fleet_lookups, "ok");
             info!(

@@ -8,8 +8,22 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
+
+/// A batch a collector acked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AckedBatch {
+    pub seq: u64,
+    pub records: u32,
+    /// From writing the batch (its last send) to the ack.
+    pub latency: std::time::Duration,
+}
+
+/// Told of each acked batch (see [`MeterMetrics::observe_acks`]); runs on the session's task, so
+/// it must be quick.
+pub type AckObserver = std::sync::Arc<dyn Fn(AckedBatch) + Send + Sync>;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
@@ -53,6 +67,10 @@ pub struct MeterMetrics {
     pub fleet_lookups: Family<ReasonLabel, Counter>,
     pub fleet_last_known_good: Counter,
     pub tasks_active: Family<TaskLabel, Gauge>,
+    /// From writing a batch to the collector's ack of it.
+    pub ack_latency_seconds: Histogram,
+    /// Told of every acked batch, when an embedding asked (`herd`); see [`Self::observe_acks`].
+    ack_observer: std::sync::OnceLock<AckObserver>,
     changed: watch::Sender<()>,
     /// The collector of the current session, for tools and tests (not exported).
     connected: std::sync::Mutex<Option<std::sync::Arc<str>>>,
@@ -178,9 +196,29 @@ impl MeterMetrics {
                 Counter::default()
             ),
             tasks_active: reg!("tasks_active", "Running tasks, by kind", Family::default()),
+            ack_latency_seconds: reg!(
+                "ack_latency_seconds",
+                "From writing a batch to the collector's ack of it (resends count from the resend)",
+                Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+            ),
+            ack_observer: std::sync::OnceLock::new(),
             changed: watch::Sender::new(()),
             connected: std::sync::Mutex::new(None),
             registry,
+        }
+    }
+
+    /// Sends every batch acked from now on to `observer` as well (once per meter; a second
+    /// observer is ignored). For harnesses that need each ack, not a histogram of them.
+    pub fn observe_acks(&self, observer: AckObserver) {
+        let _ = self.ack_observer.set(observer);
+    }
+
+    /// Counts an acked batch: latency histogram, and the observer if there is one.
+    pub fn acked(&self, batch: AckedBatch) {
+        self.ack_latency_seconds.observe(batch.latency.as_secs_f64());
+        if let Some(observer) = self.ack_observer.get() {
+            observer(batch);
         }
     }
 
@@ -191,7 +229,7 @@ impl MeterMetrics {
     }
 
     /// Wakes everyone waiting on [`changed`](Self::changed): called after acks, nacks, rejects,
-    /// session changes and every change of the spool's status.
+    /// session changes, every change of the spool's status and the first fleet lookup.
     pub fn notify(&self) {
         self.changed.send_replace(());
     }

@@ -7,13 +7,11 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use quinn::{Endpoint, TokioRuntime};
 use ringflow_proto::quic;
-use ringflow_tests::raw::{RawHello, RawSession};
+use ringflow_tests::herd::capacity::{measure, session};
 use ringflow_tests::{ORG, TestBed};
-use tokio::time::Instant;
 
 const WIDE_OPEN: &str = "[limits]\nmax_connections = 1000000\n\
     [admission]\nmax_handshakes = 1000000\naccept_rate = 1000000\naccept_burst = 1000000\n\
@@ -45,7 +43,7 @@ async fn main() -> anyhow::Result<()> {
     let token = Arc::new(bed.token.clone());
     let ours = measure(sessions, concurrency, |i| {
         let (endpoint, token) = (endpoint.clone(), Arc::clone(&token));
-        async move { session(&endpoint, addr, &format!("rate-{i}"), &token).await }
+        async move { session(&endpoint, addr, ORG, &format!("rate-{i}"), &token).await }
     })
     .await?;
     collector.stop().await;
@@ -60,40 +58,6 @@ async fn main() -> anyhow::Result<()> {
         ours / raw
     );
     Ok(())
-}
-
-/// Runs `n` jobs, `concurrency` at a time; returns jobs per second.
-async fn measure<F, Fut>(n: usize, concurrency: usize, job: F) -> anyhow::Result<f64>
-where
-    F: Fn(usize) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
-{
-    let slots = Arc::new(tokio::sync::Semaphore::new(concurrency));
-    let mut tasks = tokio::task::JoinSet::new();
-    let started = Instant::now();
-    for i in 0..n {
-        let permit = Arc::clone(&slots).acquire_owned().await?;
-        let fut = job(i);
-        tasks.spawn(async move {
-            let _permit = permit;
-            tokio::time::timeout(Duration::from_secs(30), fut).await?
-        });
-    }
-    while let Some(done) = tasks.join_next().await {
-        done??;
-    }
-    Ok(n as f64 / started.elapsed().as_secs_f64())
-}
-
-/// One ringflow session: connect, Hello, Welcome, leave.
-async fn session(endpoint: &Endpoint, addr: SocketAddr, meter_id: &str, token: &str) -> anyhow::Result<()> {
-    match RawSession::hello_on(endpoint, addr, ORG, meter_id, token).await? {
-        RawHello::Welcomed(session) => {
-            session.conn.close(0u32.into(), b"");
-            Ok(())
-        }
-        RawHello::Rejected(reject) => anyhow::bail!("expected Welcome, got {reject:?}"),
-    }
 }
 
 /// A bare quinn server with the collector's certificate, socket buffers and crypto: accepts

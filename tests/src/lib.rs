@@ -8,6 +8,7 @@
 
 pub mod demo;
 pub mod dns;
+pub mod herd;
 pub mod logs;
 pub mod nats;
 pub mod process;
@@ -82,6 +83,15 @@ impl TestBed {
     /// A bed in a new temporary directory, for org [`ORG`].
     pub fn new() -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("ringflow-test-").tempdir()?;
+        Self::create(Root::Temp(dir), ORG)
+    }
+
+    /// A bed in a new temporary directory under `parent` (e.g. a tmpfs for many meters' state),
+    /// for org [`ORG`].
+    pub fn new_in(parent: &Path) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("ringflow-herd-")
+            .tempdir_in(parent)?;
         Self::create(Root::Temp(dir), ORG)
     }
 

@@ -14,6 +14,18 @@ use crate::TestBed;
 /// How long a child collector may take to report "collector ready".
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Resident memory of process `pid` now (`VmRSS` in `/proc/PID/status`).
+pub fn rss_bytes_of(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .context("no VmRSS in /proc/PID/status")?;
+    Ok(kib * 1024)
+}
+
 /// A loopback UDP address that was free a moment ago (for a collector that must come back on
 /// the same port after a restart).
 pub fn free_udp_addr() -> anyhow::Result<SocketAddr> {
@@ -52,6 +64,28 @@ impl ChildProcess {
         label: &str,
         ready: &str,
     ) -> anyhow::Result<Self> {
+        Self::start_logged(binary, args, label, ready, None).await
+    }
+
+    /// As [`start`](Self::start), writing the child's stderr to `log` (appending) instead of the
+    /// test's output when given.
+    pub async fn start_logged(
+        binary: &Path,
+        args: &[&std::ffi::OsStr],
+        label: &str,
+        ready: &str,
+        log: Option<&Path>,
+    ) -> anyhow::Result<Self> {
+        let mut log = match log {
+            Some(path) => Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .with_context(|| format!("opening {}", path.display()))?,
+            ),
+            None => None,
+        };
         let mut child = Command::new(binary)
             .args(args)
             .env("RUST_LOG", "info")
@@ -67,7 +101,13 @@ impl ChildProcess {
         std::thread::spawn(move || {
             let mut ready_tx = Some(ready_tx);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[{prefix}] {line}");
+                match log.as_mut() {
+                    Some(file) => {
+                        use std::io::Write;
+                        let _ = writeln!(file, "{line}");
+                    }
+                    None => eprintln!("[{prefix}] {line}"),
+                }
                 if line.contains(&wanted)
                     && let Some(tx) = ready_tx.take()
                 {
@@ -98,6 +138,10 @@ impl ChildProcess {
         self.child.wait().ok()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -105,14 +149,7 @@ impl ChildProcess {
 
     /// Resident memory of the process now (`VmRSS` in `/proc/PID/status`).
     pub fn rss_bytes(&self) -> anyhow::Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        let kib = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse::<u64>().ok())
-            .context("no VmRSS in /proc/PID/status")?;
-        Ok(kib * 1024)
+        rss_bytes_of(self.child.id())
     }
 
     /// SIGTERM, then waits for the process to exit by itself.
@@ -155,6 +192,17 @@ impl Drop for ChildProcess {
     }
 }
 
+/// How to run the `collector` command line.
+#[derive(Debug, Clone)]
+pub struct CollectorCommand {
+    /// The binary: `collector`, or one that embeds its command line.
+    pub binary: PathBuf,
+    /// Arguments before the collector's own (`herd` runs itself as `herd collector run ...`).
+    pub leading_args: Vec<std::ffi::OsString>,
+    /// Each collector's stderr goes to `DIR/NAME.log` (None: the test's output, prefixed).
+    pub log_dir: Option<PathBuf>,
+}
+
 /// The `collector` command line in a child process.
 pub struct CollectorProcess {
     pub process: ChildProcess,
@@ -174,10 +222,30 @@ impl CollectorProcess {
         addr: SocketAddr,
         extra: &str,
     ) -> anyhow::Result<Self> {
+        let command = CollectorCommand {
+            binary: binary.to_owned(),
+            leading_args: Vec::new(),
+            log_dir: None,
+        };
+        Self::start_with(&command, bed, name, addr, extra).await
+    }
+
+    /// As [`start`](Self::start), with the command line `command` describes.
+    pub async fn start_with(
+        command: &CollectorCommand,
+        bed: &TestBed,
+        name: &str,
+        addr: SocketAddr,
+        extra: &str,
+    ) -> anyhow::Result<Self> {
         let config_path = bed.path().join(format!("{name}.toml"));
         std::fs::write(&config_path, bed.collector_toml(name, addr, extra))?;
-        let args = ["run".as_ref(), "--config".as_ref(), config_path.as_os_str()];
-        let process = ChildProcess::start(binary, &args, name, "collector ready").await?;
+        let mut args: Vec<&std::ffi::OsStr> = command.leading_args.iter().map(|a| a.as_os_str()).collect();
+        args.extend(["run".as_ref(), "--config".as_ref(), config_path.as_os_str()]);
+        let log = command.log_dir.as_ref().map(|d| d.join(format!("{name}.log")));
+        let process =
+            ChildProcess::start_logged(&command.binary, &args, name, "collector ready", log.as_deref())
+                .await?;
         let admin_addr = process
             .ready_line
             .split_whitespace()

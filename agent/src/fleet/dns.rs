@@ -36,7 +36,7 @@ pub enum ResolveError {
 }
 
 impl ResolveError {
-    /// Short stable name for metrics.
+    /// The `result` label of `fleet_lookups` for this failure (one of [`LOOKUP_RESULTS`]).
     pub fn label(&self) -> &'static str {
         match self {
             ResolveError::NoRecords { .. } => "no_records",
@@ -47,6 +47,9 @@ impl ResolveError {
     }
 }
 
+/// Every `result` label of the `fleet_lookups` counter.
+pub const LOOKUP_RESULTS: [&str; 5] = ["ok", "no_records", "server_error", "unreachable", "setup"];
+
 /// The fleet as DNS last described it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resolved {
@@ -56,8 +59,13 @@ pub struct Resolved {
     pub ttl: Duration,
 }
 
+/// Looks the fleet up. Each lookup builds its own hickory resolver and drops it after, so a meter
+/// holds no socket between lookups (hickory keeps a connection per name server for as long as
+/// the resolver lives), and a changed `/etc/resolv.conf` is read at the next lookup.
 pub struct FleetResolver {
-    resolver: TokioResolver,
+    /// `fleet.nameservers` (empty: the system's).
+    nameservers: Vec<SocketAddr>,
+    opts: ResolverOpts,
     name: Name,
     display: String,
     port: u16,
@@ -87,13 +95,28 @@ impl FleetResolver {
         opts.cache_size = 0;
         opts.use_hosts_file = ResolveHosts::Never;
         opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
-        let resolver = if config.nameservers.is_empty() {
+        let resolver = FleetResolver {
+            nameservers: config.nameservers.clone(),
+            opts,
+            name,
+            display,
+            port: config.port,
+            srv: config.srv,
+        };
+        // Fails now, at start, if the system's DNS configuration cannot be read.
+        resolver.build()?;
+        Ok(Some(resolver))
+    }
+
+    /// A hickory resolver for one lookup.
+    fn build(&self) -> Result<TokioResolver, ResolveError> {
+        if self.nameservers.is_empty() {
             Resolver::builder_tokio()
                 .map_err(|e| ResolveError::Setup(format!("reading the system's DNS configuration: {e}")))?
-                .with_options(opts)
+                .with_options(self.opts.clone())
                 .build()
         } else {
-            let servers = config
+            let servers = self
                 .nameservers
                 .iter()
                 .map(|ns| {
@@ -108,17 +131,10 @@ impl FleetResolver {
                 ResolverConfig::from_name_servers(servers),
                 TokioRuntimeProvider::default(),
             )
-            .with_options(opts)
+            .with_options(self.opts.clone())
             .build()
         }
-        .map_err(|e| ResolveError::Setup(e.to_string()))?;
-        Ok(Some(FleetResolver {
-            resolver,
-            name,
-            display,
-            port: config.port,
-            srv: config.srv,
-        }))
+        .map_err(|e| ResolveError::Setup(e.to_string()))
     }
 
     /// The fleet name as configured.
@@ -128,10 +144,12 @@ impl FleetResolver {
 
     /// Looks the fleet up once.
     pub async fn resolve(&self) -> Result<Resolved, ResolveError> {
+        let resolver = self.build()?;
+        let resolver = &resolver;
         let mut members = Vec::new();
         let mut ttl = u32::MAX;
         let mut failure = None;
-        match self.addresses(&self.name).await {
+        match self.addresses(resolver, &self.name).await {
             Lookup::Found(found) => {
                 for (ip, t) in found {
                     members.push(SocketAddr::new(ip, self.port).to_string());
@@ -142,10 +160,10 @@ impl FleetResolver {
             Lookup::Failed(e) => failure = Some(e),
         }
         if self.srv {
-            match self.srv_targets().await {
+            match self.srv_targets(resolver).await {
                 Lookup::Found(targets) => {
                     for (host, port, srv_ttl) in targets {
-                        match self.addresses(&host).await {
+                        match self.addresses(resolver, &host).await {
                             Lookup::Found(found) => {
                                 for (ip, t) in found {
                                     members.push(SocketAddr::new(ip, port).to_string());
@@ -180,13 +198,13 @@ impl FleetResolver {
     }
 
     /// A and AAAA records of `name`, with their TTLs.
-    async fn addresses(&self, name: &Name) -> Lookup<(IpAddr, u32)> {
+    async fn addresses(&self, resolver: &TokioResolver, name: &Name) -> Lookup<(IpAddr, u32)> {
         let (v4, v6) = tokio::join!(
-            self.lookup(name, RecordType::A, |d| match d {
+            self.lookup(resolver, name, RecordType::A, |d| match d {
                 RData::A(a) => Some(IpAddr::V4(a.0)),
                 _ => None,
             }),
-            self.lookup(name, RecordType::AAAA, |d| match d {
+            self.lookup(resolver, name, RecordType::AAAA, |d| match d {
                 RData::AAAA(a) => Some(IpAddr::V6(a.0)),
                 _ => None,
             }),
@@ -203,12 +221,12 @@ impl FleetResolver {
     }
 
     /// SRV records of `_ringflow._udp.NAME`: (host, port, ttl).
-    async fn srv_targets(&self) -> Lookup<(Name, u16, u32)> {
+    async fn srv_targets(&self, resolver: &TokioResolver) -> Lookup<(Name, u16, u32)> {
         let Ok(srv_name) = Name::from_ascii("_ringflow._udp").and_then(|n| n.append_domain(&self.name))
         else {
             return Lookup::Missing;
         };
-        self.lookup(&srv_name, RecordType::SRV, |d| match d {
+        self.lookup(resolver, &srv_name, RecordType::SRV, |d| match d {
             RData::SRV(srv) => Some((srv.target.clone(), srv.port)),
             _ => None,
         })
@@ -218,11 +236,12 @@ impl FleetResolver {
 
     async fn lookup<T>(
         &self,
+        resolver: &TokioResolver,
         name: &Name,
         kind: RecordType,
         pick: impl Fn(&RData) -> Option<T>,
     ) -> Lookup<(T, u32)> {
-        match self.resolver.lookup(name.clone(), kind).await {
+        match resolver.lookup(name.clone(), kind).await {
             Ok(lookup) => {
                 let found: Vec<_> = lookup
                     .answers()

@@ -98,7 +98,7 @@ impl FleetView {
     pub fn new(statics: &[String], state_dir: Option<PathBuf>) -> Self {
         let statics = canonical_set(statics.iter().cloned());
         FleetView {
-            ring: Arc::new(Ring::new(&statics)),
+            ring: Ring::shared(&statics),
             statics,
             dns: Vec::new(),
             welcome: Vec::new(),
@@ -146,7 +146,7 @@ impl FleetView {
         {
             return false;
         }
-        self.ring = Arc::new(Ring::new(all));
+        self.ring = Ring::shared(all);
         if let Some(dir) = &self.state_dir
             && !self.ring.is_empty()
             && let Err(error) = LastKnownGood::save(dir, self.ring.members())

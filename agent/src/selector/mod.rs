@@ -226,6 +226,24 @@ impl<B: Backoff, R: Rng> Selector<B, R> {
         self.step(now);
     }
 
+    /// While in a session, the first choice did not answer a probe made before leaving for it
+    /// (see `connect`): stay, count the miss as a failed return home, and try again within a
+    /// window twice as long.
+    pub fn on_home_unreachable(&mut self, now: Instant) {
+        let Some(first) = self.first() else {
+            return;
+        };
+        let misses = if self.home_misses.0.as_ref() == Some(&first) {
+            self.home_misses.1
+        } else {
+            0
+        };
+        self.home_misses = (Some(first), misses + 1);
+        if self.session.is_some() {
+            self.schedule_move(now);
+        }
+    }
+
     /// The welcomed session ended.
     pub fn on_ended(&mut self, ended: Ended, now: Instant) {
         self.move_at = None;
@@ -590,6 +608,37 @@ mod tests {
             (5..=25).contains(&returns),
             "{returns} returns to a dead first choice in 10 h"
         );
+    }
+
+    #[test]
+    fn an_unreachable_home_keeps_the_session_and_doubles_the_wait() {
+        let t0 = Instant::now();
+        let r = ring(3);
+        let order: Vec<_> = r.walk("m1").collect();
+        let mut s = selector("m1", r, t0);
+        s.on_failure(&order[0], Failure::Unreachable, t0);
+        let second = s.next_attempt().unwrap().clone();
+        s.on_welcome(&second.target, second.at);
+        let mut now = second.at;
+        let mut waits = Vec::new();
+        for _ in 0..4 {
+            let at = s.move_at().expect("away from home");
+            waits.push(at.duration_since(now));
+            now = at;
+            s.on_home_unreachable(now);
+            assert_eq!(s.connected_to(), Some(&second.target), "the session stays");
+        }
+        let window = CONFIG.rebalance_window;
+        for (i, w) in waits.iter().enumerate() {
+            assert!(*w <= window * 2u32.pow(i as u32), "wait {i}: {w:?}");
+        }
+        let last_window = window * 2u32.pow(4);
+        assert!(s.move_at().unwrap() <= now + last_window);
+        // Home answers again: the next move goes there, and arriving resets the count.
+        s.on_ended(Ended::Moved, now);
+        assert_eq!(s.next_attempt().unwrap().target, order[0]);
+        s.on_welcome(&order[0], now);
+        assert_eq!(s.move_at(), None);
     }
 
     #[test]

@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 use crate::batcher::{BatchLimits, Sealer};
 use crate::spool::handle::SpoolHandle;
 use crate::stop::StopClock;
-use crate::telemetry::MeterMetrics;
+use crate::telemetry::{AckedBatch, MeterMetrics};
 use window::{Window, WindowError};
 
 /// How long, after `Drain`, the meter waits for acks of what it already sent before leaving.
@@ -435,7 +435,7 @@ async fn send_batches(
             continue;
         }
         send.write_chunk(batch.frame).await?;
-        lock(window).sent(batch.seq, batch.records);
+        lock(window).sent(batch.seq, batch.records, Instant::now());
         ctx.metrics.batches_sent.inc();
     }
 }
@@ -510,7 +510,15 @@ async fn receive_replies(
                 // counts what acks settle.)
                 lock(window).check_ack(ack.up_to_seq)?;
                 ctx.spool.ack(ack.up_to_seq).await;
-                lock(window).ack(ack.up_to_seq)?;
+                let settled = lock(window).ack(ack.up_to_seq)?;
+                let now = Instant::now();
+                for batch in settled {
+                    ctx.metrics.acked(AckedBatch {
+                        seq: batch.seq,
+                        records: batch.records,
+                        latency: now.saturating_duration_since(batch.sent_at),
+                    });
+                }
                 ctx.last_acked.fetch_max(ack.up_to_seq, Ordering::Relaxed);
             }
             Some(pb::data_down::Msg::Nack(nack)) => {

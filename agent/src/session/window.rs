@@ -2,9 +2,12 @@
 //! nack from the collector settles.
 //!
 //! Owns: the window rule (at most `limit` unsettled batches, the limit `Welcome` grants) and the
-//! checks that catch a collector acking what was never sent. Must never: do I/O or read a clock.
+//! checks that catch a collector acking what was never sent. Must never: do I/O or read a clock
+//! (the caller passes the time a batch was sent in, and gets it back when the batch settles).
 
 use std::collections::VecDeque;
+
+use tokio::time::Instant;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum WindowError {
@@ -14,11 +17,19 @@ pub enum WindowError {
     NackNotInFlight { seq: u64 },
 }
 
+/// A batch written to the stream and not yet acked or nacked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InFlight {
+    pub seq: u64,
+    pub records: u32,
+    /// When it was written (given by the caller).
+    pub sent_at: Instant,
+}
+
 #[derive(Debug)]
 pub struct Window {
     limit: usize,
-    /// (seq, records) of each batch in flight.
-    in_flight: VecDeque<(u64, u32)>,
+    in_flight: VecDeque<InFlight>,
     last_sent: Option<u64>,
 }
 
@@ -44,10 +55,15 @@ impl Window {
         self.in_flight.len()
     }
 
-    /// Records that batch `seq` (of `records` records) was written. Seqs increase along a stream.
-    pub fn sent(&mut self, seq: u64, records: u32) {
+    /// Records that batch `seq` (of `records` records) was written at `sent_at`. Seqs increase
+    /// along a stream.
+    pub fn sent(&mut self, seq: u64, records: u32, sent_at: Instant) {
         debug_assert!(self.last_sent.is_none_or(|l| l < seq));
-        self.in_flight.push_back((seq, records));
+        self.in_flight.push_back(InFlight {
+            seq,
+            records,
+            sent_at,
+        });
         self.last_sent = Some(seq);
     }
 
@@ -62,22 +78,19 @@ impl Window {
         Ok(())
     }
 
-    /// Settles every batch up to `up_to`; returns how many.
-    pub fn ack(&mut self, up_to: u64) -> Result<usize, WindowError> {
+    /// Settles every batch up to `up_to`; returns them, oldest first.
+    pub fn ack(&mut self, up_to: u64) -> Result<Vec<InFlight>, WindowError> {
         self.check_ack(up_to)?;
-        let before = self.in_flight.len();
-        while self.in_flight.front().is_some_and(|&(s, _)| s <= up_to) {
-            self.in_flight.pop_front();
-        }
-        Ok(before - self.in_flight.len())
+        let settled = self.in_flight.iter().take_while(|b| b.seq <= up_to).count();
+        Ok(self.in_flight.drain(..settled).collect())
     }
 
     /// The record count of in-flight batch `seq`, if it is in flight (a nack is valid only then).
     pub fn check_nack(&self, seq: u64) -> Result<u32, WindowError> {
         self.in_flight
             .iter()
-            .find(|&&(s, _)| s == seq)
-            .map(|&(_, records)| records)
+            .find(|b| b.seq == seq)
+            .map(|b| b.records)
             .ok_or(WindowError::NackNotInFlight { seq })
     }
 
@@ -86,9 +99,9 @@ impl Window {
         let i = self
             .in_flight
             .iter()
-            .position(|&(s, _)| s == seq)
+            .position(|b| b.seq == seq)
             .ok_or(WindowError::NackNotInFlight { seq })?;
-        Ok(self.in_flight.remove(i).map_or(0, |(_, r)| r))
+        Ok(self.in_flight.remove(i).map_or(0, |b| b.records))
     }
 }
 
@@ -96,17 +109,33 @@ impl Window {
 mod tests {
     use super::*;
 
+    fn settled(w: &mut Window, up_to: u64) -> Result<Vec<u64>, WindowError> {
+        Ok(w.ack(up_to)?.iter().map(|b| b.seq).collect())
+    }
+
     #[test]
     fn window_fills_and_acks_release_it() {
+        let t0 = Instant::now();
+        let t1 = t0 + std::time::Duration::from_millis(5);
         let mut w = Window::new(2);
-        w.sent(10, 1);
-        w.sent(11, 1);
+        w.sent(10, 1, t0);
+        w.sent(11, 3, t1);
         assert!(!w.has_room());
-        assert_eq!(w.ack(10), Ok(1));
+        assert_eq!(settled(&mut w, 10), Ok(vec![10]));
         assert!(w.has_room());
-        w.sent(12, 1);
-        assert_eq!(w.ack(10), Ok(0), "a repeated ack settles nothing");
-        assert_eq!(w.ack(12), Ok(2));
+        w.sent(12, 1, t1);
+        assert_eq!(settled(&mut w, 10), Ok(vec![]), "a repeated ack settles nothing");
+        let both = w.ack(12).unwrap();
+        assert_eq!(
+            both[0],
+            InFlight {
+                seq: 11,
+                records: 3,
+                sent_at: t1
+            },
+            "each settled batch comes back with its send time"
+        );
+        assert_eq!(both.len(), 2);
         assert!(w.is_empty());
     }
 
@@ -114,10 +143,10 @@ mod tests {
     fn nack_then_cumulative_ack() {
         let mut w = Window::new(8);
         for s in 1..=4 {
-            w.sent(s, 1);
+            w.sent(s, 1, Instant::now());
         }
         assert_eq!(w.nack(2), Ok(1));
-        assert_eq!(w.ack(3), Ok(2));
+        assert_eq!(settled(&mut w, 3), Ok(vec![1, 3]));
         assert_eq!(w.in_flight(), 1);
     }
 
@@ -125,7 +154,7 @@ mod tests {
     fn acks_and_nacks_for_unsent_batches_are_protocol_errors() {
         let mut w = Window::new(8);
         assert!(w.ack(1).is_err());
-        w.sent(5, 1);
+        w.sent(5, 1, Instant::now());
         assert_eq!(
             w.ack(6),
             Err(WindowError::AckBeyondSent {

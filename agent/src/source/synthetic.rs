@@ -18,8 +18,16 @@ use crate::config::SyntheticConfig;
 /// Largest chunk handed to the batcher at once.
 pub const MAX_CHUNK_RECORDS: usize = 1_000;
 
-/// How often the source wakes to generate what is due.
-const TICK: Duration = Duration::from_millis(10);
+/// How often the source wakes to generate what is due, at most and at least: once per record
+/// within these bounds, so a slow source does not wake a hundred times a second for nothing (a
+/// `herd` process runs thousands of them).
+const MIN_TICK: Duration = Duration::from_millis(10);
+const MAX_TICK: Duration = Duration::from_secs(1);
+
+/// The source's wake-up period at `records_per_second`.
+fn tick_period(records_per_second: u64) -> Duration {
+    Duration::from_secs_f64(1.0 / records_per_second.max(1) as f64).clamp(MIN_TICK, MAX_TICK)
+}
 
 /// Bytes from the source side of synthetic record `i`.
 pub fn bytes_from_src(i: u64) -> u64 {
@@ -59,7 +67,7 @@ pub async fn run(config: SyntheticConfig, out: RecordsTx, stop: CancellationToke
         config.total_records
     };
     let mut produced = 0u64;
-    let mut tick = tokio::time::interval(TICK);
+    let mut tick = tokio::time::interval(tick_period(config.records_per_second));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while produced < total {
         tokio::select! {
@@ -88,6 +96,14 @@ mod tests {
     use super::*;
     use crate::telemetry::MeterMetrics;
     use std::sync::Arc;
+
+    #[test]
+    fn slow_sources_wake_once_per_record_fast_ones_every_ten_ms() {
+        assert_eq!(tick_period(1), Duration::from_secs(1));
+        assert_eq!(tick_period(20), Duration::from_millis(50));
+        assert_eq!(tick_period(100_000), Duration::from_millis(10));
+        assert_eq!(tick_period(0), Duration::from_secs(1));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn produces_exactly_the_total_at_the_configured_rate() {

@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 pub trait SpoolFs: Send + 'static {
+    /// Whether calls may wait on a device (so the spool task runs them on the blocking pool).
+    /// False for memory: handing work to another thread would cost more than the work.
+    const MAY_BLOCK: bool = true;
     /// Names of the files in the directory.
     fn list(&self) -> io::Result<Vec<String>>;
     /// The whole file, or `None` if there is no such file.
@@ -228,6 +231,7 @@ impl MemFs {
 }
 
 impl SpoolFs for MemFs {
+    const MAY_BLOCK: bool = false;
     fn list(&self) -> io::Result<Vec<String>> {
         Ok(self.state().files.keys().cloned().collect())
     }

@@ -276,18 +276,23 @@ impl<F: SpoolFs> Task<F> {
         .await;
     }
 
-    /// Runs `work` on the spool on the blocking pool (it may wait on the disk); `None` (logged)
-    /// if it failed.
+    /// Runs `work` on the spool on the blocking pool (it may wait on the disk), or right here for
+    /// a spool in memory; `None` (logged) if it failed.
     async fn blocking<T: Send + 'static>(
         &mut self,
         work: impl FnOnce(&mut Spool<F>) -> Result<T, SpoolError> + Send + 'static,
     ) -> Option<T> {
         let mut spool = self.spool.take()?;
-        let joined = tokio::task::spawn_blocking(move || {
+        let joined = if F::MAY_BLOCK {
+            tokio::task::spawn_blocking(move || {
+                let result = work(&mut spool);
+                (spool, result)
+            })
+            .await
+        } else {
             let result = work(&mut spool);
-            (spool, result)
-        })
-        .await;
+            Ok((spool, result))
+        };
         match joined {
             Ok((spool, result)) => {
                 self.spool = Some(spool);

@@ -1,0 +1,17 @@
+//! `herd`, the thundering-herd harness: real collectors, DNS, NATS and thousands of real meters on
+//! loopback, a scenario carried out against them, and a verdict with a report and charts.
+//!
+//! Modules: `scenario` (plans, sans-IO), `fleet` (collector processes, DNS, NATS), `meters` (the
+//! virtual meters), `acks` (ack latency and acked batches), `capacity` (the session-rate probe),
+//! `live` (the runner and sampler), `timeline`, `report`, `charts`, `cli`.
+
+pub mod acks;
+pub mod capacity;
+pub mod charts;
+pub mod cli;
+pub mod fleet;
+pub mod live;
+pub mod meters;
+pub mod report;
+pub mod scenario;
+pub mod timeline;

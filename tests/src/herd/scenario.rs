@@ -1,0 +1,161 @@
+//! The scenarios `herd` runs, as plans: when the meters start and what happens to the fleet
+//! while they run.
+//!
+//! Owns: each scenario's timeline as fractions of the run's duration, and which checks its verdict
+//! applies. Must never: start, stop or measure anything (the live runner, and later the simulator,
+//! carry plans out).
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// A thundering-herd scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// A first wave of meters, then all the others at once.
+    ColdStart,
+    /// As cold-start, then one collector is killed (SIGKILL) mid-run.
+    CrashOne,
+    /// As cold-start, then each collector in turn drains (SIGTERM), stops and starts again.
+    RollingRestart,
+    /// As cold-start, then one more collector joins the fleet (DNS and its own fleet view).
+    AddCollector,
+    /// As cold-start, with a DNS that answers every query with a single record.
+    DnsSingleAnswer,
+    /// As cold-start with the NATS sink, then NATS is killed for a while and comes back.
+    SinkOutage,
+}
+
+/// What happens to the fleet at a point of the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// The meters not in the first wave start, all at once.
+    Herd,
+    /// SIGKILL to the collector in this slot.
+    KillCollector(usize),
+    /// Each collector in turn: SIGTERM, wait for it to exit, start it again, wait until ready,
+    /// then pause; the whole round takes about this long.
+    RollingRestart(Duration),
+    /// A new collector starts and DNS starts naming it.
+    AddCollector,
+    /// The sink (NATS) is killed.
+    SinkDown,
+    /// The sink comes back on the same port and store.
+    SinkUp,
+}
+
+/// A scenario's timeline for one run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Actions in time order, at offsets from the start of the run.
+    pub actions: Vec<(Duration, Action)>,
+    /// The DNS answers each query with one record.
+    pub single_answer: bool,
+}
+
+impl Scenario {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::ColdStart => "cold-start",
+            Scenario::CrashOne => "crash-one",
+            Scenario::RollingRestart => "rolling-restart",
+            Scenario::AddCollector => "add-collector",
+            Scenario::DnsSingleAnswer => "dns-single-answer",
+            Scenario::SinkOutage => "sink-outage",
+        }
+    }
+
+    /// Whether the scenario needs NATS as the sink (a file sink cannot be taken away from a
+    /// running collector from outside).
+    pub fn needs_nats(self) -> bool {
+        self == Scenario::SinkOutage
+    }
+
+    /// Whether `moved_fraction` is measured (the fleet grows or shrinks on purpose).
+    pub fn moves_meters(self) -> bool {
+        self == Scenario::AddCollector
+    }
+
+    /// The sessions' max/mean that passes at the end (before sampling noise, see
+    /// [`balance_threshold`]).
+    pub fn max_over_mean(self) -> f64 {
+        match self {
+            Scenario::DnsSingleAnswer => 1.20,
+            _ => 1.10,
+        }
+    }
+
+    /// The plan for a run of `duration`: the first wave starts at 0 and the herd at 20% of the
+    /// run, so the first wave's ack latency has a quiet stretch to compare the herd with; the
+    /// scenario's own event comes at 45-60%, leaving the last part of the run to settle.
+    pub fn plan(self, duration: Duration) -> Plan {
+        let at = |fraction: f64| duration.mul_f64(fraction);
+        let mut actions = vec![(at(0.2), Action::Herd)];
+        match self {
+            Scenario::ColdStart | Scenario::DnsSingleAnswer => {}
+            Scenario::CrashOne => actions.push((at(0.5), Action::KillCollector(0))),
+            Scenario::RollingRestart => actions.push((at(0.4), Action::RollingRestart(at(0.35)))),
+            Scenario::AddCollector => actions.push((at(0.45), Action::AddCollector)),
+            Scenario::SinkOutage => {
+                actions.push((at(0.45), Action::SinkDown));
+                actions.push((at(0.6), Action::SinkUp));
+            }
+        }
+        Plan {
+            actions,
+            single_answer: self == Scenario::DnsSingleAnswer,
+        }
+    }
+}
+
+/// The sessions' max/mean at which a fleet of `collectors` holding `meters` counts as balanced:
+/// the scenario's figure, or, when larger, three standard deviations of the noise of hashing
+/// `meters` ids over `collectors` (1 + 3·√((K−1)/N)): a few hundred meters over four collectors
+/// cannot be balanced to 10%, twenty thousand can.
+pub fn balance_threshold(scenario: Scenario, meters: usize, collectors: usize) -> f64 {
+    let noise = if meters == 0 || collectors < 2 {
+        0.0
+    } else {
+        3.0 * ((collectors as f64 - 1.0) / meters as f64).sqrt()
+    };
+    scenario.max_over_mean().max(1.0 + noise)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_plan_herds_first_and_keeps_its_events_inside_the_run() {
+        let d = Duration::from_secs(60);
+        for s in [
+            Scenario::ColdStart,
+            Scenario::CrashOne,
+            Scenario::RollingRestart,
+            Scenario::AddCollector,
+            Scenario::DnsSingleAnswer,
+            Scenario::SinkOutage,
+        ] {
+            let plan = s.plan(d);
+            assert_eq!(plan.actions[0], (Duration::from_secs(12), Action::Herd), "{s:?}");
+            assert!(
+                plan.actions.windows(2).all(|w| w[0].0 <= w[1].0),
+                "{s:?} out of order"
+            );
+            assert!(
+                plan.actions.iter().all(|(t, _)| *t < d.mul_f64(0.75)),
+                "{s:?} leaves no time to settle"
+            );
+            assert_eq!(plan.single_answer, s == Scenario::DnsSingleAnswer);
+        }
+    }
+
+    #[test]
+    fn the_balance_threshold_allows_for_sampling_noise_only_at_small_scale() {
+        assert_eq!(balance_threshold(Scenario::ColdStart, 20_000, 4), 1.10);
+        assert_eq!(balance_threshold(Scenario::DnsSingleAnswer, 20_000, 4), 1.20);
+        let small = balance_threshold(Scenario::ColdStart, 300, 4);
+        assert!((small - 1.30).abs() < 0.001, "{small}");
+    }
+}

@@ -1,0 +1,53 @@
+//! What `herd` saw over time: one [`Sample`] per sampling interval (100 ms), plus the scenario's
+//! events. Filled by the live sampler (and, later, by the simulator); read by the report and the
+//! charts.
+//!
+//! Owns: the shape of a run's time series. Must never: measure anything itself.
+
+use serde::Serialize;
+
+/// One sampling interval's view of the run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Sample {
+    /// Seconds since the run started (the end of the interval).
+    pub t_s: f64,
+    /// Sessions held by each collector, indexed like [`Timeline::collectors`] (0 for one that is
+    /// down or not started yet).
+    pub sessions: Vec<u64>,
+    /// Connection attempts by all meters per second over the interval.
+    pub attempts_per_s: f64,
+    /// Refusals and rejects per second over the interval, by reason (`accept_rate`,
+    /// `handshakes`, `overloaded_sessions`, ...).
+    pub refusals_per_s: std::collections::BTreeMap<String, f64>,
+    /// Records the meters' sources produced so far.
+    pub records_sent: u64,
+    /// Records collectors acked to meters so far.
+    pub records_acked: u64,
+    /// Records collectors stored so far (their own counters; the report recounts the store).
+    pub records_stored: u64,
+    /// Ack latency percentiles of the batches acked in this interval (None: no acks).
+    pub ack_p50_ms: Option<f64>,
+    pub ack_p99_ms: Option<f64>,
+    /// Resident memory of each collector process, bytes (0 when down).
+    pub collector_rss_bytes: Vec<u64>,
+}
+
+/// A scenario event, drawn as a marker on the charts.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    pub t_s: f64,
+    /// What happened, for a chart label: "herd starts", "c2 killed", ...
+    pub what: String,
+}
+
+/// A run's time series.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Timeline {
+    /// Collector labels (`c1`, `c2`, ...), one per slot of [`Sample::sessions`].
+    pub collectors: Vec<String>,
+    pub samples: Vec<Sample>,
+    pub events: Vec<Event>,
+    /// Scrapes of a running collector's `/metrics` that did not answer within the timeout (its
+    /// previous figures were carried forward).
+    pub silent_scrapes: u64,
+}
