@@ -97,9 +97,9 @@ pub async fn run(ctx: &SessionContext, config: &Config, mut fleet: FleetWatch) {
                     fleet_changed(selector, fleet, ctx);
                 }
             };
-        // When to check the first choice, and the check under way.
+        // When to check the first choice, and the check under way (of which collector).
         let mut move_at: Option<Instant> = None;
-        let mut probe: Option<Probe<'_>> = None;
+        let mut probe: Option<(std::sync::Arc<str>, Probe<'_>)> = None;
         let outcome = loop {
             tokio::select! {
                 outcome = &mut session => break outcome,
@@ -111,21 +111,27 @@ pub async fn run(ctx: &SessionContext, config: &Config, mut fleet: FleetWatch) {
                 _ = fleet.changed() => {
                     fleet_changed(&mut selector, &fleet, ctx);
                     move_at = selector.move_at();
-                    if move_at.is_none() {
+                    // The first choice changed while it was being checked: the check is moot.
+                    if probe.as_ref().is_some_and(|(home, _)| selector.first().as_ref() != Some(home)) {
                         probe = None;
                     }
                 }
                 _ = crate::sleep_until(move_at), if move_at.is_some() && probe.is_none() => {
                     move_at = None;
-                    probe = selector.first().map(|home| -> Probe<'_> { Box::pin(answers(ctx, config, home)) });
+                    selector.on_checking_home();
+                    probe = selector.first().map(|home| {
+                        let check: Probe<'_> = Box::pin(answers(ctx, config, std::sync::Arc::clone(&home)));
+                        (home, check)
+                    });
                 }
                 reachable = until_done(&mut probe), if probe.is_some() => {
-                    probe = None;
-                    if reachable {
-                        leave_tx.send_replace(Some(Instant::now()));
-                    } else {
-                        selector.on_home_unreachable(Instant::now());
-                        move_at = selector.move_at();
+                    if let Some((home, _)) = probe.take() {
+                        if reachable {
+                            leave_tx.send_replace(Some(Instant::now()));
+                        } else {
+                            selector.on_home_unreachable(&home, Instant::now());
+                            move_at = selector.move_at();
+                        }
                     }
                 }
             }
@@ -183,6 +189,7 @@ pub async fn run(ctx: &SessionContext, config: &Config, mut fleet: FleetWatch) {
 /// Whether `collector` completes a QUIC handshake within the connect timeout (the connection is
 /// closed at once; it says nothing to the collector beyond that).
 async fn answers(ctx: &SessionContext, config: &Config, collector: std::sync::Arc<str>) -> bool {
+    ctx.metrics.connect_attempts.inc();
     let addr = match tokio::time::timeout(config.fleet.resolve_timeout(), resolve(&collector)).await {
         Ok(Ok(addr)) => addr,
         _ => return false,
@@ -203,9 +210,9 @@ async fn answers(ctx: &SessionContext, config: &Config, collector: std::sync::Ar
 type Probe<'a> = std::pin::Pin<Box<dyn Future<Output = bool> + Send + 'a>>;
 
 /// The check under way, or never (for an optional branch of a `select!`).
-async fn until_done(probe: &mut Option<Probe<'_>>) -> bool {
+async fn until_done(probe: &mut Option<(std::sync::Arc<str>, Probe<'_>)>) -> bool {
     match probe {
-        Some(p) => p.await,
+        Some((_, p)) => p.await,
         None => std::future::pending().await,
     }
 }

@@ -463,11 +463,15 @@ async fn discover_fleet(
     };
     let retry = Duration::from_millis(config.fleet.refresh_min_ms);
     let first = resolver.resolve().await;
+    let label = match &first {
+        Ok(_) => "ok",
+        Err(error) => error.label(),
+    };
+    MeterMetrics::inc(&metrics.fleet_lookups, label);
     // Whoever waits for this meter's first lookup (an embedding pacing its starts) hears of it.
     metrics.notify();
     let (first_wait, answer) = match first {
         Ok(resolved) => {
-            MeterMetrics::inc(&metrics.fleet_lookups, "ok");
             info!(
                 fleet = resolver.name(),
                 collectors = resolved.members.len(),
@@ -476,26 +480,23 @@ async fn discover_fleet(
             );
             (next_refresh(resolved.ttl, &config.fleet), resolved.members)
         }
-        Err(error) => {
-            MeterMetrics::inc(&metrics.fleet_lookups, error.label());
-            match LastKnownGood::load(&config.state_dir) {
-                Some(lkg) => {
-                    metrics.fleet_last_known_good.inc();
-                    warn!(
-                        fleet = resolver.name(),
-                        %error,
-                        collectors = lkg.collectors.len(),
-                        saved_unix_ms = lkg.saved_unix_ms,
-                        "DNS fails: using the last-known-good fleet from state_dir/fleet.json"
-                    );
-                    (retry, lkg.collectors)
-                }
-                None => {
-                    warn!(fleet = resolver.name(), %error, "DNS fails and there is no last-known-good fleet yet; retrying");
-                    (retry, Vec::new())
-                }
+        Err(error) => match LastKnownGood::load(&config.state_dir) {
+            Some(lkg) => {
+                metrics.fleet_last_known_good.inc();
+                warn!(
+                    fleet = resolver.name(),
+                    %error,
+                    collectors = lkg.collectors.len(),
+                    saved_unix_ms = lkg.saved_unix_ms,
+                    "DNS fails: using the last-known-good fleet from state_dir/fleet.json"
+                );
+                (retry, lkg.collectors)
             }
-        }
+            None => {
+                warn!(fleet = resolver.name(), %error, "DNS fails and there is no last-known-good fleet yet; retrying");
+                (retry, Vec::new())
+            }
+        },
     };
     view.set_dns(answer.clone());
     let (members_tx, members_rx) = watch::channel(answer);

@@ -179,7 +179,11 @@ impl MeterMetrics {
                 "Rejects received from collectors, by reason",
                 Family::default()
             ),
-            connect_attempts: reg!("connect_attempts", "Connection attempts", Counter::default()),
+            connect_attempts: reg!(
+                "connect_attempts",
+                "Connection attempts: sessions, and checks that the first choice answers before moving to it",
+                Counter::default()
+            ),
             fleet_collectors: reg!(
                 "fleet_collectors",
                 "Collectors on this meter's ring (static, DNS and the last Welcome's fleet view)",

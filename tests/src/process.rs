@@ -169,16 +169,22 @@ impl ChildProcess {
 
     /// Waits until the process exits by itself, killing it (and failing) after `timeout`.
     pub async fn wait(mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
-        let waiter = tokio::task::spawn_blocking(move || {
+        let pid = self.child.id().to_string();
+        let mut waiter = tokio::task::spawn_blocking(move || {
             let status = self.child.wait();
             (self, status)
         });
-        match tokio::time::timeout(timeout, waiter).await {
+        match tokio::time::timeout(timeout, &mut waiter).await {
             Ok(joined) => {
                 let (_process, status) = joined?;
                 Ok(status?)
             }
-            Err(_) => anyhow::bail!("still running after {timeout:?}"),
+            Err(_) => {
+                // The child is inside the waiter: kill it by pid, and let the waiter reap it.
+                let _ = Command::new("kill").args(["-KILL", &pid]).status();
+                let _ = waiter.await;
+                anyhow::bail!("still running after {timeout:?} (killed)")
+            }
         }
     }
 }

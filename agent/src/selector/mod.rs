@@ -226,20 +226,29 @@ impl<B: Backoff, R: Rng> Selector<B, R> {
         self.step(now);
     }
 
-    /// While in a session, the first choice did not answer a probe made before leaving for it
-    /// (see `connect`): stay, count the miss as a failed return home, and try again within a
-    /// window twice as long.
-    pub fn on_home_unreachable(&mut self, now: Instant) {
-        let Some(first) = self.first() else {
-            return;
-        };
-        let misses = if self.home_misses.0.as_ref() == Some(&first) {
-            self.home_misses.1
-        } else {
-            0
-        };
-        self.home_misses = (Some(first), misses + 1);
-        if self.session.is_some() {
+    /// The driver is checking that the first choice answers before leaving for it (see
+    /// `connect`): the move instant is spent, and a fleet change meanwhile schedules a new one.
+    pub fn on_checking_home(&mut self) {
+        self.move_at = None;
+    }
+
+    /// While in a session, `home` did not answer the check made before leaving for it: stay;
+    /// if it is still the first choice, count a failed return home, so the next try comes
+    /// within a window twice as long.
+    pub fn on_home_unreachable(&mut self, home: &Arc<str>, now: Instant) {
+        if self.first().as_ref() == Some(home) {
+            let misses = if self.home_misses.0.as_ref() == Some(home) {
+                self.home_misses.1
+            } else {
+                0
+            };
+            self.home_misses = (Some(Arc::clone(home)), misses + 1);
+        }
+        let away = self
+            .session
+            .as_ref()
+            .is_some_and(|(current, _)| self.first().as_ref() != Some(current));
+        if away && self.move_at.is_none() {
             self.schedule_move(now);
         }
     }
@@ -625,7 +634,9 @@ mod tests {
             let at = s.move_at().expect("away from home");
             waits.push(at.duration_since(now));
             now = at;
-            s.on_home_unreachable(now);
+            s.on_checking_home();
+            assert_eq!(s.move_at(), None, "spent while checking");
+            s.on_home_unreachable(&order[0], now);
             assert_eq!(s.connected_to(), Some(&second.target), "the session stays");
         }
         let window = CONFIG.rebalance_window;

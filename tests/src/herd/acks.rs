@@ -97,6 +97,14 @@ impl AckBook {
         self.phase.store(phase as u8, Ordering::Relaxed);
     }
 
+    /// Moves from `from` to `to` if the run is still in `from`; true if it did (the sampler and
+    /// the plan's clock both move phases, and must not undo each other).
+    pub fn advance(&self, from: Phase, to: Phase) -> bool {
+        self.phase
+            .compare_exchange(from as u8, to as u8, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    }
+
     pub fn phase(&self) -> Phase {
         match self.phase.load(Ordering::Relaxed) {
             0 => Phase::Warmup,

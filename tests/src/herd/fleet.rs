@@ -139,7 +139,17 @@ impl Fleet {
                 ttl: ttl.as_secs().max(1) as u32,
                 single_answer,
             }))
-            .await??;
+            .await
+            .map_err(anyhow::Error::from)
+            .and_then(|started| started);
+        let dns = match dns {
+            Ok(dns) => dns,
+            Err(error) => {
+                // Dropped here, from async code, it would have to block: let it go instead.
+                dns_runtime.shutdown_background();
+                return Err(error);
+            }
+        };
         let fleet = Fleet {
             bed,
             command,
@@ -237,14 +247,17 @@ impl Fleet {
         }
     }
 
-    /// Drains slot `i` (SIGTERM), waits for it to exit, and starts it again on the same address
-    /// and data directory. An exit other than a clean one counts as a crash.
-    pub async fn restart(&self, i: usize) -> anyhow::Result<()> {
+    /// Drains slot `i` (SIGTERM), waits for it to exit (killing it after `grace`), and starts it
+    /// again on the same address and data directory. An exit other than a clean one counts as a
+    /// crash.
+    pub async fn restart(&self, i: usize, grace: Duration) -> anyhow::Result<()> {
         let process = self.lock()[i].process.take();
         if let Some(p) = process {
-            let status = p.terminate().await?;
-            if !status.success() {
-                self.lock()[i].crashes += 1;
+            p.process.sigterm()?;
+            match p.process.wait(grace).await {
+                Ok(status) if status.success() => {}
+                // Unclean, or killed after the grace period: not the drain it should have been.
+                _ => self.lock()[i].crashes += 1,
             }
         }
         self.start_slot(i, self.initial).await

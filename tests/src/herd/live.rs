@@ -29,6 +29,9 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Acks the first wave needs before the herd for the latency comparison to be judged.
 const MIN_BASELINE_ACKS: u64 = 1_000;
+/// How long a collector may take to drain and exit (its `shutdown.grace_ms` is 5 s in the
+/// fleet's configs) before it is killed and counted as a crash.
+const COLLECTOR_GRACE: Duration = Duration::from_secs(20);
 /// Concurrent sessions of the handshake-capacity probe.
 const PROBE_CONCURRENCY: usize = 64;
 
@@ -181,12 +184,22 @@ async fn sample(
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let (mut last_at, mut last_attempts) = (Instant::now(), 0u64);
     let mut silent_scrapes = 0u64;
+    let mut pids: Vec<Option<u32>> = Vec::new();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.cancelled() => break,
         }
         let views: Vec<SlotView> = fleet.views();
+        pids.resize(views.len(), None);
+        for (i, v) in views.iter().enumerate() {
+            // Another process in the slot (restarted between two samples): its counters start
+            // again at zero.
+            if v.pid != pids[i] {
+                acc.forget(i);
+                pids[i] = v.pid;
+            }
+        }
         let scrapes = futures_util::future::join_all(views.iter().map(|v| async move {
             match v.admin_addr {
                 Some(a) => scrape(a).await,
@@ -212,15 +225,13 @@ async fn sample(
             .iter()
             .filter(|c| c.is_some())
             .count();
-        if book.phase() == Phase::Warmup && first_connected == clock.first_wave {
-            book.set_phase(Phase::BeforeHerd);
+        if first_connected == clock.first_wave && book.advance(Phase::Warmup, Phase::BeforeHerd) {
             lock(&events).push(Event {
                 t_s: clock.seconds(now),
                 what: "first wave connected".into(),
             });
         }
-        if book.phase() == Phase::DuringHerd && connected == clock.meters {
-            book.set_phase(Phase::After);
+        if connected == clock.meters && book.advance(Phase::DuringHerd, Phase::After) {
             *lock(&clock.all_connected_at) = Some(now);
             lock(&events).push(Event {
                 t_s: clock.seconds(now),
@@ -366,14 +377,15 @@ pub async fn run(options: RunOptions) -> anyhow::Result<Report> {
     probe.close(0u32.into(), b"");
 
     let book = AckBook::new(meters)?;
+    let first_wave = ((meters as f64 * options.first_wave).round() as usize).clamp(1, meters);
     let population = Arc::new(Population::new(
         bed,
         meters,
+        first_wave,
         options.shape.clone(),
         Arc::clone(&book),
         seed,
     )?);
-    let first_wave = ((meters as f64 * options.first_wave).round() as usize).clamp(1, meters);
     let clock = Arc::new(Clock {
         started: Instant::now(),
         first_wave,
@@ -420,7 +432,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<Report> {
                 .await
         });
     }
-    let mut before_move: Option<Vec<Option<Arc<str>>>> = None;
+    let mut added: Option<String> = None;
     for (at, action) in plan.actions {
         tokio::time::sleep_until(clock.started + at).await;
         match action {
@@ -444,14 +456,14 @@ pub async fn run(options: RunOptions) -> anyhow::Result<Report> {
                 for i in 0..collectors {
                     let began = Instant::now();
                     event(format!("c{} drains", i + 1));
-                    fleet.restart(i).await?;
+                    fleet.restart(i, COLLECTOR_GRACE).await?;
                     event(format!("c{} back", i + 1));
                     tokio::time::sleep_until(began + each).await;
                 }
             }
             Action::AddCollector => {
-                before_move = Some(population.connections());
                 let i = fleet.add().await?;
+                added = Some(fleet.addrs()[i].to_string());
                 event(format!("c{} added", i + 1));
             }
             Action::SinkDown => {
@@ -474,8 +486,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<Report> {
     progress.finish_and_clear();
 
     population.stop().await?;
-    let grace = options.shape.grace + Duration::from_secs(10);
-    fleet.stop(grace).await?;
+    fleet.stop(COLLECTOR_GRACE).await?;
     let stored = fleet.stored().await?;
     let summary = crate::summarize(&stored);
 
@@ -509,14 +520,14 @@ pub async fn run(options: RunOptions) -> anyhow::Result<Report> {
         let mean = total as f64 / live.len() as f64;
         live.iter().copied().max().unwrap_or(0) as f64 / mean
     });
-    let moved_fraction = before_move.map(|before| {
-        let pairs: Vec<_> = before
+    let connected_at_end = at_end.iter().filter(|c| c.is_some()).count();
+    // Meters that went over to the added collector, of those connected at the end.
+    let moved_fraction = added.map(|added| {
+        let moved = at_end
             .iter()
-            .zip(&at_end)
-            .filter_map(|(b, a)| Some((b.as_ref()?, a.as_ref()?)))
-            .collect();
-        let moved = pairs.iter().filter(|(b, a)| b != a).count();
-        moved as f64 / pairs.len().max(1) as f64
+            .filter(|c| c.as_deref() == Some(added.as_str()))
+            .count();
+        moved as f64 / connected_at_end.max(1) as f64
     });
     let moved_range = scenario.moves_meters().then(|| {
         let p = 1.0 / (collectors + 1) as f64;
@@ -551,6 +562,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<Report> {
         peak_attempts_per_s: peak_per_second(&timeline.samples),
         handshake_capacity_per_s: capacity,
         sessions_max_over_mean: max_over_mean,
+        meters_connected_at_end: connected_at_end,
         moved_fraction,
         ack_latency_ms: AckLatency {
             p50: acks.all.p50,
@@ -579,6 +591,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<Report> {
             min_baseline_acks: MIN_BASELINE_ACKS,
             moved_fraction: moved_range,
             all_connected: true,
+            min_connected_at_end: (meters as f64 * 0.99).floor() as usize,
         },
     };
     report.judge();

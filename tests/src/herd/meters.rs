@@ -44,15 +44,23 @@ pub struct MeterShape {
     pub grace: Duration,
 }
 
-/// Waits until `meter` has finished its first fleet lookup (answered or failed).
+/// Waits until `meter` has finished its first fleet lookup (answered or failed), or for
+/// [`LOOKUP_WAIT`] at most (a meter that stops before its lookup never reports one).
 async fn first_lookup(meter: &MeterMetrics) {
     let mut changed = meter.changed();
-    while fleet_lookups(meter) == 0 {
-        if changed.changed().await.is_err() {
-            return;
+    let wait = async {
+        while fleet_lookups(meter) == 0 {
+            if changed.changed().await.is_err() {
+                return;
+            }
         }
-    }
+    };
+    let _ = tokio::time::timeout(LOOKUP_WAIT, wait).await;
 }
+
+/// Longest wait for one meter's first lookup: the meters' `fleet.resolve_timeout_ms` (3 s by
+/// default) and some.
+const LOOKUP_WAIT: Duration = Duration::from_secs(5);
 
 fn fleet_lookups(meter: &MeterMetrics) -> u64 {
     ringflow_agent::fleet::dns::LOOKUP_RESULTS
@@ -83,9 +91,11 @@ pub struct Population {
 }
 
 impl Population {
+    /// `count` meters, the first `first_wave` of them on a thread of their own.
     pub fn new(
         bed: &TestBed,
         count: usize,
+        first_wave: usize,
         shape: MeterShape,
         book: Arc<AckBook>,
         seed: u64,
@@ -94,23 +104,26 @@ impl Population {
         let endpoints = (0..count.div_ceil(METERS_PER_ENDPOINT).max(1))
             .map(|_| ringflow_agent::transport::client_endpoint(client.clone()))
             .collect::<Result<Vec<_>, _>>()?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("herd-first-wave")
-            .enable_all()
-            .build()?;
-        let first_endpoints = {
-            let _on = runtime.enter();
-            (0..(count / 10).div_ceil(METERS_PER_ENDPOINT).max(1))
-                .map(|_| ringflow_agent::transport::client_endpoint(client.clone()))
-                .collect::<Result<Vec<_>, _>>()?
+        // In its guard from the start: dropped on an error below, it must not block.
+        let mut wave = FirstWave {
+            runtime: Some(
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .thread_name("herd-first-wave")
+                    .enable_all()
+                    .build()?,
+            ),
+            endpoints: Vec::new(),
         };
+        if let Some(rt) = &wave.runtime {
+            let _on = rt.enter();
+            wave.endpoints = (0..first_wave.div_ceil(METERS_PER_ENDPOINT).max(1))
+                .map(|_| ringflow_agent::transport::client_endpoint(client.clone()))
+                .collect::<Result<Vec<_>, _>>()?;
+        }
         Ok(Population {
             endpoints,
-            first_wave: FirstWave {
-                runtime: Some(runtime),
-                endpoints: first_endpoints,
-            },
+            first_wave: wave,
             book,
             metrics: RwLock::new(vec![None; count]),
             meters: Mutex::new(Vec::with_capacity(count)),

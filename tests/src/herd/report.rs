@@ -33,15 +33,18 @@ pub struct Thresholds {
     pub collector_crashes: u32,
     /// Highest `sessions_max_over_mean` that passes.
     pub sessions_max_over_mean: f64,
-    /// Highest `p99_during_herd / p99_before_herd` that passes (null: not checked, when the
-    /// baseline had too few acks to have a p99).
+    /// Highest `p99_during_herd / p99_before_herd` that passes (null: not judged in this
+    /// scenario; a baseline under `min_baseline_acks` is not judged either).
     pub p99_during_over_before: Option<f64>,
     /// Acks the baseline needs before the latency ratio is checked.
     pub min_baseline_acks: u64,
     /// `moved_fraction` must lie in this range (null: not checked).
     pub moved_fraction: Option<(f64, f64)>,
-    /// Every meter must be connected by the end of the run.
+    /// Every meter must have been connected at once after the herd.
     pub all_connected: bool,
+    /// Meters that must hold a session at the end (99%: a few may be between two collectors,
+    /// moving home).
+    pub min_connected_at_end: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -64,6 +67,8 @@ pub struct Report {
     pub peak_attempts_per_s: f64,
     pub handshake_capacity_per_s: f64,
     pub sessions_max_over_mean: Option<f64>,
+    /// Meters with a session at the end of the run.
+    pub meters_connected_at_end: usize,
     pub moved_fraction: Option<f64>,
     pub ack_latency_ms: AckLatency,
     pub collector_crashes: u32,
@@ -101,6 +106,12 @@ impl Report {
         }
         if t.all_connected && self.time_to_all_connected_s.is_none() {
             failures.push("not every meter connected".to_owned());
+        }
+        if self.meters_connected_at_end < t.min_connected_at_end {
+            failures.push(format!(
+                "{} of {} meters connected at the end (at least {} must be)",
+                self.meters_connected_at_end, self.meters, t.min_connected_at_end
+            ));
         }
         let l = &self.ack_latency_ms;
         if let (Some(limit), Some(before), Some(during)) =
@@ -169,6 +180,10 @@ impl Report {
             (
                 "sessions max/mean at the end",
                 opt(self.sessions_max_over_mean, ""),
+            ),
+            (
+                "meters connected at the end",
+                self.meters_connected_at_end.to_string(),
             ),
             ("moved fraction", opt(self.moved_fraction, "")),
             (
@@ -244,6 +259,7 @@ mod tests {
             peak_attempts_per_s: 100.0,
             handshake_capacity_per_s: 1000.0,
             sessions_max_over_mean: Some(1.05),
+            meters_connected_at_end: 100,
             moved_fraction: None,
             ack_latency_ms: AckLatency {
                 p99_before_herd: Some(2.0),
@@ -265,6 +281,7 @@ mod tests {
                 min_baseline_acks: 100,
                 moved_fraction: None,
                 all_connected: true,
+                min_connected_at_end: 99,
             },
         }
     }
@@ -274,7 +291,8 @@ mod tests {
         let mut r = passing();
         r.judge();
         assert!(r.passed(), "{:?}", r.failures);
-        let breaks: [fn(&mut Report); 6] = [
+        let breaks: [fn(&mut Report); 7] = [
+            |r| r.meters_connected_at_end = 98,
             |r| r.records_lost = 1,
             |r| r.collector_crashes = 1,
             |r| r.sessions_max_over_mean = Some(1.2),
