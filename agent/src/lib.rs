@@ -134,10 +134,24 @@ impl std::fmt::Debug for Embedding {
     }
 }
 
-/// The spool a meter runs on.
-enum OpenSpool {
-    Disk(Spool<RealFs>),
-    Memory(Spool<MemFs>),
+/// An opened spool (on disk or in memory), with the task that owns it, spawned when the pipeline
+/// runs.
+struct OpenSpool {
+    acked_through: u64,
+    handle: spool::handle::SpoolHandle,
+    task: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+}
+
+impl OpenSpool {
+    fn new<F: spool::fs::SpoolFs>(spool: Spool<F>, config: &Config, metrics: &Arc<MeterMetrics>) -> Self {
+        let acked_through = spool.acked_through();
+        let (handle, task) = spool::task::start(spool, config.spool.run(), Arc::clone(metrics));
+        OpenSpool {
+            acked_through,
+            handle,
+            task: Box::pin(task),
+        }
+    }
 }
 
 /// A running meter.
@@ -166,14 +180,23 @@ impl Meter {
         state::open_dir(&config.state_dir)?;
         let id = state::meter_id(&config.state_dir, config.meter_id.as_deref())?;
         let mut seqs = SeqAllocator::open(&config.state_dir)?;
+        let metrics = Arc::new(MeterMetrics::new());
+        if let Some(observer) = embedding.ack_observer {
+            metrics.observe_acks(observer);
+        }
         let spool = match embedding.memory_spool {
-            false => OpenSpool::Disk(open_spool(&config)?),
-            true => OpenSpool::Memory(Spool::open(MemFs::default(), config.spool.limits())?.0),
+            false => {
+                let disk = open_spool(&config)?;
+                seqs.skip_past(disk.last_seq())?;
+                OpenSpool::new(disk, &config, &metrics)
+            }
+            // Empty at every start: no seq to skip.
+            true => OpenSpool::new(
+                Spool::open(MemFs::default(), config.spool.limits())?.0,
+                &config,
+                &metrics,
+            ),
         };
-        seqs.skip_past(match &spool {
-            OpenSpool::Disk(s) => s.last_seq(),
-            OpenSpool::Memory(s) => s.last_seq(),
-        })?;
         let credentials = Credentials {
             meter_id: id.clone(),
             org_id: config.org_id.clone(),
@@ -194,10 +217,6 @@ impl Meter {
             false => None,
         };
         let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
-        let metrics = Arc::new(MeterMetrics::new());
-        if let Some(observer) = embedding.ack_observer {
-            metrics.observe_acks(observer);
-        }
         let pipeline = Pipeline {
             config,
             credentials,
@@ -305,20 +324,14 @@ impl Pipeline {
         } = self;
         let tasks = TaskTracker::new();
         let sources_stop = CancellationToken::new();
+        let OpenSpool {
+            acked_through,
+            handle: spool,
+            task,
+        } = spool;
         // Not tracked with the others: the spool task must outlive them all, and ends when its
         // last handle goes.
-        let (acked_through, spool, spool_task) = match spool {
-            OpenSpool::Disk(s) => {
-                let acked_through = s.acked_through();
-                let (handle, task) = spool::task::start(s, config.spool.run(), Arc::clone(&metrics));
-                (acked_through, handle, tokio::spawn(task))
-            }
-            OpenSpool::Memory(s) => {
-                let acked_through = s.acked_through();
-                let (handle, task) = spool::task::start(s, config.spool.run(), Arc::clone(&metrics));
-                (acked_through, handle, tokio::spawn(task))
-            }
-        };
+        let spool_task = tokio::spawn(task);
         let admin_stop = CancellationToken::new();
         if let Some(listener) = admin {
             if let Ok(addr) = listener.local_addr() {

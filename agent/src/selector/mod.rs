@@ -215,12 +215,7 @@ impl<B: Backoff, R: Rng> Selector<B, R> {
             self.hold(target, now + floor.min(self.config.max_hold));
         }
         if std::mem::take(&mut self.returning) && self.first().as_ref() == Some(target) {
-            let misses = if self.home_misses.0.as_ref() == Some(target) {
-                self.home_misses.1
-            } else {
-                0
-            };
-            self.home_misses = (Some(Arc::clone(target)), misses + 1);
+            self.home_missed(target);
         }
         self.tried.push(Arc::clone(target));
         self.step(now);
@@ -237,12 +232,7 @@ impl<B: Backoff, R: Rng> Selector<B, R> {
     /// within a window twice as long.
     pub fn on_home_unreachable(&mut self, home: &Arc<str>, now: Instant) {
         if self.first().as_ref() == Some(home) {
-            let misses = if self.home_misses.0.as_ref() == Some(home) {
-                self.home_misses.1
-            } else {
-                0
-            };
-            self.home_misses = (Some(Arc::clone(home)), misses + 1);
+            self.home_missed(home);
         }
         let away = self
             .session
@@ -251,6 +241,15 @@ impl<B: Backoff, R: Rng> Selector<B, R> {
         if away && self.move_at.is_none() {
             self.schedule_move(now);
         }
+    }
+
+    /// One more failed return to `home` (the count starts again for a new first choice).
+    fn home_missed(&mut self, home: &Arc<str>) {
+        let misses = match &self.home_misses.0 {
+            Some(h) if h == home => self.home_misses.1,
+            _ => 0,
+        };
+        self.home_misses = (Some(Arc::clone(home)), misses + 1);
     }
 
     /// The welcomed session ended.

@@ -71,23 +71,26 @@ pub fn write_charts(dir: &Path, title: &str, timeline: &Timeline) -> Result<Vec<
             format!("{title}: {}", chart.name)
         };
 
+        let events = &timeline.events;
         let png = dir.join(format!("{}.png", chart.file_stem));
-        {
-            let root = BitMapBackend::new(&png, SIZE).into_drawing_area();
-            draw(&root, &caption, &chart, &timeline.events, x_range.clone())
-                .and_then(|()| root.present())
-                .with_context(|| format!("drawing {}", png.display()))?;
-        }
-        written.push(png);
-
+        draw(
+            &BitMapBackend::new(&png, SIZE).into_drawing_area(),
+            &caption,
+            &chart,
+            events,
+            x_range.clone(),
+        )
+        .with_context(|| format!("drawing {}", png.display()))?;
         let svg = dir.join(format!("{}.svg", chart.file_stem));
-        {
-            let root = SVGBackend::new(&svg, SIZE).into_drawing_area();
-            draw(&root, &caption, &chart, &timeline.events, x_range.clone())
-                .and_then(|()| root.present())
-                .with_context(|| format!("drawing {}", svg.display()))?;
-        }
-        written.push(svg);
+        draw(
+            &SVGBackend::new(&svg, SIZE).into_drawing_area(),
+            &caption,
+            &chart,
+            events,
+            x_range.clone(),
+        )
+        .with_context(|| format!("drawing {}", svg.display()))?;
+        written.extend([png, svg]);
     }
     Ok(written)
 }
@@ -279,7 +282,7 @@ fn draw<DB: DrawingBackend>(
             .border_style(BLACK.mix(0.4))
             .draw()?;
     }
-    Ok(())
+    root.present()
 }
 
 type Plot<'a, DB> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>;

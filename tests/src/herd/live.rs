@@ -183,7 +183,6 @@ async fn sample(
     let mut tick = tokio::time::interval(SAMPLE_EVERY);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let (mut last_at, mut last_attempts) = (Instant::now(), 0u64);
-    let mut silent_scrapes = 0u64;
     let mut pids: Vec<Option<u32>> = Vec::new();
     loop {
         tokio::select! {
@@ -241,7 +240,6 @@ async fn sample(
 
         let mut refusals_per_s = BTreeMap::new();
         let mut sessions = Vec::with_capacity(views.len());
-        let mut silent = 0u64;
         for (i, s) in scrapes.into_iter().enumerate() {
             match s {
                 Some(s) => {
@@ -252,13 +250,11 @@ async fn sample(
                 }
                 // Up but too busy to answer within the timeout: its last answer stands.
                 None if views[i].admin_addr.is_some() => {
-                    silent += 1;
+                    timeline.silent_scrapes += 1;
                     sessions.push(acc.last.get(i).and_then(|l| l.as_ref()).map_or(0, |l| l.sessions));
                 }
-                None => {
-                    sessions.push(0);
-                    acc.forget(i);
-                }
+                // Down (its counters were forgotten when its pid went).
+                None => sessions.push(0),
             }
         }
         let latency = book.take_interval();
@@ -274,7 +270,6 @@ async fn sample(
             ack_p99_ms: latency.p99,
             collector_rss_bytes: views.iter().map(|v| v.pid.map_or(0, rss_bytes)).collect(),
         };
-        silent_scrapes += silent;
         last_attempts = attempts;
         progress.set_position(now.duration_since(clock.started).as_millis() as u64);
         progress.set_message(format!(
@@ -283,29 +278,28 @@ async fn sample(
         ));
         timeline.samples.push(sample);
     }
-    timeline.silent_scrapes = silent_scrapes;
     timeline.events = lock(&events).clone();
     timeline.events.sort_by(|a, b| a.t_s.total_cmp(&b.t_s));
     (timeline, acc)
 }
 
-/// The highest attempts per second over any one-second stretch of samples.
+/// The highest attempts per second over any stretch of whole samples at least a second long.
+/// Each sample covers the time since the one before (longer than 100 ms when the sampler was
+/// held up), so attempts are its rate times its own interval.
 fn peak_per_second(samples: &[Sample]) -> f64 {
+    let starts: Vec<f64> = std::iter::once(0.0)
+        .chain(samples.iter().map(|s| s.t_s))
+        .collect();
     let mut peak: f64 = 0.0;
-    for (i, end) in samples.iter().enumerate() {
-        let start_t = end.t_s - 1.0;
+    for end in 0..samples.len() {
         let mut attempts = 0.0;
-        let mut from = end.t_s;
-        for s in samples[..=i].iter().rev() {
-            if s.t_s <= start_t {
+        for j in (0..=end).rev() {
+            attempts += samples[j].attempts_per_s * (samples[j].t_s - starts[j]);
+            let span = samples[end].t_s - starts[j];
+            if span >= 1.0 - 1e-9 {
+                peak = peak.max(attempts / span);
                 break;
             }
-            attempts += s.attempts_per_s * SAMPLE_EVERY.as_secs_f64();
-            from = s.t_s - SAMPLE_EVERY.as_secs_f64();
-        }
-        let span = (end.t_s - from).max(SAMPLE_EVERY.as_secs_f64());
-        if span >= 0.5 {
-            peak = peak.max(attempts / span);
         }
     }
     peak
@@ -639,6 +633,24 @@ mod tests {
         acc.add(0, s(20));
         acc.add(0, s(30));
         assert_eq!(acc.stored, 180);
+    }
+
+    #[test]
+    fn the_peak_counts_each_sample_over_its_own_interval() {
+        // The sampler was held up: one sample covers 2 s at 500/s, the others 100 ms at 0.
+        let mut t = 0.0;
+        let samples: Vec<Sample> = (0..20)
+            .map(|i| {
+                t += if i == 10 { 2.0 } else { 0.1 };
+                Sample {
+                    t_s: t,
+                    attempts_per_s: if i == 10 { 500.0 } else { 0.0 },
+                    ..Sample::default()
+                }
+            })
+            .collect();
+        let peak = peak_per_second(&samples);
+        assert!((peak - 500.0).abs() < 1.0, "{peak}");
     }
 
     #[test]
