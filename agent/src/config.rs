@@ -5,6 +5,7 @@
 //! kept equal to the defaults by a test). Must never: open sockets or read files other than the
 //! config file and the token file it names.
 
+use ringflow_proto::ops::valid_dns_name;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -303,6 +304,27 @@ impl FleetConfig {
 }
 
 impl ReconnectConfig {
+    /// The selection timing rules.
+    pub fn selection(&self) -> crate::selector::SelectorConfig {
+        let (ms, r) = (Duration::from_millis, self);
+        crate::selector::SelectorConfig {
+            splay: ms(r.splay_ms),
+            step_delay: ms(r.step_delay_ms),
+            healthy_after: ms(r.healthy_after_ms),
+            rebalance_window: ms(r.rebalance_window_ms),
+            max_hold: ms(r.max_delay_ms),
+        }
+    }
+
+    /// The backoff between failed rounds.
+    pub fn jitter(&self) -> crate::selector::backoff::JitterParams {
+        crate::selector::backoff::JitterParams {
+            initial: Duration::from_millis(self.initial_delay_ms),
+            max: Duration::from_millis(self.max_delay_ms),
+            multiplier: self.multiplier,
+        }
+    }
+
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
     }
@@ -482,39 +504,13 @@ impl Config {
 
     /// The selection timing rules.
     pub fn selection(&self) -> crate::selector::SelectorConfig {
-        let ms = Duration::from_millis;
-        let r = &self.reconnect;
-        crate::selector::SelectorConfig {
-            splay: ms(r.splay_ms),
-            step_delay: ms(r.step_delay_ms),
-            healthy_after: ms(r.healthy_after_ms),
-            rebalance_window: ms(r.rebalance_window_ms),
-            max_hold: ms(r.max_delay_ms),
-        }
+        self.reconnect.selection()
     }
 
     /// The backoff between failed rounds.
     pub fn jitter(&self) -> crate::selector::backoff::JitterParams {
-        let r = &self.reconnect;
-        crate::selector::backoff::JitterParams {
-            initial: Duration::from_millis(r.initial_delay_ms),
-            max: Duration::from_millis(r.max_delay_ms),
-            multiplier: r.multiplier,
-        }
+        self.reconnect.jitter()
     }
-}
-
-/// A plausible DNS name: dot-separated labels of letters, digits, '-' and '_', at most 253 bytes.
-pub fn valid_dns_name(name: &str) -> bool {
-    let name = name.strip_suffix('.').unwrap_or(name);
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            (1..=63).contains(&label.len())
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
 }
 
 /// Splits "host:port" (or "[v6]:port") into host and port.

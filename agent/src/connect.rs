@@ -164,7 +164,13 @@ pub async fn run(ctx: &SessionContext, config: &Config, mut fleet: FleetWatch) {
                 reason,
                 retry_after,
                 message,
+                fleet: view,
             } => {
+                // Sent elsewhere: walk a ring over the fleet the collector named, not only
+                // over what DNS said (which may be this collector alone).
+                if fleet.view.set_welcome(view) {
+                    fleet_changed(&mut selector, &fleet, ctx);
+                }
                 let label = ringflow_proto::names::reject_reason(reason);
                 MeterMetrics::inc(&ctx.metrics.rejects, label);
                 failures.record(label, &target, &format!("rejected: {message}"));

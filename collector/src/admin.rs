@@ -1,5 +1,6 @@
 //! Admin HTTP server: `/healthz` (the process is alive), `/readyz` (it can take data: listener
-//! bound, sink healthy, not draining), `/metrics` (Prometheus text).
+//! bound, sink healthy, not draining), `/metrics` (Prometheus text), `/load` (this collector's
+//! sessions as a [`LoadReport`], asked by its peers for bounded load: [`crate::fleet_poll`]).
 //!
 //! Owns: the admin listener and the readiness rule. Runs on the control plane. Must never: expose
 //! data, tokens or anything writable; it is meant for a local or management address.
@@ -39,7 +40,30 @@ impl Readiness {
     }
 }
 
+/// The body of `GET /load`: what a peer needs for the bounded-load estimate. JSON, a few dozen
+/// bytes; fields are only ever added.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LoadReport {
+    /// The answering collector's id, so a collector that reaches itself through an address it
+    /// did not know as its own (or one peer through two addresses) counts it once.
+    #[serde(default)]
+    pub collector: String,
+    /// Sessions it holds now (`sessions_active`).
+    pub sessions: u64,
+    /// `Hello`s it judged against the bounded-load cap since it started (its share of the
+    /// fleet's demand, see `fleet_load`).
+    #[serde(default)]
+    pub hellos: u64,
+    /// Whether it is draining (leaving the fleet): its sessions are moving to the others.
+    #[serde(default)]
+    pub draining: bool,
+}
+
 pub struct AdminState {
+    /// Named in `/load`.
+    pub collector_id: Arc<str>,
+    /// The bounded-load view, whose `Hello` count `/load` reports (None: bounded load off).
+    pub fleet_load: Option<Arc<std::sync::Mutex<crate::fleet_load::FleetLoadView>>>,
     pub metrics: Arc<CollectorMetrics>,
     pub readiness: Readiness,
     /// Read at each scrape for the kernel's UDP counters.
@@ -52,6 +76,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: Cancella
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/load", get(load))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), timed))
         .with_state(state);
     if let Err(error) = axum::serve(listener, app)
@@ -93,4 +118,20 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
         )],
         state.metrics.encode(),
     )
+}
+
+/// Two atomic reads and a few dozen bytes of JSON: cheap enough for every peer, every round.
+async fn load(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
+    let report = LoadReport {
+        collector: state.collector_id.to_string(),
+        sessions: state.metrics.sessions_active.get().max(0) as u64,
+        hellos: state
+            .fleet_load
+            .as_ref()
+            .map_or(0, |view| view.lock().unwrap_or_else(|p| p.into_inner()).hellos()),
+        draining: state.readiness.draining.is_cancelled(),
+    };
+    // Serializing plain fields cannot fail.
+    let body = serde_json::to_string(&report).unwrap_or_default();
+    ([(header::CONTENT_TYPE, "application/json")], body)
 }

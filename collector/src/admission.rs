@@ -11,6 +11,12 @@
 //!   (sessions, buffered bytes) the meter gets `Reject(overloaded)` with a `retry_after_ms` drawn
 //!   at random over a window that widens the further the collector is over the budget, so the
 //!   refused meters do not all come back in the same instant.
+//! - **Bounded load** (consistent hashing with bounded loads, Mirrokni, Thorup and Zadimoghaddam):
+//!   [`Budgets::on_hello`] also refuses a meter when this collector already holds its share of
+//!   the fleet's sessions, ⌈(1 + ε) · mean⌉ counting the meter asking ([`BoundedLoad::cap`]).
+//!   The meter walks its ring to the next collector, so no collector ends much above the mean
+//!   however unevenly the ring or DNS sends meters. The fleet's load comes from polling peers
+//!   ([`crate::fleet_load`]); without it (a fleet of one, no peer answering) there is no cap.
 //!
 //! Sans-IO: the caller passes in the load it measured, the time and a random number in `[0, 1)`,
 //! so a simulator (`herd sim`) can drive the same struct. Must never: do I/O, wait, or read a
@@ -41,6 +47,39 @@ pub struct Budgets {
     /// The shortest and the longest `retry_after_ms` sent with `Reject(overloaded)`.
     pub retry_after_min_ms: u32,
     pub retry_after_max_ms: u32,
+    /// Bounded load: sessions are capped at ⌈(1 + ε) · mean⌉ of the fleet (None: no cap).
+    pub bounded_load: Option<BoundedLoad>,
+}
+
+/// Consistent hashing with bounded loads: no collector takes a session beyond
+/// ⌈(1 + ε) · mean⌉, the mean counting the session asked for.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BoundedLoad {
+    /// ε: how far over the fleet's mean a collector may go (0.05 = 5%).
+    pub epsilon: f64,
+}
+
+impl BoundedLoad {
+    /// The most sessions one collector may hold in `fleet` once the asking meter is placed:
+    /// ⌈(1 + ε) · (sessions + 1) / collectors⌉, and at least 1.
+    pub fn cap(&self, fleet: &FleetLoad) -> usize {
+        let mean = (fleet.sessions as f64 + 1.0) / fleet.collectors.max(1) as f64;
+        ((1.0 + self.epsilon) * mean).ceil().max(1.0) as usize
+    }
+
+    /// Whether a collector holding `sessions` is full: taking one more would pass the cap.
+    pub fn full(&self, sessions: usize, fleet: &FleetLoad) -> bool {
+        sessions + 1 > self.cap(fleet)
+    }
+}
+
+/// The fleet's load as this collector last learned it (itself included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FleetLoad {
+    /// Collectors known to be up, this one included.
+    pub collectors: usize,
+    /// Their sessions in all.
+    pub sessions: u64,
 }
 
 impl Budgets {
@@ -59,7 +98,7 @@ impl Budgets {
             self.max_buffered_bytes as f64,
         );
         let (budget, overshoot) = match (sessions, bytes) {
-            (None, None) => return Ok(()),
+            (None, None) => return self.within_share(load, roll),
             (Some(s), Some(m)) if m > s => ("buffered_bytes", m),
             (Some(s), _) => ("sessions", s),
             (None, Some(m)) => ("buffered_bytes", m),
@@ -68,6 +107,18 @@ impl Budgets {
             budget,
             retry_after_ms: self.retry_after_ms(overshoot, roll),
         })
+    }
+
+    /// The bounded-load check: over its share of the fleet, the meter is told to go elsewhere
+    /// (it walks its ring) and not to come back within the shortest hint window.
+    fn within_share(&self, load: &Load, roll: f64) -> Result<(), Overloaded> {
+        match (self.bounded_load, load.fleet) {
+            (Some(bounded), Some(fleet)) if bounded.full(load.sessions, &fleet) => Err(Overloaded {
+                budget: "bounded_load",
+                retry_after_ms: self.retry_after_ms(0.0, roll),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// A retry hint uniform in `[min, min + window)`, the window growing from `min` (just over
@@ -92,6 +143,8 @@ pub struct Load {
     /// Bytes held by the data plane: the sink queue and frames waiting to enter it.
     pub buffered_bytes: u64,
     pub draining: bool,
+    /// The fleet's load, when peers answered (for the bounded-load cap).
+    pub fleet: Option<FleetLoad>,
 }
 
 /// What to do with a new connection attempt.
@@ -204,7 +257,58 @@ mod tests {
             soft_buffered_bytes: 500,
             retry_after_min_ms: 1_000,
             retry_after_max_ms: 21_000,
+            bounded_load: Some(BoundedLoad { epsilon: 0.05 }),
         }
+    }
+
+    #[test]
+    fn bounded_load_caps_a_collector_at_its_share_of_the_fleet() {
+        let b = budgets();
+        let bounded = BoundedLoad { epsilon: 0.05 };
+        // 4 collectors holding 399 sessions; with the one asking the mean is 100, the cap 105.
+        let fleet = FleetLoad {
+            collectors: 4,
+            sessions: 399,
+        };
+        assert_eq!(bounded.cap(&fleet), 105);
+        let at = |sessions| Load {
+            sessions,
+            fleet: Some(fleet),
+            ..Load::default()
+        };
+        let roomy = Budgets {
+            soft_max_sessions: 10_000,
+            max_connections: 20_000,
+            ..b
+        };
+        assert_eq!(roomy.on_hello(&at(104), 0.5), Ok(()));
+        let full = roomy.on_hello(&at(105), 0.999).unwrap_err();
+        assert_eq!(full.budget, "bounded_load");
+        assert!((1_000..2_000).contains(&full.retry_after_ms), "{full:?}");
+        // Without the fleet's load, or with the cap off, only the collector's own budgets count.
+        let alone = Load {
+            fleet: None,
+            ..at(105)
+        };
+        assert_eq!(roomy.on_hello(&alone, 0.5), Ok(()));
+        let off = Budgets {
+            bounded_load: None,
+            ..roomy
+        };
+        assert_eq!(off.on_hello(&at(105), 0.5), Ok(()));
+        // An empty fleet still takes its first session, and a fleet of one has no cap below
+        // every session it holds.
+        let empty = FleetLoad {
+            collectors: 200,
+            sessions: 0,
+        };
+        assert!(!bounded.full(0, &empty));
+        assert!(bounded.full(1, &empty));
+        let one = FleetLoad {
+            collectors: 1,
+            sessions: 5_000,
+        };
+        assert!(!bounded.full(5_000, &one));
     }
 
     #[test]

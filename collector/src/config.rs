@@ -6,6 +6,7 @@
 //! `collector example-config`; a test keeps it equal to the defaults. Must never: open sockets or
 //! files other than the config file itself.
 
+use ringflow_proto::ops::valid_dns_name;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -79,16 +80,39 @@ pub struct OrgConfig {
     pub token_hashes: Vec<String>,
 }
 
-/// What this collector tells meters about its fleet in `Welcome`.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// What this collector tells meters about its fleet in `Welcome`, and where it finds its peers
+/// to learn the fleet's load (bounded load, `admission.bounded_load_epsilon`).
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FleetConfig {
     /// The address meters dial to reach this collector, `host:port`.
     pub advertise: Option<String>,
     /// Every collector of the fleet, as meters dial them (`host:port`). Sent to each meter in
     /// `Welcome`, so a meter whose DNS told it about only one collector still learns them all and
-    /// spreads itself over the whole fleet.
+    /// spreads itself over the whole fleet. Their hosts are also peers polled for their load.
     pub members: Vec<String>,
+    /// The fleet's DNS name, the one meters use. Each load poll resolves it with the system
+    /// resolver and polls every address it gives. Default: unset.
+    pub name: Option<String>,
+    /// Port of the peers' admin servers, where `GET /load` is asked. Default 0: the port of this
+    /// collector's own `admin_listen` (a fleet configured alike).
+    pub load_admin_port: u16,
+    /// How often the peers are polled for their load; a peer silent for three intervals is
+    /// forgotten. Default 1 s: a herd fills a collector by at most one interval's arrivals
+    /// before the others' counts catch up, and a poll is one small HTTP request per peer.
+    pub load_poll_ms: u64,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        Self {
+            advertise: None,
+            members: Vec::new(),
+            name: None,
+            load_admin_port: 0,
+            load_poll_ms: 1_000,
+        }
+    }
 }
 
 impl FleetConfig {
@@ -176,6 +200,12 @@ pub struct AdmissionConfig {
     /// one). Defaults 1 s and 30 s.
     pub retry_after_min_ms: u32,
     pub retry_after_max_ms: u32,
+    /// Bounded load: a collector holding ⌈(1 + ε) · the fleet's mean⌉ sessions answers further
+    /// Hellos with `Reject(overloaded)`, so meters walk their ring to the next collector. The
+    /// fleet's load comes from polling the peers' admin servers (`fleet.name`, `fleet.members`,
+    /// `fleet.load_admin_port`, `fleet.load_poll_ms`); with no peer answering there is no cap.
+    /// 0 turns the cap (and the polling) off. Default 0.05.
+    pub bounded_load_epsilon: f64,
 }
 
 /// Threads of the two planes. The control plane (accepting, handshakes, QUIC packet I/O, Hello,
@@ -203,6 +233,9 @@ impl AdmissionConfig {
             soft_buffered_bytes: self.soft_buffered_bytes,
             retry_after_min_ms: self.retry_after_min_ms,
             retry_after_max_ms: self.retry_after_max_ms,
+            bounded_load: (self.bounded_load_epsilon > 0.0).then_some(crate::admission::BoundedLoad {
+                epsilon: self.bounded_load_epsilon,
+            }),
         }
     }
 }
@@ -218,6 +251,7 @@ impl Default for AdmissionConfig {
             soft_buffered_bytes: 256 << 20,
             retry_after_min_ms: 1_000,
             retry_after_max_ms: 30_000,
+            bounded_load_epsilon: 0.05,
         }
     }
 }
@@ -634,6 +668,15 @@ impl Config {
                 ));
             }
         }
+        if let Some(name) = &f.name
+            && !valid_dns_name(name)
+        {
+            return Err(invalid(
+                "fleet.name",
+                format!("{name:?} is not a DNS name (labels of a-z, 0-9, '-', '_', dot-separated)"),
+            ));
+        }
+        check_range("fleet.load_poll_ms", f.load_poll_ms, 100, 60_000)?;
         let view = prost::Message::encoded_len(&ringflow_proto::pb::Welcome {
             fleet: f.view(&self.collector_id()),
             ..Default::default()
@@ -746,6 +789,12 @@ impl Config {
             2 * u64::from(a.retry_after_min_ms),
             3_600_000,
         )?;
+        if !(0.0..=1.0).contains(&a.bounded_load_epsilon) {
+            return Err(invalid(
+                "admission.bounded_load_epsilon",
+                format!("must be between 0 (off) and 1, got {}", a.bounded_load_epsilon),
+            ));
+        }
         check_range(
             "runtime.control_threads",
             self.runtime.control_threads.into(),
@@ -830,10 +879,11 @@ fn host_name() -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const MINIMAL: &str = r#"
+    /// The smallest valid config: TLS files and one org (tables only, so keys can go before it).
+    pub(crate) const MINIMAL: &str = r#"
         [tls]
         cert = "server.pem"
         key = "server.key"
@@ -930,6 +980,33 @@ mod tests {
         assert_eq!(addrs, [("10.0.0.1:4433", ""), ("10.0.0.2:4433", "c2")]);
         let err = Config::parse(&format!("{MINIMAL}\n[fleet]\nmembers = [\"nope\"]\n")).unwrap_err();
         assert!(err.to_string().contains("fleet.members[0]"), "{err}");
+    }
+
+    #[test]
+    fn fleet_load_polling_keys_are_checked_by_name() {
+        let with = |table: &str| Config::parse(&format!("{MINIMAL}\n[fleet]\n{table}\n"));
+        let ok =
+            with("name = \"collectors.example.net\"\nload_admin_port = 9464\nload_poll_ms = 500").unwrap();
+        assert_eq!(ok.fleet.name.as_deref(), Some("collectors.example.net"));
+        assert_eq!((ok.fleet.load_admin_port, ok.fleet.load_poll_ms), (9464, 500));
+        for (table, key) in [
+            ("name = \"not a name\"", "fleet.name"),
+            ("name = \"\"", "fleet.name"),
+            ("load_poll_ms = 10", "fleet.load_poll_ms"),
+            ("load_poll_ms = 600000", "fleet.load_poll_ms"),
+            ("load_admin_port = 70000", "load_admin_port"),
+        ] {
+            let err = with(table).unwrap_err().to_string();
+            assert!(err.contains(key), "{table}: {err}");
+        }
+        let err =
+            Config::parse(&format!("{MINIMAL}\n[admission]\nbounded_load_epsilon = 1.5\n")).unwrap_err();
+        assert!(
+            err.to_string().contains("admission.bounded_load_epsilon"),
+            "{err}"
+        );
+        let off = Config::parse(&format!("{MINIMAL}\n[admission]\nbounded_load_epsilon = 0\n")).unwrap();
+        assert_eq!(off.admission.budgets(&off.limits).bounded_load, None);
     }
 
     #[test]

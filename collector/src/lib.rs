@@ -3,8 +3,9 @@
 //! sink and acks it only once the sink holds it.
 //!
 //! Module map (see ARCHITECTURE.md): `config` (keys, defaults, validation), `auth` (tokens),
-//! `tls` (certificates), `admission` (budgets: refuse before handshake, overload at Hello), `server` (lifecycle, the
-//! two runtimes, accept loop),
+//! `tls` (certificates), `admission` (budgets: refuse before handshake, overload at Hello),
+//! `fleet_load` (the fleet's load for the bounded-load cap), `fleet_poll` (polling the peers for
+//! it), `server` (lifecycle, the two runtimes, accept loop),
 //! `session` (control plane per connection), `ingest` (data plane per stream), `sink` (the seam and
 //! the file sink), `store` (segment files), `admin` (HTTP), `telemetry` (metrics, log throttle),
 //! `udp_stats` (the kernel's view of the QUIC socket), `cli` (the binary).
@@ -14,6 +15,8 @@ pub mod admission;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod fleet_load;
+pub mod fleet_poll;
 pub mod ingest;
 pub mod server;
 pub mod session;

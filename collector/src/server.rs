@@ -7,10 +7,11 @@
 //! collector (`runtime.data_threads`): data streams, the sink and the sink's client. However busy
 //! the data plane is, the control plane's work never waits in its run queue.
 //!
-//! Owns: the QUIC endpoint and its accept loop, the admin listener, the sink task, and the order
-//! of shutdown: refuse new connections and send `Drain` → wait for meters to leave (bounded by
-//! `shutdown.grace_ms`) → close what remains → let the sink flush its queue → exit. Must never:
-//! start serving before the store has recovered, or exit while a batch that was acked is unwritten.
+//! Owns: the QUIC endpoint and its accept loop, the admin listener, the sink task, the load poll
+//! task (bounded load), and the order of shutdown: refuse new connections, send `Drain` and stop
+//! polling → wait for meters to leave (bounded by `shutdown.grace_ms`) → close what remains → let
+//! the sink flush its queue → exit. Must never: start serving before the store has recovered, or
+//! exit while a batch that was acked is unwritten.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use crate::admin::{self, AdminState, Readiness};
 use crate::admission::{Admission, Admit, Load};
 use crate::auth::OrgDirectory;
 use crate::config::{Config, ConfigError, LimitsConfig, SinkKind};
+use crate::fleet_poll::{PollPlan, Poller};
 use crate::ingest::DataLimits;
 use crate::session::{self, DataPlane, Shared, TrackedConnection};
 use crate::sink::file::FileSink;
@@ -266,6 +268,21 @@ impl Collector {
             tasks: TaskTracker::new(),
         };
         let budgets = config.admission.budgets(&config.limits);
+        // Bounded load: the poll loop learns the fleet's load from the peers' admin servers.
+        let poll_stop = CancellationToken::new();
+        let (fleet_load, poll_task) =
+            match PollPlan::from_config(&config, admin_addr, Arc::clone(&collector_id)) {
+                Ok(plan) => {
+                    let (poller, view) = Poller::new(plan, Arc::clone(&metrics));
+                    (Some(view), Some(tokio::spawn(poller.run(poll_stop.clone()))))
+                }
+                Err(why) => {
+                    if budgets.bounded_load.is_some() {
+                        info!(%why, "bounded load: no peers to poll, so no cap on this collector's share");
+                    }
+                    (None, None)
+                }
+            };
         let shared = Arc::new(Shared {
             collector_id: Arc::clone(&collector_id),
             orgs,
@@ -288,6 +305,7 @@ impl Collector {
             hello_timeout: Duration::from_millis(l.hello_timeout_ms),
             drain_window_ms: config.shutdown.drain_window_ms,
             budgets,
+            fleet_load: fleet_load.clone(),
             sink: sink_handle,
             sink_health: health.clone(),
             metrics: Arc::clone(&metrics),
@@ -301,6 +319,8 @@ impl Collector {
         let admin_task = tokio::spawn(admin::serve(
             admin_listener,
             Arc::new(AdminState {
+                collector_id: Arc::clone(&collector_id),
+                fleet_load,
                 metrics: Arc::clone(&metrics),
                 readiness: Readiness {
                     draining: draining.clone(),
@@ -337,6 +357,11 @@ impl Collector {
             "shutting down: refusing new connections, asking meters to move"
         );
         draining.cancel();
+        // A draining collector refuses every Hello: it no longer needs the fleet's load.
+        poll_stop.cancel();
+        if let Some(task) = poll_task {
+            let _ = task.await;
+        }
         connections.close();
         if tokio::time::timeout_at(deadline, connections.wait())
             .await
@@ -439,6 +464,7 @@ async fn accept_loop(
             sessions: m.sessions_active.get().max(0) as usize,
             buffered_bytes: m.buffered_bytes(),
             draining: shared.draining.is_cancelled(),
+            fleet: None,
         };
         let now = Instant::now();
         match admission.on_incoming(&load, incoming.remote_address_validated(), now) {

@@ -19,6 +19,7 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use crate::admission::{Budgets, Load, Overloaded};
 use crate::auth::{AuthFailure, OrgDirectory};
+use crate::fleet_poll::SharedFleetLoad;
 use crate::ingest::{DataLimits, SessionIdentity, StreamContext, serve_data_stream};
 use crate::sink::{SinkHandle, SinkHealth};
 use crate::telemetry::{CollectorMetrics, ConnState, LogThrottle, TaskGuard};
@@ -27,7 +28,7 @@ use crate::telemetry::{CollectorMetrics, ConnState, LogThrottle, TaskGuard};
 const REJECT_LINGER: Duration = Duration::from_secs(2);
 
 /// Retry hint sent with a `Reject` when the sink is unavailable or the collector is draining.
-const RETRY_AFTER_UNAVAILABLE_MS: u32 = 5_000;
+pub const RETRY_AFTER_UNAVAILABLE_MS: u32 = 5_000;
 
 /// Where data-stream tasks run. The control plane spawns them here and never awaits them, so a
 /// saturated data plane cannot hold up accepting, authenticating or draining.
@@ -50,6 +51,8 @@ pub struct Shared {
     pub drain_window_ms: u32,
     /// Soft budgets checked at `Hello`.
     pub budgets: Budgets,
+    /// The fleet's load as the poll loop last learned it (None: no peers polled, no cap).
+    pub fleet_load: Option<SharedFleetLoad>,
     pub sink: SinkHandle,
     pub sink_health: SinkHealth,
     pub metrics: Arc<CollectorMetrics>,
@@ -145,6 +148,7 @@ pub fn judge_hello(
             pb::RejectReason::Overloaded,
             match over.budget {
                 "sessions" => "overloaded_sessions",
+                "bounded_load" => "overloaded_bounded_load",
                 _ => "overloaded_buffered_bytes",
             },
             "collector is over its load budget; retry later or elsewhere".into(),
@@ -279,9 +283,17 @@ async fn run_session(
     };
 
     let hello_read = Instant::now();
+    let sessions = shared.metrics.sessions_active.get().max(0) as usize;
+    // Counts this Hello as demand the fleet sees, and gives the fleet's load to judge it against.
+    let fleet = shared.fleet_load.as_ref().and_then(|view| {
+        view.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .on_hello(sessions as u64)
+    });
     let load = Load {
-        sessions: shared.metrics.sessions_active.get().max(0) as usize,
+        sessions,
         buffered_bytes: shared.metrics.buffered_bytes(),
+        fleet,
         ..Load::default()
     };
     let verdict = judge_hello(
@@ -307,10 +319,17 @@ async fn run_session(
                 rejection.message
             );
         }
+        // A meter sent elsewhere (authenticated: these reasons come after auth) learns the
+        // fleet, or with a DNS naming only this collector it would only ever come back here.
+        let fleet = match rejection.reason {
+            pb::RejectReason::Overloaded | pb::RejectReason::SinkUnavailable => shared.fleet_view.clone(),
+            _ => Vec::new(),
+        };
         let reject = control(pb::control_frame::Msg::Reject(pb::Reject {
             reason: rejection.reason as i32,
             retry_after_ms: rejection.retry_after_ms,
             message: rejection.message,
+            fleet,
         }));
         let sent = ctl_send.write_chunk(reject).await.is_ok() && ctl_send.finish().is_ok();
         answered(shared, started, hello_read);

@@ -128,6 +128,10 @@ pub struct CollectorMetrics {
     pub udp_receive_buffer_bytes: Gauge,
     pub udp_socket_drops: Gauge,
     pub udp_receive_buffer_errors: Gauge,
+    pub fleet_peers: Gauge,
+    pub fleet_poll_rounds: Counter,
+    pub fleet_poll_failures: Counter,
+    pub fleet_mean_sessions: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl CollectorMetrics {
@@ -351,6 +355,26 @@ impl CollectorMetrics {
             udp_receive_buffer_errors: reg!(
                 "udp_receive_buffer_errors",
                 "UDP receive-buffer errors of the whole host (RcvbufErrors of Udp and Udp6 in /proc/net/snmp*)",
+                Gauge::default()
+            ),
+            fleet_peers: reg!(
+                "fleet_peers",
+                "Peers that answered the last load poll (bounded load), this collector not included",
+                Gauge::default()
+            ),
+            fleet_poll_rounds: reg!(
+                "fleet_poll_rounds",
+                "Load poll rounds completed (every fleet.load_poll_ms while bounded load is on and peers are configured)",
+                Counter::default()
+            ),
+            fleet_poll_failures: reg!(
+                "fleet_poll_failures",
+                "Load polls of a peer that failed: no connection, no answer in time, or not a load report",
+                Counter::default()
+            ),
+            fleet_mean_sessions: reg!(
+                "fleet_mean_sessions",
+                "The fleet's mean sessions per collector as estimated after the last load poll (this collector alone while no peer is known)",
                 Gauge::default()
             ),
             registry,

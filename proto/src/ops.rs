@@ -1,6 +1,7 @@
 //! Operational conventions both binaries present to operators, kept in one place so the meter
 //! and the collector cannot drift apart: how a configuration file is read and what its errors
-//! say, the exit code for bad configuration, logging setup, and what signals mean.
+//! say, which values both accept (DNS names), the exit code for bad configuration, logging setup,
+//! and what signals mean.
 //!
 //! Must never: know any binary's configuration keys or hold state.
 
@@ -109,6 +110,19 @@ pub async fn shutdown_on_signals(shutdown: CancellationToken, graceful: &'static
     tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
     tracing::warn!("second signal: exiting now");
     std::process::exit(1);
+}
+
+/// A plausible DNS name: dot-separated labels of letters, digits, '-' and '_', at most 253 bytes.
+pub fn valid_dns_name(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }
 
 #[cfg(test)]

@@ -133,10 +133,22 @@ impl TestBed {
     /// A collector config as TOML: loopback listeners, this bed's TLS and org, a short drain
     /// window. `extra` is appended (it may add tables, not repeat `[shutdown]`).
     pub fn collector_toml(&self, name: &str, listen: SocketAddr, extra: &str) -> String {
+        self.collector_toml_at(name, listen, SocketAddr::from(([127, 0, 0, 1], 0)), extra)
+    }
+
+    /// As [`collector_toml`](Self::collector_toml), with the admin server on `admin` (a fleet
+    /// whose collectors poll each other's load needs one admin port on every address).
+    pub fn collector_toml_at(
+        &self,
+        name: &str,
+        listen: SocketAddr,
+        admin: SocketAddr,
+        extra: &str,
+    ) -> String {
         format!(
             r#"collector_id = "{name}"
 listen = "{listen}"
-admin_listen = "127.0.0.1:0"
+admin_listen = "{admin}"
 data_dir = "{data}"
 
 [tls]

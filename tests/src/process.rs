@@ -46,6 +46,23 @@ pub fn free_udp_port_on(ips: &[std::net::Ipv4Addr]) -> anyhow::Result<u16> {
     anyhow::bail!("no UDP port free on all of {ips:?}")
 }
 
+/// A TCP port free on every one of `ips` a moment ago: the admin port of a fleet whose
+/// collectors poll each other's load (`fleet.load_admin_port`).
+pub fn free_tcp_port_on(ips: &[std::net::Ipv4Addr]) -> anyhow::Result<u16> {
+    for _ in 0..50 {
+        let first = std::net::TcpListener::bind((ips[0], 0))?;
+        let port = first.local_addr()?.port();
+        let others: Result<Vec<_>, _> = ips[1..]
+            .iter()
+            .map(|ip| std::net::TcpListener::bind((*ip, port)))
+            .collect();
+        if others.is_ok() {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no TCP port free on all of {ips:?}")
+}
+
 /// A child process whose stderr is copied to the test's output (each line prefixed with its
 /// label), and which is killed if the test drops it still running.
 pub struct ChildProcess {
@@ -244,8 +261,26 @@ impl CollectorProcess {
         addr: SocketAddr,
         extra: &str,
     ) -> anyhow::Result<Self> {
+        Self::start_at(
+            command,
+            bed,
+            name,
+            (addr, SocketAddr::from(([127, 0, 0, 1], 0))),
+            extra,
+        )
+        .await
+    }
+
+    /// As [`start_with`](Self::start_with), listening on `(quic, admin)`.
+    pub async fn start_at(
+        command: &CollectorCommand,
+        bed: &TestBed,
+        name: &str,
+        (addr, admin): (SocketAddr, SocketAddr),
+        extra: &str,
+    ) -> anyhow::Result<Self> {
         let config_path = bed.path().join(format!("{name}.toml"));
-        std::fs::write(&config_path, bed.collector_toml(name, addr, extra))?;
+        std::fs::write(&config_path, bed.collector_toml_at(name, addr, admin, extra))?;
         let mut args: Vec<&std::ffi::OsStr> = command.leading_args.iter().map(|a| a.as_os_str()).collect();
         args.extend(["run".as_ref(), "--config".as_ref(), config_path.as_os_str()]);
         let log = command.log_dir.as_ref().map(|d| d.join(format!("{name}.log")));
@@ -282,4 +317,31 @@ impl CollectorProcess {
 pub async fn start_meter_process(binary: &Path, config: &Path, label: &str) -> anyhow::Result<ChildProcess> {
     let args = ["run".as_ref(), "--config".as_ref(), config.as_os_str()];
     ChildProcess::start(binary, &args, label, "meter started").await
+}
+
+/// Runs `cmd` to its end with its output captured, in a process group of its own: if it outlives
+/// `limit`, the whole group (its own children too) is killed and that is an error.
+pub async fn run_bounded(
+    mut cmd: std::process::Command,
+    limit: Duration,
+) -> anyhow::Result<std::process::Output> {
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let what = format!("{:?}", cmd.get_program());
+    let child = tokio::process::Command::from(cmd)
+        .kill_on_drop(true)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let group = child.id().map(|pid| format!("-{pid}"));
+    match tokio::time::timeout(limit, child.wait_with_output()).await {
+        Ok(output) => Ok(output?),
+        Err(_) => {
+            if let Some(group) = group {
+                let _ = std::process::Command::new("kill")
+                    .args(["-KILL", "--", &group])
+                    .status();
+            }
+            anyhow::bail!("{what} did not stop by itself within {limit:?}")
+        }
+    }
 }

@@ -49,6 +49,16 @@ fn readme_documents_every_config_key() {
 }
 
 #[test]
+fn readme_documents_every_report_key() {
+    for key in ringflow_tests::herd::report::KEYS {
+        assert!(
+            README.contains(&format!("`{key}`")),
+            "README does not document report.json key `{key}`"
+        );
+    }
+}
+
+#[test]
 fn readme_documents_every_subcommand() {
     for command in [
         "collector run",
@@ -59,6 +69,8 @@ fn readme_documents_every_subcommand() {
         "meter run",
         "meter check",
         "meter example-config",
+        "herd run",
+        "herd sim",
     ] {
         assert!(
             README.contains(&format!("`{command}")),

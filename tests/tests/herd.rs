@@ -8,30 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-/// Every key `report.json` must have (README, "herd": what each means).
-const KEYS: [&str; 21] = [
-    "meters_connected_at_end",
-    "scenario",
-    "mode",
-    "meters",
-    "collectors",
-    "seed",
-    "records_sent",
-    "records_acked",
-    "records_stored",
-    "records_lost",
-    "duplicates_stored",
-    "time_to_all_connected_s",
-    "peak_attempts_per_s",
-    "handshake_capacity_per_s",
-    "sessions_max_over_mean",
-    "moved_fraction",
-    "ack_latency_ms",
-    "collector_crashes",
-    "verdict",
-    "thresholds",
-    "failures",
-];
+use ringflow_tests::herd::report::KEYS;
 
 /// Runs `herd run` with `args`; returns its exit code and report. Bounded: the run's duration
 /// plus start and stop, or it is killed.
@@ -56,18 +33,7 @@ async fn herd(
         .arg(out.path())
         .args(more);
     // Its own process group: if it has to be killed, its collectors and NATS go with it.
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let child = tokio::process::Command::from(cmd).kill_on_drop(true).spawn()?;
-    let group = child.id().map(|pid| format!("-{pid}"));
-    let output = match tokio::time::timeout(Duration::from_secs(secs + 90), child.wait_with_output()).await {
-        Ok(output) => output?,
-        Err(_) => {
-            if let Some(group) = group {
-                let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
-            }
-            anyhow::bail!("herd {scenario} did not stop by itself");
-        }
-    };
+    let output = ringflow_tests::process::run_bounded(cmd, Duration::from_secs(secs + 90)).await?;
     let code = output.status.code().unwrap_or(-1);
     anyhow::ensure!(
         code == 0 || code == 1,

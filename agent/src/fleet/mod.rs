@@ -113,8 +113,9 @@ impl FleetView {
         self.rebuild()
     }
 
-    /// The fleet view of the collector that welcomed this meter. True if the ring changed. An
-    /// empty view (a collector that was not told its fleet) says nothing and changes nothing.
+    /// The fleet view of the collector that welcomed this meter (or sent it elsewhere with
+    /// `Reject`). True if the ring changed. An empty view (a collector that was not told its
+    /// fleet) says nothing and changes nothing.
     pub fn set_welcome(&mut self, members: Vec<String>) -> bool {
         let members = canonical_set(members);
         if members.is_empty() {

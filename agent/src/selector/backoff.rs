@@ -49,25 +49,32 @@ pub fn live(p: JitterParams) -> ExponentialBackoff {
     }
 }
 
-/// Full jitter from a seeded RNG: the same distribution as [`live`], reproducibly.
+/// Full jitter from a seeded RNG: the same distribution as [`live`], reproducibly. `herd sim`
+/// gives it a smaller RNG of its own (a million meters each hold one).
 #[derive(Debug, Clone)]
-pub struct Seeded {
+pub struct Seeded<R = StdRng> {
     params: JitterParams,
     round: u32,
-    rng: StdRng,
+    rng: R,
 }
 
 impl Seeded {
     pub fn new(params: JitterParams, seed: u64) -> Self {
+        Self::with_rng(params, StdRng::seed_from_u64(seed))
+    }
+}
+
+impl<R: Rng> Seeded<R> {
+    pub fn with_rng(params: JitterParams, rng: R) -> Self {
         Self {
             params,
             round: 0,
-            rng: StdRng::seed_from_u64(seed),
+            rng,
         }
     }
 }
 
-impl Backoff for Seeded {
+impl<R: Rng> Backoff for Seeded<R> {
     fn reset(&mut self) {
         self.round = 0;
     }

@@ -10,7 +10,10 @@
 //! - **Splay.** The first attempt after start waits a uniform random time in `[0, splay)`.
 //! - **Walk.** A failed attempt (unreachable, refused, any `Reject`) or a session that dies young
 //!   (before `healthy_after`) moves to the next collector in ring order not yet tried in this
-//!   round, after a uniform random `[0, step_delay)`. After every collector was tried, the next
+//!   round, after a uniform random `[0, step_delay)`; after a `Reject` at once: rejects come
+//!   after a full handshake, so they are already paced by the rejecting collector (it cannot
+//!   turn away more meters per second than it completes handshakes), and the meters a
+//!   bounded-load cap sends on reach their next collector without delay. After every collector was tried, the next
 //!   round starts after a backoff delay (full jitter), at the first collector in ring order not
 //!   on hold. A collector's `retry_after` (capped at `max_hold`) is a floor for trying it again.
 //! - **Healthy.** Only a session that lasted `healthy_after` resets the backoff, so a collector
@@ -218,7 +221,8 @@ impl<B: Backoff, R: Rng> Selector<B, R> {
             self.home_missed(target);
         }
         self.tried.push(Arc::clone(target));
-        self.step(now);
+        let paced = matches!(failure, Failure::Refused { .. });
+        self.step(now, paced);
     }
 
     /// The driver is checking that the first choice answers before leaving for it (see
@@ -258,7 +262,7 @@ impl<B: Backoff, R: Rng> Selector<B, R> {
         let Some((target, since)) = self.session.take() else {
             // Not known to be in a session (the driver missed the Welcome): treat it as a failed
             // attempt rather than leave a stale attempt to be made at once.
-            self.step(now);
+            self.step(now, false);
             return;
         };
         let healthy = now.duration_since(since) >= self.config.healthy_after;
@@ -304,15 +308,20 @@ impl<B: Backoff, R: Rng> Selector<B, R> {
             // A session that died young is a failure of that collector.
             Ended::Lost => {
                 self.tried.push(target);
-                self.step(now);
+                self.step(now, false);
             }
         }
     }
 
-    /// After a failure: the next collector of this round, or the next round after a backoff.
-    fn step(&mut self, now: Instant) {
+    /// After a failure: the next collector of this round (at once if the failure was `paced`
+    /// already, else after a random step delay), or the next round after a backoff.
+    fn step(&mut self, now: Instant, paced: bool) {
         if let Some(target) = self.next_untried(now) {
-            let at = now + self.jitter(self.config.step_delay);
+            let at = if paced {
+                now
+            } else {
+                now + self.jitter(self.config.step_delay)
+            };
             self.next = Some(Attempt { target, at });
             return;
         }
@@ -462,6 +471,35 @@ mod tests {
         let a = s.next_attempt().unwrap().clone();
         assert_eq!(a.target, order[0]);
         assert!(a.at <= now + JITTER.ceiling(0));
+    }
+
+    #[test]
+    fn a_reject_walks_on_at_once_and_holds_the_rejecting_collector() {
+        let t0 = Instant::now();
+        let r = ring(3);
+        let order: Vec<_> = r.walk("m1").collect();
+        let mut s = selector("m1", r, t0);
+        let hint = Some(Duration::from_secs(2));
+        s.on_failure(&order[0], Failure::Refused { retry_after: hint }, t0);
+        let a = s.next_attempt().unwrap().clone();
+        assert_eq!((a.target.clone(), a.at), (order[1].clone(), t0), "no step delay");
+        // An unreachable collector is a burst failure: the next step is jittered.
+        let steps: Vec<_> = (0..20u64)
+            .map(|i| {
+                let mut s = Selector::new(
+                    "m1",
+                    ring(3),
+                    CONFIG,
+                    Seeded::new(JITTER, i),
+                    StdRng::seed_from_u64(i),
+                    t0,
+                );
+                s.on_failure(&order[0], Failure::Unreachable, t0);
+                s.next_attempt().unwrap().at
+            })
+            .collect();
+        assert!(steps.iter().all(|at| *at <= t0 + CONFIG.step_delay));
+        assert!(steps.iter().filter(|at| **at > t0).count() >= 18, "{steps:?}");
     }
 
     #[test]

@@ -149,6 +149,8 @@ pub enum SessionEnd {
         reason: pb::RejectReason,
         retry_after: Option<Duration>,
         message: String,
+        /// The collector's fleet view sent with the refusal (overloaded, sink unavailable).
+        fleet: Vec<String>,
     },
     Failed(SessionError),
 }
@@ -223,6 +225,7 @@ pub async fn run(
                     retry_after: (r.retry_after_ms > 0)
                         .then(|| Duration::from_millis(r.retry_after_ms.into())),
                     message: r.message,
+                    fleet: r.fleet.into_iter().map(|m| m.address).collect(),
                 },
                 false,
             );

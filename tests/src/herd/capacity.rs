@@ -49,6 +49,13 @@ pub async fn session(
             session.conn.close(0u32.into(), b"");
             Ok(())
         }
+        // A collector over its share of the fleet (bounded load) turns the probe away after the
+        // same handshake and Hello: as much work to measure.
+        RawHello::Rejected(reject)
+            if reject.reason == ringflow_proto::pb::RejectReason::Overloaded as i32 =>
+        {
+            Ok(())
+        }
         RawHello::Rejected(reject) => anyhow::bail!("expected Welcome, got {reject:?}"),
     }
 }

@@ -41,6 +41,12 @@ const PALETTE: [RGBColor; 10] = [
     RGBColor(0xbc, 0xbd, 0x22),
     RGBColor(0x17, 0xbe, 0xcf),
 ];
+/// Beyond this many collectors the sessions chart shows the busiest, the mean and the idlest
+/// collector instead of a line for each.
+const MAX_COLLECTOR_LINES: usize = 10;
+/// The comparison chart of max/mean is cut at this height (a single-record DNS puts the whole
+/// fleet on one collector: hundreds of times the mean would flatten every other line).
+const BALANCE_CHART_CAP: f64 = 4.0;
 /// Events past this fraction of the x range get their label left of their line, not right of it.
 const LABEL_FLIP_FRACTION: f64 = 0.75;
 /// Rows of event labels above the plot, so that events close in time stay readable.
@@ -58,25 +64,81 @@ pub fn write_charts(dir: &Path, title: &str, timeline: &Timeline) -> Result<Vec<
     register_font()?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
 
-    let x_range = x_range(timeline);
-    let mut written = Vec::with_capacity(6);
-    for chart in [
+    let charts = [
         sessions_chart(timeline),
         attempts_chart(timeline),
         latency_chart(timeline),
-    ] {
+    ];
+    write_all(dir, title, &charts, &timeline.events, x_range(timeline))
+}
+
+/// One variant of a `herd sim --compare` run, as the comparison charts draw it.
+pub struct Variant<'a> {
+    pub name: &'a str,
+    pub timeline: &'a Timeline,
+    /// Sessions max/mean over time: `(t_s, max/mean)`.
+    pub balance: &'a [(f64, f64)],
+}
+
+/// `herd sim --compare`: `compare_attempts` (attempts/s) and `compare_balance` (sessions
+/// max/mean, cut at [`BALANCE_CHART_CAP`]) with one line per variant, each as `.png` and
+/// `.svg`; returns the four paths written.
+pub fn write_comparison(dir: &Path, title: &str, variants: &[Variant<'_>]) -> Result<Vec<PathBuf>> {
+    let attempts = Chart {
+        file_stem: "compare_attempts",
+        name: "connection attempts per variant",
+        y_desc: "attempts per second",
+        y_cap: None,
+        series: variants
+            .iter()
+            .map(|v| {
+                let points = v.timeline.samples.iter().map(|s| (s.t_s, s.attempts_per_s));
+                Series::new(v.name, points)
+            })
+            .collect(),
+    };
+    let balance = Chart {
+        file_stem: "compare_balance",
+        name: "sessions max/mean per variant",
+        y_desc: "max / mean",
+        y_cap: Some(BALANCE_CHART_CAP),
+        series: variants
+            .iter()
+            .map(|v| {
+                let points = v.balance.iter().map(|&(t, r)| (t, r.min(BALANCE_CHART_CAP)));
+                Series::new(v.name, points)
+            })
+            .collect(),
+    };
+    let events = variants
+        .first()
+        .map(|v| v.timeline.events.clone())
+        .unwrap_or_default();
+    let x = variants.first().map_or(0.0..1.0, |v| x_range(v.timeline));
+    write_all(dir, title, &[attempts, balance], &events, x)
+}
+
+fn write_all(
+    dir: &Path,
+    title: &str,
+    charts: &[Chart],
+    events: &[Event],
+    x_range: Range<f64>,
+) -> Result<Vec<PathBuf>> {
+    register_font()?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut written = Vec::with_capacity(2 * charts.len());
+    for chart in charts {
         let caption = if title.is_empty() {
             chart.name.to_string()
         } else {
             format!("{title}: {}", chart.name)
         };
-
-        let events = &timeline.events;
         let png = dir.join(format!("{}.png", chart.file_stem));
         draw(
             &BitMapBackend::new(&png, SIZE).into_drawing_area(),
             &caption,
-            &chart,
+            chart,
             events,
             x_range.clone(),
         )
@@ -85,7 +147,7 @@ pub fn write_charts(dir: &Path, title: &str, timeline: &Timeline) -> Result<Vec<
         draw(
             &SVGBackend::new(&svg, SIZE).into_drawing_area(),
             &caption,
-            &chart,
+            chart,
             events,
             x_range.clone(),
         )
@@ -116,6 +178,8 @@ struct Chart {
     file_stem: &'static str,
     name: &'static str,
     y_desc: &'static str,
+    /// The y axis ends here at most.
+    y_cap: Option<f64>,
     series: Vec<Series>,
 }
 
@@ -147,6 +211,9 @@ fn sessions_chart(timeline: &Timeline) -> Chart {
         .max()
         .unwrap_or(0)
         .max(timeline.collectors.len());
+    if slots > MAX_COLLECTOR_LINES {
+        return sessions_summary_chart(timeline);
+    }
     let series = (0..slots)
         .map(|i| {
             let label = timeline
@@ -165,7 +232,31 @@ fn sessions_chart(timeline: &Timeline) -> Chart {
         file_stem: "sessions",
         name: "sessions per collector",
         y_desc: "sessions",
+        y_cap: None,
         series,
+    }
+}
+
+/// Sessions of the busiest collector, the mean and the idlest, over the collectors holding any.
+fn sessions_summary_chart(timeline: &Timeline) -> Chart {
+    let busy =
+        |s: &super::timeline::Sample| -> Vec<u64> { s.sessions.iter().copied().filter(|&n| n > 0).collect() };
+    let pick = |f: fn(&[u64]) -> f64| {
+        timeline.samples.iter().filter_map(move |s| {
+            let b = busy(s);
+            (!b.is_empty()).then(|| (s.t_s, f(&b)))
+        })
+    };
+    Chart {
+        file_stem: "sessions",
+        name: "sessions per collector (busiest, mean, idlest)",
+        y_desc: "sessions",
+        y_cap: None,
+        series: vec![
+            Series::new("busiest", pick(|b| b.iter().copied().max().unwrap_or(0) as f64)),
+            Series::new("mean", pick(|b| b.iter().sum::<u64>() as f64 / b.len() as f64)),
+            Series::new("idlest", pick(|b| b.iter().copied().min().unwrap_or(0) as f64)),
+        ],
     }
 }
 
@@ -175,6 +266,7 @@ fn attempts_chart(timeline: &Timeline) -> Chart {
         file_stem: "attempts",
         name: "connection attempts and refusals",
         y_desc: "per second",
+        y_cap: None,
         series: vec![
             Series::new("attempts/s", samples.iter().map(|s| (s.t_s, s.attempts_per_s))),
             Series::new(
@@ -193,6 +285,7 @@ fn latency_chart(timeline: &Timeline) -> Chart {
         file_stem: "ack_latency",
         name: "ack latency",
         y_desc: "ms",
+        y_cap: None,
         series: vec![
             Series::new(
                 "p50",
@@ -225,7 +318,8 @@ fn y_range(chart: &Chart) -> Range<f64> {
         .iter()
         .flat_map(|s| s.points.iter().map(|&(_, v)| v))
         .fold(0.0_f64, f64::max);
-    0.0..if max > 0.0 { max * 1.2 } else { 1.0 }
+    let top = if max > 0.0 { max * 1.2 } else { 1.0 };
+    0.0..chart.y_cap.map_or(top, |cap| top.min(cap * 1.05))
 }
 
 fn draw<DB: DrawingBackend>(
@@ -431,6 +525,7 @@ mod tests {
             .collect();
         Timeline {
             collectors: vec!["c1".to_string(), "c2".to_string()],
+            addresses: vec!["127.0.0.2:4433".to_string(), "127.0.0.3:4433".to_string()],
             samples,
             events: vec![Event {
                 t_s: 1.0,

@@ -35,40 +35,36 @@ enum Command {
     /// Run a scenario live: K collector processes on 127.0.0.2.., an in-process DNS server, NATS
     /// if asked, and N meters in this process; write report.json, report.md and charts to DIR.
     Run(RunArgs),
+    /// Simulate a scenario in virtual time (deterministic; a million meters in under a minute):
+    /// the production selection, backoff and admission code against a model of the network and
+    /// of each collector's handshake capacity; same report.json keys ("mode": "sim") and charts.
+    Sim(SimArgs),
 }
 
+/// What `run` and `sim` share: the scenario, its size, its timing and where the results go.
 #[derive(clap::Args, Debug)]
-struct RunArgs {
+struct ScenarioArgs {
     #[arg(long, value_enum)]
     scenario: Scenario,
-    /// Virtual meters (real agent library, shared UDP sockets, spools in memory).
+    /// Meters (`run`: real agent library, shared UDP sockets, spools in memory).
     #[arg(long, value_name = "N")]
     meters: usize,
     /// Collectors at the start (add-collector adds one more).
     #[arg(long, value_name = "K")]
     collectors: usize,
-    /// Length of the run; the herd starts at 20% of it, scenario events at 40-60%.
+    /// Length of the run (`sim`: in virtual time); the herd starts at 20% of it, scenario
+    /// events at 40-60%.
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     duration: u64,
-    /// Where collectors store batches (sink-outage always uses nats).
-    #[arg(long, value_enum, default_value = "file")]
-    sink: SinkKind,
-    /// Picks the meters' ids, so where each lands on the ring.
+    /// Picks the meters' ids, so where each lands on the ring (`sim`: and every random draw).
     #[arg(long, value_name = "S", default_value_t = 1)]
     seed: u64,
-    /// Output directory: report.json, report.md, timeline.json, charts, logs.
+    /// Output directory: report.json, report.md, timeline.json, charts (`run`: and logs).
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
     /// Fraction of the meters that start first (the latency baseline); the rest is the herd.
     #[arg(long, value_name = "FRACTION", default_value_t = 0.1)]
     first_wave: f64,
-    /// Synthetic records per second per meter.
-    #[arg(long, value_name = "N", default_value_t = 1)]
-    rate: u64,
-    /// The meters' `batch.max_age_ms`: with --rate, how many batches per second the fleet
-    /// acks (the steady load: about 150 µs of this machine's CPU per batch, both sides).
-    #[arg(long, value_name = "MS", default_value_t = 5_000)]
-    batch_age_ms: u64,
     /// The meters' `reconnect.rebalance_window_ms` (default: a fifth of the run).
     #[arg(long, value_name = "MS")]
     rebalance_window_ms: Option<u64>,
@@ -76,6 +72,96 @@ struct RunArgs {
     /// bounds how soon they see an added collector (default: a tenth of the run, at most 30).
     #[arg(long, value_name = "SECS")]
     dns_ttl: Option<u64>,
+}
+
+impl ScenarioArgs {
+    fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.duration >= 5, "--duration must be at least 5 seconds");
+        anyhow::ensure!(
+            (0.0..1.0).contains(&self.first_wave),
+            "--first-wave must be a fraction in [0, 1)"
+        );
+        Ok(())
+    }
+
+    fn duration(&self) -> Duration {
+        Duration::from_secs(self.duration)
+    }
+
+    fn rebalance_window(&self) -> Duration {
+        self.rebalance_window_ms
+            .map_or(self.duration() / 5, Duration::from_millis)
+    }
+
+    fn dns_ttl(&self) -> Duration {
+        Duration::from_secs(self.dns_ttl.unwrap_or((self.duration / 10).clamp(1, 30)))
+    }
+}
+
+#[derive(clap::Args, Debug)]
+struct SimArgs {
+    #[command(flatten)]
+    common: ScenarioArgs,
+    /// The herd's meters start one after the other over this long (0: all at once). A live
+    /// run's own start-up spread is in its timeline.json (event "herd started").
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    start_spread_ms: u64,
+    /// Handshakes (QUIC + TLS + Hello) one collector completes per second.
+    #[arg(long, value_name = "PER_SEC", default_value_t = 5_000.0)]
+    capacity: f64,
+    /// Round-trip time between meters and collectors.
+    #[arg(long, value_name = "MS", default_value_t = 40.0)]
+    rtt_ms: f64,
+    /// Each collector's `admission.accept_rate` and `accept_burst` (default: --capacity), and
+    /// `max_handshakes` by Little's law (0.256 s per handshake, as the collector's defaults).
+    #[arg(long, value_name = "PER_SEC")]
+    accept_rate: Option<f64>,
+    /// The collectors' `admission.bounded_load_epsilon`.
+    #[arg(long, value_name = "EPSILON", default_value_t = 0.05)]
+    epsilon: f64,
+    /// The collectors' `fleet.load_poll_ms`: how often each learns its peers' load.
+    #[arg(long, value_name = "MS", default_value_t = 1_000)]
+    poll_ms: u64,
+    /// Collectors killed at once in crash-one (e.g. 20 of 200: losing 10% of the fleet).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    crash: usize,
+    /// Collectors listen on 127.0.0.{2,3,..}:PORT; a live run's port (timeline.json `addresses`)
+    /// puts every meter on the same collectors as in that run.
+    #[arg(long, value_name = "PORT", default_value_t = 4433)]
+    port: u16,
+    /// Ablation: every random delay takes its full length (backoff, walk steps, moves, hints).
+    #[arg(long)]
+    no_jitter: bool,
+    /// Ablation: meters dial the moment they start (no splay).
+    #[arg(long)]
+    no_splay: bool,
+    /// Ablation: DNS gives every meter the same one collector.
+    #[arg(long)]
+    single_record_dns: bool,
+    /// Ablation: no bounded-load cap on the collectors.
+    #[arg(long)]
+    no_bounded_load: bool,
+    /// Run the scenario with these flags and with each defence taken away in turn; write
+    /// compare.json, compare.md, compare_attempts and compare_balance charts, and each
+    /// variant's output in DIR/VARIANT/.
+    #[arg(long)]
+    compare: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    #[command(flatten)]
+    common: ScenarioArgs,
+    /// Where collectors store batches (sink-outage always uses nats).
+    #[arg(long, value_enum, default_value = "file")]
+    sink: SinkKind,
+    /// Synthetic records per second per meter.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    rate: u64,
+    /// The meters' `batch.max_age_ms`: with --rate, how many batches per second the fleet
+    /// acks (the steady load: about 150 µs of this machine's CPU per batch, both sides).
+    #[arg(long, value_name = "MS", default_value_t = 5_000)]
+    batch_age_ms: u64,
     /// Each collector's `admission.accept_rate` (and `accept_burst`); default: the collector's
     /// default (1,000/s, measured for a 2-core machine of its own) divided by the collectors
     /// sharing this machine.
@@ -97,7 +183,10 @@ pub fn main() -> ExitCode {
         return ringflow_collector::cli::main_with_args(args.into_iter().skip(1));
     }
     let cli = Cli::parse_from(args);
-    let Command::Run(a) = cli.command;
+    let a = match cli.command {
+        Command::Run(a) => a,
+        Command::Sim(a) => return sim(a),
+    };
     let options = match options(a) {
         Ok(o) => o,
         Err(error) => {
@@ -127,11 +216,23 @@ pub fn main() -> ExitCode {
         }
     };
     let out = options.out.clone();
-    match runtime.block_on(run(options)) {
-        Ok(report) => {
-            print!("{}", report.markdown());
-            println!("\nreport: {}", out.join("report.json").display());
-            if report.passed() {
+    conclude(runtime.block_on(run(options)).map(|report| {
+        let summary = format!(
+            "{}\nreport: {}\n",
+            report.markdown(),
+            out.join("report.json").display()
+        );
+        (report.passed(), summary)
+    }))
+}
+
+/// Prints a finished run's summary and exits 0 (its verdict is pass), 1 (fail), or 2 (it could
+/// not be carried out).
+fn conclude(result: anyhow::Result<(bool, String)>) -> ExitCode {
+    match result {
+        Ok((passed, summary)) => {
+            print!("{summary}");
+            if passed {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)
@@ -144,36 +245,108 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn options(a: RunArgs) -> anyhow::Result<RunOptions> {
-    anyhow::ensure!(a.duration >= 5, "--duration must be at least 5 seconds");
+fn sim(a: SimArgs) -> ExitCode {
+    let options = match sim_options(&a) {
+        Ok(o) => o,
+        Err(error) => {
+            eprintln!("herd: {error:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let started = tokio::time::Instant::now();
+    let out = &a.common.out;
+    let wall = |file: &str| {
+        format!(
+            "\nwall time {:.1} s; {}\n",
+            started.elapsed().as_secs_f64(),
+            out.join(file).display()
+        )
+    };
+    if a.compare {
+        // The verdict is the first variant's (the flags as given).
+        return conclude(super::sim::compare(&options, out).map(|variants| {
+            let md = std::fs::read_to_string(out.join("compare.md")).unwrap_or_default();
+            let passed = variants.first().is_some_and(|v| v.verdict == "pass");
+            (passed, md + &wall("compare.json"))
+        }));
+    }
+    conclude(
+        super::sim::run(&options, out)
+            .map(|report| (report.passed(), report.markdown() + &wall("report.json"))),
+    )
+}
+
+fn sim_options(a: &SimArgs) -> anyhow::Result<super::sim::SimOptions> {
+    a.common.check()?;
     anyhow::ensure!(
-        (0.0..1.0).contains(&a.first_wave),
-        "--first-wave must be a fraction in [0, 1)"
+        a.capacity.is_finite() && a.capacity > 0.0,
+        "--capacity must be a positive number of handshakes per second"
     );
+    anyhow::ensure!(
+        a.rtt_ms.is_finite() && (0.0..=10_000.0).contains(&a.rtt_ms),
+        "--rtt-ms must be between 0 and 10000"
+    );
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&a.epsilon),
+        "--epsilon must be between 0 (no cap) and 1"
+    );
+    anyhow::ensure!(a.poll_ms >= 10, "--poll-ms must be at least 10");
+    anyhow::ensure!(
+        a.accept_rate.is_none_or(|r| r.is_finite() && r >= 1.0),
+        "--accept-rate must be at least 1 per second"
+    );
+    let c = &a.common;
+    Ok(super::sim::SimOptions {
+        scenario: c.scenario,
+        meters: c.meters,
+        collectors: c.collectors,
+        duration: c.duration(),
+        seed: c.seed,
+        first_wave: c.first_wave,
+        start_spread: Duration::from_millis(a.start_spread_ms),
+        port: a.port,
+        crash: a.crash,
+        capacity: a.capacity,
+        rtt: Duration::from_secs_f64(a.rtt_ms / 1_000.0),
+        accept_rate: a.accept_rate,
+        epsilon: a.epsilon,
+        poll_interval: Duration::from_millis(a.poll_ms),
+        rebalance_window: c.rebalance_window(),
+        dns_ttl: c.dns_ttl(),
+        ablations: super::sim::Ablations {
+            no_jitter: a.no_jitter,
+            no_splay: a.no_splay,
+            single_record_dns: a.single_record_dns,
+            no_bounded_load: a.no_bounded_load,
+        },
+    })
+}
+
+fn options(a: RunArgs) -> anyhow::Result<RunOptions> {
+    a.common.check()?;
     anyhow::ensure!(a.rate >= 1, "--rate must be at least 1 record per second");
-    let duration = Duration::from_secs(a.duration);
     let binary = std::env::current_exe()?;
     let work_parent = a.work_dir.unwrap_or_else(|| {
         let shm = PathBuf::from("/dev/shm");
         if shm.is_dir() { shm } else { std::env::temp_dir() }
     });
+    let c = a.common;
     Ok(RunOptions {
-        scenario: a.scenario,
-        meters: a.meters,
-        collectors: a.collectors,
-        duration,
+        scenario: c.scenario,
+        meters: c.meters,
+        collectors: c.collectors,
+        duration: c.duration(),
         sink: a.sink,
-        seed: a.seed,
-        out: a.out,
-        first_wave: a.first_wave,
+        seed: c.seed,
+        first_wave: c.first_wave,
         shape: MeterShape {
             records_per_second: a.rate,
             batch_age: Duration::from_millis(a.batch_age_ms),
-            rebalance_window: a.rebalance_window_ms.map_or(duration / 5, Duration::from_millis),
+            rebalance_window: c.rebalance_window(),
             grace: Duration::from_secs(5),
         },
-        dns_ttl: Duration::from_secs(a.dns_ttl.unwrap_or((a.duration / 10).clamp(1, 30))),
-        accept_rate: a.accept_rate.unwrap_or(1_000 / a.collectors.max(1) as u32).max(1),
+        dns_ttl: c.dns_ttl(),
+        accept_rate: a.accept_rate.unwrap_or(1_000 / c.collectors.max(1) as u32).max(1),
         collector: CollectorCommand {
             binary,
             leading_args: vec![COLLECTOR_SUBCOMMAND.into()],
@@ -181,6 +354,7 @@ fn options(a: RunArgs) -> anyhow::Result<RunOptions> {
         },
         work_parent,
         progress: !a.quiet,
+        out: c.out,
     })
 }
 

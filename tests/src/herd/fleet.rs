@@ -1,5 +1,7 @@
 //! The live fleet of a `herd run`: collectors as child processes on 127.0.0.2, 127.0.0.3, ...
-//! (one port), the in-process DNS server naming them, and NATS when it is the sink.
+//! (one QUIC port, one admin port), the in-process DNS server naming them, and NATS when it is
+//! the sink. The collectors poll each other's load (`GET /load` on that admin port, every
+//! [`LOAD_POLL_MS`]), so the herd runs with bounded load as a real fleet does.
 //!
 //! Owns: the collector processes (start, kill, drain and restart, add), what each one is for the
 //! sampler (admin address, pid, crashed or down on purpose), and reading back what the fleet
@@ -14,10 +16,14 @@ use ringflow_proto::pb;
 use crate::TestBed;
 use crate::dns::{DnsServer, Records};
 use crate::nats::NatsServer;
-use crate::process::{CollectorCommand, CollectorProcess, free_udp_port_on};
+use crate::process::{CollectorCommand, CollectorProcess, free_tcp_port_on, free_udp_port_on};
 
 /// The NATS stream a herd fleet writes to.
 const STREAM: &str = "HERD";
+
+/// How often each collector polls the others' load (`fleet.load_poll_ms`): twice the default,
+/// since a herd run compresses minutes of arrivals into seconds.
+pub const LOAD_POLL_MS: u64 = 500;
 
 /// Which sink the collectors write to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -48,6 +54,8 @@ pub struct Fleet {
     bed: TestBed,
     command: CollectorCommand,
     port: u16,
+    /// Every collector's admin port (on its own address), where the others poll its load.
+    admin_port: u16,
     /// Slots of collectors started at the beginning, then those added.
     slots: Mutex<Vec<Slot>>,
     /// Addresses of the first `initial` slots are the fleet at start.
@@ -109,6 +117,7 @@ impl Fleet {
         );
         let ips: Vec<Ipv4Addr> = (0..collectors + spare).map(slot_ip).collect();
         let port = free_udp_port_on(&ips)?;
+        let admin_port = free_tcp_port_on(&ips)?;
         let (nats, sink_toml) = match sink {
             SinkKind::File => (None, String::new()),
             SinkKind::Nats => {
@@ -154,6 +163,7 @@ impl Fleet {
             bed,
             command,
             port,
+            admin_port,
             slots: Mutex::new(slots),
             initial: collectors,
             dns,
@@ -205,12 +215,15 @@ impl Fleet {
         };
         let members: Vec<String> = all.iter().map(|m| format!("\"{m}\"")).collect();
         let extra = format!(
-            "[fleet]\nadvertise = \"{addr}\"\nmembers = [{}]\n{}{}",
+            "[fleet]\nadvertise = \"{addr}\"\nmembers = [{}]\nload_admin_port = {}\nload_poll_ms = {LOAD_POLL_MS}\n{}{}",
             members.join(", "),
+            self.admin_port,
             self.sink_toml,
             self.extra
         );
-        let process = CollectorProcess::start_with(&self.command, &self.bed, &name, addr, &extra).await?;
+        let admin = SocketAddr::from((addr.ip(), self.admin_port));
+        let process =
+            CollectorProcess::start_at(&self.command, &self.bed, &name, (addr, admin), &extra).await?;
         self.lock()[i].process = Some(process);
         Ok(())
     }

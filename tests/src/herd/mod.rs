@@ -3,7 +3,8 @@
 //!
 //! Modules: `scenario` (plans, sans-IO), `fleet` (collector processes, DNS, NATS), `meters` (the
 //! virtual meters), `acks` (ack latency and acked batches), `capacity` (the session-rate probe),
-//! `live` (the runner and sampler), `timeline`, `report`, `charts`, `cli`.
+//! `live` (the runner and sampler), `sim` (`herd sim`: the same scenarios in virtual time, at
+//! internet scale), `timeline`, `report`, `charts`, `cli`.
 
 pub mod acks;
 pub mod capacity;
@@ -14,4 +15,5 @@ pub mod live;
 pub mod meters;
 pub mod report;
 pub mod scenario;
+pub mod sim;
 pub mod timeline;

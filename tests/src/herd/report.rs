@@ -9,6 +9,33 @@ use std::path::Path;
 
 use serde::Serialize;
 
+/// The top-level keys of every `report.json`, live or simulated (the README's "herd" table
+/// documents each; `tests/docs.rs` checks it does).
+pub const KEYS: [&str; 22] = [
+    "scenario",
+    "mode",
+    "meters",
+    "collectors",
+    "seed",
+    "sink",
+    "records_sent",
+    "records_acked",
+    "records_stored",
+    "records_lost",
+    "duplicates_stored",
+    "time_to_all_connected_s",
+    "peak_attempts_per_s",
+    "handshake_capacity_per_s",
+    "sessions_max_over_mean",
+    "meters_connected_at_end",
+    "moved_fraction",
+    "ack_latency_ms",
+    "collector_crashes",
+    "verdict",
+    "failures",
+    "thresholds",
+];
+
 /// Ack latency, milliseconds.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct AckLatency {
@@ -45,6 +72,12 @@ pub struct Thresholds {
     /// Meters that must hold a session at the end (99%: a few may be between two collectors,
     /// moving home).
     pub min_connected_at_end: usize,
+    /// Highest `peak_attempts_per_s / handshake_capacity_per_s` that passes (null: not judged;
+    /// `herd sim` judges it, a live run's capacity is the machine's, not the fleet's budget).
+    pub peak_attempts_over_capacity: Option<f64>,
+    /// Longest `time_to_all_connected_s` that passes (null: not judged; `herd sim`: 1.25 × N /
+    /// capacity).
+    pub time_to_all_connected_max_s: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -62,7 +95,7 @@ pub struct Report {
     pub records_stored: u64,
     pub records_lost: u64,
     pub duplicates_stored: u64,
-    /// From the herd's start until every meter was connected (null: never).
+    /// From the herd's start until every meter had been welcomed by a collector (null: never).
     pub time_to_all_connected_s: Option<f64>,
     pub peak_attempts_per_s: f64,
     pub handshake_capacity_per_s: f64,
@@ -121,6 +154,21 @@ impl Report {
         {
             failures.push(format!(
                 "first wave's ack p99 rose from {before:.1} ms to {during:.1} ms during the herd (limit x{limit})"
+            ));
+        }
+        if let Some(limit) = t.peak_attempts_over_capacity
+            && self.peak_attempts_per_s > limit * self.handshake_capacity_per_s
+        {
+            failures.push(format!(
+                "peak attempts {:.0}/s > {limit} x the fleet's handshake capacity {:.0}/s",
+                self.peak_attempts_per_s, self.handshake_capacity_per_s
+            ));
+        }
+        if let (Some(limit), Some(took)) = (t.time_to_all_connected_max_s, self.time_to_all_connected_s)
+            && took > limit
+        {
+            failures.push(format!(
+                "every meter connected after {took:.2} s (at most {limit:.2} s passes)"
             ));
         }
         if let Some((lo, hi)) = t.moved_fraction {
@@ -282,6 +330,8 @@ mod tests {
                 moved_fraction: None,
                 all_connected: true,
                 min_connected_at_end: 99,
+                peak_attempts_over_capacity: Some(1.5),
+                time_to_all_connected_max_s: Some(2.0),
             },
         }
     }
@@ -291,7 +341,9 @@ mod tests {
         let mut r = passing();
         r.judge();
         assert!(r.passed(), "{:?}", r.failures);
-        let breaks: [fn(&mut Report); 7] = [
+        let breaks: [fn(&mut Report); 9] = [
+            |r| r.peak_attempts_per_s = 1_600.0,
+            |r| r.time_to_all_connected_s = Some(2.5),
             |r| r.meters_connected_at_end = 98,
             |r| r.records_lost = 1,
             |r| r.collector_crashes = 1,

@@ -122,6 +122,15 @@ pub fn balance_threshold(scenario: Scenario, meters: usize, collectors: usize) -
     scenario.max_over_mean().max(1.0 + noise)
 }
 
+/// The range `moved_fraction` must fall in when one collector joins `collectors`: 1/(K+1) ± 20%,
+/// or ± three standard deviations of sampling noise when `meters` is too small for 20%.
+pub fn moved_range(collectors: usize, meters: usize) -> (f64, f64) {
+    let p = 1.0 / (collectors + 1) as f64;
+    let noise = 3.0 * (p * (1.0 - p) / meters.max(1) as f64).sqrt() / p;
+    let tolerance = noise.max(0.2);
+    (p * (1.0 - tolerance), p * (1.0 + tolerance))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

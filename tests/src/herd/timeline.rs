@@ -45,6 +45,9 @@ pub struct Event {
 pub struct Timeline {
     /// Collector labels (`c1`, `c2`, ...), one per slot of [`Sample::sessions`].
     pub collectors: Vec<String>,
+    /// Their dial addresses (`herd sim --port` takes the port of a live run from here, so both
+    /// put the same meters on the same collectors).
+    pub addresses: Vec<String>,
     pub samples: Vec<Sample>,
     pub events: Vec<Event>,
     /// Scrapes of a running collector's `/metrics` that did not answer within the timeout (its
