@@ -58,30 +58,27 @@ fn assert_million_bar(r: &Value) {
     assert_eq!(r["verdict"], "pass", "{r:#}");
 }
 
-const MILLION: [&str; 4] = ["--meters", "1000000", "--collectors", "200"];
-
-#[tokio::test]
-async fn a_million_meters_cold_start() -> anyhow::Result<()> {
+/// Runs `herd sim` with `args` at a million meters on 200 collectors and checks the bar;
+/// returns the output directory and the report.
+async fn a_million(args: &[&str]) -> anyhow::Result<(tempfile::TempDir, Value)> {
     let out = tempfile::tempdir()?;
-    let code = sim(
-        out.path(),
-        &[&["--scenario", "cold-start"][..], &MILLION].concat(),
-    )
-    .await?;
+    let all = [args, &["--meters", "1000000", "--collectors", "200"]].concat();
+    let code = sim(out.path(), &all).await?;
     let r = report(out.path())?;
     assert_million_bar(&r);
     assert_eq!(code, 0);
+    Ok((out, r))
+}
+
+#[tokio::test]
+async fn a_million_meters_cold_start() -> anyhow::Result<()> {
+    a_million(&["--scenario", "cold-start"]).await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn a_million_meters_lose_a_tenth_of_the_fleet_at_once() -> anyhow::Result<()> {
-    let out = tempfile::tempdir()?;
-    let args = [&["--scenario", "crash-one", "--crash", "20"][..], &MILLION].concat();
-    let code = sim(out.path(), &args).await?;
-    let r = report(out.path())?;
-    assert_million_bar(&r);
-    assert_eq!(code, 0);
+    let (out, _) = a_million(&["--scenario", "crash-one", "--crash", "20"]).await?;
     // The 20 killed collectors show no sessions at the end; their 100,000 meters are on the
     // other 180.
     let timeline: Value = serde_json::from_slice(&std::fs::read(out.path().join("timeline.json"))?)?;
@@ -102,15 +99,7 @@ async fn a_million_meters_lose_a_tenth_of_the_fleet_at_once() -> anyhow::Result<
 
 #[tokio::test]
 async fn a_million_meters_and_a_collector_joins() -> anyhow::Result<()> {
-    let out = tempfile::tempdir()?;
-    let code = sim(
-        out.path(),
-        &[&["--scenario", "add-collector"][..], &MILLION].concat(),
-    )
-    .await?;
-    let r = report(out.path())?;
-    assert_million_bar(&r);
-    assert_eq!(code, 0);
+    let (_, r) = a_million(&["--scenario", "add-collector"]).await?;
     let moved = f(&r, "moved_fraction");
     let ideal = 1.0 / 201.0;
     assert!(

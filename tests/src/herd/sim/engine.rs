@@ -106,8 +106,6 @@ pub struct Outcome {
     pub up_at_end: Vec<bool>,
     pub refusals: BTreeMap<String, u64>,
     pub attempts: u64,
-    /// Events processed (a measure of the simulation's own work).
-    pub events: u64,
     /// Sessions max/mean over the collectors up, per sample: `(t_s, max/mean)`.
     pub balance: Vec<(f64, f64)>,
 }
@@ -318,7 +316,6 @@ struct Engine<'w> {
     timeline: Timeline,
     /// When the last sample was taken, and the counters then.
     last_sample: (u64, u64, BTreeMap<&'static str, u64>),
-    processed: u64,
     balance: Vec<(f64, f64)>,
 }
 
@@ -341,7 +338,6 @@ pub fn run(world: &World, model: &Model) -> Outcome {
         e.now = at;
         let ev = e.events[key as usize];
         e.free_events.push(key);
-        e.processed += 1;
         e.handle(ev);
     }
     e.now = end;
@@ -422,7 +418,6 @@ impl<'w> Engine<'w> {
                 ..Timeline::default()
             },
             last_sample: (0, 0, BTreeMap::new()),
-            processed: 0,
             balance: Vec::new(),
         }
     }
@@ -576,10 +571,6 @@ impl<'w> Engine<'w> {
             Ev::Lost { m, c } => self.session_over(m, c, Ended::Lost),
             Ev::Drained { m, c } => {
                 let within = self.model.drain_window;
-                if self.meters[m as usize].session == Some(c) {
-                    let col = &mut self.collectors[c as usize];
-                    col.sessions = col.sessions.saturating_sub(1);
-                }
                 self.session_over(m, c, Ended::Drained { within });
             }
             Ev::Dns { m } => self.dns_refresh(m),
@@ -827,8 +818,14 @@ impl<'w> Engine<'w> {
             return;
         }
         meter.welcome_view = members;
-        let dns = meter.dns_version;
-        let ring = self.ring_of(dns, members);
+        self.refresh_ring(m, now);
+    }
+
+    /// The meter's fleet view changed (DNS answer or `Welcome`/`Reject` view): its selector gets
+    /// the ring over both, if that is a different ring.
+    fn refresh_ring(&mut self, m: u32, now: Instant) {
+        let meter = &self.meters[m as usize];
+        let ring = self.ring_of(meter.dns_version, meter.welcome_view);
         if let Some(s) = self.selector(m)
             && !Arc::ptr_eq(s.ring(), &ring)
         {
@@ -849,23 +846,18 @@ impl<'w> Engine<'w> {
         };
         if reachable {
             // Leave the session for the first choice.
-            meter.session = None;
-            self.connected -= 1;
-            let col = &mut self.collectors[current as usize];
-            col.sessions = col.sessions.saturating_sub(1);
-            if let Some(s) = self.selector(m) {
-                s.on_ended(Ended::Moved, now);
-            }
-        } else {
-            let home = Arc::clone(&self.collectors[c as usize].addr);
-            if let Some(s) = self.selector(m) {
-                s.on_home_unreachable(&home, now);
-            }
+            self.session_over(m, current, Ended::Moved);
+            return;
+        }
+        let home = Arc::clone(&self.collectors[c as usize].addr);
+        if let Some(s) = self.selector(m) {
+            s.on_home_unreachable(&home, now);
         }
         self.schedule(m);
     }
 
-    /// The meter's session with `c` ended (the collector's count is already settled).
+    /// The meter's session with `c` ended. The collector's count drops with it, unless the
+    /// session was lost with the collector (a killed collector's count went to 0 at once).
     fn session_over(&mut self, m: u32, c: C, ended: Ended) {
         let now = self.instant(self.now);
         let meter = &mut self.meters[m as usize];
@@ -875,6 +867,10 @@ impl<'w> Engine<'w> {
         meter.session = None;
         meter.probing = None;
         self.connected -= 1;
+        if !matches!(ended, Ended::Lost) {
+            let col = &mut self.collectors[c as usize];
+            col.sessions = col.sessions.saturating_sub(1);
+        }
         if let Some(s) = self.selector(m) {
             s.on_ended(ended, now);
         }
@@ -889,13 +885,7 @@ impl<'w> Engine<'w> {
             return;
         }
         meter.dns_version = latest;
-        let welcome = meter.welcome_view;
-        let ring = self.ring_of(latest, welcome);
-        if let Some(s) = self.selector(m)
-            && !Arc::ptr_eq(s.ring(), &ring)
-        {
-            s.on_fleet(ring, now);
-        }
+        self.refresh_ring(m, now);
         self.schedule(m);
     }
 
@@ -1084,7 +1074,6 @@ impl<'w> Engine<'w> {
             up_at_end: self.collectors.iter().map(|c| c.up).collect(),
             refusals: self.refusals.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
             attempts: self.attempts,
-            events: self.processed,
             balance: self.balance,
             timeline: self.timeline,
         }
