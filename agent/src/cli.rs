@@ -92,15 +92,6 @@ fn check(path: PathBuf) -> ExitCode {
     }
     println!("config ok: {}", path.display());
     println!("org: {}", config.org_id);
-    let s = &config.sources.synthetic;
-    if s.enabled {
-        println!(
-            "source: synthetic, {} records/s over {} flows",
-            s.records_per_second, s.flows
-        );
-    } else {
-        println!("sources: none enabled");
-    }
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(error) => {
@@ -108,13 +99,75 @@ fn check(path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let sources_ok = runtime.block_on(check_sources(&config.sources));
     match runtime.block_on(check_fleet(&config)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) if sources_ok => ExitCode::SUCCESS,
+        Ok(()) => ExitCode::FAILURE,
         Err(message) => {
             eprintln!("meter check: {message}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Lists the enabled sources and tries what each needs here (the netlink socket table, the
+/// counters file, the UDP port). False when an enabled source cannot run.
+async fn check_sources(sources: &crate::config::SourcesConfig) -> bool {
+    use crate::source::{interfaces, netflow, sockets};
+    let mut ok = true;
+    let mut report = |name: &str, what: String, result: Result<String, String>| match result {
+        Ok(detail) => println!("source {name}: {what}: ok, {detail}"),
+        Err(problem) => {
+            ok = false;
+            println!("source {name}: {what}: CANNOT RUN: {problem}");
+        }
+    };
+    let mut any = false;
+    if sources.sockets.enabled {
+        any = true;
+        report(
+            sockets::NAME,
+            format!("TCP connections every {} ms", sources.sockets.interval_ms),
+            sockets::probe()
+                .map(|n| format!("{n} TCP sockets visible through netlink sock_diag"))
+                .map_err(|e| format!("netlink sock_diag: {e}")),
+        );
+    }
+    if sources.interfaces.enabled {
+        any = true;
+        let i = &sources.interfaces;
+        report(
+            interfaces::NAME,
+            format!("{} every {} ms", i.path.display(), i.interval_ms),
+            interfaces::read(&i.path)
+                .await
+                .map(|c| format!("{} interfaces", c.len()))
+                .map_err(|e| e.to_string()),
+        );
+    }
+    if sources.netflow.enabled {
+        any = true;
+        report(
+            netflow::NAME,
+            format!("NetFlow v5/v9 and IPFIX on udp {}", sources.netflow.listen),
+            netflow::NetflowListener::bind(&sources.netflow)
+                .map(|_| "the port is free".to_owned())
+                .map_err(|e| e.to_string()),
+        );
+    }
+    let s = &sources.synthetic;
+    if s.enabled {
+        any = true;
+        report(
+            "synthetic",
+            format!("{} records/s over {} flows", s.records_per_second, s.flows),
+            Ok("generated".to_owned()),
+        );
+    }
+    if !any {
+        println!("sources: none enabled");
+    }
+    ok
 }
 
 /// Resolves the fleet the way the meter would at start and explains its choice.

@@ -170,7 +170,70 @@ pub struct ShutdownConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SourcesConfig {
+    pub sockets: SocketsConfig,
+    pub interfaces: InterfacesConfig,
+    pub netflow: NetflowConfig,
     pub synthetic: SyntheticConfig,
+}
+
+impl SourcesConfig {
+    /// Every source off: for embeddings (load tests, `herd`) that turn on only what they need.
+    pub fn none() -> Self {
+        let mut s = Self::default();
+        s.sockets.enabled = false;
+        s.interfaces.enabled = false;
+        s
+    }
+}
+
+/// This host's TCP connections, read through netlink sock_diag (Linux).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SocketsConfig {
+    pub enabled: bool,
+    /// How often the kernel's socket table is read; each connection that moved bytes since the
+    /// last read becomes one record of the deltas.
+    pub interval_ms: u64,
+    /// Cap on connections tracked between reads. Connections beyond it are not reported and
+    /// are counted (`ringflow_meter_source_flows_dropped_total{source="sockets"}`).
+    pub max_flows: usize,
+    /// Also report connections with both ends on this host (127.0.0.0/8, ::1).
+    pub include_loopback: bool,
+}
+
+/// Per-interface counters from `/proc/net/dev`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InterfacesConfig {
+    pub enabled: bool,
+    /// How often the counters are read; each interface whose counters moved becomes one record
+    /// of the deltas.
+    pub interval_ms: u64,
+    /// The file read (another path is for tests and containers that mount the host's /proc
+    /// elsewhere).
+    pub path: PathBuf,
+    /// Cap on interfaces tracked; more are counted as dropped.
+    pub max_interfaces: usize,
+}
+
+/// A UDP listener for NetFlow v5, v9 and IPFIX from routers, switches and software exporters.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetflowConfig {
+    pub enabled: bool,
+    /// Address to receive on (NetFlow's customary port is 2055, IPFIX's 4739; one listener
+    /// takes all three formats).
+    pub listen: std::net::SocketAddr,
+    /// Exporters (per address and observation domain) whose templates are kept; the least
+    /// recently heard is forgotten beyond this.
+    pub max_exporters: usize,
+    /// Templates kept per exporter (least recently used evicted).
+    pub max_templates: usize,
+    /// v9/IPFIX data that arrives before its template is held (per exporter, up to this many
+    /// data sets) and decoded when the template comes; 0 drops it at once.
+    pub max_pending_sets: usize,
+    /// The socket's kernel receive buffer, so bursts from many exporters are not lost.
+    pub receive_buffer_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -283,6 +346,41 @@ impl Default for FleetConfig {
 impl Default for ShutdownConfig {
     fn default() -> Self {
         Self { grace_ms: 5_000 }
+    }
+}
+
+impl Default for SocketsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval_ms: 1_000,
+            max_flows: 65_536,
+            include_loopback: true,
+        }
+    }
+}
+
+impl Default for InterfacesConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval_ms: 10_000,
+            path: PathBuf::from("/proc/net/dev"),
+            max_interfaces: 1_024,
+        }
+    }
+}
+
+impl Default for NetflowConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            listen: std::net::SocketAddr::from(([0, 0, 0, 0], 2055)),
+            max_exporters: 1_024,
+            max_templates: 1_000,
+            max_pending_sets: 64,
+            receive_buffer_bytes: 4 << 20,
+        }
     }
 }
 
@@ -471,6 +569,48 @@ impl Config {
             )?;
             check_range("sources.synthetic.flows", s.flows.into(), 1, 1 << 24)?;
         }
+        let so = &self.sources.sockets;
+        if so.enabled {
+            check_range("sources.sockets.interval_ms", so.interval_ms, 10, 3_600_000)?;
+            check_range("sources.sockets.max_flows", so.max_flows as u64, 1, 1 << 24)?;
+        }
+        let i = &self.sources.interfaces;
+        if i.enabled {
+            check_range("sources.interfaces.interval_ms", i.interval_ms, 10, 3_600_000)?;
+            check_range(
+                "sources.interfaces.max_interfaces",
+                i.max_interfaces as u64,
+                1,
+                1 << 20,
+            )?;
+        }
+        let n = &self.sources.netflow;
+        if n.enabled {
+            check_range(
+                "sources.netflow.max_exporters",
+                n.max_exporters as u64,
+                1,
+                1 << 20,
+            )?;
+            check_range(
+                "sources.netflow.max_templates",
+                n.max_templates as u64,
+                1,
+                1 << 20,
+            )?;
+            check_range(
+                "sources.netflow.max_pending_sets",
+                n.max_pending_sets as u64,
+                0,
+                1 << 16,
+            )?;
+            check_range(
+                "sources.netflow.receive_buffer_bytes",
+                n.receive_buffer_bytes as u64,
+                64 << 10,
+                1 << 30,
+            )?;
+        }
         Ok(())
     }
 
@@ -561,11 +701,7 @@ mod tests {
             format!("{:?}", minimal.shutdown)
         );
         assert_eq!(example.state_dir, minimal.state_dir);
-        // The example shows the synthetic source's defaults while leaving it off.
-        assert_eq!(
-            format!("{:?}", example.sources.synthetic),
-            format!("{:?}", minimal.sources.synthetic)
-        );
+        assert_eq!(format!("{:?}", example.sources), format!("{:?}", minimal.sources));
     }
 
     #[test]

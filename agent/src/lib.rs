@@ -1,4 +1,5 @@
-//! ringflow meter: measures flows (for now: a synthetic source), batches them, and ships them to
+//! ringflow meter: measures flows (host sockets, interfaces, NetFlow/IPFIX it receives, or a
+//! synthetic load), batches them, and ships them to
 //! a collector fleet over QUIC (ringflow/1), keeping every batch until a collector acks it.
 //!
 //! ```text
@@ -68,6 +69,8 @@ pub enum StartError {
     Admin(#[from] admin::AdminBindError),
     #[error("cannot open a UDP socket for QUIC: {0}")]
     Socket(std::io::Error),
+    #[error(transparent)]
+    Netflow(#[from] source::netflow::ListenError),
 }
 
 impl StartError {
@@ -75,7 +78,7 @@ impl StartError {
     pub fn is_config(&self) -> bool {
         matches!(
             self,
-            StartError::Config(_) | StartError::Tls(_) | StartError::Admin(_)
+            StartError::Config(_) | StartError::Tls(_) | StartError::Admin(_) | StartError::Netflow(_)
         )
     }
 }
@@ -159,6 +162,7 @@ pub struct Meter {
     id: String,
     metrics: Arc<MeterMetrics>,
     admin_addr: Option<std::net::SocketAddr>,
+    netflow_addr: Option<std::net::SocketAddr>,
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), RunError>>,
 }
@@ -217,6 +221,11 @@ impl Meter {
             false => None,
         };
         let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
+        let netflow = match config.sources.netflow.enabled {
+            true => Some(source::netflow::NetflowListener::bind(&config.sources.netflow)?),
+            false => None,
+        };
+        let netflow_addr = netflow.as_ref().and_then(|l| l.local_addr().ok());
         let pipeline = Pipeline {
             config,
             credentials,
@@ -225,6 +234,7 @@ impl Meter {
             seqs,
             spool,
             admin,
+            netflow,
             metrics: Arc::clone(&metrics),
         };
         let task = tokio::spawn(pipeline.run(shutdown.clone()));
@@ -232,6 +242,7 @@ impl Meter {
             id,
             metrics,
             admin_addr,
+            netflow_addr,
             shutdown,
             task,
         })
@@ -240,6 +251,11 @@ impl Meter {
     /// Where the admin endpoint listens (`None` when `admin.enabled = false`).
     pub fn admin_addr(&self) -> Option<std::net::SocketAddr> {
         self.admin_addr
+    }
+
+    /// Where the NetFlow/IPFIX listener receives (`None` when the source is off).
+    pub fn netflow_addr(&self) -> Option<std::net::SocketAddr> {
+        self.netflow_addr
     }
 
     pub fn id(&self) -> &str {
@@ -307,6 +323,7 @@ struct Pipeline {
     seqs: SeqAllocator,
     spool: OpenSpool,
     admin: Option<tokio::net::TcpListener>,
+    netflow: Option<source::netflow::NetflowListener>,
     metrics: Arc<MeterMetrics>,
 }
 
@@ -320,6 +337,7 @@ impl Pipeline {
             seqs,
             spool,
             admin,
+            netflow,
             metrics,
         } = self;
         let tasks = TaskTracker::new();
@@ -353,19 +371,14 @@ impl Pipeline {
         let (limits_tx, limits_rx) = watch::channel(local_limits);
 
         let (records_tx, records_rx) = source::channel(Arc::clone(&metrics));
-        let synthetic = &config.sources.synthetic;
-        if synthetic.enabled {
-            let (cfg, tx, stop, m) = (
-                synthetic.clone(),
-                records_tx.clone(),
-                sources_stop.clone(),
-                Arc::clone(&metrics),
-            );
-            tasks.spawn(async move {
-                let _task = m.task("source_synthetic");
-                source::synthetic::run(cfg, tx, stop).await;
-            });
-        }
+        source::spawn_all(
+            &config.sources,
+            netflow,
+            &records_tx,
+            &metrics,
+            &sources_stop,
+            &tasks,
+        );
         // Only the sources hold senders now: when they stop, the batcher sees the end.
         drop(records_tx);
         let batcher = tasks.spawn(batcher::run(records_rx, Arc::clone(&sealer), limits_rx));

@@ -36,6 +36,17 @@ pub struct CollectorLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    pub source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceReasonLabel {
+    pub source: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TaskLabel {
     pub task: &'static str,
 }
@@ -67,6 +78,16 @@ pub struct MeterMetrics {
     pub fleet_lookups: Family<ReasonLabel, Counter>,
     pub fleet_last_known_good: Counter,
     pub tasks_active: Family<TaskLabel, Gauge>,
+    /// Completed reads of a host source's kernel tables (sockets, interfaces).
+    pub source_reads: Family<SourceLabel, Counter>,
+    /// Packets a listening source received (netflow).
+    pub source_packets: Family<SourceLabel, Counter>,
+    /// What a source could not read or decode, by source and reason.
+    pub source_errors: Family<SourceReasonLabel, Counter>,
+    /// Flows (or interfaces, or exporters) a source could not track because its table was full.
+    pub source_flows_dropped: Family<SourceLabel, Counter>,
+    /// Flows (or interfaces) a source tracks now.
+    pub source_flows_tracked: Family<SourceLabel, Gauge>,
     /// From writing a batch to the collector's ack of it.
     pub ack_latency_seconds: Histogram,
     /// Told of every acked batch, when an embedding asked (`herd`); see [`Self::observe_acks`].
@@ -200,6 +221,31 @@ impl MeterMetrics {
                 Counter::default()
             ),
             tasks_active: reg!("tasks_active", "Running tasks, by kind", Family::default()),
+            source_reads: reg!(
+                "source_reads",
+                "Completed reads of a host source's kernel tables, by source (sockets, interfaces)",
+                Family::default()
+            ),
+            source_packets: reg!(
+                "source_packets",
+                "Packets received by a listening source, by source (netflow)",
+                Family::default()
+            ),
+            source_errors: reg!(
+                "source_errors",
+                "What a source could not read or decode, by source and reason (netflow: truncated, malformed, unsupported_version, no_template_dropped; sockets: netlink; interfaces: read, parse)",
+                Family::default()
+            ),
+            source_flows_dropped: reg!(
+                "source_flows_dropped",
+                "Flows, interfaces or exporters a source could not track because its table was at its cap, by source",
+                Family::default()
+            ),
+            source_flows_tracked: reg!(
+                "source_flows_tracked",
+                "Flows (sockets) or interfaces a source tracks now, by source",
+                Family::default()
+            ),
             ack_latency_seconds: reg!(
                 "ack_latency_seconds",
                 "From writing a batch to the collector's ack of it (resends count from the resend)",
@@ -282,6 +328,18 @@ impl MeterMetrics {
     }
 
     /// Counts a running task of kind `task` until the guard is dropped.
+    /// Counts `n` errors of `source` for `reason`.
+    pub fn source_error(&self, source: &'static str, reason: &'static str, n: u64) {
+        self.source_errors
+            .get_or_create(&SourceReasonLabel { source, reason })
+            .inc_by(n);
+    }
+
+    /// A source-labelled counter's value.
+    pub fn source_count(family: &Family<SourceLabel, Counter>, source: &'static str) -> u64 {
+        family.get_or_create(&SourceLabel { source }).get()
+    }
+
     pub fn task(&self, task: &'static str) -> TaskGuard {
         let gauge = self.tasks_active.get_or_create(&TaskLabel { task }).clone();
         gauge.inc();

@@ -39,6 +39,15 @@ pub fn source_kind(kind: i32) -> &'static str {
     }
 }
 
+/// The name of a `ServerSide` given as its wire value.
+pub fn server_side(side: i32) -> &'static str {
+    match pb::ServerSide::try_from(side).unwrap_or_default() {
+        pb::ServerSide::Unknown => "unknown",
+        pb::ServerSide::Src => "src",
+        pb::ServerSide::Dst => "dst",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,8 @@
 //! The local demo (the README's first command): a collector and a meter in one process with
-//! embedded defaults: development certificates and a token generated on the spot, a synthetic
-//! source, and a running count of what was generated, acked and stored, with sample records read
-//! back from the collector's store the same way `collector read` does.
+//! embedded defaults: development certificates and a token generated on the spot, the meter's
+//! host sources (this machine's TCP connections and interface counters) plus a light synthetic
+//! load, and a running count of what was generated, acked and stored by source, with sample
+//! records read back from the collector's store the same way `collector read` does.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -50,8 +51,12 @@ pub async fn run(
     let collector = RunningCollector::start(ringflow_collector::Config::parse(&collector_toml)?).await?;
 
     let meter_extra = format!(
-        "[batch]\nmax_age_ms = 200\n[sources.synthetic]\nenabled = true\nrecords_per_second = {}\nflows = 200\n",
-        options.rate
+        "[batch]\nmax_age_ms = 200\n\
+         [sources.sockets]\nenabled = true\ninterval_ms = 1000\n\
+         [sources.interfaces]\nenabled = true\ninterval_ms = 1000\n\
+         [sources.synthetic]\nenabled = {}\nrecords_per_second = {}\nflows = 200\n",
+        options.rate > 0,
+        options.rate.max(1)
     );
     let meter_toml = bed.meter_toml("meter", &[collector.addr], &meter_extra);
     std::fs::write(dir.join("meter.toml"), &meter_toml)?;
@@ -69,7 +74,7 @@ pub async fn run(
     )?;
     writeln!(
         out,
-        "  meter      {}  synthetic source, {} records/s{}",
+        "  meter      {}  sources: this host's TCP connections and interfaces, synthetic {}/s{}",
         meter.id(),
         options.rate,
         meter
@@ -118,6 +123,26 @@ pub async fn run(
 pub struct DemoTotals {
     pub acked: u64,
     pub read_back: u64,
+    /// Records read back from the host sources: sockets and interfaces.
+    pub sockets: u64,
+    pub interfaces: u64,
+}
+
+/// Sample records to print: the host's own flows first, then synthetic ones.
+fn samples(batches: &[ringflow_proto::pb::StoredBatch], n: usize) -> Vec<String> {
+    use ringflow_proto::pb::SourceKind;
+    let all = || {
+        batches
+            .iter()
+            .rev()
+            .flat_map(|b| b.records.iter().map(move |r| (b, r)))
+    };
+    let host = all().filter(|(_, r)| r.source != SourceKind::Synthetic as i32);
+    let synthetic = all().filter(|(_, r)| r.source == SourceKind::Synthetic as i32);
+    host.chain(synthetic)
+        .take(n)
+        .map(|(b, r)| record_json(b, r))
+        .collect()
 }
 
 async fn report_until_stopped(
@@ -144,24 +169,30 @@ async fn report_until_stopped(
         }
         batches.clear();
         reader.read_available(&mut batches)?;
-        totals.read_back += batches.iter().map(|b| b.records.len() as u64).sum::<u64>();
+        for r in batches.iter().flat_map(|b| &b.records) {
+            totals.read_back += 1;
+            match ringflow_proto::pb::SourceKind::try_from(r.source) {
+                Ok(ringflow_proto::pb::SourceKind::Socket) => totals.sockets += 1,
+                Ok(ringflow_proto::pb::SourceKind::Interface) => totals.interfaces += 1,
+                _ => {}
+            }
+        }
         totals.acked = metrics.records_acked.get();
         let secs = started.elapsed().as_secs();
         writeln!(
             out,
-            "[{secs:>4}s] generated {:>9}  acked {:>9}  stored {:>9}  ({:>6}/s)  collector sessions {}",
+            "[{secs:>4}s] generated {:>9}  acked {:>9}  stored {:>9}  ({:>6}/s)  from this host: sockets {:>6}  interfaces {:>6}",
             metrics.records_generated.get(),
             totals.acked,
             collector.metrics.records_stored.get(),
             totals.acked - last_acked,
-            collector.metrics.sessions_active.get(),
+            totals.sockets,
+            totals.interfaces,
         )?;
         last_acked = totals.acked;
-        if secs % 5 == 1
-            && let Some(batch) = batches.last()
-        {
-            for record in batch.records.iter().take(options.samples) {
-                writeln!(out, "        {}", record_json(batch, record))?;
+        if secs % 5 == 2 {
+            for line in samples(&batches, options.samples) {
+                writeln!(out, "        {line}")?;
             }
         }
     }

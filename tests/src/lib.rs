@@ -8,6 +8,7 @@
 
 pub mod demo;
 pub mod dns;
+pub mod exporter;
 pub mod herd;
 pub mod logs;
 pub mod nats;
@@ -178,8 +179,14 @@ grace_ms = 5000
     }
 
     /// A meter config as TOML for `collectors`, with this bed's CA, org and token. `extra` is
-    /// appended (tables such as `[batch]` or `[sources.synthetic]`).
+    /// appended (tables such as `[batch]` or `[sources.synthetic]`). The host sources (sockets,
+    /// interfaces) are off unless `extra` has their table: a test counts what it sent.
     pub fn meter_toml(&self, name: &str, collectors: &[SocketAddr], extra: &str) -> String {
+        let host_sources_off: String = ["sockets", "interfaces"]
+            .iter()
+            .filter(|s| !extra.contains(&format!("[sources.{s}]")))
+            .map(|s| format!("\n[sources.{s}]\nenabled = false\n"))
+            .collect();
         let list: Vec<String> = collectors.iter().map(|a| format!("\"{a}\"")).collect();
         // Fleet-discovering meters verify collectors by the fleet name; static ones by localhost.
         let server_name = if collectors.is_empty() {
@@ -197,7 +204,7 @@ server_name = "{server_name}"
 ca_file = "{ca}"
 admin.listen = "127.0.0.1:0"
 {extra}
-"#,
+{host_sources_off}"#,
             org = self.org,
             state = self.path().join(format!("{name}-state")).display(),
             token = self.token,

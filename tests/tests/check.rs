@@ -93,3 +93,54 @@ async fn check_explains_the_ring_choice_with_and_without_dns() -> anyhow::Result
     assert!(err.contains("no collector is known"), "{err}");
     Ok(())
 }
+
+/// `meter check` lists the enabled sources and tries what each needs here: the netlink socket
+/// table, the counters file, the UDP port. One that cannot run fails the check, by name.
+#[test]
+fn check_lists_the_sources_and_whether_each_can_run_here() -> anyhow::Result<()> {
+    let bed = TestBed::new()?;
+    let path = bed.path().join("sources.toml");
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let write = |interfaces_path: &str, netflow: &str| {
+        std::fs::write(
+            &path,
+            bed.meter_toml(
+                "m1",
+                &["127.0.0.1:4433".parse().expect("an address")],
+                &format!(
+                    "[sources.sockets]\nenabled = true\n\
+                     [sources.interfaces]\nenabled = true\npath = \"{interfaces_path}\"\n\
+                     [sources.netflow]\nenabled = true\nlisten = \"{netflow}\"\n"
+                ),
+            ),
+        )
+    };
+    write("/proc/net/dev", "127.0.0.1:0")?;
+    let (code, out, err) = check(&path);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    for line in [
+        "source sockets: TCP connections every 1000 ms: ok,",
+        "source interfaces: /proc/net/dev every 10000 ms: ok,",
+        "source netflow: NetFlow v5/v9 and IPFIX on udp 127.0.0.1:0: ok, the port is free",
+    ] {
+        assert!(out.contains(line), "{line:?} in\n{out}");
+    }
+
+    let missing = bed.path().join("no-such-file");
+    write(&missing.display().to_string(), &taken.local_addr()?.to_string())?;
+    let (code, out, _) = check(&path);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("source interfaces:") && out.contains("CANNOT RUN: cannot read"),
+        "{out}"
+    );
+    assert!(
+        out.contains("source netflow:") && out.contains("CANNOT RUN: cannot listen for NetFlow on"),
+        "{out}"
+    );
+    assert!(
+        out.contains("source sockets: TCP connections every 1000 ms: ok"),
+        "{out}"
+    );
+    Ok(())
+}

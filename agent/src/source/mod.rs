@@ -6,6 +6,9 @@
 //! synthetic source) use [`RecordsTx::send`], which waits, so a load test measures what the
 //! pipeline accepts rather than what it dropped. Must never: block on I/O in the batcher's path.
 
+pub mod interfaces;
+pub mod netflow;
+pub mod sockets;
 pub mod synthetic;
 
 use std::sync::Arc;
@@ -13,7 +16,54 @@ use std::sync::Arc;
 use ringflow_proto::pb;
 use tokio::sync::mpsc;
 
+use crate::config::SourcesConfig;
 use crate::telemetry::MeterMetrics;
+
+/// Starts every enabled source on `tasks`, each with its own clone of `records`; they stop when
+/// `stop` fires (a synthetic source with a total also stops by itself). `netflow` is the
+/// listener bound at start when that source is enabled.
+pub fn spawn_all(
+    config: &SourcesConfig,
+    netflow: Option<netflow::NetflowListener>,
+    records: &RecordsTx,
+    metrics: &Arc<MeterMetrics>,
+    stop: &tokio_util::sync::CancellationToken,
+    tasks: &tokio_util::task::TaskTracker,
+) {
+    let (m, tx, stop) = (Arc::clone(metrics), records.clone(), stop.clone());
+    if config.synthetic.enabled {
+        let (cfg, tx, stop, m) = (config.synthetic.clone(), tx.clone(), stop.clone(), Arc::clone(&m));
+        tasks.spawn(async move {
+            let _task = m.task("source_synthetic");
+            synthetic::run(cfg, tx, stop).await;
+        });
+    }
+    if config.sockets.enabled {
+        let (cfg, tx, stop, m) = (config.sockets.clone(), tx.clone(), stop.clone(), Arc::clone(&m));
+        tasks.spawn(async move {
+            let _task = m.task("source_sockets");
+            sockets::run(cfg, tx, Arc::clone(&m), stop).await;
+        });
+    }
+    if config.interfaces.enabled {
+        let (cfg, tx, stop, m) = (
+            config.interfaces.clone(),
+            tx.clone(),
+            stop.clone(),
+            Arc::clone(&m),
+        );
+        tasks.spawn(async move {
+            let _task = m.task("source_interfaces");
+            interfaces::run(cfg, tx, Arc::clone(&m), stop).await;
+        });
+    }
+    if let Some(listener) = netflow {
+        tasks.spawn(async move {
+            let _task = m.task("source_netflow");
+            listener.run(tx, Arc::clone(&m), stop).await;
+        });
+    }
+}
 
 /// Records travel to the batcher in chunks, so the channel is not crossed once per record.
 pub type RecordChunk = Vec<pb::FlowRecord>;
@@ -63,5 +113,80 @@ impl RecordsTx {
         self.tx.send(chunk).await.map_err(|_| PipelineClosed)?;
         self.metrics.records_generated.inc_by(n);
         Ok(())
+    }
+}
+
+/// Hands `records` on in chunks without waiting ([`RecordsTx::offer`]): what does not fit is
+/// dropped and counted.
+pub fn offer_all(out: &RecordsTx, records: Vec<pb::FlowRecord>) -> Result<(), PipelineClosed> {
+    if records.len() <= synthetic::MAX_CHUNK_RECORDS {
+        if !records.is_empty() {
+            out.offer(records)?;
+        }
+        return Ok(());
+    }
+    for chunk in records.chunks(synthetic::MAX_CHUNK_RECORDS) {
+        out.offer(chunk.to_vec())?;
+    }
+    Ok(())
+}
+
+/// A failure that repeats every interval is logged at most this often.
+const WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Holds back repeats of one warning (a source failing every interval).
+#[derive(Default)]
+pub(crate) struct HeldBackWarning {
+    last: Option<tokio::time::Instant>,
+}
+
+impl HeldBackWarning {
+    /// Whether the warning should be logged now.
+    pub(crate) fn due(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        if self.last.is_some_and(|at| now.duration_since(at) < WARN_EVERY) {
+            return false;
+        }
+        self.last = Some(now);
+        true
+    }
+}
+
+/// Counts a completed read of a polling source's kernel table: what it tracks now and what did
+/// not fit.
+pub(crate) fn count_read(metrics: &MeterMetrics, source: &'static str, tracked: usize, untracked: u64) {
+    let label = crate::telemetry::SourceLabel { source };
+    metrics.source_reads.get_or_create(&label).inc();
+    metrics
+        .source_flows_tracked
+        .get_or_create(&label)
+        .set(tracked as i64);
+    if untracked > 0 {
+        metrics
+            .source_flows_dropped
+            .get_or_create(&label)
+            .inc_by(untracked);
+    }
+}
+
+/// When a polling source reads its kernel table: every interval, a late read delaying the
+/// next rather than bunching them.
+pub(crate) struct ReadSchedule {
+    tick: tokio::time::Interval,
+}
+
+impl ReadSchedule {
+    pub(crate) fn every(interval_ms: u64) -> Self {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(interval_ms));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self { tick }
+    }
+
+    /// Waits for the next read; false once `stop` fires.
+    pub(crate) async fn next(&mut self, stop: &tokio_util::sync::CancellationToken) -> bool {
+        tokio::select! {
+            _ = stop.cancelled() => false,
+            _ = self.tick.tick() => true,
+        }
     }
 }

@@ -56,10 +56,21 @@ struct RecordJson<'a> {
     exporter: Option<IpAddr>,
     #[serde(skip_serializing_if = "is_zero")]
     sampling_rate: u32,
+    /// Which end listens (host sockets), when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server: Option<&'static str>,
+    #[serde(skip_serializing_if = "is_zero")]
+    tx_errors: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    rx_errors: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    tx_drops: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    rx_drops: u64,
 }
 
-fn is_zero(v: &u32) -> bool {
-    *v == 0
+fn is_zero<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 fn addr(bytes: &[u8]) -> Option<IpAddr> {
@@ -94,6 +105,11 @@ pub fn record_json(batch: &pb::StoredBatch, r: &pb::FlowRecord) -> String {
         interface: &r.interface,
         exporter: addr(&r.exporter_addr),
         sampling_rate: r.sampling_rate,
+        server: (r.server != 0).then(|| ringflow_proto::names::server_side(r.server)),
+        tx_errors: r.tx_errors,
+        rx_errors: r.rx_errors,
+        tx_drops: r.tx_drops,
+        rx_drops: r.rx_drops,
     };
     serde_json::to_string(&json).unwrap_or_default()
 }

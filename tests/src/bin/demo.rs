@@ -16,8 +16,8 @@ struct Args {
     /// Stop after this many seconds (default: run until Ctrl-C).
     #[arg(long, value_name = "SECS")]
     duration: Option<u64>,
-    /// Synthetic records per second.
-    #[arg(long, default_value_t = 2_000)]
+    /// Synthetic records per second beside the host's own flows (0: none).
+    #[arg(long, default_value_t = 200)]
     rate: u64,
     /// Working directory; wiped at start. Holds certificates, configs and the collector's data.
     #[arg(long, value_name = "DIR", default_value = "target/ringflow-demo")]

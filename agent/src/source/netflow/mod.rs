@@ -1,0 +1,107 @@
+//! `netflow` source: a UDP listener for NetFlow v5, v9 and IPFIX exporters (routers, switches,
+//! softflowd, pmacct); each datagram is decoded ([`decode`]) into flow records.
+//!
+//! Owns: the socket (bound before the meter reports started, with a large kernel receive
+//! buffer), per-datagram counting. Must never: wait for the pipeline (records are offered,
+//! dropped and counted when it is behind) or stop on bad input (a bad datagram is counted by
+//! reason and the next one is read).
+
+pub mod decode;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+
+use super::{RecordsTx, offer_all};
+use crate::config::NetflowConfig;
+use crate::telemetry::{MeterMetrics, SourceLabel};
+use decode::Decoder;
+
+pub const NAME: &str = "netflow";
+
+/// Largest UDP payload.
+const MAX_DATAGRAM: usize = 65_535;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error(
+        "cannot listen for NetFlow on {addr}: {source} (is another collector using the port? set sources.netflow.listen)"
+    )]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Decoder(#[from] decode::DecoderConfigError),
+}
+
+/// The bound listener, ready to run.
+pub struct NetflowListener {
+    socket: UdpSocket,
+    decoder: Decoder,
+}
+
+impl NetflowListener {
+    /// Binds `config.listen` (must be called inside the runtime).
+    pub fn bind(config: &NetflowConfig) -> Result<Self, ListenError> {
+        let addr = config.listen;
+        let bind_error = |source| ListenError::Bind { addr, source };
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )
+        .map_err(bind_error)?;
+        // Best effort: the kernel caps it at net.core.rmem_max.
+        let _ = socket.set_recv_buffer_size(config.receive_buffer_bytes);
+        socket.set_nonblocking(true).map_err(bind_error)?;
+        socket.bind(&addr.into()).map_err(bind_error)?;
+        let socket = UdpSocket::from_std(socket.into()).map_err(bind_error)?;
+        Ok(Self {
+            socket,
+            decoder: Decoder::new(config)?,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    pub async fn run(mut self, out: RecordsTx, metrics: Arc<MeterMetrics>, stop: CancellationToken) {
+        let label = SourceLabel { source: NAME };
+        let mut buffer = vec![0u8; MAX_DATAGRAM];
+        loop {
+            let (n, from) = tokio::select! {
+                _ = stop.cancelled() => return,
+                received = self.socket.recv_from(&mut buffer) => match received {
+                    Ok(r) => r,
+                    Err(error) => {
+                        // ICMP errors and the like: the socket is still good.
+                        metrics.source_error(NAME, "receive", 1);
+                        tracing::debug!(%error, "netflow source: receive failed");
+                        continue;
+                    }
+                },
+            };
+            metrics.source_packets.get_or_create(&label).inc();
+            let decoded = self.decoder.decode(from, &buffer[..n], crate::unix_nanos_now());
+            if let Some(reason) = decoded.dropped {
+                metrics.source_error(NAME, reason.label(), 1);
+            }
+            let evicted = self.decoder.take_evicted_exporters();
+            if evicted > 0 {
+                metrics.source_flows_dropped.get_or_create(&label).inc_by(evicted);
+            }
+            metrics
+                .source_flows_tracked
+                .get_or_create(&label)
+                .set(self.decoder.exporters() as i64);
+            if offer_all(&out, decoded.records).is_err() {
+                return;
+            }
+            metrics.notify();
+        }
+    }
+}
