@@ -181,8 +181,14 @@ mod tests {
 
     #[test]
     fn a_real_read_sees_a_loopback_connection_with_its_bytes() {
+        for loopback in ["127.0.0.1:0", "[::1]:0"] {
+            read_sees_a_connection_on(loopback);
+        }
+    }
+
+    fn read_sees_a_connection_on(loopback: &str) {
         use std::io::{Read, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener = std::net::TcpListener::bind(loopback).unwrap();
         let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (mut server, _) = listener.accept().unwrap();
         client.write_all(&[7u8; 100_000]).unwrap();
