@@ -176,16 +176,6 @@ pub struct SourcesConfig {
     pub synthetic: SyntheticConfig,
 }
 
-impl SourcesConfig {
-    /// Every source off: for embeddings (load tests, `herd`) that turn on only what they need.
-    pub fn none() -> Self {
-        let mut s = Self::default();
-        s.sockets.enabled = false;
-        s.interfaces.enabled = false;
-        s
-    }
-}
-
 /// This host's TCP connections, read through netlink sock_diag (Linux).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]

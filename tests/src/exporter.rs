@@ -245,6 +245,45 @@ pub enum Set<'a> {
     SamplingOptions { id: u16, interval: u32 },
 }
 
+/// The ids of the template set in each format.
+const V9_TEMPLATE_SET: u16 = 0;
+const IPFIX_TEMPLATE_SET: u16 = 2;
+
+/// Writes a template or data set (header, then records; its length is left to the caller) and
+/// returns how many records it holds. Reverse elements carry their enterprise number in IPFIX.
+fn template_or_data_set(p: &mut Vec<u8>, set: &Set, template_set: u16, clock: Clock) -> u16 {
+    match set {
+        Set::Template { id, layout } => {
+            put16(p, template_set);
+            put16(p, 0);
+            put16(p, *id);
+            put16(p, layout.len() as u16);
+            for &(field, len) in *layout {
+                put16(p, field);
+                put16(p, len);
+                if template_set == IPFIX_TEMPLATE_SET && field & 0x8000 != 0 {
+                    put32(p, REVERSE_PEN);
+                }
+            }
+            1
+        }
+        Set::Data {
+            id,
+            layout,
+            flows,
+            sampling,
+        } => {
+            put16(p, *id);
+            put16(p, 0);
+            for f in *flows {
+                data_record(p, layout, f, clock, *sampling);
+            }
+            flows.len() as u16
+        }
+        Set::SamplingOptions { .. } => panic!("options are written by the v9 exporter itself"),
+    }
+}
+
 /// A NetFlow v9 export packet.
 pub fn v9(sets: &[Set], clock: Clock, sequence: u32, source_id: u32) -> Vec<u8> {
     let mut p = Vec::new();
@@ -257,53 +296,22 @@ pub fn v9(sets: &[Set], clock: Clock, sequence: u32, source_id: u32) -> Vec<u8> 
     let mut count = 0u16;
     for set in sets {
         let start = p.len();
-        match set {
-            Set::Template { id, layout } => {
-                put16(&mut p, 0);
-                put16(&mut p, 0);
-                put16(&mut p, *id);
-                put16(&mut p, layout.len() as u16);
-                for &(field, len) in *layout {
-                    put16(&mut p, field);
-                    put16(&mut p, len);
-                }
-                count += 1;
+        if let Set::SamplingOptions { id, interval } = set {
+            // Options template flowset (id 1): scope System (type 1, 4 bytes).
+            for v in [1, 0, *id, 4, 4, 1, 4, ie::SAMPLING_INTERVAL, 4] {
+                put16(&mut p, v);
             }
-            Set::Data {
-                id,
-                layout,
-                flows,
-                sampling,
-            } => {
-                put16(&mut p, *id);
-                put16(&mut p, 0);
-                for f in *flows {
-                    data_record(&mut p, layout, f, clock, *sampling);
-                    count += 1;
-                }
-            }
-            Set::SamplingOptions { id, interval } => {
-                // Options template flowset (id 1): scope System (type 1, 4 bytes).
-                put16(&mut p, 1);
-                put16(&mut p, 0);
-                put16(&mut p, *id);
-                put16(&mut p, 4);
-                put16(&mut p, 4);
-                put16(&mut p, 1);
-                put16(&mut p, 4);
-                put16(&mut p, ie::SAMPLING_INTERVAL);
-                put16(&mut p, 4);
-                close_set(&mut p, start);
-                let data = p.len();
-                put16(&mut p, *id);
-                put16(&mut p, 0);
-                put32(&mut p, 0);
-                put32(&mut p, *interval);
-                close_set(&mut p, data);
-                count += 2;
-                continue;
-            }
+            close_set(&mut p, start);
+            let data = p.len();
+            put16(&mut p, *id);
+            put16(&mut p, 0);
+            put32(&mut p, 0);
+            put32(&mut p, *interval);
+            close_set(&mut p, data);
+            count += 2;
+            continue;
         }
+        count += template_or_data_set(&mut p, set, V9_TEMPLATE_SET, clock);
         close_set(&mut p, start);
     }
     p[2..4].copy_from_slice(&count.to_be_bytes());
@@ -320,34 +328,7 @@ pub fn ipfix(sets: &[Set], clock: Clock, sequence: u32, domain: u32) -> Vec<u8> 
     put32(&mut p, domain);
     for set in sets {
         let start = p.len();
-        match set {
-            Set::Template { id, layout } => {
-                put16(&mut p, 2);
-                put16(&mut p, 0);
-                put16(&mut p, *id);
-                put16(&mut p, layout.len() as u16);
-                for &(field, len) in *layout {
-                    put16(&mut p, field);
-                    put16(&mut p, len);
-                    if field & 0x8000 != 0 {
-                        put32(&mut p, REVERSE_PEN);
-                    }
-                }
-            }
-            Set::Data {
-                id,
-                layout,
-                flows,
-                sampling,
-            } => {
-                put16(&mut p, *id);
-                put16(&mut p, 0);
-                for f in *flows {
-                    data_record(&mut p, layout, f, clock, *sampling);
-                }
-            }
-            Set::SamplingOptions { .. } => panic!("the test exporter sends options in v9 only"),
-        }
+        template_or_data_set(&mut p, set, IPFIX_TEMPLATE_SET, clock);
         // IPFIX sets need no padding; lengths are exact.
         let len = (p.len() - start) as u16;
         p[start + 2..start + 4].copy_from_slice(&len.to_be_bytes());

@@ -70,7 +70,11 @@ impl NetflowListener {
     }
 
     pub async fn run(mut self, out: RecordsTx, metrics: Arc<MeterMetrics>, stop: CancellationToken) {
+        // Looked up once: the loop runs per datagram.
         let label = SourceLabel { source: NAME };
+        let packets = metrics.source_packets.get_or_create(&label).clone();
+        let exporters_forgotten = metrics.source_flows_dropped.get_or_create(&label).clone();
+        let exporters = metrics.source_flows_tracked.get_or_create(&label).clone();
         let mut buffer = vec![0u8; MAX_DATAGRAM];
         loop {
             let (n, from) = tokio::select! {
@@ -85,19 +89,16 @@ impl NetflowListener {
                     }
                 },
             };
-            metrics.source_packets.get_or_create(&label).inc();
+            packets.inc();
             let decoded = self.decoder.decode(from, &buffer[..n], crate::unix_nanos_now());
             if let Some(reason) = decoded.dropped {
                 metrics.source_error(NAME, reason.label(), 1);
             }
             let evicted = self.decoder.take_evicted_exporters();
             if evicted > 0 {
-                metrics.source_flows_dropped.get_or_create(&label).inc_by(evicted);
+                exporters_forgotten.inc_by(evicted);
             }
-            metrics
-                .source_flows_tracked
-                .get_or_create(&label)
-                .set(self.decoder.exporters() as i64);
+            exporters.set(self.decoder.exporters() as i64);
             if offer_all(&out, decoded.records).is_err() {
                 return;
             }
