@@ -5,7 +5,8 @@
 # collectors (in-process and as child processes) and real nats-server processes, CLI tests of
 # both binaries. Installs nats-server (Debian package) first if it is missing.
 # Runs with cargo-nextest when it is installed (one process per test, each bounded by
-# .config/nextest.toml), else with cargo test.
+# .config/nextest.toml), else with cargo test. Then a short smoke run of every fuzz target
+# (tests/fuzz-smoke.sh: libFuzzer on stable Rust, from the checked-in corpora; fuzz/README.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,3 +20,6 @@ else
     echo "cargo-nextest not found; running cargo test" >&2
     cargo test --workspace --locked "$@"
 fi
+
+# Each fuzz target for a few seconds (its own build, in fuzz/target).
+tests/fuzz-smoke.sh

@@ -77,7 +77,7 @@ fn check(path: PathBuf) -> ExitCode {
     };
     let problems: Vec<String> = [
         config.org_token().err().map(|e| e.to_string()),
-        ringflow_proto::quic::load_ca(&config.ca_file)
+        crate::transport::client_config_with_identity(&config.ca_file, config.client_identity())
             .err()
             .map(|e| e.to_string()),
     ]

@@ -49,6 +49,14 @@ pub struct Config {
     pub server_name: Option<String>,
     /// PEM CA certificate(s) that sign collector certificates. There is no way to skip this check.
     pub ca_file: PathBuf,
+    /// PEM client certificate chain (leaf first) presented to collectors that ask for one
+    /// (mTLS). Its DNS names map the meter to an org at the collector (`orgs[].client_names`);
+    /// with it, `org_token` is optional. Set together with `client_key`.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `client_cert`.
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
     #[serde(default)]
     pub fleet: FleetConfig,
     #[serde(default)]
@@ -430,6 +438,8 @@ impl Config {
                 Some(&mut config.state_dir),
                 Some(&mut config.ca_file),
                 config.org_token_file.as_mut(),
+                config.client_cert.as_mut(),
+                config.client_key.as_mut(),
             ]
             .into_iter()
             .flatten(),
@@ -457,14 +467,24 @@ impl Config {
         if self.org_id.is_empty() {
             return Err(invalid("org_id", "must not be empty"));
         }
+        if self.client_cert.is_some() != self.client_key.is_some() {
+            return Err(invalid(
+                if self.client_cert.is_some() {
+                    "client_key"
+                } else {
+                    "client_cert"
+                },
+                "client_cert and client_key go together",
+            ));
+        }
         match (&self.org_token, &self.org_token_file) {
             (Some(_), Some(_)) => {
                 return Err(invalid("org_token", "set org_token or org_token_file, not both"));
             }
-            (None, None) => {
+            (None, None) if self.client_cert.is_none() => {
                 return Err(invalid(
                     "org_token_file",
-                    "the org's token is required: set org_token_file (or org_token)",
+                    "the org's token is required: set org_token_file (or org_token), or a client certificate (client_cert, client_key)",
                 ));
             }
             (Some(t), None) if t.trim().is_empty() => return Err(invalid("org_token", "is empty")),
@@ -604,14 +624,26 @@ impl Config {
         Ok(())
     }
 
-    /// The org token, read from `org_token` or the first line of `org_token_file`.
+    /// The client certificate to present, if one is configured.
+    pub fn client_identity(&self) -> Option<crate::transport::ClientIdentity<'_>> {
+        match (&self.client_cert, &self.client_key) {
+            (Some(cert), Some(key)) => Some(crate::transport::ClientIdentity { cert, key }),
+            _ => None,
+        }
+    }
+
+    /// The org token, read from `org_token` or the first line of `org_token_file`; empty for a
+    /// meter that proves its org with a client certificate alone.
     pub fn org_token(&self) -> Result<String, ConfigError> {
         if let Some(t) = &self.org_token {
             return Ok(t.trim().to_owned());
         }
+        if self.org_token_file.is_none() && self.client_cert.is_some() {
+            return Ok(String::new());
+        }
         let path = self.org_token_file.as_deref().unwrap_or(Path::new(""));
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            what: "org token file",
+            what: "org_token_file =",
             path: path.to_owned(),
             source,
         })?;

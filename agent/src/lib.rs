@@ -209,7 +209,8 @@ impl Meter {
         let (endpoint, own_endpoint) = match embedding.endpoint {
             Some(shared) => (shared, false),
             None => {
-                let client = transport::client_config(&config.ca_file)?;
+                let client =
+                    transport::client_config_with_identity(&config.ca_file, config.client_identity())?;
                 (
                     transport::client_endpoint(client).map_err(StartError::Socket)?,
                     true,

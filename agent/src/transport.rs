@@ -24,7 +24,29 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(3);
 
 /// Client configuration: TLS 1.3 with ALPN ringflow/1, verified against `ca_file`.
 pub fn client_config(ca_file: &Path) -> Result<ClientConfig, TlsError> {
-    let crypto = quic::client_crypto(quic::load_ca(ca_file)?)?;
+    client_config_with_identity(ca_file, None)
+}
+
+/// A meter's client certificate (mTLS): PEM chain and key files.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIdentity<'a> {
+    pub cert: &'a Path,
+    pub key: &'a Path,
+}
+
+/// As [`client_config`], presenting `identity` to collectors that ask for a client certificate.
+pub fn client_config_with_identity(
+    ca_file: &Path,
+    identity: Option<ClientIdentity<'_>>,
+) -> Result<ClientConfig, TlsError> {
+    let identity = match identity {
+        None => None,
+        Some(id) => Some((
+            quic::load_certificates("client_cert", id.cert)?,
+            quic::load_private_key("client_key", id.key)?,
+        )),
+    };
+    let crypto = quic::client_crypto_with_identity(quic::load_ca("ca_file", ca_file)?, identity)?;
     let mut transport = TransportConfig::default();
     transport.keep_alive_interval(Some(KEEP_ALIVE));
     transport.max_idle_timeout(Some(

@@ -1,9 +1,12 @@
-//! Org tokens: generation, hashing, and the constant-time check of a meter's `Hello`.
+//! Org tokens and client-certificate names: generation, hashing, and the check of a meter's
+//! `Hello`.
 //!
-//! Owns: the token format (`rft_` + 43 base64url characters = 256 random bits) and the hash format
-//! (`sha256:<hex>`). Tokens are high-entropy random values, so a plain SHA-256 is enough to make a
-//! leaked config useless (no password stretching needed), and hashes are compared in constant
-//! time. Must never: store, log or echo a token, or say whether the org or the token was wrong.
+//! Owns: the token format (`rft_` + 43 base64url characters = 256 random bits), the hash format
+//! (`sha256:<hex>`), and the mapping from a verified client certificate's DNS names to an org
+//! (`orgs[].client_names`). Tokens are high-entropy random values, so a plain SHA-256 is enough to
+//! make a leaked config useless (no password stretching needed), and hashes are compared in
+//! constant time. Must never: store, log or echo a token, or say whether the org or the token was
+//! wrong.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -68,21 +71,87 @@ pub fn hash_token(token: &str) -> TokenHash {
 pub enum AuthFailure {
     UnknownOrg,
     WrongToken,
+    /// The meter's verified client certificate belongs to another org than the one it claimed.
+    CertificateOfAnotherOrg,
 }
 
-/// Orgs and the hashes of their valid tokens.
+impl AuthFailure {
+    /// Metric label and log key.
+    pub fn label(self) -> &'static str {
+        match self {
+            AuthFailure::UnknownOrg => "auth_unknown_org",
+            AuthFailure::WrongToken => "auth_wrong_token",
+            AuthFailure::CertificateOfAnotherOrg => "auth_certificate_org",
+        }
+    }
+}
+
+/// How a `Hello` proved its org.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proof {
+    Token,
+    ClientCertificate,
+}
+
+/// A client-certificate name pattern: an exact DNS name, or `*.suffix` for any name of one or
+/// more labels under `suffix`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamePattern(String);
+
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{0:?} is not a client name pattern: a DNS name (\"meter-1.acme.example\") or \"*.\" and one (\"*.acme.example\")"
+)]
+pub struct BadNamePattern(String);
+
+impl FromStr for NamePattern {
+    type Err = BadNamePattern;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let name = s.strip_prefix("*.").unwrap_or(s);
+        let valid_label = |l: &str| {
+            (1..=63).contains(&l.len()) && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        };
+        if name.is_empty() || name.len() > 253 || !name.split('.').all(valid_label) {
+            return Err(BadNamePattern(s.chars().take(80).collect()));
+        }
+        Ok(NamePattern(s.to_ascii_lowercase()))
+    }
+}
+
+impl NamePattern {
+    fn matches(&self, name: &str) -> bool {
+        let name = name.to_ascii_lowercase();
+        match self.0.strip_prefix("*.") {
+            Some(suffix) => name
+                .strip_suffix(suffix)
+                .and_then(|head| head.strip_suffix('.'))
+                .is_some_and(|head| !head.is_empty()),
+            None => name == self.0,
+        }
+    }
+}
+
+/// What the directory keeps about one org.
+#[derive(Debug, Default, Clone)]
+pub struct OrgCredentials {
+    pub token_hashes: Vec<TokenHash>,
+    pub client_names: Vec<NamePattern>,
+}
+
+/// Orgs, the hashes of their valid tokens and the client-certificate names that prove them.
 #[derive(Debug, Default, Clone)]
 pub struct OrgDirectory {
-    orgs: HashMap<String, Vec<TokenHash>>,
+    orgs: HashMap<String, OrgCredentials>,
 }
 
 impl OrgDirectory {
     /// Adds an org; false if it was already there.
-    pub fn insert(&mut self, org: &str, hashes: Vec<TokenHash>) -> bool {
+    pub fn insert(&mut self, org: &str, credentials: OrgCredentials) -> bool {
         if self.orgs.contains_key(org) {
             return false;
         }
-        self.orgs.insert(org.to_owned(), hashes);
+        self.orgs.insert(org.to_owned(), credentials);
         true
     }
 
@@ -90,11 +159,32 @@ impl OrgDirectory {
         self.orgs.is_empty()
     }
 
+    /// Authenticates a `Hello` claiming `org`. `cert_names` are the DNS names of the client
+    /// certificate the TLS handshake verified (empty without one). A certificate whose names map
+    /// to `org` proves it; one that maps only to other orgs is refused whatever the token; one
+    /// that maps to no org leaves the token to decide.
+    pub fn authenticate(&self, org: &str, token: &str, cert_names: &[String]) -> Result<Proof, AuthFailure> {
+        if !cert_names.is_empty() {
+            let owns = |c: &OrgCredentials| {
+                c.client_names
+                    .iter()
+                    .any(|p| cert_names.iter().any(|n| p.matches(n)))
+            };
+            if self.orgs.get(org).is_some_and(owns) {
+                return Ok(Proof::ClientCertificate);
+            }
+            if self.orgs.values().any(owns) {
+                return Err(AuthFailure::CertificateOfAnotherOrg);
+            }
+        }
+        self.check_token(org, token).map(|()| Proof::Token)
+    }
+
     /// Checks `token` against every hash of `org` in constant time. The work done does not depend
     /// on which hash matched, and an unknown org costs the same hash computation.
-    pub fn authenticate(&self, org: &str, token: &str) -> Result<(), AuthFailure> {
+    fn check_token(&self, org: &str, token: &str) -> Result<(), AuthFailure> {
         let presented = hash_token(token);
-        let Some(hashes) = self.orgs.get(org) else {
+        let Some(hashes) = self.orgs.get(org).map(|c| &c.token_hashes) else {
             // Compare against a dummy so an unknown org takes as long as a known one.
             let _ = presented.0.ct_eq(&[0u8; 32]);
             return Err(AuthFailure::UnknownOrg);
@@ -124,11 +214,85 @@ mod tests {
             "{a}"
         );
         let mut dir = OrgDirectory::default();
-        assert!(dir.insert("acme", vec![hash_token(&a), hash_token(&b)]));
-        assert_eq!(dir.authenticate("acme", &a), Ok(()));
-        assert_eq!(dir.authenticate("acme", &b), Ok(()), "second token (rotation)");
-        assert_eq!(dir.authenticate("acme", "rft_nope"), Err(AuthFailure::WrongToken));
-        assert_eq!(dir.authenticate("other", &a), Err(AuthFailure::UnknownOrg));
+        let creds = OrgCredentials {
+            token_hashes: vec![hash_token(&a), hash_token(&b)],
+            client_names: Vec::new(),
+        };
+        assert!(dir.insert("acme", creds.clone()));
+        assert!(!dir.insert("acme", creds), "an org is listed once");
+        assert_eq!(dir.authenticate("acme", &a, &[]), Ok(Proof::Token));
+        assert_eq!(
+            dir.authenticate("acme", &b, &[]),
+            Ok(Proof::Token),
+            "second token (rotation)"
+        );
+        assert_eq!(
+            dir.authenticate("acme", "rft_nope", &[]),
+            Err(AuthFailure::WrongToken)
+        );
+        assert_eq!(dir.authenticate("other", &a, &[]), Err(AuthFailure::UnknownOrg));
+    }
+
+    #[test]
+    fn a_client_certificate_proves_the_org_its_names_map_to_and_no_other() {
+        let token = generate_token();
+        let mut dir = OrgDirectory::default();
+        let pattern = |s: &str| s.parse::<NamePattern>().unwrap();
+        dir.insert(
+            "acme",
+            OrgCredentials {
+                token_hashes: vec![hash_token(&token)],
+                client_names: vec![pattern("*.acme.example"), pattern("edge.example")],
+            },
+        );
+        dir.insert(
+            "globex",
+            OrgCredentials {
+                token_hashes: Vec::new(),
+                client_names: vec![pattern("meter-1.globex.example")],
+            },
+        );
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let cert = Proof::ClientCertificate;
+        assert_eq!(
+            dir.authenticate("acme", "", &names(&["m7.acme.example"])),
+            Ok(cert)
+        );
+        assert_eq!(
+            dir.authenticate("acme", "", &names(&["a.b.ACME.example"])),
+            Ok(cert)
+        );
+        assert_eq!(
+            dir.authenticate("acme", "", &names(&["x", "edge.example"])),
+            Ok(cert)
+        );
+        assert_eq!(
+            dir.authenticate("globex", "", &names(&["meter-1.globex.example"])),
+            Ok(cert)
+        );
+        // A wildcard needs a label of its own; it does not match the bare suffix or a look-alike.
+        for name in ["acme.example", "evilacme.example", "m.acme.example.evil"] {
+            assert_eq!(
+                dir.authenticate("acme", "", &names(&[name])),
+                Err(AuthFailure::WrongToken),
+                "{name}"
+            );
+        }
+        // Another org's certificate is refused even with a valid token for the claimed org.
+        assert_eq!(
+            dir.authenticate("acme", &token, &names(&["meter-1.globex.example"])),
+            Err(AuthFailure::CertificateOfAnotherOrg)
+        );
+        // A certificate that maps to no org leaves it to the token.
+        assert_eq!(
+            dir.authenticate("acme", &token, &names(&["unrelated.example"])),
+            Ok(Proof::Token)
+        );
+        // An org without token hashes has no token that works.
+        assert_eq!(dir.authenticate("globex", "", &[]), Err(AuthFailure::WrongToken));
+        for bad in ["", "*", "*.", "a..b", "a b.example", "**.x", "x.*.y"] {
+            assert!(bad.parse::<NamePattern>().is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ use serde::Deserialize;
 pub use ringflow_proto::ops::ConfigError;
 use ringflow_proto::ops::{check_range, parse_toml, read_toml, resolve_paths};
 
-use crate::auth::{OrgDirectory, TokenHash};
+use crate::auth::{NamePattern, OrgCredentials, OrgDirectory, TokenHash};
 use crate::sink::nats::stream::loggable_servers;
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -49,6 +49,8 @@ pub struct Config {
     #[serde(default)]
     pub orgs: Vec<OrgConfig>,
     #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
     pub fleet: FleetConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -69,6 +71,15 @@ pub struct TlsConfig {
     pub cert: PathBuf,
     /// PEM private key of that certificate.
     pub key: PathBuf,
+    /// PEM CA(s) that sign meters' client certificates (mTLS). Unset: no client certificates are
+    /// asked for. Set: a meter may present one, and its DNS names map it to an org
+    /// (`orgs[].client_names`).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// With `client_ca`: a meter without a valid client certificate fails the handshake.
+    /// Default false (tokens still work).
+    #[serde(default)]
+    pub require_client_cert: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -77,7 +88,35 @@ pub struct OrgConfig {
     /// Org id: 1-64 characters of `a-z 0-9 - _` (it names a directory and a subject).
     pub id: String,
     /// `sha256:<64 hex>` lines printed by `collector token`. Several allow rotation.
+    #[serde(default)]
     pub token_hashes: Vec<String>,
+    /// Client-certificate DNS names that prove this org (needs `tls.client_ca`): exact names, or
+    /// `*.suffix` for any name under `suffix`.
+    #[serde(default)]
+    pub client_names: Vec<String>,
+}
+
+/// Failed authentications, limited per source address (IPv4 address or IPv6 /64).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Failed `Hello`s an address may make in a burst. Default 10.
+    pub failure_burst: u32,
+    /// Failed `Hello`s per minute it regains. Default 6. An address out of attempts gets
+    /// `Reject(auth)` with a retry hint and its credentials are not checked.
+    pub failures_per_minute: u32,
+    /// Addresses tracked at once. Default 65536.
+    pub max_tracked_addresses: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            failure_burst: 10,
+            failures_per_minute: 6,
+            max_tracked_addresses: 65_536,
+        }
+    }
 }
 
 /// What this collector tells meters about its fleet in `Welcome`, and where it finds its peers
@@ -616,6 +655,7 @@ impl Config {
             base,
             [&mut config.data_dir, &mut config.tls.cert, &mut config.tls.key]
                 .into_iter()
+                .chain(config.tls.client_ca.as_mut())
                 .chain(config.sink.nats.creds_file.as_mut())
                 .chain(config.sink.nats.ca_file.as_mut()),
         );
@@ -643,6 +683,26 @@ impl Config {
             return Err(invalid("collector_id", "must be 1-128 characters"));
         }
         self.org_directory()?;
+        if self.tls.require_client_cert && self.tls.client_ca.is_none() {
+            return Err(invalid(
+                "tls.require_client_cert",
+                "needs tls.client_ca, the CA that signs meters' client certificates",
+            ));
+        }
+        let a = &self.auth;
+        check_range("auth.failure_burst", a.failure_burst.into(), 1, 1_000_000)?;
+        check_range(
+            "auth.failures_per_minute",
+            a.failures_per_minute.into(),
+            1,
+            1_000_000,
+        )?;
+        check_range(
+            "auth.max_tracked_addresses",
+            a.max_tracked_addresses.into(),
+            16,
+            16 << 20,
+        )?;
         let f = &self.fleet;
         if f.members.len() > MAX_FLEET_MEMBERS {
             return Err(invalid(
@@ -819,12 +879,27 @@ impl Config {
                     ),
                 ));
             }
-            if org.token_hashes.is_empty() {
+            if org.token_hashes.is_empty() && org.client_names.is_empty() {
                 return Err(invalid(
                     format!("{key}.token_hashes"),
-                    "needs at least one hash; create one with `collector token --org ID`",
+                    "needs at least one hash (create one with `collector token --org ID`), or client_names with tls.client_ca",
                 ));
             }
+            if !org.client_names.is_empty() && self.tls.client_ca.is_none() {
+                return Err(invalid(
+                    format!("{key}.client_names"),
+                    "needs tls.client_ca, the CA that signs meters' client certificates",
+                ));
+            }
+            let client_names = org
+                .client_names
+                .iter()
+                .enumerate()
+                .map(|(j, n)| {
+                    n.parse::<NamePattern>()
+                        .map_err(|e| invalid(format!("{key}.client_names[{j}]"), e.to_string()))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             let hashes = org
                 .token_hashes
                 .iter()
@@ -834,7 +909,11 @@ impl Config {
                         .map_err(|e| invalid(format!("{key}.token_hashes[{j}]"), e.to_string()))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            if !dir.insert(&org.id, hashes) {
+            let credentials = OrgCredentials {
+                token_hashes: hashes,
+                client_names,
+            };
+            if !dir.insert(&org.id, credentials) {
                 return Err(invalid(
                     format!("{key}.id"),
                     format!("org {:?} is listed twice", org.id),
@@ -905,6 +984,11 @@ pub(crate) mod tests {
             format!("{:?}", minimal.admission)
         );
         assert_eq!(format!("{:?}", example.runtime), format!("{:?}", minimal.runtime));
+        assert_eq!(format!("{:?}", example.auth), format!("{:?}", minimal.auth));
+        assert_eq!(
+            (&example.tls.client_ca, example.tls.require_client_cert),
+            (&minimal.tls.client_ca, minimal.tls.require_client_cert)
+        );
         assert_eq!(
             format!("{:?}", example.shutdown),
             format!("{:?}", minimal.shutdown)
@@ -912,6 +996,24 @@ pub(crate) mod tests {
         assert_eq!(example.listen, minimal.listen);
         assert_eq!(example.admin_listen, minimal.admin_listen);
         assert_eq!(example.data_dir, minimal.data_dir);
+    }
+
+    #[test]
+    fn client_certificates_need_a_client_ca() {
+        let with_names = MINIMAL.replace(
+            "token_hashes = [",
+            "client_names = [\"*.acme.example\"]\n        token_hashes = [",
+        );
+        let err = Config::parse(&with_names).unwrap_err();
+        assert!(err.to_string().contains("orgs[0].client_names"), "{err}");
+        let with_ca = with_names.replace("[tls]", "[tls]\nclient_ca = \"ca.pem\"");
+        Config::parse(&with_ca).unwrap();
+        let bad = with_ca.replace("*.acme.example", "*");
+        let err = Config::parse(&bad).unwrap_err();
+        assert!(err.to_string().contains("orgs[0].client_names[0]"), "{err}");
+        let required = MINIMAL.replace("[tls]", "[tls]\nrequire_client_cert = true");
+        let err = Config::parse(&required).unwrap_err();
+        assert!(err.to_string().contains("tls.require_client_cert"), "{err}");
     }
 
     #[test]

@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod admission;
 pub mod auth;
+pub mod auth_throttle;
 pub mod cli;
 pub mod config;
 pub mod fleet_load;

@@ -29,6 +29,7 @@ use tracing::{info, warn};
 use crate::admin::{self, AdminState, Readiness};
 use crate::admission::{Admission, Admit, Load};
 use crate::auth::OrgDirectory;
+use crate::auth_throttle::{AuthThrottle, ThrottleSettings};
 use crate::config::{Config, ConfigError, LimitsConfig, SinkKind};
 use crate::fleet_poll::{PollPlan, Poller};
 use crate::ingest::DataLimits;
@@ -50,7 +51,7 @@ pub enum StartError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Tls(#[from] TlsError),
-    #[error("cannot open the store: {0}")]
+    #[error("cannot open the store in data_dir: {0}")]
     Store(#[from] StoreError),
     #[error("cannot use the NATS sink: {0}")]
     Nats(#[from] LinkError),
@@ -80,10 +81,11 @@ pub enum StartError {
 impl StartError {
     /// True when the operator's configuration is at fault (exit code 64).
     pub fn is_config(&self) -> bool {
-        matches!(
-            self,
-            StartError::Config(_) | StartError::Tls(_) | StartError::Nats(_)
-        )
+        match self {
+            StartError::Config(_) | StartError::Tls(_) | StartError::Nats(_) => true,
+            StartError::Store(e) => e.is_unusable_directory(),
+            _ => false,
+        }
     }
 }
 
@@ -153,9 +155,20 @@ impl Collector {
     pub async fn bind(config: Config) -> Result<Collector, StartError> {
         config.validate()?;
         let orgs = config.org_directory()?;
-        let chain = quic::load_certificates("server certificate", &config.tls.cert)?;
-        let key = quic::load_private_key(&config.tls.key)?;
-        let crypto = quic::server_crypto(chain, key)?;
+        let chain = quic::load_certificates("tls.cert", &config.tls.cert)?;
+        let key = quic::load_private_key("tls.key", &config.tls.key)?;
+        let clients = match &config.tls.client_ca {
+            None => quic::ClientCerts::None,
+            Some(path) => {
+                let roots = Arc::new(quic::load_ca("tls.client_ca", path)?);
+                if config.tls.require_client_cert {
+                    quic::ClientCerts::Required(roots)
+                } else {
+                    quic::ClientCerts::Optional(roots)
+                }
+            }
+        };
+        let crypto = quic::server_crypto_with_clients(chain, key, clients)?;
         let data_runtime = DataRuntime::start(config.runtime.data_threads()).map_err(StartError::Runtime)?;
         // The sink and its client (NATS connection tasks) live on the data plane.
         let sink_config = config.clone();
@@ -286,6 +299,11 @@ impl Collector {
         let shared = Arc::new(Shared {
             collector_id: Arc::clone(&collector_id),
             orgs,
+            auth_throttle: std::sync::Mutex::new(AuthThrottle::new(ThrottleSettings {
+                burst: config.auth.failure_burst,
+                per_minute: config.auth.failures_per_minute,
+                max_addresses: config.auth.max_tracked_addresses as usize,
+            })),
             welcome_limits: ringflow_proto::pb::Limits {
                 max_frame_bytes,
                 max_records_per_batch: l.max_records_per_batch,

@@ -18,7 +18,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::admission::{Budgets, Load, Overloaded};
-use crate::auth::{AuthFailure, OrgDirectory};
+use crate::auth::OrgDirectory;
+use crate::auth_throttle::AuthThrottle;
 use crate::fleet_poll::SharedFleetLoad;
 use crate::ingest::{DataLimits, SessionIdentity, StreamContext, serve_data_stream};
 use crate::sink::{SinkHandle, SinkHealth};
@@ -42,6 +43,8 @@ pub struct DataPlane {
 pub struct Shared {
     pub collector_id: Arc<str>,
     pub orgs: OrgDirectory,
+    /// Failed authentications per source address.
+    pub auth_throttle: std::sync::Mutex<AuthThrottle>,
     pub welcome_limits: pb::Limits,
     /// The fleet view every `Welcome` carries.
     pub fleet_view: Vec<pb::FleetMember>,
@@ -78,11 +81,32 @@ pub struct Rejection {
 /// Longest meter id accepted.
 pub const MAX_METER_ID_BYTES: usize = 128;
 
+/// Metric label of a `Hello` refused because its address failed authentication too often.
+pub const AUTH_RATE_LIMITED: &str = "auth_rate_limited";
+
+/// What a `Hello` is authenticated against.
+#[derive(Debug, Clone, Copy)]
+pub struct Credentials<'a> {
+    pub orgs: &'a OrgDirectory,
+    /// DNS names of the client certificate the TLS handshake verified (empty without one).
+    pub cert_names: &'a [String],
+    /// The auth throttle's answer for the meter's address: `Err(wait)` when it has no failed
+    /// attempt left, and its credentials are not even looked at.
+    pub throttled: Result<(), Duration>,
+}
+
+impl Rejection {
+    /// A failed authentication, which costs the address one attempt of its budget.
+    pub fn is_auth_failure(&self) -> bool {
+        self.reason == pb::RejectReason::Auth && self.label != AUTH_RATE_LIMITED
+    }
+}
+
 /// Decides whether a `Hello` gets a session. Pure: every input is an argument; `overload` is the
 /// admission policy's answer for the collector's load ([`Budgets::on_hello`]).
 pub fn judge_hello(
     hello: &pb::Hello,
-    orgs: &OrgDirectory,
+    credentials: &Credentials<'_>,
     draining: bool,
     sink_healthy: bool,
     overload: Result<(), Overloaded>,
@@ -122,16 +146,24 @@ pub fn judge_hello(
             0,
         );
     }
-    if let Err(failure) = orgs.authenticate(&hello.org_id, &hello.org_token) {
-        // Counted separately for the operator; the meter is told only "auth".
-        let label = match failure {
-            AuthFailure::UnknownOrg => "auth_unknown_org",
-            AuthFailure::WrongToken => "auth_wrong_token",
-        };
+    if let Err(wait) = credentials.throttled {
         return reject(
             pb::RejectReason::Auth,
-            label,
-            "authentication failed: check org_id and org_token".into(),
+            AUTH_RATE_LIMITED,
+            "too many failed authentications from this address; retry later with the right org_id and org_token".into(),
+            u32::try_from(wait.as_millis()).unwrap_or(u32::MAX).max(1_000),
+        );
+    }
+    if let Err(failure) =
+        credentials
+            .orgs
+            .authenticate(&hello.org_id, &hello.org_token, credentials.cert_names)
+    {
+        // Counted separately for the operator; the meter is told only "auth".
+        return reject(
+            pb::RejectReason::Auth,
+            failure.label(),
+            "authentication failed: check org_id and org_token (or the client certificate)".into(),
             0,
         );
     }
@@ -296,9 +328,20 @@ async fn run_session(
         fleet,
         ..Load::default()
     };
+    let peer = conn.remote_address().ip();
+    let throttled = shared
+        .auth_throttle
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .check(peer, hello_read);
+    let credentials = Credentials {
+        orgs: &shared.orgs,
+        cert_names: &crate::tls::client_certificate_names(&conn),
+        throttled,
+    };
     let verdict = judge_hello(
         &hello,
-        &shared.orgs,
+        &credentials,
         shared.draining.is_cancelled(),
         shared.sink_health.is_healthy(),
         shared.budgets.on_hello(&load, rand::random()),
@@ -308,6 +351,13 @@ async fn run_session(
     let active = verdict.is_ok().then(|| SessionGauge::new(&shared.metrics));
     if let Err(rejection) = verdict {
         tracked.set(ConnState::Closing);
+        if rejection.is_auth_failure() {
+            shared
+                .auth_throttle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .on_failure(peer, hello_read);
+        }
         shared.metrics.rejected(rejection.label);
         if let Some(suppressed) = shared.reject_log.check(rejection.label, Instant::now()) {
             warn!(
@@ -370,6 +420,11 @@ async fn run_session(
         metrics: Arc::clone(&shared.metrics),
     });
     let end = control_loop(&conn, ctl_send, ctl, shared, &streams, &span).await;
+    shared
+        .metrics
+        .sessions_ended
+        .get_or_create(&crate::telemetry::reason(end))
+        .inc();
     debug!(parent: &span, end, "session ended");
 }
 
@@ -381,7 +436,18 @@ fn answered(shared: &Shared, accepted: Instant, hello_read: Instant) {
     m.control_request("hello", hello_read.elapsed().as_secs_f64());
 }
 
-/// Runs the control stream and accepts data streams until the session ends. Returns why.
+/// Why a lost connection ended a session: the meter went silent past the idle timeout, or
+/// anything else that broke the connection.
+fn lost(error: Option<&quinn::ConnectionError>) -> &'static str {
+    match error {
+        Some(quinn::ConnectionError::TimedOut) => "idle_timeout",
+        Some(quinn::ConnectionError::ApplicationClosed(_)) => "meter_closed",
+        _ => "connection_lost",
+    }
+}
+
+/// Runs the control stream and accepts data streams until the session ends. Returns why (a
+/// `sessions_ended` label).
 async fn control_loop(
     conn: &Connection,
     mut ctl_send: quinn::SendStream,
@@ -396,7 +462,7 @@ async fn control_loop(
             biased;
             _ = shared.hard_stop.cancelled() => {
                 ConnectionCode::ShuttingDown.close(conn);
-                return "shutdown grace period over";
+                return "shutdown";
             }
             _ = shared.draining.cancelled(), if !drain_sent => {
                 drain_sent = true;
@@ -405,7 +471,7 @@ async fn control_loop(
                     reason: "collector is shutting down".into(),
                 }));
                 if ctl_send.write_chunk(drain).await.is_err() {
-                    return "connection lost";
+                    return lost(conn.close_reason().as_ref());
                 }
             }
             frame = ctl.next_message::<pb::ControlFrame>() => match frame {
@@ -415,25 +481,25 @@ async fn control_loop(
                         sent_unix_nanos: crate::ingest::unix_nanos_now(),
                     }));
                     if ctl_send.write_chunk(beat).await.is_err() {
-                        return "connection lost";
+                        return lost(conn.close_reason().as_ref());
                     }
                     shared.metrics.control_request("heartbeat", read.elapsed().as_secs_f64());
                 }
                 Ok(Some(_)) => {
                     ConnectionCode::ProtocolViolation.close(conn);
-                    return "unexpected control message";
+                    return "protocol_violation";
                 }
                 Ok(None) => {
                     // The meter finished its control stream: it is leaving.
                     ConnectionCode::Done.close(conn);
-                    return "meter closed the session";
+                    return "meter_closed";
                 }
                 Err(error) if error.stream_code().is_some() => {
                     debug!(parent: span, %error, "bad control frame");
                     ConnectionCode::ProtocolViolation.close(conn);
-                    return "bad control frame";
+                    return "bad_control_frame";
                 }
-                Err(_) => return "connection closed",
+                Err(error) => return lost(error.connection_lost()),
             },
             stream = conn.accept_bi() => match stream {
                 Ok((send, recv)) => {
@@ -445,7 +511,7 @@ async fn control_loop(
                         &plane.runtime,
                     );
                 }
-                Err(_) => return "connection closed",
+                Err(error) => return lost(Some(&error)),
             },
         }
     }
@@ -493,8 +559,29 @@ mod tests {
 
     fn orgs() -> OrgDirectory {
         let mut d = OrgDirectory::default();
-        d.insert("acme", vec![hash_token("rft_good")]);
+        d.insert(
+            "acme",
+            crate::auth::OrgCredentials {
+                token_hashes: vec![hash_token("rft_good")],
+                client_names: Vec::new(),
+            },
+        );
         d
+    }
+
+    fn judge(
+        hello: &pb::Hello,
+        draining: bool,
+        sink_healthy: bool,
+        overload: Result<(), Overloaded>,
+    ) -> Result<(), Rejection> {
+        let orgs = orgs();
+        let credentials = Credentials {
+            orgs: &orgs,
+            cert_names: &[],
+            throttled: Ok(()),
+        };
+        judge_hello(hello, &credentials, draining, sink_healthy, overload)
     }
 
     fn hello() -> pb::Hello {
@@ -510,7 +597,7 @@ mod tests {
 
     #[test]
     fn a_good_hello_is_welcomed() {
-        assert_eq!(judge_hello(&hello(), &orgs(), false, true, Ok(())), Ok(()));
+        assert_eq!(judge(&hello(), false, true, Ok(())), Ok(()));
     }
 
     #[test]
@@ -519,8 +606,8 @@ mod tests {
         wrong_token.org_token = "rft_bad".into();
         let mut wrong_org = hello();
         wrong_org.org_id = "other".into();
-        let a = judge_hello(&wrong_token, &orgs(), false, true, Ok(())).unwrap_err();
-        let b = judge_hello(&wrong_org, &orgs(), false, true, Ok(())).unwrap_err();
+        let a = judge(&wrong_token, false, true, Ok(())).unwrap_err();
+        let b = judge(&wrong_org, false, true, Ok(())).unwrap_err();
         assert_eq!(a.reason, pb::RejectReason::Auth);
         assert_eq!(b.reason, pb::RejectReason::Auth);
         assert_eq!(a.message, b.message, "the meter cannot tell which part was wrong");
@@ -533,24 +620,20 @@ mod tests {
         let mut v2 = hello();
         v2.protocol_version = 2;
         assert_eq!(
-            judge_hello(&v2, &orgs(), false, true, Ok(())).unwrap_err().reason,
+            judge(&v2, false, true, Ok(())).unwrap_err().reason,
             pb::RejectReason::UnsupportedVersion
         );
         let mut bad_id = hello();
         bad_id.meter_id = "a b".into();
         assert_eq!(
-            judge_hello(&bad_id, &orgs(), false, true, Ok(()))
-                .unwrap_err()
-                .reason,
+            judge(&bad_id, false, true, Ok(())).unwrap_err().reason,
             pb::RejectReason::BadHello
         );
-        let draining = judge_hello(&hello(), &orgs(), true, true, Ok(())).unwrap_err();
+        let draining = judge(&hello(), true, true, Ok(())).unwrap_err();
         assert_eq!(draining.reason, pb::RejectReason::Draining);
         assert!(draining.retry_after_ms > 0);
         assert_eq!(
-            judge_hello(&hello(), &orgs(), false, false, Ok(()))
-                .unwrap_err()
-                .reason,
+            judge(&hello(), false, false, Ok(())).unwrap_err().reason,
             pb::RejectReason::SinkUnavailable
         );
     }
@@ -561,14 +644,35 @@ mod tests {
             budget: "sessions",
             retry_after_ms: 4_321,
         });
-        let r = judge_hello(&hello(), &orgs(), false, true, over).unwrap_err();
+        let r = judge(&hello(), false, true, over).unwrap_err();
         assert_eq!(r.reason, pb::RejectReason::Overloaded);
         assert_eq!((r.label, r.retry_after_ms), ("overloaded_sessions", 4_321));
         // Auth comes first: an unauthenticated client learns nothing about the load.
         let mut wrong = hello();
         wrong.org_token = "rft_bad".into();
-        let r = judge_hello(&wrong, &orgs(), false, true, over).unwrap_err();
+        let r = judge(&wrong, false, true, over).unwrap_err();
         assert_eq!(r.reason, pb::RejectReason::Auth);
+    }
+
+    #[test]
+    fn a_throttled_address_is_refused_before_its_credentials_are_checked() {
+        let orgs = orgs();
+        let credentials = Credentials {
+            orgs: &orgs,
+            cert_names: &[],
+            throttled: Err(Duration::from_millis(8_500)),
+        };
+        // Even a valid token is refused: a limited address learns nothing from its attempts.
+        let r = judge_hello(&hello(), &credentials, false, true, Ok(())).unwrap_err();
+        assert_eq!(r.reason, pb::RejectReason::Auth);
+        assert_eq!((r.label, r.retry_after_ms), (AUTH_RATE_LIMITED, 8_500));
+        assert!(
+            !r.is_auth_failure(),
+            "being refused does not cost another attempt"
+        );
+        let mut wrong = hello();
+        wrong.org_token = "rft_bad".into();
+        assert!(judge(&wrong, false, true, Ok(())).unwrap_err().is_auth_failure());
     }
 
     #[test]

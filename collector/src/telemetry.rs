@@ -73,7 +73,7 @@ impl ConnState {
     }
 }
 
-fn reason(reason: &'static str) -> ReasonLabel {
+pub(crate) fn reason(reason: &'static str) -> ReasonLabel {
     ReasonLabel { reason }
 }
 
@@ -90,6 +90,7 @@ pub struct CollectorMetrics {
     pub sessions_active: Gauge,
     pub sessions_welcomed: Counter,
     pub hello_rejects: Family<ReasonLabel, Counter>,
+    pub sessions_ended: Family<ReasonLabel, Counter>,
     pub control_request_seconds: HistogramFamily<RequestLabel>,
     pub batches_in: Family<OrgLabel, Counter>,
     pub records_in: Family<OrgLabel, Counter>,
@@ -189,6 +190,11 @@ impl CollectorMetrics {
             hello_rejects: reg!(
                 "hello_rejects",
                 "Hellos answered with Reject, by reason",
+                Family::default()
+            ),
+            sessions_ended: reg!(
+                "sessions_ended",
+                "Welcomed sessions that ended, by why: meter_closed, idle_timeout, connection_lost, protocol_violation, bad_control_frame, shutdown",
                 Family::default()
             ),
             control_request_seconds: reg!(

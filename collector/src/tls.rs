@@ -1,9 +1,11 @@
-//! TLS material for the collector: loading the configured certificate and key, and generating a
-//! development CA and server certificate (`collector dev-certs`).
+//! TLS material for the collector: generating a development CA, server certificate and meter
+//! client certificates (`collector dev-certs`), and reading the names of a connection's verified
+//! client certificate (mTLS).
 //!
-//! Owns: the files `ca.pem`, `server.pem`, `server.key` that `dev-certs` writes. Must never: write
-//! a private key readable by others, or offer any way to skip certificate verification (meters
-//! verify against the CA; that is the point of generating one).
+//! Owns: the files `ca.pem`, `server.pem`, `server.key` and `client-NAME.pem|key` that
+//! `dev-certs` writes. Must never: write a private key readable by others, or offer any way to
+//! skip certificate verification (meters verify against the CA; that is the point of generating
+//! one).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -31,14 +33,17 @@ pub enum DevCertError {
     },
 }
 
-/// PEM text of a development CA and a server certificate signed by it.
+/// PEM text of a development CA, a server certificate and client certificates signed by it.
 #[derive(Debug)]
 pub struct DevCerts {
-    /// The CA certificate meters trust (`ca_file` in the meter config).
+    /// The CA certificate meters trust (`ca_file` in the meter config), and collectors trust for
+    /// client certificates (`tls.client_ca`).
     pub ca_pem: String,
     /// Server certificate chain: the leaf, then the CA.
     pub server_chain_pem: String,
     pub server_key_pem: String,
+    /// Per client name: its certificate chain (leaf, then the CA) and key.
+    pub clients: Vec<(String, String, String)>,
 }
 
 /// Paths of the files [`write_dev_certs`] wrote.
@@ -47,11 +52,14 @@ pub struct DevCertPaths {
     pub ca: PathBuf,
     pub server_cert: PathBuf,
     pub server_key: PathBuf,
+    /// Per client name: its certificate and key files.
+    pub clients: Vec<(String, PathBuf, PathBuf)>,
 }
 
-/// A new CA and a server certificate valid for localhost, 127.0.0.1, ::1 and `extra_names`
-/// (DNS names or IP addresses).
-pub fn generate_dev_certs(extra_names: &[String]) -> Result<DevCerts, DevCertError> {
+/// A new CA, a server certificate valid for localhost, 127.0.0.1, ::1 and `extra_names` (DNS
+/// names or IP addresses), and a client certificate for each of `client_names` (DNS names: the
+/// collector maps them to orgs with `orgs[].client_names`).
+pub fn generate_dev_certs(extra_names: &[String], client_names: &[String]) -> Result<DevCerts, DevCertError> {
     let now = time::OffsetDateTime::now_utc();
     let not_before = now - time::Duration::days(1);
     let not_after = now + time::Duration::days(DEV_CERT_VALID_DAYS);
@@ -85,17 +93,41 @@ pub fn generate_dev_certs(extra_names: &[String]) -> Result<DevCerts, DevCertErr
     let server_key = KeyPair::generate()?;
     let server_cert = params.signed_by(&server_key, &issuer)?;
 
+    let mut clients = Vec::new();
+    for name in client_names {
+        let mut params = CertificateParams::new(vec![name.clone()])?;
+        params.distinguished_name.push(DnType::CommonName, name.as_str());
+        params.use_authority_key_identifier_extension = true;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.not_before = not_before;
+        params.not_after = not_after;
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &issuer)?;
+        clients.push((
+            name.clone(),
+            format!("{}{}", cert.pem(), ca_cert.pem()),
+            key.serialize_pem(),
+        ));
+    }
+
     Ok(DevCerts {
         ca_pem: ca_cert.pem(),
         server_chain_pem: format!("{}{}", server_cert.pem(), ca_cert.pem()),
         server_key_pem: server_key.serialize_pem(),
+        clients,
     })
 }
 
-/// Generates development certificates and writes `ca.pem`, `server.pem` and `server.key`
-/// (mode 0600) into `dir`, creating it if needed.
-pub fn write_dev_certs(dir: &Path, extra_names: &[String]) -> Result<DevCertPaths, DevCertError> {
-    let certs = generate_dev_certs(extra_names)?;
+/// Generates development certificates and writes `ca.pem`, `server.pem`, `server.key` and
+/// `client-NAME.pem`, `client-NAME.key` per client name (keys mode 0600) into `dir`, creating it
+/// if needed.
+pub fn write_dev_certs(
+    dir: &Path,
+    extra_names: &[String],
+    client_names: &[String],
+) -> Result<DevCertPaths, DevCertError> {
+    let certs = generate_dev_certs(extra_names, client_names)?;
     std::fs::create_dir_all(dir).map_err(|source| DevCertError::Write {
         path: dir.to_owned(),
         source,
@@ -104,11 +136,38 @@ pub fn write_dev_certs(dir: &Path, extra_names: &[String]) -> Result<DevCertPath
         ca: dir.join("ca.pem"),
         server_cert: dir.join("server.pem"),
         server_key: dir.join("server.key"),
+        clients: Vec::new(),
     };
     write_file(&paths.ca, &certs.ca_pem, 0o644)?;
     write_file(&paths.server_cert, &certs.server_chain_pem, 0o644)?;
     write_file(&paths.server_key, &certs.server_key_pem, 0o600)?;
+    let mut paths = paths;
+    for (name, chain, key) in &certs.clients {
+        let cert_path = dir.join(format!("client-{name}.pem"));
+        let key_path = dir.join(format!("client-{name}.key"));
+        write_file(&cert_path, chain, 0o644)?;
+        write_file(&key_path, key, 0o600)?;
+        paths.clients.push((name.clone(), cert_path, key_path));
+    }
     Ok(paths)
+}
+
+/// The DNS names (subject alternative names) of the client certificate `conn`'s handshake
+/// verified against `tls.client_ca`; empty when the meter presented none.
+pub fn client_certificate_names(conn: &quinn::Connection) -> Vec<String> {
+    let Some(identity) = conn.peer_identity() else {
+        return Vec::new();
+    };
+    let Ok(chain) = identity.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>() else {
+        return Vec::new();
+    };
+    let Some(leaf) = chain.first() else {
+        return Vec::new();
+    };
+    match webpki::EndEntityCert::try_from(leaf) {
+        Ok(cert) => cert.valid_dns_names().map(str::to_owned).collect(),
+        Err(_) => Vec::new(),
+    }
 }
 
 fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), DevCertError> {
@@ -141,14 +200,26 @@ mod tests {
     #[test]
     fn writes_a_ca_and_a_server_chain_that_rustls_accepts() {
         let dir = tempfile::tempdir().unwrap();
-        let paths = write_dev_certs(dir.path(), &["collectors.example".into()]).unwrap();
-        let roots = ringflow_proto::quic::load_ca(&paths.ca).unwrap();
+        let paths = write_dev_certs(
+            dir.path(),
+            &["collectors.example".into()],
+            &["m1.acme.example".into()],
+        )
+        .unwrap();
+        let roots = ringflow_proto::quic::load_ca("ca", &paths.ca).unwrap();
         assert_eq!(roots.len(), 1);
         let chain = ringflow_proto::quic::load_certificates("server", &paths.server_cert).unwrap();
         assert_eq!(chain.len(), 2, "leaf and CA");
-        let key = ringflow_proto::quic::load_private_key(&paths.server_key).unwrap();
+        let key = ringflow_proto::quic::load_private_key("key", &paths.server_key).unwrap();
         ringflow_proto::quic::server_crypto(chain, key).unwrap();
         let mode = std::fs::metadata(&paths.server_key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let (name, cert, key) = &paths.clients[0];
+        assert_eq!(name, "m1.acme.example");
+        let chain = ringflow_proto::quic::load_certificates("client", cert).unwrap();
+        let leaf = webpki::EndEntityCert::try_from(&chain[0]).unwrap();
+        assert_eq!(leaf.valid_dns_names().collect::<Vec<_>>(), ["m1.acme.example"]);
+        let mode = std::fs::metadata(key).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 }

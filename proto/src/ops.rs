@@ -38,10 +38,20 @@ impl ConfigError {
 }
 
 /// Parses TOML text into `T` (unknown keys are refused by `T`'s `deny_unknown_fields`).
+/// A value of the wrong type is reported with its dotted key (`limits.max_frame_bytes`), as well as
+/// the line TOML found it on.
 pub fn parse_toml<T: DeserializeOwned>(text: &str, path: &Path) -> Result<T, ConfigError> {
-    toml::from_str(text).map_err(|e| ConfigError::Parse {
+    let parse_error = |message: String| ConfigError::Parse {
         path: path.to_owned(),
-        message: e.to_string(),
+        message,
+    };
+    let deserializer = toml::Deserializer::parse(text).map_err(|e| parse_error(e.to_string()))?;
+    serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let key = e.path().to_string();
+        match key.as_str() {
+            "." | "" => parse_error(e.into_inner().to_string()),
+            _ => parse_error(format!("key `{key}`: {}", e.into_inner())),
+        }
     })
 }
 

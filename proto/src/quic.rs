@@ -26,21 +26,24 @@ pub const SOCKET_BUFFER_BYTES: usize = 4 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read {what} file {path}: {source}")]
+    #[error("cannot read {what} = {path}: {source}")]
     Read {
         what: &'static str,
         path: PathBuf,
         #[source]
         source: rustls_pki_types::pem::Error,
     },
-    #[error("{what} file {path} holds no PEM certificate (expected '-----BEGIN CERTIFICATE-----')")]
+    #[error("{what} = {path} holds no PEM certificate (expected '-----BEGIN CERTIFICATE-----')")]
     NoCertificate { what: &'static str, path: PathBuf },
-    #[error("invalid CA certificate in {path}: {source}")]
+    #[error("invalid CA certificate in {what} = {path}: {source}")]
     BadCa {
+        what: &'static str,
         path: PathBuf,
         #[source]
         source: rustls::Error,
     },
+    #[error("cannot verify client certificates with the configured CA: {0}")]
+    ClientVerifier(String),
     #[error("TLS configuration rejected: {0}")]
     Rustls(#[from] rustls::Error),
     #[error("TLS configuration has no TLS 1.3 cipher suite usable by QUIC: {0}")]
@@ -71,20 +74,24 @@ pub fn load_certificates(what: &'static str, path: &Path) -> Result<Vec<Certific
     Ok(certs)
 }
 
-/// Reads the first private key (PKCS#8, PKCS#1 or SEC1) from a PEM file.
-pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+/// Reads the first private key (PKCS#8, PKCS#1 or SEC1) from a PEM file. `what` names it in
+/// errors (the config key, e.g. `tls.key`).
+pub fn load_private_key(what: &'static str, path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_file(path).map_err(|source| TlsError::Read {
-        what: "private key",
+        what,
         path: path.to_owned(),
         source,
     })
 }
 
-/// Root store holding the CA(s) a meter trusts to sign collector certificates.
-pub fn load_ca(path: &Path) -> Result<RootCertStore, TlsError> {
+/// Root store holding the CA(s) in a PEM file: those a meter trusts to sign collector
+/// certificates, or a collector trusts to sign meters' client certificates. `what` names it in
+/// errors (the config key, e.g. `ca_file`).
+pub fn load_ca(what: &'static str, path: &Path) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
-    for cert in load_certificates("CA", path)? {
+    for cert in load_certificates(what, path)? {
         roots.add(cert).map_err(|source| TlsError::BadCa {
+            what,
             path: path.to_owned(),
             source,
         })?;
@@ -92,15 +99,45 @@ pub fn load_ca(path: &Path) -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
+/// Whether a server asks meters for client certificates (mTLS).
+#[derive(Debug, Clone)]
+pub enum ClientCerts {
+    /// Not asked for.
+    None,
+    /// Asked for and verified against these roots when presented; a meter without one still
+    /// completes the handshake (and authenticates with its token).
+    Optional(Arc<RootCertStore>),
+    /// Required: a meter without a certificate signed by these roots fails the handshake.
+    Required(Arc<RootCertStore>),
+}
+
 /// Server crypto: TLS 1.3 only, ALPN `ringflow/1`, no client certificates.
 pub fn server_crypto(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> Result<QuicServerConfig, TlsError> {
-    let mut tls = rustls::ServerConfig::builder_with_provider(crypto_provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)?;
+    server_crypto_with_clients(chain, key, ClientCerts::None)
+}
+
+/// Server crypto: TLS 1.3 only, ALPN `ringflow/1`, client certificates as `clients` says.
+pub fn server_crypto_with_clients(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    clients: ClientCerts,
+) -> Result<QuicServerConfig, TlsError> {
+    let builder = rustls::ServerConfig::builder_with_provider(crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?;
+    let verifier = |roots, optional| {
+        let b = rustls::server::WebPkiClientVerifier::builder_with_provider(roots, crypto_provider());
+        let b = if optional { b.allow_unauthenticated() } else { b };
+        b.build().map_err(|e| TlsError::ClientVerifier(e.to_string()))
+    };
+    let builder = match clients {
+        ClientCerts::None => builder.with_no_client_auth(),
+        ClientCerts::Optional(roots) => builder.with_client_cert_verifier(verifier(roots, true)?),
+        ClientCerts::Required(roots) => builder.with_client_cert_verifier(verifier(roots, false)?),
+    };
+    let mut tls = builder.with_single_cert(chain, key)?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
     // 0-RTT data could be replayed; ringflow never accepts it.
     tls.max_early_data_size = 0;
@@ -109,10 +146,22 @@ pub fn server_crypto(
 
 /// Client crypto: TLS 1.3 only, ALPN `ringflow/1`, the server verified against `roots`.
 pub fn client_crypto(roots: RootCertStore) -> Result<QuicClientConfig, TlsError> {
-    let mut tls = rustls::ClientConfig::builder_with_provider(crypto_provider())
+    client_crypto_with_identity(roots, None)
+}
+
+/// Client crypto as [`client_crypto`], presenting `identity` (certificate chain, leaf first, and
+/// its key) when the server asks for a client certificate.
+pub fn client_crypto_with_identity(
+    roots: RootCertStore,
+    identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+) -> Result<QuicClientConfig, TlsError> {
+    let builder = rustls::ClientConfig::builder_with_provider(crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let mut tls = match identity {
+        None => builder.with_no_client_auth(),
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key)?,
+    };
     tls.alpn_protocols = vec![ALPN.to_vec()];
     QuicClientConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))
 }

@@ -64,7 +64,7 @@ async fn main() -> anyhow::Result<()> {
 /// every connection, completes the handshake, and waits for the client to close.
 fn raw_quinn_server(bed: &TestBed) -> anyhow::Result<Endpoint> {
     let chain = quic::load_certificates("server certificate", &bed.certs.server_cert)?;
-    let key = quic::load_private_key(&bed.certs.server_key)?;
+    let key = quic::load_private_key("server key", &bed.certs.server_key)?;
     let crypto = quic::server_crypto(chain, key)?;
     let socket = quic::bind_udp(SocketAddr::from(([127, 0, 0, 1], 0)), quic::SOCKET_BUFFER_BYTES)?;
     let endpoint = Endpoint::new(

@@ -31,6 +31,8 @@ use tokio_util::sync::CancellationToken;
 
 /// The org every fixture meter belongs to.
 pub const ORG: &str = "testorg";
+/// DNS name of the client certificate every bed's `certs` holds (`certs.clients[0]`), for mTLS.
+pub const CLIENT_NAME: &str = "meter-1.testorg.example";
 
 /// Shared material for one test (or the demo): a directory, a development CA and server
 /// certificate, an org and its token, and configs built from them.
@@ -108,8 +110,11 @@ impl TestBed {
             Root::Kept(p) => p.clone(),
         };
         // Valid for the fleet name too, so meters finding collectors through DNS verify them.
-        let certs =
-            ringflow_collector::tls::write_dev_certs(&path.join("certs"), &[dns::FLEET_NAME.to_owned()])?;
+        let certs = ringflow_collector::tls::write_dev_certs(
+            &path.join("certs"),
+            &[dns::FLEET_NAME.to_owned()],
+            &[CLIENT_NAME.to_owned()],
+        )?;
         let token = ringflow_collector::auth::generate_token();
         Ok(Self {
             root,

@@ -93,6 +93,18 @@ impl ChildProcess {
         ready: &str,
         log: Option<&Path>,
     ) -> anyhow::Result<Self> {
+        Self::start_filtered(binary, args, label, ready, log, "info").await
+    }
+
+    /// As [`start_logged`](Self::start_logged), with `RUST_LOG` set to `filter`.
+    pub async fn start_filtered(
+        binary: &Path,
+        args: &[&std::ffi::OsStr],
+        label: &str,
+        ready: &str,
+        log: Option<&Path>,
+        filter: &str,
+    ) -> anyhow::Result<Self> {
         let mut log = match log {
             Some(path) => Some(
                 std::fs::OpenOptions::new()
@@ -105,7 +117,7 @@ impl ChildProcess {
         };
         let mut child = Command::new(binary)
             .args(args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", filter)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -3,7 +3,8 @@
 
 use std::net::SocketAddr;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes};
+use prost::Message;
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use ringflow_proto::frame::{self, FrameReader, MAX_CONTROL_FRAME_BYTES};
 use ringflow_proto::{PROTOCOL_VERSION, pb};
@@ -35,6 +36,37 @@ impl RawSession {
         let client = ringflow_agent::transport::client_config(&bed.certs.ca)?;
         let endpoint = ringflow_agent::transport::client_endpoint(client)?;
         Self::hello_on(&endpoint, addr, org, meter_id, token).await
+    }
+
+    /// A client endpoint bound to `ip` (a loopback address: each its own source address to the
+    /// collector), trusting the bed's CA and presenting `client_cert`, one of the bed's client
+    /// certificates (`certs.clients`), when asked.
+    pub fn endpoint_at(
+        bed: &TestBed,
+        ip: std::net::IpAddr,
+        client_cert: Option<usize>,
+    ) -> anyhow::Result<Endpoint> {
+        let identity = match client_cert {
+            None => None,
+            Some(i) => {
+                let (_, cert, key) = bed
+                    .certs
+                    .clients
+                    .get(i)
+                    .ok_or_else(|| anyhow::anyhow!("the bed has no client certificate {i}"))?;
+                Some(ringflow_agent::transport::ClientIdentity { cert, key })
+            }
+        };
+        let client = ringflow_agent::transport::client_config_with_identity(&bed.certs.ca, identity)?;
+        let socket = ringflow_proto::quic::bind_udp(SocketAddr::new(ip, 0), 1 << 20)?;
+        let mut endpoint = Endpoint::new(
+            quinn::EndpointConfig::default(),
+            None,
+            socket,
+            std::sync::Arc::new(quinn::TokioRuntime),
+        )?;
+        endpoint.set_default_client_config(client);
+        Ok(endpoint)
     }
 
     /// Like [`RawSession::hello`], from an existing client `endpoint` (many sessions, one socket).
@@ -104,4 +136,40 @@ pub fn batch_frame(batch: pb::FlowBatch) -> Bytes {
         msg: Some(pb::data_up::Msg::Batch(batch)),
     };
     frame::encode_to_bytes(&up, usize::MAX).unwrap_or_default()
+}
+
+/// A length-delimited field `tag` holding `value`, as protobuf encodes it.
+fn unknown_field(tag: u32, value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    prost::encoding::encode_key(tag, prost::encoding::WireType::LengthDelimited, &mut out);
+    prost::encoding::encode_varint(value.len() as u64, &mut out);
+    out.extend_from_slice(value);
+    out
+}
+
+/// A data frame of one batch whose every level also names `org`: unknown fields in `DataUp` and
+/// `FlowBatch` holding it (one as `org_id=ORG`), and the org's name as a record's interface.
+/// Tenancy must come from the session, never from these.
+pub fn batch_naming_another_org(org: &str, seq: u64) -> Bytes {
+    let record = pb::FlowRecord {
+        src_addr: Bytes::from_static(&[10, 0, 0, 1]),
+        dst_addr: Bytes::from_static(&[10, 0, 0, 2]),
+        ip_protocol: 6,
+        interface: org.into(),
+        ..Default::default()
+    };
+    let mut batch = pb::FlowBatch {
+        seq,
+        records: vec![record],
+        created_unix_nanos: 0,
+    }
+    .encode_to_vec();
+    batch.extend(unknown_field(9, org.as_bytes()));
+    batch.extend(unknown_field(100, format!("org_id={org}").as_bytes()));
+    let mut up = unknown_field(1, &batch);
+    up.extend(unknown_field(15, org.as_bytes()));
+    let mut frame = bytes::BytesMut::new();
+    frame.put_u32(up.len() as u32);
+    frame.extend_from_slice(&up);
+    frame.freeze()
 }

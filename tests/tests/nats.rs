@@ -523,3 +523,40 @@ async fn the_sink_speaks_tls_to_nats_with_a_configured_ca() -> anyhow::Result<()
     collector.stop().await;
     Ok(())
 }
+
+/// Tenancy in the stream: a session of one org whose payload names another lands on its own
+/// org's subject, with its own org in the message id and the stored batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payload_naming_another_org_is_published_under_the_authenticated_one() -> anyhow::Result<()> {
+    use ringflow_tests::raw::batch_naming_another_org;
+    let bed = TestBed::new()?;
+    let nats = NatsServer::start(&bed.path().join("nats")).await?;
+    let victim = ringflow_collector::auth::generate_token();
+    let extra = format!(
+        "{}\n[[orgs]]\nid = \"victim\"\ntoken_hashes = [\"{}\"]\n",
+        nats.sink_toml(STREAM),
+        ringflow_collector::auth::hash_token(&victim)
+    );
+    let collector = bed.start_collector("c1", &extra).await?;
+    let RawHello::Welcomed(raw) = RawSession::hello(&bed, collector.addr, ORG, "raw", &bed.token).await?
+    else {
+        anyhow::bail!("rejected");
+    };
+    let (_send, mut reader) = raw.send_raw(batch_naming_another_org("victim", 1)).await?;
+    let reply = reader.next_message::<pb::DataDown>().await?.and_then(|d| d.msg);
+    assert_eq!(reply, Some(pb::data_down::Msg::Ack(pb::Ack { up_to_seq: 1 })));
+    drop(raw);
+    collector.stop().await;
+    let messages = nats.read_all(STREAM).await?;
+    assert_eq!(messages.len(), 1);
+    let m = &messages[0];
+    assert_eq!(m.subject, format!("ringflow.flows.{ORG}"));
+    assert_eq!(m.message_id.as_deref(), Some(format!("{ORG}:raw:1").as_str()));
+    let batch = m.batch.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
+    assert_eq!(batch.org_id, ORG);
+    assert_eq!(
+        batch.records[0].interface, "victim",
+        "payload is data, not tenancy"
+    );
+    Ok(())
+}

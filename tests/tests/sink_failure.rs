@@ -65,3 +65,130 @@ async fn a_failing_disk_holds_acks_and_shutdown_stays_bounded() -> anyhow::Resul
         .map_err(|_| anyhow::anyhow!("collector shutdown hung behind a failing sink"))?;
     Ok(())
 }
+
+/// A tmpfs of `bytes` mounted at `dir` for the test's duration (mounting needs root, as CI has).
+struct SmallFilesystem(std::path::PathBuf);
+
+impl SmallFilesystem {
+    fn mount(dir: &std::path::Path, bytes: u64) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "ringflow-test"])
+            .arg(dir)
+            .status()?;
+        anyhow::ensure!(
+            status.success(),
+            "cannot mount a tmpfs at {} ({status}): this test fills a real filesystem and needs root, as CI runs",
+            dir.display()
+        );
+        Ok(Self(dir.to_owned()))
+    }
+
+    /// Bytes still free.
+    fn available(&self) -> anyhow::Result<u64> {
+        let out = std::process::Command::new("df")
+            .args(["--output=avail", "-B1"])
+            .arg(&self.0)
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines()
+            .nth(1)
+            .and_then(|l| l.trim().parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("cannot read df's answer: {text}"))
+    }
+}
+
+impl Drop for SmallFilesystem {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A real full disk: the collector's data_dir on a small tmpfs that a meter fills. The collector
+/// stops acking and is not ready while no byte more fits, writes nothing torn, resumes by itself
+/// when space returns, and every record the meter had acked is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_stops_acks_until_space_returns_and_loses_nothing_acked() -> anyhow::Result<()> {
+    use ringflow_tests::{RunningCollector, start_meter, synthetic, wait_for_meter};
+    const TOTAL: u64 = 60_000;
+    let bed = TestBed::new()?;
+    let small = SmallFilesystem::mount(&bed.path().join("small"), 8 << 20)?;
+    let data_dir = small.0.join("data");
+    let text = bed
+        .collector_toml("c1", std::net::SocketAddr::from(([127, 0, 0, 1], 0)), "")
+        .replace(
+            &format!("data_dir = \"{}\"", bed.data_dir("c1").display()),
+            &format!("data_dir = \"{}\"", data_dir.display()),
+        )
+        + "[sink.file]\nsegment_bytes = 1048576\nmax_bytes = 67108864\n";
+    let collector = RunningCollector::start(ringflow_collector::Config::parse(&text)?).await?;
+    let cm = collector.metrics.clone();
+    // Leave about 1.5 MiB: the meter's records need about 4 MiB.
+    let ballast = small.0.join("ballast");
+    std::fs::write(&ballast, vec![0u8; (small.available()? - (3 << 19)) as usize])?;
+
+    let mut config = bed.meter_config("m1", &[collector.addr]);
+    config.sources.synthetic = synthetic(20_000, TOTAL);
+    let meter = start_meter(config).await?;
+    let metrics = meter.metrics();
+    // The disk fills: writes fail and the collector says it is not ready.
+    let mut not_ready = None;
+    for _ in 0..200 {
+        let (status, body) = http_get(collector.admin_addr, "/readyz").await?;
+        if status == 503 && cm.sink_write_errors.get() > 0 {
+            not_ready = Some(body);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let body = not_ready.ok_or_else(|| anyhow::anyhow!("the collector never reported the full disk"))?;
+    assert_eq!(body.trim(), "not ready: sink unavailable");
+    // While nothing fits, nothing more is acked: the sink retries (every second) and fails.
+    let acked = metrics.records_acked.get();
+    let errors = cm.sink_write_errors.get();
+    // The collector's counters have no change signal: poll them.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while cm.sink_write_errors.get() < errors + 2 {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the sink stopped retrying"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        metrics.records_acked.get(),
+        acked,
+        "acked while the disk was full"
+    );
+    assert!(acked < TOTAL);
+
+    // Space returns: acks resume by themselves and every record arrives.
+    std::fs::remove_file(&ballast)?;
+    wait_for_meter(&metrics, Duration::from_secs(60), "every record acked", |m| {
+        m.records_acked.get() >= TOTAL
+    })
+    .await?;
+    assert_eq!(http_get(collector.admin_addr, "/readyz").await?.0, 200);
+    meter.stop().await?;
+    collector.stop().await;
+
+    // Nothing torn, nothing acked missing: every (meter, seq) once, TOTAL records.
+    let stored = ringflow_collector::store::read_all(&data_dir, None)?;
+    let mut seqs: Vec<u64> = stored.iter().map(|b| b.seq).collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    let records: usize = {
+        let mut seen = std::collections::HashSet::new();
+        stored
+            .iter()
+            .filter(|b| seen.insert(b.seq))
+            .map(|b| b.records.len())
+            .sum()
+    };
+    assert_eq!(records as u64, TOTAL, "stored records = records acked");
+    assert_eq!(seqs.len(), stored.len(), "no batch stored twice");
+    Ok(())
+}

@@ -47,7 +47,8 @@ enum Command {
         config: PathBuf,
     },
     /// Write a development CA (ca.pem) and a server certificate and key (server.pem, server.key)
-    /// valid for localhost, 127.0.0.1, ::1 and every --name.
+    /// valid for localhost, 127.0.0.1, ::1 and every --name; with --client, meter client
+    /// certificates for mTLS too.
     DevCerts {
         /// Directory to write into (created if missing; existing files are replaced).
         #[arg(long, value_name = "DIR")]
@@ -55,6 +56,11 @@ enum Command {
         /// Extra DNS name or IP address the server certificate is valid for (repeatable).
         #[arg(long = "name", value_name = "NAME")]
         names: Vec<String>,
+        /// Also write a meter client certificate for this DNS name, client-NAME.pem and
+        /// client-NAME.key, signed by the same CA (repeatable). Map it to an org with
+        /// `orgs[].client_names`.
+        #[arg(long = "client", value_name = "NAME")]
+        clients: Vec<String>,
     },
     /// Print a new random token for an org, and the hash line to add to the collector config.
     Token {
@@ -99,27 +105,18 @@ pub fn main_with_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Exi
     ringflow_proto::ops::init_logging("info", &cli.log_format);
     match cli.command {
         Command::Run { config } => run(config),
-        Command::DevCerts { out, names } => match tls::write_dev_certs(&out, &names) {
-            Ok(paths) => {
-                println!(
-                    "CA certificate (give to meters as ca_file): {}",
-                    paths.ca.display()
+        Command::DevCerts { out, names, clients } => {
+            if let Some(bad) = clients
+                .iter()
+                .find(|c| c.starts_with('*') || c.parse::<auth::NamePattern>().is_err())
+            {
+                eprintln!(
+                    "collector dev-certs: --client {bad:?} is not a DNS name (e.g. \"meter-1.acme.example\")"
                 );
-                println!(
-                    "server certificate (tls.cert):              {}",
-                    paths.server_cert.display()
-                );
-                println!(
-                    "server key (tls.key):                       {}",
-                    paths.server_key.display()
-                );
-                ExitCode::SUCCESS
+                return ExitCode::from(EXIT_CONFIG);
             }
-            Err(error) => {
-                eprintln!("collector dev-certs: {error}");
-                ExitCode::FAILURE
-            }
-        },
+            dev_certs(&out, &names, &clients)
+        }
         Command::Token { org } => {
             if !valid_org_id(&org) {
                 eprintln!(
@@ -219,4 +216,35 @@ fn run(config_path: PathBuf) -> ExitCode {
         collector.run(shutdown).await;
         ExitCode::SUCCESS
     })
+}
+
+fn dev_certs(out: &std::path::Path, names: &[String], clients: &[String]) -> ExitCode {
+    match tls::write_dev_certs(out, names, clients) {
+        Ok(paths) => {
+            println!(
+                "CA certificate (give to meters as ca_file): {}",
+                paths.ca.display()
+            );
+            println!(
+                "server certificate (tls.cert):              {}",
+                paths.server_cert.display()
+            );
+            println!(
+                "server key (tls.key):                       {}",
+                paths.server_key.display()
+            );
+            for (name, cert, key) in &paths.clients {
+                println!(
+                    "client {name} (meter client_cert, client_key): {}, {}",
+                    cert.display(),
+                    key.display()
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("collector dev-certs: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -68,6 +68,13 @@ impl StoreError {
         )
     }
 
+    /// True when the directory cannot be used as configured (not a directory, no permission,
+    /// read-only): the operator must fix `data_dir`, and retrying changes nothing.
+    pub fn is_unusable_directory(&self) -> bool {
+        matches!(self, StoreError::Io { op: "create" | "open" | "lock", source, .. }
+            if matches!(source.kind(), io::ErrorKind::PermissionDenied | io::ErrorKind::NotADirectory | io::ErrorKind::ReadOnlyFilesystem))
+    }
+
     /// True when the disk is full (or over quota): worth retrying after space is freed.
     pub fn is_disk_full(&self) -> bool {
         matches!(self, StoreError::Io { source, .. }
