@@ -82,39 +82,30 @@ pub fn generate_dev_certs(extra_names: &[String], client_names: &[String]) -> Re
             names.push(n.clone());
         }
     }
-    let common_name = extra_names.first().cloned().unwrap_or_else(|| "localhost".into());
-    let mut params = CertificateParams::new(names)?;
-    params.distinguished_name.push(DnType::CommonName, common_name);
-    params.use_authority_key_identifier_extension = true;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    params.not_before = not_before;
-    params.not_after = not_after;
-    let server_key = KeyPair::generate()?;
-    let server_cert = params.signed_by(&server_key, &issuer)?;
-
-    let mut clients = Vec::new();
-    for name in client_names {
-        let mut params = CertificateParams::new(vec![name.clone()])?;
-        params.distinguished_name.push(DnType::CommonName, name.as_str());
+    let common_name = extra_names.first().map_or("localhost", String::as_str);
+    let leaf = |names: Vec<String>, common_name: &str, purpose| -> Result<_, DevCertError> {
+        let mut params = CertificateParams::new(names)?;
+        params.distinguished_name.push(DnType::CommonName, common_name);
         params.use_authority_key_identifier_extension = true;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.extended_key_usages = vec![purpose];
         params.not_before = not_before;
         params.not_after = not_after;
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &issuer)?;
-        clients.push((
-            name.clone(),
-            format!("{}{}", cert.pem(), ca_cert.pem()),
-            key.serialize_pem(),
-        ));
+        Ok((format!("{}{}", cert.pem(), ca_cert.pem()), key.serialize_pem()))
+    };
+    let (server_chain_pem, server_key_pem) = leaf(names, common_name, ExtendedKeyUsagePurpose::ServerAuth)?;
+    let mut clients = Vec::new();
+    for name in client_names {
+        let (chain, key) = leaf(vec![name.clone()], name, ExtendedKeyUsagePurpose::ClientAuth)?;
+        clients.push((name.clone(), chain, key));
     }
 
     Ok(DevCerts {
         ca_pem: ca_cert.pem(),
-        server_chain_pem: format!("{}{}", server_cert.pem(), ca_cert.pem()),
-        server_key_pem: server_key.serialize_pem(),
+        server_chain_pem,
+        server_key_pem,
         clients,
     })
 }
