@@ -65,6 +65,15 @@ pub fn client_config_with_identity(
 pub fn client_endpoint(config: ClientConfig) -> std::io::Result<Endpoint> {
     let socket = quic::bind_udp(SocketAddr::from(([0u16; 8], 0)), CLIENT_SOCKET_BUFFER_BYTES)
         .or_else(|_| quic::bind_udp(SocketAddr::from(([0u8; 4], 0)), CLIENT_SOCKET_BUFFER_BYTES))?;
+    endpoint_on(config, socket)
+}
+
+/// A client endpoint bound to `addr` (a test gives each client its own loopback address).
+pub fn client_endpoint_at(config: ClientConfig, addr: SocketAddr) -> std::io::Result<Endpoint> {
+    endpoint_on(config, quic::bind_udp(addr, CLIENT_SOCKET_BUFFER_BYTES)?)
+}
+
+fn endpoint_on(config: ClientConfig, socket: std::net::UdpSocket) -> std::io::Result<Endpoint> {
     let mut endpoint = Endpoint::new(EndpointConfig::default(), None, socket, Arc::new(TokioRuntime))?;
     endpoint.set_default_client_config(config);
     Ok(endpoint)

@@ -24,10 +24,24 @@ pub struct ThrottleSettings {
     pub max_addresses: usize,
 }
 
+impl ThrottleSettings {
+    fn per_second(&self) -> f64 {
+        f64::from(self.per_minute) / 60.0
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
     tokens: f64,
     at: Instant,
+}
+
+impl Bucket {
+    /// Tokens at `now`: what was left at `at`, plus the refill since, up to the burst.
+    fn refilled(&self, settings: &ThrottleSettings, now: Instant) -> f64 {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        (self.tokens + elapsed * settings.per_second()).min(f64::from(settings.burst))
+    }
 }
 
 /// Failure buckets by address.
@@ -61,23 +75,17 @@ impl AuthThrottle {
         }
     }
 
-    fn refilled(&self, bucket: Bucket, now: Instant) -> f64 {
-        let per_sec = f64::from(self.settings.per_minute) / 60.0;
-        let elapsed = now.saturating_duration_since(bucket.at).as_secs_f64();
-        (bucket.tokens + elapsed * per_sec).min(f64::from(self.settings.burst))
-    }
-
     /// `Err(wait)` if `addr` has no failure left: refuse it without checking its credentials, and
     /// tell it to come back after `wait`.
     pub fn check(&self, addr: IpAddr, now: Instant) -> Result<(), Duration> {
         let Some(&bucket) = self.buckets.get(&key(addr)) else {
             return Ok(());
         };
-        let tokens = self.refilled(bucket, now);
+        let tokens = bucket.refilled(&self.settings, now);
         if tokens >= 1.0 {
             return Ok(());
         }
-        let per_sec = f64::from(self.settings.per_minute) / 60.0;
+        let per_sec = self.settings.per_second();
         if per_sec <= 0.0 {
             return Err(Duration::from_secs(3600));
         }
@@ -88,7 +96,7 @@ impl AuthThrottle {
     pub fn on_failure(&mut self, addr: IpAddr, now: Instant) {
         let k = key(addr);
         let tokens = match self.buckets.get(&k) {
-            Some(&b) => self.refilled(b, now),
+            Some(&b) => b.refilled(&self.settings, now),
             None => {
                 self.make_room(now);
                 f64::from(self.settings.burst)
@@ -115,10 +123,9 @@ impl AuthThrottle {
         if self.buckets.len() < self.settings.max_addresses {
             return;
         }
-        let burst = f64::from(self.settings.burst);
-        let per_sec = f64::from(self.settings.per_minute) / 60.0;
-        self.buckets
-            .retain(|_, b| b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * per_sec < burst);
+        let settings = self.settings;
+        let burst = f64::from(settings.burst);
+        self.buckets.retain(|_, b| b.refilled(&settings, now) < burst);
         let target = self.settings.max_addresses - self.settings.max_addresses.div_ceil(10);
         if self.buckets.len() > target {
             let excess = self.buckets.len() - target;

@@ -417,6 +417,14 @@ pub fn summarize(batches: &[pb::StoredBatch]) -> StoreSummary {
     s
 }
 
+/// The value of the sample `name` (with its labels, if any, e.g. `x_total{reason="a"}`) in
+/// Prometheus text; None if there is no such sample.
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
 /// `GET path` on a loopback HTTP server (the admin endpoints): status code and body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -58,15 +58,10 @@ impl RawSession {
             }
         };
         let client = ringflow_agent::transport::client_config_with_identity(&bed.certs.ca, identity)?;
-        let socket = ringflow_proto::quic::bind_udp(SocketAddr::new(ip, 0), 1 << 20)?;
-        let mut endpoint = Endpoint::new(
-            quinn::EndpointConfig::default(),
-            None,
-            socket,
-            std::sync::Arc::new(quinn::TokioRuntime),
-        )?;
-        endpoint.set_default_client_config(client);
-        Ok(endpoint)
+        Ok(ringflow_agent::transport::client_endpoint_at(
+            client,
+            SocketAddr::new(ip, 0),
+        )?)
     }
 
     /// Like [`RawSession::hello`], from an existing client `endpoint` (many sessions, one socket).

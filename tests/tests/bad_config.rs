@@ -18,6 +18,15 @@ struct Case {
     names: &'static str,
 }
 
+/// Replaces the line that sets `key` (which must be there) with `line`.
+fn set_line(text: &str, key: &str, line: &str) -> String {
+    let old = text
+        .lines()
+        .find(|l| l.starts_with(&format!("{key} = ")))
+        .unwrap_or_else(|| panic!("{key} is not set in the config"));
+    swap(text, old, line)
+}
+
 /// Replaces `from` (which must be there) with `to`.
 fn swap(text: &str, from: &str, to: &str) -> String {
     assert!(text.contains(from), "{from:?} is not in the config");
@@ -61,17 +70,17 @@ async fn bad_collector_configs_exit_64_naming_the_key() -> anyhow::Result<()> {
         },
         Case {
             what: "missing required key",
-            edit: |t, _| {
-                let cert = t.lines().find(|l| l.starts_with("cert = ")).unwrap_or_default();
-                swap(t, cert, "")
-            },
+            edit: |t, _| set_line(t, "cert", ""),
             names: "missing field `cert`",
         },
         Case {
             what: "missing certificate file",
             edit: |t, d| {
-                let cert = t.lines().find(|l| l.starts_with("cert = ")).unwrap_or_default();
-                swap(t, cert, &format!("cert = \"{}\"", d.join("absent.pem").display()))
+                set_line(
+                    t,
+                    "cert",
+                    &format!("cert = \"{}\"", d.join("absent.pem").display()),
+                )
             },
             names: "tls.cert",
         },
@@ -100,13 +109,9 @@ async fn bad_collector_configs_exit_64_naming_the_key() -> anyhow::Result<()> {
         Case {
             what: "unreadable data_dir",
             edit: |t, d| {
-                let data = t
-                    .lines()
-                    .find(|l| l.starts_with("data_dir = "))
-                    .unwrap_or_default();
-                swap(
+                set_line(
                     t,
-                    data,
+                    "data_dir",
                     &format!("data_dir = \"{}/x\"", d.join("bad-0.toml").display()),
                 )
             },
@@ -131,13 +136,7 @@ async fn bad_collector_configs_exit_64_naming_the_key() -> anyhow::Result<()> {
         },
         Case {
             what: "a token hash that is not one",
-            edit: |t, _| {
-                let hashes = t
-                    .lines()
-                    .find(|l| l.starts_with("token_hashes = "))
-                    .unwrap_or_default();
-                swap(t, hashes, "token_hashes = [\"rft_a-token-not-its-hash\"]")
-            },
+            edit: |t, _| set_line(t, "token_hashes", "token_hashes = [\"rft_a-token-not-its-hash\"]"),
             names: "orgs[0].token_hashes[0]",
         },
         Case {
@@ -180,13 +179,9 @@ async fn bad_meter_configs_exit_64_naming_the_key() -> anyhow::Result<()> {
         Case {
             what: "missing CA",
             edit: |t, d| {
-                let ca = t
-                    .lines()
-                    .find(|l| l.starts_with("ca_file = "))
-                    .unwrap_or_default();
-                swap(
+                set_line(
                     t,
-                    ca,
+                    "ca_file",
                     &format!("ca_file = \"{}\"", d.join("absent-ca.pem").display()),
                 )
             },
@@ -195,13 +190,9 @@ async fn bad_meter_configs_exit_64_naming_the_key() -> anyhow::Result<()> {
         Case {
             what: "unreadable token file",
             edit: |t, d| {
-                let token = t
-                    .lines()
-                    .find(|l| l.starts_with("org_token = "))
-                    .unwrap_or_default();
-                swap(
+                set_line(
                     t,
-                    token,
+                    "org_token",
                     &format!("org_token_file = \"{}\"", d.join("absent-token").display()),
                 )
             },

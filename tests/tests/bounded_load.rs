@@ -58,11 +58,7 @@ async fn fleet_of_two(bed: &TestBed, epsilon: &str) -> anyhow::Result<(RunningCo
 async fn metric(admin: SocketAddr, name: &str) -> anyhow::Result<f64> {
     let (status, text) = http_get(admin, "/metrics").await?;
     anyhow::ensure!(status == 200, "/metrics answered {status}");
-    Ok(text
-        .lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0.0))
+    Ok(ringflow_tests::metric_value(&text, name).unwrap_or(0.0))
 }
 
 /// Waits until the collector at `admin` has completed `rounds` more poll rounds and heard its peer.

@@ -171,12 +171,6 @@ async fn json_logs_are_one_object_per_line_with_fields_as_keys() -> anyhow::Resu
     Ok(())
 }
 
-/// The value of an unlabelled metric in Prometheus text.
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
 /// Both binaries, as processes logging at debug level, through a session with a known token and
 /// known payload strings (an interface name the meter reads from its counters file, and strings
 /// in batches the collector refuses): neither the token nor any payload string appears in any
@@ -254,19 +248,22 @@ async fn neither_binary_logs_a_token_or_a_payload() -> anyhow::Result<()> {
         "debug",
     )
     .await?;
-    // Counters keep moving until the collector has stored the interface's records.
-    let mut n = 1;
-    let stored = loop {
-        n += 1;
-        write_counters(n)?;
-        let (_, text) = http_get(admin, "/metrics").await?;
-        let stored = metric(&text, "ringflow_collector_records_stored_total").unwrap_or(0.0);
-        if stored >= 3.0 || n > 200 {
-            break stored;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert!(stored >= 3.0, "the interface's records were not stored");
+    // Counters keep moving until the collector has stored the interface's records (its
+    // metrics, in another process, are polled).
+    let n = std::cell::Cell::new(1);
+    ringflow_tests::poll_until(
+        Duration::from_secs(20),
+        "the interface's records stored",
+        async || {
+            n.set(n.get() + 1);
+            let _ = write_counters(n.get());
+            let Ok((_, text)) = http_get(admin, "/metrics").await else {
+                return false;
+            };
+            ringflow_tests::metric_value(&text, "ringflow_collector_records_stored_total") >= Some(3.0)
+        },
+    )
+    .await?;
 
     // The collector's refusal paths, with payload strings in what it refuses.
     match RawSession::hello(&bed, quic, ORG, "raw", &wrong).await? {

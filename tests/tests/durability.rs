@@ -8,6 +8,7 @@ use ringflow_agent::MeterMetrics;
 
 use ringflow_collector::store::read_all;
 use ringflow_proto::pb;
+use ringflow_tests::metric_value as metric;
 use ringflow_tests::process::{free_udp_addr, start_meter_process};
 use ringflow_tests::{
     RunningCollector, TestBed, http_get, poll_until, start_meter, summarize, synthetic, test_reconnect,
@@ -307,12 +308,6 @@ async fn a_stop_spools_what_is_in_memory_and_the_next_start_sends_it_in_order() 
         "with the seqs they were spooled under"
     );
     Ok(())
-}
-
-/// The value of an unlabelled metric in Prometheus text.
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 /// The meter's local admin endpoint answers `/healthz`, and `/metrics` shows the current

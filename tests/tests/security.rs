@@ -17,7 +17,9 @@ use ringflow_proto::codes::ConnectionCode;
 use ringflow_proto::frame::{FrameReader, MAX_CONTROL_FRAME_BYTES};
 use ringflow_proto::pb;
 use ringflow_tests::raw::{RawHello, RawSession, batch_frame, batch_naming_another_org};
-use ringflow_tests::{CLIENT_NAME, ORG, RunningCollector, TestBed, start_meter, synthetic, wait_for_meter};
+use ringflow_tests::{
+    CLIENT_NAME, ORG, RunningCollector, TestBed, poll_until, start_meter, synthetic, wait_for_meter,
+};
 
 const VICTIM: &str = "victim";
 
@@ -302,14 +304,11 @@ async fn a_silent_session_is_closed_by_the_idle_timeout_and_counted() -> anyhow:
     let error = tokio::time::timeout(Duration::from_secs(10), session.conn.closed()).await?;
     assert!(matches!(error, quinn::ConnectionError::TimedOut), "{error:?}");
     let ended = || CollectorMetrics::count(&collector.metrics.sessions_ended, "idle_timeout");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while ended() == 0 {
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "the idle session was not counted"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // The collector's counters have no change signal: poll.
+    poll_until(Duration::from_secs(10), "the idle session counted", async || {
+        ended() > 0
+    })
+    .await?;
     assert_eq!(ended(), 1);
     collector.stop().await;
     Ok(())

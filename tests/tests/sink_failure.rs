@@ -112,7 +112,7 @@ impl Drop for SmallFilesystem {
 /// when space returns, and every record the meter had acked is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_stops_acks_until_space_returns_and_loses_nothing_acked() -> anyhow::Result<()> {
-    use ringflow_tests::{RunningCollector, start_meter, synthetic, wait_for_meter};
+    use ringflow_tests::{RunningCollector, poll_until, start_meter, synthetic, wait_for_meter};
     const TOTAL: u64 = 60_000;
     let bed = TestBed::new()?;
     let small = SmallFilesystem::mount(&bed.path().join("small"), 8 << 20)?;
@@ -134,30 +134,26 @@ async fn a_full_disk_stops_acks_until_space_returns_and_loses_nothing_acked() ->
     config.sources.synthetic = synthetic(20_000, TOTAL);
     let meter = start_meter(config).await?;
     let metrics = meter.metrics();
-    // The disk fills: writes fail and the collector says it is not ready.
-    let mut not_ready = None;
-    for _ in 0..200 {
-        let (status, body) = http_get(collector.admin_addr, "/readyz").await?;
-        if status == 503 && cm.sink_write_errors.get() > 0 {
-            not_ready = Some(body);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let body = not_ready.ok_or_else(|| anyhow::anyhow!("the collector never reported the full disk"))?;
+    // The disk fills: writes fail and the collector says it is not ready. (The collector's
+    // counters and readiness have no change signal: they are polled.)
+    let readyz = async || http_get(collector.admin_addr, "/readyz").await.ok();
+    poll_until(
+        Duration::from_secs(10),
+        "the collector reports the full disk",
+        async || cm.sink_write_errors.get() > 0 && readyz().await.is_some_and(|(status, _)| status == 503),
+    )
+    .await?;
+    let (_, body) = readyz()
+        .await
+        .ok_or_else(|| anyhow::anyhow!("/readyz did not answer"))?;
     assert_eq!(body.trim(), "not ready: sink unavailable");
     // While nothing fits, nothing more is acked: the sink retries (every second) and fails.
     let acked = metrics.records_acked.get();
     let errors = cm.sink_write_errors.get();
-    // The collector's counters have no change signal: poll them.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while cm.sink_write_errors.get() < errors + 2 {
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "the sink stopped retrying"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    poll_until(Duration::from_secs(20), "two more failed retries", async || {
+        cm.sink_write_errors.get() >= errors + 2
+    })
+    .await?;
     assert_eq!(
         metrics.records_acked.get(),
         acked,
@@ -177,18 +173,9 @@ async fn a_full_disk_stops_acks_until_space_returns_and_loses_nothing_acked() ->
 
     // Nothing torn, nothing acked missing: every (meter, seq) once, TOTAL records.
     let stored = ringflow_collector::store::read_all(&data_dir, None)?;
-    let mut seqs: Vec<u64> = stored.iter().map(|b| b.seq).collect();
-    seqs.sort_unstable();
-    seqs.dedup();
-    let records: usize = {
-        let mut seen = std::collections::HashSet::new();
-        stored
-            .iter()
-            .filter(|b| seen.insert(b.seq))
-            .map(|b| b.records.len())
-            .sum()
-    };
-    assert_eq!(records as u64, TOTAL, "stored records = records acked");
+    let seqs: std::collections::HashSet<u64> = stored.iter().map(|b| b.seq).collect();
     assert_eq!(seqs.len(), stored.len(), "no batch stored twice");
+    let records: usize = stored.iter().map(|b| b.records.len()).sum();
+    assert_eq!(records as u64, TOTAL, "stored records = records acked");
     Ok(())
 }
