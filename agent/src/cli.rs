@@ -51,7 +51,13 @@ enum Command {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    main_with_args(std::env::args_os())
+}
+
+/// The command line with `args` (the first is the program name): for binaries that embed the
+/// meter, as `herd bench` does to measure a meter in a process of its own.
+pub fn main_with_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
+    let cli = Cli::parse_from(args);
     ringflow_proto::ops::init_logging("info", &cli.log_format);
     match cli.command {
         Command::Run { config } => run(config),

@@ -267,14 +267,14 @@ pub async fn serve_data_stream(
                 };
                 ctx.org_counters.received_bytes((body.len() + frame::LENGTH_PREFIX_BYTES) as u64);
                 ctx.metrics.frame_bytes.observe(body.len() as f64);
-                match judge_frame(body, last_seq, &limits) {
+                match judge_frame(body.clone(), last_seq, &limits) {
                     Verdict::Accept(batch) => {
                         last_seq = batch.seq;
                         let seq = batch.seq;
                         let records = batch.records.len() as u32;
                         ctx.org_counters.batches.inc();
                         ctx.org_counters.records.inc_by(u64::from(records));
-                        let payload = stored_batch(&ctx.session, batch);
+                        let payload = stored_batch(&ctx.session, batch, &body);
                         let job = SinkBatch {
                             org: Arc::clone(&ctx.session.org),
                             meter_id: Arc::clone(&ctx.session.meter_id),
@@ -368,17 +368,23 @@ fn encode_replies(
 }
 
 /// Encodes the batch as stored: the meter's records under the session's authenticated identity.
-fn stored_batch(session: &SessionIdentity, batch: pb::FlowBatch) -> Bytes {
-    let stored = pb::StoredBatch {
+/// The records' bytes come from the frame where they are exactly what encoding them would write
+/// (`ringflow_proto::stored`).
+fn stored_batch(session: &SessionIdentity, batch: pb::FlowBatch, frame_body: &[u8]) -> Bytes {
+    let header = pb::StoredBatch {
         org_id: session.org.to_string(),
         meter_id: session.meter_id.to_string(),
         seq: batch.seq,
         received_unix_nanos: unix_nanos_now(),
         collector_id: session.collector_id.to_string(),
         session_id: session.session_id.clone(),
-        records: batch.records,
+        records: Vec::new(),
     };
-    Bytes::from(stored.encode_to_vec())
+    Bytes::from(ringflow_proto::stored::encode_stored_batch(
+        &header,
+        &batch.records,
+        frame_body,
+    ))
 }
 
 pub fn unix_nanos_now() -> u64 {

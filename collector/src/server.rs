@@ -571,7 +571,9 @@ fn endpoint_config(data_dir: &std::path::Path) -> Result<EndpointConfig, StartEr
     Ok(config)
 }
 
-fn server_config(crypto: quinn::crypto::rustls::QuicServerConfig, limits: &LimitsConfig) -> ServerConfig {
+/// The QUIC server configuration a collector runs with: stream counts, flow-control windows and
+/// idle timeout from `limits`. Public so that `herd bench` measures raw quinn with the same setup.
+pub fn server_config(crypto: quinn::crypto::rustls::QuicServerConfig, limits: &LimitsConfig) -> ServerConfig {
     let mut transport = TransportConfig::default();
     // One control stream plus the data streams; meters never get unidirectional streams.
     transport.max_concurrent_bidi_streams(VarInt::from_u32(1 + limits.max_data_streams));

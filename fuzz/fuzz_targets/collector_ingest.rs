@@ -11,7 +11,9 @@
 //! not follow the stream's is a protocol violation; more records than the limit is
 //! TOO_MANY_RECORDS; the first bad record decides between INVALID_RECORD and FIELD_TOO_LONG;
 //! an accepted batch is exactly the decoded one; a body that does not decode is either nacked
-//! as UNDECODABLE under a seq that follows the stream's, or closes the stream as malformed.
+//! as UNDECODABLE under a seq that follows the stream's, or closes the stream as malformed. The
+//! stored form built from an accepted frame (`stored::encode_stored_batch`, which reuses the
+//! frame's record bytes) decodes to exactly the accepted records.
 
 #![no_main]
 
@@ -41,6 +43,15 @@ fuzz_target!(|data: &[u8]| {
     };
     let body = Bytes::copy_from_slice(body);
     let verdict = judge_frame(body.clone(), last_seq, &limits);
+    if let Verdict::Accept(batch) = &verdict {
+        let header = pb::StoredBatch {
+            seq: batch.seq,
+            ..Default::default()
+        };
+        let stored = ringflow_proto::stored::encode_stored_batch(&header, &batch.records, &body);
+        let back = pb::StoredBatch::decode(&stored[..]).expect("a stored batch decodes");
+        assert_eq!(back.records, batch.records, "stored records differ from the accepted ones");
+    }
 
     match pb::DataUp::decode(body) {
         Err(_) => match verdict {

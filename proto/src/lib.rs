@@ -2,7 +2,7 @@
 //! conventions both binaries present.
 //!
 //! Owns: the protobuf schema ([`pb`]), the frame codec ([`frame`]), the QUIC application error
-//! codes ([`codes`]), stable names of the protocol's enums ([`names`]), the transport setup both
+//! codes ([`codes`]), the stored form of a batch built from its frame ([`stored`]), stable names of the protocol's enums ([`names`]), the transport setup both
 //! ends must agree on ([`quic`]: ALPN, TLS 1.3, socket sizing), and [`ops`] (config errors and
 //! exit code 64, logging, signal meanings). Must never: hold session state, touch the data path's
 //! disk, or know about sinks, rings or spools. Generated types stay here and at the edges of the
@@ -13,6 +13,7 @@ pub mod frame;
 pub mod names;
 pub mod ops;
 pub mod quic;
+pub mod stored;
 
 /// Types generated from `proto/ringflow/v1/ringflow.proto`.
 #[allow(clippy::all, missing_docs)]

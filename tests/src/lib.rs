@@ -13,6 +13,7 @@ pub mod herd;
 pub mod logs;
 pub mod nats;
 pub mod process;
+pub mod procstat;
 pub mod raw;
 pub mod throttle;
 

@@ -42,12 +42,23 @@ pub struct NatsServer {
     store: PathBuf,
     /// Extra command-line options (e.g. `--auth TOKEN`).
     options: Vec<String>,
+    /// The server's log goes here (None: the test's output, prefixed).
+    log: Option<PathBuf>,
 }
 
 impl NatsServer {
     /// Starts a server on a free loopback port, storing JetStream data under `store`.
     pub async fn start(store: &Path) -> anyhow::Result<Self> {
         Self::start_with(store, &[]).await
+    }
+
+    /// Like [`start`](Self::start), with the server's log written to `log` instead of the
+    /// output (`herd bench`).
+    pub async fn start_logged(store: &Path, log: &Path) -> anyhow::Result<Self> {
+        let mut server = Self::not_started(store)?;
+        server.log = Some(log.to_owned());
+        server.restart().await?;
+        Ok(server)
     }
 
     /// Like [`start`](Self::start), with extra `nats-server` options (kept for restarts).
@@ -67,7 +78,13 @@ impl NatsServer {
             port: TcpListener::bind("127.0.0.1:0")?.local_addr()?.port(),
             store: store.to_owned(),
             options: Vec::new(),
+            log: None,
         })
+    }
+
+    /// The server's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(ChildProcess::pid)
     }
 
     /// `nats://127.0.0.1:PORT`.
@@ -98,7 +115,16 @@ impl NatsServer {
         ];
         args.extend(self.options.iter().map(std::ffi::OsStr::new));
         let label = format!("nats:{}", self.port);
-        self.process = Some(ChildProcess::start(&self.binary, &args, &label, "Server is ready").await?);
+        self.process = Some(
+            ChildProcess::start_logged(
+                &self.binary,
+                &args,
+                &label,
+                "Server is ready",
+                self.log.as_deref(),
+            )
+            .await?,
+        );
         Ok(())
     }
 

@@ -16,14 +16,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Resident memory of process `pid` now (`VmRSS` in `/proc/PID/status`).
 pub fn rss_bytes_of(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse::<u64>().ok())
-        .context("no VmRSS in /proc/PID/status")?;
-    Ok(kib * 1024)
+    crate::procstat::status_bytes(pid, "VmRSS")
 }
 
 /// A loopback UDP address that was free a moment ago (for a collector that must come back on

@@ -71,10 +71,37 @@ fn readme_documents_every_subcommand() {
         "meter example-config",
         "herd run",
         "herd sim",
+        "herd bench",
     ] {
         assert!(
             README.contains(&format!("`{command}")),
             "README does not document `{command}`"
+        );
+    }
+}
+
+#[test]
+fn benchmarks_md_documents_every_bench_key() {
+    const BENCHMARKS: &str = include_str!("../../BENCHMARKS.md");
+    use ringflow_tests::herd::bench::report::{RATIOS, SECTIONS, TARGETS};
+    let keys = SECTIONS.iter().chain(RATIOS).chain(TARGETS.iter().map(|t| &t.0));
+    for key in keys {
+        assert!(
+            BENCHMARKS.contains(&format!("`{key}`")),
+            "BENCHMARKS.md does not document bench.json key `{key}`"
+        );
+    }
+    for flag in [
+        "--only",
+        "--quick",
+        "--records",
+        "--repeat",
+        "--idle-sessions",
+        "--work-dir",
+    ] {
+        assert!(
+            BENCHMARKS.contains(&format!("`{flag}")),
+            "BENCHMARKS.md does not document `herd bench {flag}`"
         );
     }
 }

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use super::bench::e2e::Programs;
+use super::bench::{BenchOptions, Part, Sizes};
 use super::fleet::SinkKind;
 use super::live::{RunOptions, run};
 use super::meters::MeterShape;
@@ -17,6 +19,8 @@ use crate::process::CollectorCommand;
 
 /// The subcommand under which `herd` runs a collector of its fleet (it starts itself).
 const COLLECTOR_SUBCOMMAND: &str = "collector";
+/// The subcommand under which `herd bench` runs a meter in a process of its own.
+const METER_SUBCOMMAND: &str = "meter";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -39,6 +43,43 @@ enum Command {
     /// the production selection, backoff and admission code against a model of the network and
     /// of each collector's handshake capacity; same report.json keys ("mode": "sim") and charts.
     Sim(SimArgs),
+    /// Measure ringflow beside its ceilings in one run: end to end into the file sink and into
+    /// JetStream beside raw quinn bulk transfer and direct JetStream publishes, new sessions per
+    /// second beside raw quinn handshakes, memory per idle session, the meter's CPU and memory at
+    /// 1,000 flows/s, codec and file sink throughput. Prints a table; writes bench.json and
+    /// bench.md to DIR. Build with --release.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct BenchArgs {
+    /// Output directory: bench.json, bench.md, logs.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Parts to run (default: all).
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "PART,...")]
+    only: Vec<Part>,
+    /// Small sizes: every part in well under a minute, rough figures (what the test suite runs).
+    #[arg(long)]
+    quick: bool,
+    /// Records per throughput run (default 3,000,000; --quick 100,000).
+    #[arg(long, value_name = "N")]
+    records: Option<u64>,
+    /// Runs of each throughput and session-rate measurement, interleaved with its ceiling
+    /// (default 3; --quick 1). Medians are reported.
+    #[arg(long, value_name = "N")]
+    repeat: Option<usize>,
+    /// Idle sessions held for the memory figure (default 10,000; --quick 500).
+    #[arg(long, value_name = "N")]
+    idle_sessions: Option<usize>,
+    /// The throughput collectors' `limits.max_unacked_batches`: how many batches one data
+    /// stream may have unacked (default: the collector's default, 32).
+    #[arg(long, value_name = "N")]
+    max_unacked: Option<u32>,
+    /// Where the collectors' data, the meters' spools and NATS' store go (default: the system's
+    /// temporary directory, a real disk: the file sink's fsyncs are part of what is measured).
+    #[arg(long, value_name = "DIR")]
+    work_dir: Option<PathBuf>,
 }
 
 /// What `run` and `sim` share: the scenario, its size, its timing and where the results go.
@@ -182,10 +223,19 @@ pub fn main() -> ExitCode {
     if args.get(1).is_some_and(|a| a == COLLECTOR_SUBCOMMAND) {
         return ringflow_collector::cli::main_with_args(args.into_iter().skip(1));
     }
+    if args.get(1).is_some_and(|a| a == METER_SUBCOMMAND) {
+        return ringflow_agent::cli::main_with_args(args.into_iter().skip(1));
+    }
+    let command = args
+        .iter()
+        .map(|a| a.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ");
     let cli = Cli::parse_from(args);
     let a = match cli.command {
         Command::Run(a) => a,
         Command::Sim(a) => return sim(a),
+        Command::Bench(a) => return bench(a, command),
     };
     let options = match options(a) {
         Ok(o) => o,
@@ -201,29 +251,32 @@ pub fn main() -> ExitCode {
              (lookup sockets, endpoints, logs); raise it with `ulimit -n`"
         );
     }
-    if let Err(error) = log_to(&options.out) {
-        eprintln!(
-            "herd: cannot write logs under {}: {error:#}",
-            options.out.display()
-        );
-        return ExitCode::from(2);
-    }
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(error) => {
-            eprintln!("herd: cannot start the async runtime: {error}");
-            return ExitCode::from(2);
-        }
-    };
     let out = options.out.clone();
-    conclude(runtime.block_on(run(options)).map(|report| {
+    live_run(&out.clone(), async move {
+        let report = run(options).await?;
         let summary = format!(
             "{}\nreport: {}\n",
             report.markdown(),
             out.join("report.json").display()
         );
-        (report.passed(), summary)
-    }))
+        Ok((report.passed(), summary))
+    })
+}
+
+/// Runs `job` (a live run writing to `out`) on a runtime of its own, its meters' logs in
+/// `out/logs`, and concludes with its verdict and summary.
+fn live_run(out: &std::path::Path, job: impl Future<Output = anyhow::Result<(bool, String)>>) -> ExitCode {
+    if let Err(error) = log_to(out) {
+        eprintln!("herd: cannot write logs under {}: {error:#}", out.display());
+        return ExitCode::from(2);
+    }
+    match tokio::runtime::Runtime::new() {
+        Ok(runtime) => conclude(runtime.block_on(job)),
+        Err(error) => {
+            eprintln!("herd: cannot start the async runtime: {error}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 /// Prints a finished run's summary and exits 0 (its verdict is pass), 1 (fail), or 2 (it could
@@ -243,6 +296,84 @@ fn conclude(result: anyhow::Result<(bool, String)>) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn bench(a: BenchArgs, command: String) -> ExitCode {
+    let options = match bench_options(a, command) {
+        Ok(o) => o,
+        Err(error) => {
+            eprintln!("herd: {error:#}");
+            return ExitCode::from(2);
+        }
+    };
+    if cfg!(debug_assertions) {
+        eprintln!(
+            "herd bench: warning: a debug build; run `cargo run --release -p ringflow-tests --bin herd -- bench ...`"
+        );
+    }
+    raise_file_limit(options.sizes.idle_sessions);
+    let out = options.out.clone();
+    // Targets are reported, not enforced: a missed one is in the table, and the exit code is 0.
+    live_run(&out.clone(), async move {
+        let report = super::bench::run(options).await?;
+        let summary = format!(
+            "{}\nreport: {}\n",
+            report.markdown(),
+            out.join("bench.json").display()
+        );
+        Ok((true, summary))
+    })
+}
+
+fn bench_options(a: BenchArgs, command: String) -> anyhow::Result<BenchOptions> {
+    let mut sizes = if a.quick { Sizes::quick() } else { Sizes::full() };
+    if let Some(n) = a.records {
+        anyhow::ensure!(n >= 1_000, "--records must be at least 1000 (one batch)");
+        sizes.records = n;
+    }
+    if let Some(n) = a.repeat {
+        anyhow::ensure!(n >= 1, "--repeat must be at least 1");
+        sizes.repeat = n;
+    }
+    if let Some(n) = a.max_unacked {
+        anyhow::ensure!(
+            (1..=65_536).contains(&n),
+            "--max-unacked must be between 1 and 65536"
+        );
+        sizes.max_unacked = Some(n);
+    }
+    if let Some(n) = a.idle_sessions {
+        anyhow::ensure!(
+            (1..=100_000).contains(&n),
+            "--idle-sessions must be between 1 and 100000"
+        );
+        sizes.idle_sessions = n;
+    }
+    let herd = std::env::current_exe()?;
+    let parts = if a.only.is_empty() {
+        <Part as clap::ValueEnum>::value_variants().to_vec()
+    } else {
+        a.only
+    };
+    let logs = a.out.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    Ok(BenchOptions {
+        parts,
+        sizes,
+        quick: a.quick,
+        programs: Programs {
+            collector: CollectorCommand {
+                binary: herd.clone(),
+                leading_args: vec![COLLECTOR_SUBCOMMAND.into()],
+                log_dir: Some(logs.clone()),
+            },
+            herd,
+            logs,
+        },
+        work_parent: a.work_dir.unwrap_or_else(std::env::temp_dir),
+        out: a.out,
+        command,
+    })
 }
 
 fn sim(a: SimArgs) -> ExitCode {

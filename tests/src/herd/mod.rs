@@ -2,11 +2,12 @@
 //! loopback, a scenario carried out against them, and a verdict with a report and charts.
 //!
 //! Modules: `scenario` (plans, sans-IO), `fleet` (collector processes, DNS, NATS), `meters` (the
-//! virtual meters), `acks` (ack latency and acked batches), `capacity` (the session-rate probe),
+//! virtual meters), `acks` (ack latency and acked batches), `capacity` (the session-rate probe), `bench` (`herd bench`: ringflow beside its ceilings),
 //! `live` (the runner and sampler), `sim` (`herd sim`: the same scenarios in virtual time, at
 //! internet scale), `timeline`, `report`, `charts`, `cli`.
 
 pub mod acks;
+pub mod bench;
 pub mod capacity;
 pub mod charts;
 pub mod cli;
