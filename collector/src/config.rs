@@ -15,6 +15,9 @@ use serde::Deserialize;
 pub use ringflow_proto::ops::ConfigError;
 use ringflow_proto::ops::{check_range, parse_toml, read_toml, resolve_paths};
 
+mod kafka;
+pub use kafka::{KafkaCompression, KafkaSinkConfig};
+
 use crate::auth::{NamePattern, OrgCredentials, OrgDirectory, TokenHash};
 use crate::sink::nats::stream::loggable_servers;
 
@@ -317,7 +320,7 @@ fn threads_or_cpus(n: u32) -> usize {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SinkConfig {
-    /// Which sink stores accepted batches: `file` (default) or `nats`.
+    /// Which sink stores accepted batches: `file` (default), `nats` or `kafka`.
     pub kind: SinkKind,
     /// Batches waiting for the sink across all connections. When full, data streams stop reading
     /// (QUIC flow control pushes back to meters). Default 4,096.
@@ -326,6 +329,7 @@ pub struct SinkConfig {
     pub queue_bytes: usize,
     pub file: FileSinkConfig,
     pub nats: NatsSinkConfig,
+    pub kafka: KafkaSinkConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -333,6 +337,7 @@ pub struct SinkConfig {
 pub enum SinkKind {
     File,
     Nats,
+    Kafka,
 }
 
 /// A secret from the config file (a token or a password): never printed, not even by `{:?}`.
@@ -478,6 +483,7 @@ impl Default for SinkConfig {
             queue_bytes: 64 << 20,
             file: FileSinkConfig::default(),
             nats: NatsSinkConfig::default(),
+            kafka: KafkaSinkConfig::default(),
         }
     }
 }
@@ -805,6 +811,7 @@ impl Config {
         }
         check_range("sink.file.fsync_interval_ms", f.fsync_interval_ms, 1, 3_600_000)?;
         s.nats.validate()?;
+        s.kafka.validate()?;
         self.validate_admission()?;
         check_range("shutdown.grace_ms", self.shutdown.grace_ms, 0, 3_600_000)?;
         Ok(())

@@ -55,6 +55,9 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("cannot use the NATS sink: {0}")]
     Nats(#[from] LinkError),
+    #[cfg(feature = "kafka")]
+    #[error("cannot use the Kafka sink: {0}")]
+    Kafka(#[from] crate::sink::kafka::KafkaOpenError),
     #[error("cannot create data_dir {path}: {source}")]
     DataDir {
         path: std::path::PathBuf,
@@ -83,6 +86,8 @@ impl StartError {
     pub fn is_config(&self) -> bool {
         match self {
             StartError::Config(_) | StartError::Tls(_) | StartError::Nats(_) => true,
+            #[cfg(feature = "kafka")]
+            StartError::Kafka(_) => true,
             StartError::Store(e) => e.is_unusable_directory(),
             _ => false,
         }
@@ -457,7 +462,44 @@ async fn open_sink(config: &Config) -> Result<(ConfiguredSink, RecoveryReport, u
                 fits,
             ))
         }
+        SinkKind::Kafka => open_kafka(config).await,
     }
+}
+
+/// The Kafka sink, in a collector built with it.
+#[cfg(feature = "kafka")]
+async fn open_kafka(config: &Config) -> Result<(ConfiguredSink, RecoveryReport, u32), StartError> {
+    let limit = config.limits.max_frame_bytes;
+    // No store here, but the endpoint keys live in data_dir.
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let (sink, start) =
+        crate::sink::kafka::KafkaSink::open(&config.sink.kafka, &config.collector_id(), limit as usize)
+            .await?;
+    let fits = u32::try_from(start.max_frame_bytes).unwrap_or(limit);
+    if fits < limit {
+        info!(
+            max_frame_bytes = fits,
+            kafka_max_message_bytes = config.sink.kafka.max_message_bytes,
+            "limits.max_frame_bytes lowered so that every batch fits one Kafka record"
+        );
+    }
+    Ok((
+        ConfiguredSink::Kafka(Box::new(sink)),
+        RecoveryReport::default(),
+        fits,
+    ))
+}
+
+/// A collector built without the `kafka` feature cannot use the Kafka sink.
+#[cfg(not(feature = "kafka"))]
+async fn open_kafka(_: &Config) -> Result<(ConfiguredSink, RecoveryReport, u32), StartError> {
+    Err(StartError::Config(crate::config::ConfigError::invalid(
+        "sink.kind",
+        "\"kafka\" needs a collector built with the `kafka` feature (the default); this one was built without it",
+    )))
 }
 
 /// Accepts connections until the endpoint closes, deciding on each before any handshake work.

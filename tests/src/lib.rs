@@ -10,6 +10,7 @@ pub mod demo;
 pub mod dns;
 pub mod exporter;
 pub mod herd;
+pub mod kafka;
 pub mod logs;
 pub mod nats;
 pub mod process;

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-pub use read::{read_nats, read_store, record_json};
+pub use read::{read_kafka, read_nats, read_store, record_json};
 
 use crate::auth;
 use crate::config::{Config, EXAMPLE_CONFIG, SinkKind, valid_org_id};
@@ -161,6 +161,7 @@ fn read(data_dir: Option<PathBuf>, config: Option<PathBuf>, org: Option<&str>, f
             match config.sink.kind {
                 SinkKind::File => read_store(&config.data_dir, org, follow, &CancellationToken::new(), out),
                 SinkKind::Nats => read_nats(&config.sink.nats, org, follow, out),
+                SinkKind::Kafka => read_kafka(&config.sink.kafka, org, follow, out),
             }
         }
         (None, None) => unreachable!("clap requires --data-dir or --config"),

@@ -24,6 +24,11 @@ pub enum ReadError {
     NoStore { dir: String },
     #[error("{0}")]
     Nats(#[from] ConsumeError),
+    #[cfg(feature = "kafka")]
+    #[error("{0}")]
+    Kafka(#[from] crate::sink::kafka::consume::ConsumeError),
+    #[error("sink.kind = \"kafka\" needs a collector built with the `kafka` feature (the default)")]
+    NoKafka,
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -171,6 +176,30 @@ pub fn read_store(
 /// Writes every record in the NATS stream of `config` (of `org`, or of all orgs) to `out` as JSON
 /// lines; with `follow`, keeps waiting for new ones. Messages that are not ringflow batches are
 /// reported on stderr and skipped.
+/// Prints a batch read from a remote sink as JSON lines (or says which message, at `place`, could
+/// not be read); stops when the output is gone.
+fn print_batch(
+    batch: &Result<pb::StoredBatch, String>,
+    place: impl Fn() -> String,
+    follow: bool,
+    out: &mut dyn Write,
+) -> std::ops::ControlFlow<()> {
+    match batch {
+        Ok(batch) => {
+            for record in &batch.records {
+                if writeln!(out, "{}", record_json(batch, record)).is_err() {
+                    return std::ops::ControlFlow::Break(());
+                }
+            }
+        }
+        Err(why) => eprintln!("collector read: {}: {why}; skipped", place()),
+    }
+    if follow && out.flush().is_err() {
+        return std::ops::ControlFlow::Break(());
+    }
+    std::ops::ControlFlow::Continue(())
+}
+
 pub fn read_nats(
     config: &NatsSinkConfig,
     org: Option<&str>,
@@ -182,26 +211,44 @@ pub fn read_nats(
         .build()
         .map_err(ReadError::Runtime)?;
     runtime.block_on(read_stream(config, org, follow, |message| {
-        match &message.batch {
-            Ok(batch) => {
-                for record in &batch.records {
-                    if writeln!(out, "{}", record_json(batch, record)).is_err() {
-                        return std::ops::ControlFlow::Break(());
-                    }
-                }
-            }
-            Err(why) => eprintln!(
-                "collector read: stream message {} on {}: {why}; skipped",
-                message.stream_seq, message.subject
-            ),
-        }
-        if follow && out.flush().is_err() {
-            return std::ops::ControlFlow::Break(());
-        }
-        std::ops::ControlFlow::Continue(())
+        let place = || format!("stream message {} on {}", message.stream_seq, message.subject);
+        print_batch(&message.batch, place, follow, out)
     }))?;
     let _ = out.flush();
     Ok(())
+}
+
+/// Prints every record of the Kafka topic(s) a collector config names (`--config`), oldest
+/// first per partition.
+#[cfg(feature = "kafka")]
+pub fn read_kafka(
+    config: &crate::config::KafkaSinkConfig,
+    org: Option<&str>,
+    follow: bool,
+    out: &mut dyn Write,
+) -> Result<(), ReadError> {
+    crate::sink::kafka::consume::read_topic(config, org, follow, |message| {
+        let place = || {
+            format!(
+                "record {}/{}@{}",
+                message.topic, message.partition, message.offset
+            )
+        };
+        print_batch(&message.batch, place, follow, out)
+    })?;
+    let _ = out.flush();
+    Ok(())
+}
+
+/// A collector built without the `kafka` feature cannot read a Kafka sink.
+#[cfg(not(feature = "kafka"))]
+pub fn read_kafka(
+    _: &crate::config::KafkaSinkConfig,
+    _: Option<&str>,
+    _: bool,
+    _: &mut dyn Write,
+) -> Result<(), ReadError> {
+    Err(ReadError::NoKafka)
 }
 
 #[cfg(test)]

@@ -12,7 +12,11 @@
 //! that also reads from meters (invariant 3); a sink runs on its own task or thread.
 
 pub mod file;
+pub mod identity;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod nats;
+pub mod pipeline;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -239,6 +243,8 @@ pub trait Sink: Send + 'static {
 pub enum ConfiguredSink {
     File(file::FileSink),
     Nats(Box<nats::NatsSink>),
+    #[cfg(feature = "kafka")]
+    Kafka(Box<kafka::KafkaSink>),
 }
 
 impl ConfiguredSink {
@@ -246,6 +252,8 @@ impl ConfiguredSink {
         match self {
             ConfiguredSink::File(s) => s.kind(),
             ConfiguredSink::Nats(s) => s.kind(),
+            #[cfg(feature = "kafka")]
+            ConfiguredSink::Kafka(s) => s.kind(),
         }
     }
 
@@ -254,6 +262,8 @@ impl ConfiguredSink {
         match self {
             ConfiguredSink::File(_) => true,
             ConfiguredSink::Nats(s) => s.ready_at_start(),
+            #[cfg(feature = "kafka")]
+            ConfiguredSink::Kafka(s) => s.ready_at_start(),
         }
     }
 
@@ -261,6 +271,8 @@ impl ConfiguredSink {
         match self {
             ConfiguredSink::File(s) => s.run(jobs, ctx).await,
             ConfiguredSink::Nats(s) => s.run(jobs, ctx).await,
+            #[cfg(feature = "kafka")]
+            ConfiguredSink::Kafka(s) => s.run(jobs, ctx).await,
         }
     }
 }

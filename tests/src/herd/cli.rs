@@ -193,7 +193,8 @@ struct SimArgs {
 struct RunArgs {
     #[command(flatten)]
     common: ScenarioArgs,
-    /// Where collectors store batches (sink-outage always uses nats).
+    /// Where collectors store batches: their files, NATS JetStream, or Kafka (librdkafka's mock
+    /// cluster of three brokers, in this process). sink-outage always uses nats.
     #[arg(long, value_enum, default_value = "file")]
     sink: SinkKind,
     /// Synthetic records per second per meter.

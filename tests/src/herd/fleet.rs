@@ -1,6 +1,6 @@
 //! The live fleet of a `herd run`: collectors as child processes on 127.0.0.2, 127.0.0.3, ...
-//! (one QUIC port, one admin port), the in-process DNS server naming them, and NATS when it is
-//! the sink. The collectors poll each other's load (`GET /load` on that admin port, every
+//! (one QUIC port, one admin port), the in-process DNS server naming them, and NATS or a Kafka
+//! (mock) cluster when it is the sink. The collectors poll each other's load (`GET /load` on that admin port, every
 //! [`LOAD_POLL_MS`]), so the herd runs with bounded load as a real fleet does.
 //!
 //! Owns: the collector processes (start, kill, drain and restart, add), what each one is for the
@@ -15,11 +15,15 @@ use ringflow_proto::pb;
 
 use crate::TestBed;
 use crate::dns::{DnsServer, Records};
+use crate::kafka::KafkaCluster;
 use crate::nats::NatsServer;
 use crate::process::{CollectorCommand, CollectorProcess, free_tcp_port_on, free_udp_port_on};
 
 /// The NATS stream a herd fleet writes to.
 const STREAM: &str = "HERD";
+/// The Kafka topic a herd fleet writes to, and its partitions.
+const KAFKA_TOPIC: &str = "herd.flows";
+const KAFKA_PARTITIONS: i32 = 6;
 
 /// How often each collector polls the others' load (`fleet.load_poll_ms`): twice the default,
 /// since a herd run compresses minutes of arrivals into seconds.
@@ -31,6 +35,8 @@ pub const LOAD_POLL_MS: u64 = 500;
 pub enum SinkKind {
     File,
     Nats,
+    /// librdkafka's mock cluster: three brokers in the herd process, on loopback ports.
+    Kafka,
 }
 
 /// One collector's place in the fleet.
@@ -65,6 +71,7 @@ pub struct Fleet {
     /// queue behind the meters' work.
     dns_runtime: Option<tokio::runtime::Runtime>,
     nats: tokio::sync::Mutex<Option<NatsServer>>,
+    kafka: Option<KafkaCluster>,
     sink_toml: String,
     /// Tables every collector's config gets besides its fleet and sink (admission).
     extra: String,
@@ -118,14 +125,20 @@ impl Fleet {
         let ips: Vec<Ipv4Addr> = (0..collectors + spare).map(slot_ip).collect();
         let port = free_udp_port_on(&ips)?;
         let admin_port = free_tcp_port_on(&ips)?;
-        let (nats, sink_toml) = match sink {
-            SinkKind::File => (None, String::new()),
+        let (mut nats, mut kafka, mut sink_toml) = (None, None, String::new());
+        match sink {
+            SinkKind::File => {}
             SinkKind::Nats => {
-                let nats = NatsServer::start(&bed.path().join("nats-store")).await?;
-                let toml = nats.sink_toml(STREAM);
-                (Some(nats), toml)
+                let server = NatsServer::start(&bed.path().join("nats-store")).await?;
+                sink_toml = server.sink_toml(STREAM);
+                nats = Some(server);
             }
-        };
+            SinkKind::Kafka => {
+                let cluster = KafkaCluster::start(3, KAFKA_TOPIC, KAFKA_PARTITIONS)?;
+                sink_toml = cluster.sink_toml("");
+                kafka = Some(cluster);
+            }
+        }
         let slots = ips
             .iter()
             .enumerate()
@@ -169,6 +182,7 @@ impl Fleet {
             dns,
             dns_runtime: Some(dns_runtime),
             nats: tokio::sync::Mutex::new(nats),
+            kafka,
             sink_toml,
             extra,
         };
@@ -329,8 +343,19 @@ impl Fleet {
     }
 
     /// Every batch the fleet stored (after [`stop`](Self::stop)): the segment files of every
-    /// collector, or the NATS stream.
+    /// collector, the NATS stream, or the Kafka topic.
     pub async fn stored(&self) -> anyhow::Result<Vec<pb::StoredBatch>> {
+        if let Some(kafka) = &self.kafka {
+            return kafka
+                .read_all()
+                .await?
+                .into_iter()
+                .map(|r| {
+                    r.batch
+                        .map_err(|e| anyhow::anyhow!("undecodable record in the topic: {e}"))
+                })
+                .collect();
+        }
         if let Some(nats) = self.nats.lock().await.as_ref() {
             let messages = nats.read_all(STREAM).await?;
             return messages

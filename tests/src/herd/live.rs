@@ -554,6 +554,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<Report> {
         sink: match sink {
             SinkKind::File => "file",
             SinkKind::Nats => "nats",
+            SinkKind::Kafka => "kafka",
         }
         .to_owned(),
         duration_s: duration.as_secs_f64(),

@@ -13,17 +13,11 @@ use async_nats::jetstream::stream::{Config as StreamConfig, DiscardPolicy, Reten
 use crate::config::NatsSinkConfig;
 use crate::sink::SinkBatch;
 
-/// Header names on every message (besides `Nats-Msg-Id`).
-pub const HEADER_ORG: &str = "Ringflow-Org";
-pub const HEADER_METER_ID: &str = "Ringflow-Meter-Id";
-pub const HEADER_SEQ: &str = "Ringflow-Seq";
-pub const HEADER_RECORDS: &str = "Ringflow-Records";
-pub const HEADER_SCHEMA: &str = "Ringflow-Schema";
-pub const HEADER_COLLECTOR: &str = "Ringflow-Collector";
-
-/// Room kept in a NATS message for the headers and the `StoredBatch` envelope around a batch's
-/// records (org, meter id, collector id, timestamps): generous, they take a few hundred bytes.
-pub const MESSAGE_OVERHEAD_BYTES: usize = 4096;
+/// Header names on every message (besides `Nats-Msg-Id`), shared with the other remote sinks.
+pub use crate::sink::identity::{
+    HEADER_COLLECTOR, HEADER_METER_ID, HEADER_ORG, HEADER_RECORDS, HEADER_SCHEMA, HEADER_SEQ,
+    MESSAGE_OVERHEAD_BYTES,
+};
 
 /// `max_payload` of a NATS server left at its default (1 MiB), assumed until the server says.
 pub const NATS_DEFAULT_MAX_PAYLOAD: usize = 1 << 20;
@@ -31,7 +25,7 @@ pub const NATS_DEFAULT_MAX_PAYLOAD: usize = 1 << 20;
 /// The largest data frame a collector can accept and still publish as one message to servers
 /// whose `max_payload` is `max_payload`.
 pub fn max_frame_for_payload(max_payload: usize) -> usize {
-    max_payload.saturating_sub(MESSAGE_OVERHEAD_BYTES)
+    crate::sink::identity::max_frame_for_message(max_payload)
 }
 
 /// The subject filter the stream must take: every org under the prefix.
@@ -57,15 +51,9 @@ pub fn message_id(batch: &SinkBatch) -> String {
 pub fn headers(batch: &SinkBatch, collector_id: &str) -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert(async_nats::header::NATS_MESSAGE_ID, message_id(batch).as_str());
-    h.insert(HEADER_ORG, &*batch.org);
-    h.insert(HEADER_METER_ID, &*batch.meter_id);
-    h.insert(HEADER_SEQ, batch.seq.to_string().as_str());
-    h.insert(HEADER_RECORDS, batch.records.to_string().as_str());
-    h.insert(
-        HEADER_SCHEMA,
-        ringflow_proto::STORED_BATCH_SCHEMA_VERSION.to_string().as_str(),
-    );
-    h.insert(HEADER_COLLECTOR, collector_id);
+    for (name, value) in crate::sink::identity::headers(batch, collector_id) {
+        h.insert(name, value.as_str());
+    }
     h
 }
 

@@ -1,0 +1,153 @@
+//! Reading the topic back: what `collector read --config` prints for a Kafka sink, and what the
+//! tests check delivery with. A consumer with no group: it assigns itself every partition of the
+//! topic (or of each org's topic) from the beginning and commits nothing, so reading changes
+//! nothing in the cluster and does not wait for a group to form.
+
+use std::ops::ControlFlow;
+use std::time::Duration;
+
+use prost::Message as _;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use ringflow_proto::pb;
+
+use crate::config::KafkaSinkConfig;
+use crate::sink::identity::{HEADER_METER_ID, HEADER_SCHEMA, HEADER_SEQ};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumeError {
+    #[error("sink.kafka: librdkafka refused the consumer configuration: {0}")]
+    Config(String),
+    #[error("no broker of sink.kafka.brokers {brokers:?} answered within {timeout:?}: {error}")]
+    Unreachable {
+        brokers: Vec<String>,
+        timeout: Duration,
+        error: String,
+    },
+    #[error("reading topic {topic:?} failed: {error}")]
+    Read { topic: String, error: String },
+}
+
+/// One record of the topic.
+#[derive(Debug)]
+pub struct TopicBatch {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    /// `Ringflow-Meter-Id` and `Ringflow-Seq`: the de-duplication key.
+    pub meter_id: Option<String>,
+    pub seq: Option<u64>,
+    pub batch: Result<pb::StoredBatch, String>,
+}
+
+/// Calls `each` for every record (of `org`, or of all orgs) in the topic(s), in order per
+/// partition. Stops at the end of every partition as it was when reading started (unless
+/// `follow`) or when `each` says so. Blocking: run it on a thread of its own.
+pub fn read_topic(
+    config: &KafkaSinkConfig,
+    org: Option<&str>,
+    follow: bool,
+    mut each: impl FnMut(TopicBatch) -> ControlFlow<()>,
+) -> Result<(), ConsumeError> {
+    let mut c = ClientConfig::new();
+    for (key, value) in &config.properties {
+        c.set(key, value);
+    }
+    let consumer: BaseConsumer = c
+        .set("bootstrap.servers", config.brokers.join(","))
+        .set("group.id", "ringflow-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()
+        .map_err(|e| ConsumeError::Config(e.to_string()))?;
+    let timeout = Duration::from_millis(config.connect_timeout_ms);
+    let metadata = consumer
+        .fetch_metadata(None, timeout)
+        .map_err(|e| ConsumeError::Unreachable {
+            brokers: config.brokers.clone(),
+            timeout,
+            error: e.to_string(),
+        })?;
+    let wanted = |topic: &str| match org {
+        Some(org) => topic == config.topic_for(org),
+        None => config.is_topic(topic),
+    };
+    let mut assignment = TopicPartitionList::new();
+    let mut ends = Vec::new();
+    for topic in metadata.topics().iter().filter(|t| wanted(t.name())) {
+        for partition in topic.partitions() {
+            let (low, high) = consumer
+                .fetch_watermarks(topic.name(), partition.id(), timeout)
+                .map_err(|e| ConsumeError::Read {
+                    topic: topic.name().to_owned(),
+                    error: e.to_string(),
+                })?;
+            if high > low || follow {
+                assignment
+                    .add_partition_offset(topic.name(), partition.id(), Offset::Beginning)
+                    .map_err(|e| ConsumeError::Read {
+                        topic: topic.name().to_owned(),
+                        error: e.to_string(),
+                    })?;
+                ends.push((topic.name().to_owned(), partition.id(), high));
+            }
+        }
+    }
+    if ends.is_empty() {
+        return Ok(());
+    }
+    consumer.assign(&assignment).map_err(|e| ConsumeError::Read {
+        topic: config.topic.clone(),
+        error: e.to_string(),
+    })?;
+    // Where each partition's reading stands: done once at its end as of the start.
+    let mut next: Vec<i64> = vec![0; ends.len()];
+    let done = |next: &[i64]| !follow && ends.iter().zip(next).all(|((_, _, high), n)| n >= high);
+    while !done(&next) {
+        let Some(polled) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let message = polled.map_err(|e| ConsumeError::Read {
+            topic: config.topic.clone(),
+            error: e.to_string(),
+        })?;
+        if let Some(i) = ends
+            .iter()
+            .position(|(t, p, _)| t == message.topic() && *p == message.partition())
+        {
+            next[i] = message.offset() + 1;
+        }
+        if org.is_some_and(|org| message.key() != Some(org.as_bytes())) {
+            continue;
+        }
+        let header = |name: &str| -> Option<String> {
+            let headers = message.headers()?;
+            headers
+                .iter()
+                .find(|h| h.key == name)
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        };
+        let batch = match header(HEADER_SCHEMA).as_deref() {
+            Some(v) if v != ringflow_proto::STORED_BATCH_SCHEMA_VERSION.to_string() => Err(format!(
+                "schema version {v}, this reader knows {}",
+                ringflow_proto::STORED_BATCH_SCHEMA_VERSION
+            )),
+            _ => pb::StoredBatch::decode(message.payload().unwrap_or_default()).map_err(|e| e.to_string()),
+        };
+        let record = TopicBatch {
+            topic: message.topic().to_owned(),
+            partition: message.partition(),
+            offset: message.offset(),
+            meter_id: header(HEADER_METER_ID),
+            seq: header(HEADER_SEQ).and_then(|s| s.parse().ok()),
+            batch,
+        };
+        if each(record).is_break() {
+            break;
+        }
+    }
+    Ok(())
+}

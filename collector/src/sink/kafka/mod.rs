@@ -1,0 +1,252 @@
+//! The Kafka sink: for a fleet of collectors feeding the Kafka cluster a flow pipeline already
+//! runs.
+//!
+//! Each batch becomes one record on the configured topic (or the org's, `{org}` in the
+//! template) with key = org, so one org's batches stay in order in one partition, and the
+//! identity headers ([`super::identity`]); the payload is the `StoredBatch`. The producer is
+//! idempotent with `acks=all`; a job completes (and the meter gets its ack) only on Kafka's
+//! delivery report for that record. The loop is the remote sinks' shared
+//! [`pipeline`](super::pipeline): at most `max_in_flight` records awaiting their report, a
+//! failed delivery sent again after a growing delay, never dropped. librdkafka connects,
+//! reconnects and refreshes metadata on its own threads, so none of that blocks the loop;
+//! readiness comes from its statistics ([`health`]).
+
+pub mod consume;
+pub mod health;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::future_producer::Delivery;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use self::health::KafkaContext;
+use super::pipeline::{self, Failed, Remote, Sending};
+use super::{Sink, SinkContext, SinkJob, identity};
+use crate::config::KafkaSinkConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaOpenError {
+    #[error("sink.kafka: librdkafka refused the producer configuration: {0} (check sink.kafka.properties)")]
+    Config(String),
+}
+
+/// What the sink found at start.
+#[derive(Debug)]
+pub struct KafkaStart {
+    /// The largest data frame whose batch fits one record: `limits.max_frame_bytes`, lowered to
+    /// fit `sink.kafka.max_message_bytes`.
+    pub max_frame_bytes: usize,
+}
+
+pub struct KafkaSink {
+    producer: FutureProducer<KafkaContext>,
+    config: KafkaSinkConfig,
+    collector_id: Arc<str>,
+    ready: watch::Receiver<bool>,
+    ready_at_start: bool,
+}
+
+/// The producer's librdkafka properties: the operator's pass-through `properties` first, then
+/// what the sink insists on (validation refuses an operator value for any of these).
+pub fn producer_config(config: &KafkaSinkConfig, collector_id: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    for (key, value) in &config.properties {
+        c.set(key, value);
+    }
+    c.set("bootstrap.servers", config.brokers.join(","))
+        .set("client.id", format!("ringflow-collector-{collector_id}"))
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("compression.type", config.compression.as_str())
+        .set("linger.ms", config.linger_ms.to_string())
+        .set("message.timeout.ms", config.message_timeout_ms.to_string())
+        .set("message.max.bytes", config.max_message_bytes.to_string())
+        .set("statistics.interval.ms", config.health_interval_ms.to_string());
+    c
+}
+
+impl KafkaSink {
+    /// Creates the producer and, within `connect_timeout_ms`, asks the cluster for its metadata.
+    /// A configuration librdkafka refuses is an error; an unreachable cluster is not (the
+    /// collector starts not-ready and the producer keeps trying). `limit_frame_bytes` is
+    /// `limits.max_frame_bytes`.
+    pub async fn open(
+        config: &KafkaSinkConfig,
+        collector_id: &str,
+        limit_frame_bytes: usize,
+    ) -> Result<(Self, KafkaStart), KafkaOpenError> {
+        let (ready_tx, ready) = watch::channel(false);
+        let ready_tx = Arc::new(ready_tx);
+        let producer: FutureProducer<KafkaContext> = producer_config(config, collector_id)
+            .create_with_context(KafkaContext::new(Arc::clone(&ready_tx)))
+            .map_err(|e| KafkaOpenError::Config(e.to_string()))?;
+        let start = KafkaStart {
+            max_frame_bytes: limit_frame_bytes.min(identity::max_frame_for_message(config.max_message_bytes)),
+        };
+        let probe = producer.clone();
+        let topic = (!config.per_org_topics()).then(|| config.topic.clone());
+        let timeout = Duration::from_millis(config.connect_timeout_ms);
+        let answered = tokio::task::spawn_blocking(move || {
+            probe.client().fetch_metadata(topic.as_deref(), timeout).map(|m| {
+                let leaderless = m
+                    .topics()
+                    .iter()
+                    .flat_map(|t| {
+                        t.partitions()
+                            .iter()
+                            .map(move |p| (t.name().to_owned(), p.leader()))
+                    })
+                    .filter(|(_, leader)| *leader < 0)
+                    .count();
+                let missing = m.topics().iter().any(|t| t.error().is_some());
+                (m.brokers().len(), leaderless, missing)
+            })
+        })
+        .await;
+        let ready_at_start = match answered {
+            Ok(Ok((brokers, 0, false))) => {
+                info!(brokers, topic = %config.topic, "Kafka cluster answered");
+                true
+            }
+            Ok(Ok((brokers, leaderless, missing))) => {
+                warn!(
+                    brokers,
+                    leaderless,
+                    topic = %config.topic,
+                    topic_missing = missing,
+                    "Kafka answered, but the topic is missing (it must be created, or the cluster must create topics on first use) or has partitions without a leader"
+                );
+                leaderless == 0
+            }
+            _ => {
+                warn!(
+                    brokers = ?config.brokers,
+                    "Kafka did not answer at start; starting not ready (new meters are told to retry) and connecting in the background"
+                );
+                false
+            }
+        };
+        health::set_ready(&ready_tx, ready_at_start);
+        Ok((
+            KafkaSink {
+                producer,
+                config: config.clone(),
+                collector_id: Arc::from(collector_id),
+                ready,
+                ready_at_start,
+            },
+            start,
+        ))
+    }
+
+    /// Whether the sink can store the moment it runs (the cluster answered at start).
+    pub fn ready_at_start(&self) -> bool {
+        self.ready_at_start
+    }
+}
+
+/// Produces batches for the pipeline.
+struct Producing {
+    producer: FutureProducer<KafkaContext>,
+    config: KafkaSinkConfig,
+    collector_id: Arc<str>,
+}
+
+impl Remote for Producing {
+    type Delivered = Delivery;
+    type Failure = KafkaError;
+
+    fn name(&self) -> &'static str {
+        "Kafka"
+    }
+
+    fn send(&self, job: SinkJob) -> Sending<Delivery, KafkaError> {
+        let started = Instant::now();
+        let topic = self.config.topic_for(&job.batch.org);
+        let headers = identity::headers(&job.batch, &self.collector_id).iter().fold(
+            OwnedHeaders::new_with_capacity(6),
+            |h, (key, value)| {
+                h.insert(Header {
+                    key,
+                    value: Some(value.as_bytes()),
+                })
+            },
+        );
+        let record = FutureRecord::to(&topic)
+            .key(job.batch.org.as_bytes())
+            .payload(&job.batch.payload[..])
+            .headers(headers);
+        // Copies the record into librdkafka's queue at once (never blocks); the report comes later.
+        let delivery = self.producer.send_result(record).map_err(|(error, _)| error);
+        Box::pin(async move {
+            let result = match delivery {
+                Ok(report) => match report.await {
+                    Ok(Ok(delivered)) => Ok(delivered),
+                    Ok(Err((error, _))) => Err(error),
+                    Err(_) => Err(KafkaError::Canceled),
+                },
+                Err(error) => Err(error),
+            };
+            (job, result, started)
+        })
+    }
+
+    fn judge(&self, failure: &KafkaError, job: &SinkJob) -> Failed {
+        match failure.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize) => {
+                Failed::Reject(format!(
+                    "batch of {} bytes is larger than the Kafka topic takes (raise the topic's max.message.bytes and sink.kafka.max_message_bytes, or lower limits.max_frame_bytes)",
+                    job.batch.payload.len()
+                ))
+            }
+            _ => Failed::Retry,
+        }
+    }
+}
+
+impl Sink for KafkaSink {
+    fn kind(&self) -> &'static str {
+        "kafka"
+    }
+
+    async fn run(self, jobs: mpsc::Receiver<SinkJob>, ctx: SinkContext) {
+        let _task = ctx.metrics.task("kafka_sink");
+        let remote = Producing {
+            producer: self.producer,
+            config: self.config,
+            collector_id: self.collector_id,
+        };
+        pipeline::run(&remote, jobs, &ctx, self.ready, remote.config.max_in_flight).await;
+        // What was handed to librdkafka and not yet reported is given a moment to leave; it is
+        // unacked either way, so meters send it again if it did not.
+        let producer = remote.producer.clone();
+        let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(2))).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_producer_keeps_its_guarantees_and_passes_the_rest_through() {
+        let mut config = KafkaSinkConfig::default();
+        config
+            .properties
+            .insert("security.protocol".into(), "sasl_ssl".into());
+        config.brokers = vec!["k1:9092".into(), "k2:9092".into()];
+        let c = producer_config(&config, "c1");
+        assert_eq!(c.get("bootstrap.servers"), Some("k1:9092,k2:9092"));
+        assert_eq!(c.get("enable.idempotence"), Some("true"));
+        assert_eq!(c.get("acks"), Some("all"));
+        assert_eq!(c.get("compression.type"), Some("lz4"));
+        assert_eq!(c.get("security.protocol"), Some("sasl_ssl"));
+    }
+}
