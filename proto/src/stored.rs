@@ -2,11 +2,15 @@
 //! encoding its records a second time where the frame already holds them as prost writes them.
 //!
 //! Owns: finding each record's bytes in a `DataUp` frame body, and the rule for reusing them. A
-//! record's bytes are reused only when their length equals the length of its canonical encoding:
-//! any unknown field, repeated field, explicitly written default or padded varint makes the bytes
-//! longer, so equal length means the bytes are exactly what encoding the decoded record writes
-//! (up to field order). Otherwise that record is encoded again, as before. Must never: judge a
-//! batch (the collector has decoded and checked it before this is called).
+//! record's bytes are reused only when its enum fields are not negative and their length equals
+//! the length of its canonical encoding. With no negative enum (prost writes a negative `int32`
+//! as ten bytes, but reads a shorter varint as one), no field's bytes can be shorter than its
+//! canonical form, so any unknown field, repeated field, explicitly written default or padded
+//! varint makes the bytes longer: equal length means the bytes hold exactly the decoded fields,
+//! each written once, and decode to the same record (they are what prost writes, up to field
+//! order and to high bits a decoder drops from an over-long `uint32`). Otherwise that record is
+//! encoded again, as before. Must never: judge a batch (the collector has decoded and checked it
+//! before this is called).
 //!
 //! Re-encoding was a fifth of a collector's CPU time at full speed (BENCHMARKS.md).
 
@@ -36,7 +40,7 @@ pub fn encode_stored_batch(
     let raw = record_bytes(frame_body).filter(|raw| raw.len() == records.len());
     for (i, record) in records.iter().enumerate() {
         match raw.as_ref().map(|r| r[i]) {
-            Some(bytes) if bytes.len() == record.encoded_len() => {
+            Some(bytes) if reusable(record, bytes) => {
                 encode_key(STORED_RECORDS_TAG, WireType::LengthDelimited, &mut out);
                 encode_varint(bytes.len() as u64, &mut out);
                 out.extend_from_slice(bytes);
@@ -45,6 +49,11 @@ pub fn encode_stored_batch(
         }
     }
     out
+}
+
+/// Whether `bytes`, which decoded to `record`, hold nothing else (see the module's rule).
+fn reusable(record: &pb::FlowRecord, bytes: &[u8]) -> bool {
+    record.source >= 0 && record.server >= 0 && bytes.len() == record.encoded_len()
 }
 
 /// The bytes of each record in a `DataUp` frame body, in order; `None` when the body is not the
@@ -147,6 +156,23 @@ mod tests {
         .encode_to_vec()
     }
 
+    /// A `DataUp` frame body of a batch (seq 42) whose records are `raw`, byte for byte.
+    fn body_of_raw(raw: &[Vec<u8>]) -> Vec<u8> {
+        let mut batch = Vec::new();
+        encode_key(1, WireType::Varint, &mut batch);
+        encode_varint(42, &mut batch);
+        for record in raw {
+            encode_key(BATCH_RECORDS_TAG, WireType::LengthDelimited, &mut batch);
+            encode_varint(record.len() as u64, &mut batch);
+            batch.extend_from_slice(record);
+        }
+        let mut body = Vec::new();
+        encode_key(DATA_UP_BATCH_TAG, WireType::LengthDelimited, &mut body);
+        encode_varint(batch.len() as u64, &mut body);
+        body.extend_from_slice(&batch);
+        body
+    }
+
     fn record() -> impl Strategy<Value = pb::FlowRecord> {
         (
             any::<u64>(),
@@ -191,24 +217,20 @@ mod tests {
                 ..Default::default()
             },
         ];
-        let mut batch = Vec::new();
-        encode_key(1, WireType::Varint, &mut batch);
-        encode_varint(42, &mut batch);
-        for (i, r) in records.iter().enumerate() {
-            let mut raw = r.encode_to_vec();
-            if i == 1 {
-                encode_key(999, WireType::LengthDelimited, &mut raw);
-                encode_varint(3, &mut raw);
-                raw.extend_from_slice(b"new");
-            }
-            encode_key(BATCH_RECORDS_TAG, WireType::LengthDelimited, &mut batch);
-            encode_varint(raw.len() as u64, &mut batch);
-            batch.extend_from_slice(&raw);
-        }
-        let mut body = Vec::new();
-        encode_key(DATA_UP_BATCH_TAG, WireType::LengthDelimited, &mut body);
-        encode_varint(batch.len() as u64, &mut body);
-        body.extend_from_slice(&batch);
+        let raw: Vec<Vec<u8>> = records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let mut raw = r.encode_to_vec();
+                if i == 1 {
+                    encode_key(999, WireType::LengthDelimited, &mut raw);
+                    encode_varint(3, &mut raw);
+                    raw.extend_from_slice(b"new");
+                }
+                raw
+            })
+            .collect();
+        let body = body_of_raw(&raw);
         let decoded = pb::DataUp::decode(&body[..]).expect("decodes");
         let Some(pb::data_up::Msg::Batch(b)) = decoded.msg else {
             panic!("a batch")
@@ -217,6 +239,27 @@ mod tests {
         let stored = encode_stored_batch(&header(), &b.records, &body);
         assert_eq!(stored, re_encoded(&records));
         assert!(!stored.windows(3).any(|w| w == b"new"));
+    }
+
+    /// A negative enum written as a 5-byte varint is 5 bytes shorter than prost's 10-byte form;
+    /// an unknown field of 5 bytes makes up the length. The record must still be encoded again.
+    #[test]
+    fn a_short_negative_enum_cannot_hide_an_unknown_field() {
+        let mut raw = Vec::new();
+        encode_key(12, WireType::Varint, &mut raw);
+        raw.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
+        encode_key(22, WireType::Varint, &mut raw);
+        raw.extend_from_slice(&[0x80, 0x80, 0x01]);
+        let record = pb::FlowRecord::decode(&raw[..]).expect("decodes");
+        assert_eq!(record.source, -1);
+        assert_eq!(
+            raw.len(),
+            record.encoded_len(),
+            "the lengths match, as an attacker would make them"
+        );
+        let body = body_of_raw(&[raw]);
+        let stored = encode_stored_batch(&header(), std::slice::from_ref(&record), &body);
+        assert_eq!(stored, re_encoded(&[record]));
     }
 
     #[test]

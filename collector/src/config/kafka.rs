@@ -29,10 +29,15 @@ pub const OWNED_PROPERTIES: &[&str] = &[
     "message.max.bytes",
     "statistics.interval.ms",
     "client.id",
+    // Acks depend on a success report for every record, on no transactions, and on timeouts
+    // not being fatal.
+    "delivery.report.only.error",
+    "transactional.id",
+    "enable.gapless.guarantee",
 ];
 
 /// Substrings of property names whose values are secrets (never printed).
-const SECRET_PROPERTY_PARTS: &[&str] = &["password", "secret", "key", "token"];
+const SECRET_PROPERTY_PARTS: &[&str] = &["password", "secret", "key", "token", "oauthbearer.config"];
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::invalid(key, message)
@@ -120,7 +125,8 @@ impl std::fmt::Debug for KafkaSinkConfig {
             .properties
             .iter()
             .map(|(k, v)| {
-                let secret = SECRET_PROPERTY_PARTS.iter().any(|p| k.contains(p));
+                let lower = k.to_ascii_lowercase();
+                let secret = SECRET_PROPERTY_PARTS.iter().any(|p| lower.contains(p));
                 (k.as_str(), if secret { "<redacted>" } else { v.as_str() })
             })
             .collect();

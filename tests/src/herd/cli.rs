@@ -358,6 +358,15 @@ fn bench_options(a: BenchArgs, command: String) -> anyhow::Result<BenchOptions> 
     };
     let logs = a.out.join("logs");
     std::fs::create_dir_all(&logs)?;
+    let real_meter = herd.with_file_name("meter");
+    let (meter, meter_leading_args) = if real_meter.is_file() {
+        (real_meter, Vec::new())
+    } else {
+        eprintln!(
+            "herd bench: no meter binary beside herd, so meters run as `herd meter` (the same code in a larger binary: its memory figures are higher); build it with `cargo build --release -p ringflow-agent`"
+        );
+        (herd.clone(), vec![METER_SUBCOMMAND.into()])
+    };
     Ok(BenchOptions {
         parts,
         sizes,
@@ -368,7 +377,8 @@ fn bench_options(a: BenchArgs, command: String) -> anyhow::Result<BenchOptions> 
                 leading_args: vec![COLLECTOR_SUBCOMMAND.into()],
                 log_dir: Some(logs.clone()),
             },
-            herd,
+            meter,
+            meter_leading_args,
             logs,
         },
         work_parent: a.work_dir.unwrap_or_else(std::env::temp_dir),

@@ -61,7 +61,7 @@ pub fn read_topic(
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
         .create()
-        .map_err(|e| ConsumeError::Config(e.to_string()))?;
+        .map_err(|e| ConsumeError::Config(super::refused_property(&e)))?;
     let timeout = Duration::from_millis(config.connect_timeout_ms);
     let metadata = consumer
         .fetch_metadata(None, timeout)
@@ -105,14 +105,30 @@ pub fn read_topic(
     // Where each partition's reading stands: done once at its end as of the start.
     let mut next: Vec<i64> = vec![0; ends.len()];
     let done = |next: &[i64]| !follow && ends.iter().zip(next).all(|((_, _, high), n)| n >= high);
+    // Passing errors (a broker dropping a connection) are reported and read through; a run of
+    // them with nothing read ends a bounded read.
+    let mut errors_in_a_row = 0u32;
     while !done(&next) {
         let Some(polled) = consumer.poll(Duration::from_millis(500)) else {
             continue;
         };
-        let message = polled.map_err(|e| ConsumeError::Read {
-            topic: config.topic.clone(),
-            error: e.to_string(),
-        })?;
+        let message = match polled {
+            Ok(message) => {
+                errors_in_a_row = 0;
+                message
+            }
+            Err(error) if follow || errors_in_a_row < 20 => {
+                errors_in_a_row += 1;
+                eprintln!("collector read: {error}; reading on");
+                continue;
+            }
+            Err(error) => {
+                return Err(ConsumeError::Read {
+                    topic: config.topic.clone(),
+                    error: error.to_string(),
+                });
+            }
+        };
         if let Some(i) = ends
             .iter()
             .position(|(t, p, _)| t == message.topic() && *p == message.partition())

@@ -7,6 +7,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rdkafka::ClientContext;
@@ -27,6 +28,9 @@ const FAILED_STATES: &[&str] = &["DOWN", "TRY_CONNECT"];
 /// The cluster as one statistics report shows it.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ClusterView {
+    /// Whether any connection, to a known broker or a bootstrap address, is up. librdkafka keeps
+    /// one up for metadata while the cluster answers.
+    pub any_up: bool,
     /// Node ids of the brokers the producer knows.
     pub brokers: HashSet<i32>,
     /// Node ids of the brokers whose connection failed.
@@ -39,6 +43,7 @@ impl ClusterView {
     pub fn of(stats: &Statistics) -> Self {
         let known = || stats.brokers.values().filter(|b| b.nodeid >= 0);
         Self {
+            any_up: stats.brokers.values().any(|b| b.state == "UP"),
             brokers: known().map(|b| b.nodeid).collect(),
             failed: known()
                 .filter(|b| FAILED_STATES.contains(&b.state.as_str()))
@@ -58,20 +63,23 @@ impl ClusterView {
     }
 }
 
-/// Ready: not every broker's connection has failed, and every partition the producer writes to
-/// has a leader whose connection has not failed. A partition without a reachable leader holds
-/// its batches (librdkafka keeps them until a leader answers), so new meters are better sent
+/// Ready: some connection to the cluster is up, and every partition the producer writes to has
+/// a leader whose connection has not failed (a leader idle in `INIT` is fine: librdkafka
+/// connects when it has something for it). A partition without a reachable leader holds its
+/// batches (librdkafka keeps them until a leader answers), so new meters are better sent
 /// elsewhere meanwhile.
 pub fn ready(view: &ClusterView) -> bool {
     let reachable = |id: &i32| *id >= 0 && !view.failed.contains(id);
-    (view.brokers.is_empty() || view.brokers.iter().any(reachable))
-        && view.partitions.iter().all(|(_, _, leader)| reachable(leader))
+    view.any_up && view.partitions.iter().all(|(_, _, leader)| reachable(leader))
 }
 
 /// The producer's context: readiness from statistics, librdkafka's logs and errors in `tracing`.
 pub struct KafkaContext {
     ready: Arc<watch::Sender<bool>>,
     throttle: LogThrottle,
+    /// librdkafka reported a fatal error: the producer can no longer deliver (an idempotence
+    /// guarantee it cannot keep); not ready until the collector is restarted.
+    fatal: AtomicBool,
 }
 
 impl KafkaContext {
@@ -79,7 +87,11 @@ impl KafkaContext {
     /// `/readyz`).
     pub fn new(ready: Arc<watch::Sender<bool>>) -> Self {
         let throttle = LogThrottle::new(Duration::from_secs(10), 8);
-        Self { ready, throttle }
+        Self {
+            ready,
+            throttle,
+            fatal: AtomicBool::new(false),
+        }
     }
 
     fn set_ready(&self, ready: bool) {
@@ -95,7 +107,7 @@ pub fn set_ready(sender: &watch::Sender<bool>, ready: bool) {
 impl ClientContext for KafkaContext {
     fn stats(&self, stats: Statistics) {
         let view = ClusterView::of(&stats);
-        let now_ready = ready(&view);
+        let now_ready = ready(&view) && !self.fatal.load(Ordering::Relaxed);
         if now_ready != *self.ready.borrow() {
             let leaderless: Vec<String> = view
                 .partitions
@@ -117,8 +129,15 @@ impl ClientContext for KafkaContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
-            self.set_ready(false);
+        match error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::AllBrokersDown) => self.set_ready(false),
+            Some(RDKafkaErrorCode::Fatal) => {
+                self.fatal.store(true, Ordering::Relaxed);
+                self.set_ready(false);
+                tracing::error!(%error, reason, "Kafka producer failed for good; nothing more is acked (meters keep their data): restart the collector");
+                return;
+            }
+            _ => {}
         }
         if let Some(suppressed) = self.throttle.check("error", Instant::now()) {
             warn!(%error, reason, suppressed, "Kafka client error");
@@ -147,6 +166,7 @@ mod tests {
 
     fn view(failed: &[i32], leaders: &[i32]) -> ClusterView {
         ClusterView {
+            any_up: failed.len() < 3,
             brokers: [1, 2, 3].into_iter().collect(),
             failed: failed.iter().copied().collect(),
             partitions: leaders
@@ -168,7 +188,12 @@ mod tests {
         assert!(ready(&view(&[3], &[1, 2, 1])));
         // A partition without a leader at all.
         assert!(!ready(&view(&[], &[1, -1, 3])));
-        // No broker known yet (before the first statistics).
-        assert!(ready(&ClusterView::default()));
+        // Nothing known and no connection up (the cluster never answered): not ready.
+        assert!(!ready(&ClusterView::default()));
+        // A bootstrap connection up, no broker known yet: ready.
+        assert!(ready(&ClusterView {
+            any_up: true,
+            ..ClusterView::default()
+        }));
     }
 }

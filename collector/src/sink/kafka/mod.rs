@@ -86,11 +86,12 @@ impl KafkaSink {
         let ready_tx = Arc::new(ready_tx);
         let producer: FutureProducer<KafkaContext> = producer_config(config, collector_id)
             .create_with_context(KafkaContext::new(Arc::clone(&ready_tx)))
-            .map_err(|e| KafkaOpenError::Config(e.to_string()))?;
+            .map_err(|e| KafkaOpenError::Config(refused_property(&e)))?;
         let start = KafkaStart {
             max_frame_bytes: limit_frame_bytes.min(identity::max_frame_for_message(config.max_message_bytes)),
         };
         let probe = producer.clone();
+        let ours = config.clone();
         let topic = (!config.per_org_topics()).then(|| config.topic.clone());
         let timeout = Duration::from_millis(config.connect_timeout_ms);
         let answered = tokio::task::spawn_blocking(move || {
@@ -98,6 +99,7 @@ impl KafkaSink {
                 let leaderless = m
                     .topics()
                     .iter()
+                    .filter(|t| ours.is_topic(t.name()))
                     .flat_map(|t| {
                         t.partitions()
                             .iter()
@@ -105,7 +107,10 @@ impl KafkaSink {
                     })
                     .filter(|(_, leader)| *leader < 0)
                     .count();
-                let missing = m.topics().iter().any(|t| t.error().is_some());
+                let missing = m
+                    .topics()
+                    .iter()
+                    .any(|t| ours.is_topic(t.name()) && t.error().is_some());
                 (m.brokers().len(), leaderless, missing)
             })
         })
@@ -199,14 +204,23 @@ impl Remote for Producing {
     }
 
     fn judge(&self, failure: &KafkaError, job: &SinkJob) -> Failed {
-        match failure.rdkafka_error_code() {
-            Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize) => {
-                Failed::Reject(format!(
-                    "batch of {} bytes is larger than the Kafka topic takes (raise the topic's max.message.bytes and sink.kafka.max_message_bytes, or lower limits.max_frame_bytes)",
-                    job.batch.payload.len()
-                ))
-            }
-            _ => Failed::Retry,
+        let too_large = matches!(
+            failure.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize)
+        );
+        // Only a batch larger than the sink's own limit can never be stored. The broker refuses
+        // a whole message set when it is over the topic's limit, so a smaller batch in it is
+        // sent again (the sink not ready meanwhile): a topic limit below
+        // sink.kafka.max_message_bytes holds acks rather than losing batches.
+        if too_large
+            && job.batch.payload.len() + identity::MESSAGE_OVERHEAD_BYTES > self.config.max_message_bytes
+        {
+            Failed::Reject(format!(
+                "batch of {} bytes is larger than sink.kafka.max_message_bytes allows (raise it with the topic's max.message.bytes, or lower limits.max_frame_bytes)",
+                job.batch.payload.len()
+            ))
+        } else {
+            Failed::Retry
         }
     }
 }
@@ -225,9 +239,26 @@ impl Sink for KafkaSink {
         };
         pipeline::run(&remote, jobs, &ctx, self.ready, remote.config.max_in_flight).await;
         // What was handed to librdkafka and not yet reported is given a moment to leave; it is
-        // unacked either way, so meters send it again if it did not.
-        let producer = remote.producer.clone();
-        let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(2))).await;
+        // unacked either way, so meters send it again if it did not. Dropping the producer
+        // joins librdkafka's threads: on the blocking pool too.
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = remote.producer.flush(Duration::from_secs(2));
+            drop(remote);
+        })
+        .await;
+    }
+}
+
+/// What librdkafka refused in a configuration, without the value (it may be a password): the
+/// property it names, if any.
+pub fn refused_property(error: &KafkaError) -> String {
+    match error {
+        KafkaError::ClientConfig(_, _, key, _) => {
+            format!(
+                "property {key:?} has an unknown name or a value it does not take (the value is not shown)"
+            )
+        }
+        _ => "librdkafka could not create its client with these properties (values are not shown)".to_owned(),
     }
 }
 
@@ -248,5 +279,21 @@ mod tests {
         assert_eq!(c.get("acks"), Some("all"));
         assert_eq!(c.get("compression.type"), Some("lz4"));
         assert_eq!(c.get("security.protocol"), Some("sasl_ssl"));
+    }
+
+    #[test]
+    fn a_refused_property_is_named_and_its_value_never_shown() {
+        let error = KafkaError::ClientConfig(
+            rdkafka::types::RDKafkaConfRes::RD_KAFKA_CONF_INVALID,
+            "Invalid value \"hunter2\" for configuration property \"sasl.password\"".into(),
+            "sasl.password".into(),
+            "hunter2".into(),
+        );
+        let said = refused_property(&error);
+        assert!(
+            said.contains("sasl.password") && !said.contains("hunter2"),
+            "{said}"
+        );
+        assert!(!refused_property(&KafkaError::ClientCreation("hunter2".into())).contains("hunter2"));
     }
 }

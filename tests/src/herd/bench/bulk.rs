@@ -199,7 +199,11 @@ pub async fn ringflow_ingest(
         }
         anyhow::Ok(())
     };
-    let (send, ()) = tokio::try_join!(sender, receiver)?;
+    // A collector that stops acking fails the run rather than hanging it.
+    let limit = std::time::Duration::from_secs(60 + work.records / 20_000);
+    let (send, ()) = tokio::time::timeout(limit, async { tokio::try_join!(sender, receiver) })
+        .await
+        .map_err(|_| anyhow::anyhow!("{meter_id}: not every batch was acked within {limit:?}"))??;
     let seconds = started.elapsed().as_secs_f64();
     drop(send);
     session.conn.close(0u32.into(), b"");

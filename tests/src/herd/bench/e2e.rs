@@ -26,12 +26,16 @@ use crate::{TestBed, http_get, metric_value, test_reconnect};
 /// The stored-records counter every sink advances once it holds a batch.
 const STORED: &str = "ringflow_collector_records_stored_total";
 
-/// How `herd bench` runs the collector and meter command lines (itself, with a subcommand).
+/// How `herd bench` runs the collector and meter command lines.
 #[derive(Debug, Clone)]
 pub struct Programs {
+    /// `herd collector ...`: the collector's command line inside `herd`.
     pub collector: CollectorCommand,
-    /// `herd` itself; `meter` is its first argument.
-    pub herd: PathBuf,
+    /// The meter: the real `meter` binary when it was built next to `herd` (its memory is then
+    /// the meter's own), else `herd meter ...` (the same code in `herd`'s larger binary).
+    pub meter: PathBuf,
+    /// Arguments before the meter's own (`["meter"]` for `herd meter`).
+    pub meter_leading_args: Vec<std::ffi::OsString>,
     pub logs: PathBuf,
 }
 
@@ -66,14 +70,14 @@ pub async fn start_meter(
         &config,
         bed.meter_toml(name, &[collector], &format!("{tables}\n{}", test_reconnect(""))),
     )?;
-    let args = [
-        "meter".as_ref(),
-        "run".as_ref(),
-        "--config".as_ref(),
-        config.as_os_str(),
-    ];
+    let mut args: Vec<&std::ffi::OsStr> = programs
+        .meter_leading_args
+        .iter()
+        .map(|a| a.as_os_str())
+        .collect();
+    args.extend(["run".as_ref(), "--config".as_ref(), config.as_os_str()]);
     let log = programs.logs.join(format!("{name}.log"));
-    ChildProcess::start_logged(&programs.herd, &args, name, "meter started", Some(&log)).await
+    ChildProcess::start_logged(&programs.meter, &args, name, "meter started", Some(&log)).await
 }
 
 /// A meter's synthetic source producing `records` as fast as the pipeline takes them (it is a
@@ -112,12 +116,17 @@ pub async fn meter_to_collector(
         &flat_out_synthetic(work.records),
     )
     .await?;
-    let mut watched = vec![("collector", collector.process.pid()), ("meter", meter.pid())];
+    // The meter produces ahead of what is stored (its spool has room for the whole workload), so
+    // its CPU is taken over its whole life and charged to every record it sent; the others' over
+    // the window.
+    let meter_pid = meter.pid();
+    let mut watched = vec![("collector", collector.process.pid())];
     watched.extend_from_slice(others);
     let opens_at = base + work.records / 10;
     let closes_at = base + work.records;
     let deadline = Instant::now() + Duration::from_secs(120 + work.records / 20_000);
     let mut open: Option<(u64, CpuMarks)> = None;
+    let mut meter = meter;
     loop {
         anyhow::ensure!(
             Instant::now() < deadline,
@@ -125,12 +134,24 @@ pub async fn meter_to_collector(
             stored_records(collector.admin_addr).await? - base,
             work.records
         );
+        anyhow::ensure!(
+            meter.is_running() || stored_records(collector.admin_addr).await? >= closes_at,
+            "{name} exited before the collector stored all it sent (its log: {})",
+            programs.logs.join(format!("{name}.log")).display()
+        );
         let stored = stored_records(collector.admin_addr).await?;
         match &open {
             None if stored >= opens_at => open = Some((stored, CpuMarks::now(&watched)?)),
             Some((from, marks)) if stored >= closes_at => {
-                let (cpu, seconds) = marks.since()?;
+                let (mut cpu, seconds) = marks.since()?;
+                let meter_cpu = crate::procstat::cpu_seconds(meter_pid)?;
+                cpu.push(("meter", meter_cpu * (stored - from) as f64 / work.records as f64));
                 let records = stored - from;
+                anyhow::ensure!(
+                    records >= work.records / 2,
+                    "{name}: the measured window held only {records} of {} records (polls too far apart)",
+                    work.records
+                );
                 // It exits once all it produced is acked: anything else means it lost its way.
                 let status = meter.wait(Duration::from_secs(30)).await?;
                 anyhow::ensure!(status.success(), "{name} exited with {status}");
@@ -162,22 +183,13 @@ pub async fn with_cpu(
     Ok(Run { transfer, cpu })
 }
 
-/// The workload published straight to JetStream as the NATS sink publishes it (the stream it
-/// creates, the same subject, payload and headers, `max_in_flight` publishes awaiting their
-/// ack), as meter `meter_id`: the ceiling the NATS sink is compared with. Timed from the first
-/// publish to the last ack.
-pub async fn jetstream_direct(
-    config: &NatsSinkConfig,
+/// The workload's batches as the NATS sink publishes them (a `StoredBatch` payload and its
+/// headers), as meter `meter_id`: made before the timing starts.
+pub fn jetstream_messages(
     work: &Workload,
     meter_id: &str,
-) -> anyhow::Result<Transfer> {
-    let url = config.servers.first().cloned().unwrap_or_default();
-    let client = async_nats::connect(url.as_str()).await?;
-    let js = async_nats::jetstream::new(client);
-    js.get_or_create_stream(stream::wanted_stream(config)).await?;
-    let subject = stream::subject(&config.subject_prefix, crate::ORG);
-    let messages: Vec<(SinkBatch, async_nats::HeaderMap)> = work
-        .frames
+) -> anyhow::Result<Vec<(SinkBatch, async_nats::HeaderMap)>> {
+    work.frames
         .iter()
         .map(|frame| {
             let Some(pb::data_up::Msg::Batch(batch)) = decode_frame(frame)?.msg else {
@@ -193,25 +205,52 @@ pub async fn jetstream_direct(
             let headers = stream::headers(&batch, "bench-direct");
             Ok((batch, headers))
         })
-        .collect::<anyhow::Result<_>>()?;
+        .collect()
+}
+
+/// A JetStream context on the first of `config`'s servers, with the stream the NATS sink would
+/// create.
+pub async fn jetstream_context(config: &NatsSinkConfig) -> anyhow::Result<async_nats::jetstream::Context> {
+    let url = config.servers.first().cloned().unwrap_or_default();
+    let js = async_nats::jetstream::new(async_nats::connect(url.as_str()).await?);
+    js.get_or_create_stream(stream::wanted_stream(config)).await?;
+    Ok(js)
+}
+
+/// `messages` published straight to JetStream as the NATS sink publishes them (the same
+/// subject, at most `max_in_flight` publishes awaiting their ack): the ceiling the NATS sink is
+/// compared with. Timed from the first publish to the last ack; every ack must be a new message.
+pub async fn jetstream_direct(
+    js: &async_nats::jetstream::Context,
+    config: &NatsSinkConfig,
+    messages: Vec<(SinkBatch, async_nats::HeaderMap)>,
+) -> anyhow::Result<Transfer> {
+    let subject = stream::subject(&config.subject_prefix, crate::ORG);
+    let records = messages.iter().map(|(b, _)| u64::from(b.records)).sum();
     let bytes = messages.iter().map(|(b, _)| b.payload.len() as u64).sum();
+    let settled = |ack: Option<Result<async_nats::jetstream::publish::PublishAck, _>>| -> anyhow::Result<()> {
+        if let Some(ack) = ack {
+            let ack: async_nats::jetstream::publish::PublishAck = ack?;
+            anyhow::ensure!(!ack.duplicate, "JetStream took a bench batch for a duplicate");
+        }
+        Ok(())
+    };
     let started = Instant::now();
     let mut acks = FuturesUnordered::new();
     for (batch, headers) in messages {
         if acks.len() >= config.max_in_flight {
-            acks.next().await.transpose()?;
+            settled(acks.next().await)?;
         }
         let ack = js
             .publish_with_headers(subject.clone(), headers, batch.payload)
             .await?;
         acks.push(ack.into_future());
     }
-    while let Some(ack) = acks.next().await {
-        let ack = ack?;
-        anyhow::ensure!(!ack.duplicate, "JetStream took a bench batch for a duplicate");
+    while !acks.is_empty() {
+        settled(acks.next().await)?;
     }
     Ok(Transfer {
-        records: work.records,
+        records,
         bytes,
         seconds: started.elapsed().as_secs_f64(),
     })

@@ -19,7 +19,10 @@ use std::time::Duration;
 use ringflow_collector::config::FileSinkConfig;
 
 use self::bulk::{Transfer, raw_quinn_bulk, raw_quinn_server, ringflow_ingest, workload};
-use self::e2e::{Programs, jetstream_direct, meter_to_collector, nats_sink_config, nats_sink_toml, with_cpu};
+use self::e2e::{
+    Programs, jetstream_context, jetstream_direct, jetstream_messages, meter_to_collector, nats_sink_config,
+    nats_sink_toml, with_cpu,
+};
 use self::meter_cost::{Source, meter_cost};
 use self::report::{BenchReport, Section};
 use crate::nats::NatsServer;
@@ -209,10 +212,11 @@ async fn jetstream_part(
         .pid()
         .ok_or_else(|| anyhow::anyhow!("nats-server is not running"))?;
     let watched = [("collector", collector.process.pid()), ("nats", nats_pid)];
+    let js = jetstream_context(&direct).await?;
     let (mut publishes, mut ingest, mut ends) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..options.sizes.repeat {
-        let meter_id = format!("bench-direct-{run}");
-        publishes.push(with_cpu(&watched[1..], jetstream_direct(&direct, work, &meter_id)).await?);
+        let messages = jetstream_messages(work, &format!("bench-direct-{run}"))?;
+        publishes.push(with_cpu(&watched[1..], jetstream_direct(&js, &direct, messages)).await?);
         let meter_id = format!("bench-js-ingest-{run}");
         let sent = ringflow_ingest(&client, collector.addr, (ORG, &bed.token), &meter_id, work);
         ingest.push(with_cpu(&watched, sent).await?);
