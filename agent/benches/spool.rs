@@ -1,5 +1,5 @@
 //! Spool throughput against the raw file system on the same machine, in one run:
-//! `cargo bench -p ringflow-agent --bench spool`.
+//! `cargo bench -p ringflow-meter --bench spool`.
 //!
 //! Appends the same batches (40 KiB frames, like a 1000-record batch) with the spool and with
 //! plain `write_all` to one file, then reads them back (the spool from a fresh open, so from
@@ -15,8 +15,8 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ringflow_agent::spool::fs::RealFs;
-use ringflow_agent::spool::{Spool, SpoolLimits};
+use ringflow_meter::spool::fs::RealFs;
+use ringflow_meter::spool::{Spool, SpoolLimits};
 
 const FRAME: usize = 40 << 10;
 const BATCHES: u64 = 2_000;

@@ -1,9 +1,9 @@
 //! Measures how evenly the ring spreads meters for several replica counts (the table in
-//! `ring::REPLICAS`): `cargo run --release -p ringflow-agent --example ring_balance`.
+//! `ring::REPLICAS`): `cargo run --release -p ringflow-meter --example ring_balance`.
 
 use std::collections::HashMap;
 
-use ringflow_agent::ring::Ring;
+use ringflow_meter::ring::Ring;
 
 fn main() {
     let meters: Vec<String> = (0..10_000).map(|i| format!("meter-{i:05}")).collect();

@@ -36,8 +36,11 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, AdminBindError> {
         .map_err(|source| AdminBindError { addr, source })
 }
 
+/// Shared by the admin endpoint's request handlers.
 struct AdminState {
+    /// Encoded on every scrape; the scrape also sets `spool_oldest_age_seconds` from `spool`.
     metrics: Arc<MeterMetrics>,
+    /// The spool task's status, for the oldest pending batch's age.
     spool: watch::Receiver<SpoolStatus>,
 }
 
@@ -48,7 +51,7 @@ pub async fn serve(
     spool: watch::Receiver<SpoolStatus>,
     stop: CancellationToken,
 ) {
-    let _task = metrics.task("admin_http");
+    let _task = metrics.task(crate::telemetry::task::ADMIN_HTTP);
     let state = Arc::new(AdminState { metrics, spool });
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -66,6 +69,7 @@ async fn scrape(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
     let status = *state.spool.borrow();
     state
         .metrics
+        .spool
         .spool_oldest_age_seconds
         .set(oldest_age_seconds(&status, crate::unix_nanos_now() / 1_000_000));
     (

@@ -2,9 +2,11 @@
 //! puts them in the queue.
 //!
 //! Owns: [`Batcher`], the sans-IO rule for when a batch closes (time is passed in), and
-//! [`run`], the task that drives it between the source channel and the [`BatchQueue`]. A batch's
-//! frame is encoded once here; every send and resend reuses it. Must never: wait on the network;
-//! when the queue is full it drops the oldest batch (counted) rather than stall the sources.
+//! [`run`], the task that drives it between the source channel and the spool's memory queue
+//! ([`SpoolHandle`]). A batch's frame is encoded once here; every send and resend reuses it.
+//! Must never: wait on the network. When the spool's memory queue is full, sealing waits (the
+//! spool makes room on disk, dropping its oldest batches at its byte cap, counted), so records
+//! back up into the bounded source channel, where a full channel drops and counts them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +21,8 @@ use crate::source::RecordChunk;
 use crate::spool::handle::{SpoolBatch, SpoolHandle};
 use crate::state::{SeqAllocator, StateError};
 use crate::telemetry::MeterMetrics;
+use crate::telemetry::events::{Event, RecordTooLarge, RecordsDropped};
+use crate::telemetry::{DropReason, task};
 
 /// When a batch closes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,8 +128,12 @@ pub enum SealError {
 /// spooled batch that a collector's lower limits do not allow), so seqs are allocated and handed
 /// to the spool in one order.
 pub struct Sealer {
+    /// The seq reservation in the state directory. Locked for the whole of numbering and
+    /// handing a batch to the spool, so the spool sees seqs in order whoever seals.
     seqs: tokio::sync::Mutex<SeqAllocator>,
+    /// Where sealed batches go (waiting while the spool's queue is full).
     spool: SpoolHandle,
+    /// Counts built batches and records dropped on the way.
     metrics: Arc<MeterMetrics>,
 }
 
@@ -178,12 +186,15 @@ impl Sealer {
             Ok(f) => f,
             Err(error) => {
                 // Only a single record larger than a whole frame can get here.
-                MeterMetrics::inc_by(&self.metrics.records_dropped, "record_too_large", u64::from(n));
-                tracing::warn!(%error, "dropping a record larger than a whole frame");
+                RecordTooLarge {
+                    records: n,
+                    error: &error,
+                }
+                .emit(&self.metrics);
                 return Ok(());
             }
         };
-        self.metrics.batches_built.inc();
+        self.metrics.records.batches_built.inc();
         self.spool
             .append(SpoolBatch {
                 seq,
@@ -198,10 +209,10 @@ impl Sealer {
     /// Counts records that can no longer be batched (the meter is failing), by why.
     fn discard(&self, records: u64, why: &SealError) {
         let reason = match why {
-            SealError::State(_) => "seq_unavailable",
-            SealError::SpoolStopped => "spool_write_failed",
+            SealError::State(_) => DropReason::SeqUnavailable,
+            SealError::SpoolStopped => DropReason::SpoolWriteFailed,
         };
-        MeterMetrics::inc_by(&self.metrics.records_dropped, reason, records);
+        RecordsDropped { reason, records }.emit(&self.metrics);
     }
 }
 
@@ -214,7 +225,7 @@ pub async fn run(
     sealer: Arc<Sealer>,
     mut limits: watch::Receiver<BatchLimits>,
 ) -> Result<(), SealError> {
-    let _task = sealer.metrics.task("batcher");
+    let _task = sealer.metrics.task(task::BATCHER);
     let mut batcher = Batcher::new(*limits.borrow_and_update());
     let mut closed: Vec<Vec<pb::FlowRecord>> = Vec::new();
     loop {
@@ -364,7 +375,7 @@ mod tests {
             fsync: FsyncPolicy::Never,
             memory_batches: 16,
         };
-        let (handle, task) = start(spool, run, Arc::clone(&metrics));
+        let (handle, task) = start(spool, run, Arc::clone(&metrics), Default::default());
         tokio::spawn(task);
         let seqs = SeqAllocator::open_with_block(dir, block).unwrap();
         (
@@ -399,7 +410,7 @@ mod tests {
         assert_eq!(entries.iter().map(|e| u64::from(e.records)).sum::<u64>(), 5_000);
         assert!(entries.windows(2).all(|w| w[0].seq < w[1].seq), "in seq order");
         assert_eq!(
-            MeterMetrics::count(&metrics.records_dropped, "record_too_large"),
+            MeterMetrics::count(&metrics.records.records_dropped, "record_too_large"),
             0
         );
     }
@@ -423,7 +434,7 @@ mod tests {
             "{result:?}"
         );
         let spooled_records: u64 = spooled(&spool).await.iter().map(|e| u64::from(e.records)).sum();
-        let dropped = MeterMetrics::count(&metrics.records_dropped, "seq_unavailable");
+        let dropped = MeterMetrics::count(&metrics.records.records_dropped, "seq_unavailable");
         assert_eq!(spooled_records, 20, "the first block (2 seqs) was used");
         assert_eq!(
             spooled_records + dropped,

@@ -12,20 +12,20 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, EXAMPLE_CONFIG};
 
-pub use ringflow_proto::ops::EXIT_CONFIG;
+pub use ringflow_ops::EXIT_CONFIG;
 
 #[derive(Parser, Debug)]
 #[command(
     name = "meter",
     version,
     about = "ringflow meter: measures this host's network flows and ships them to a collector fleet over QUIC",
-    after_help = "Logging: RUST_LOG (default \"info\"), e.g. RUST_LOG=ringflow_agent=debug.\n\
+    after_help = "Logging: RUST_LOG (default \"info\"), e.g. RUST_LOG=ringflow_meter=debug.\n\
                   Exit codes: 0 ok, 1 runtime failure, 64 bad configuration."
 )]
 struct Cli {
     /// Log format on stderr: "text", or "json" (one object per line, for log pipelines).
     #[arg(long, global = true, value_name = "FORMAT", default_value = "text",
-          value_parser = ringflow_proto::ops::LOG_FORMATS)]
+          value_parser = ringflow_ops::LOG_FORMATS)]
     log_format: String,
     #[command(subcommand)]
     command: Command,
@@ -58,7 +58,7 @@ pub fn main() -> ExitCode {
 /// meter, as `herd bench` does to measure a meter in a process of its own.
 pub fn main_with_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
     let cli = Cli::parse_from(args);
-    ringflow_proto::ops::init_logging("info", &cli.log_format);
+    ringflow_ops::init_logging("info", &cli.log_format);
     match cli.command {
         Command::Run { config } => run(config),
         Command::Check { config } => check(config),
@@ -83,9 +83,12 @@ fn check(path: PathBuf) -> ExitCode {
     };
     let problems: Vec<String> = [
         config.org_token().err().map(|e| e.to_string()),
-        crate::transport::client_config_with_identity(&config.ca_file, config.client_identity())
-            .err()
-            .map(|e| e.to_string()),
+        crate::transport::client_config_with_identity(
+            &config.ca_file,
+            crate::transport::ClientIdentity::of(&config),
+        )
+        .err()
+        .map(|e| e.to_string()),
     ]
     .into_iter()
     .flatten()
@@ -266,7 +269,7 @@ fn run(path: PathBuf) -> ExitCode {
     };
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        tokio::spawn(ringflow_proto::ops::shutdown_on_signals(
+        tokio::spawn(ringflow_ops::shutdown_on_signals(
             shutdown.clone(),
             "stopping the sources; spooling what is in memory, delivering until shutdown.grace_ms",
         ));

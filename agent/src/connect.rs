@@ -7,8 +7,14 @@
 //! a working session for a collector that is down but still named by DNS. Must never: decide
 //! where or when to connect itself (that is the selector's), or block on DNS (answers arrive from
 //! their own task through [`FleetWatch`]).
+//!
+//! [`run`] is a script of named steps over a `Driver` (the loop's state); while a session runs,
+//! each event it waits for (the session's end, its Welcome, a fleet change, the moment to check
+//! the first choice, that check's answer) is handled by a method of its own.
 
 use std::net::SocketAddr;
+use std::ops::ControlFlow;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::SeedableRng;
@@ -19,146 +25,278 @@ use tracing::warn;
 
 use crate::config::Config;
 use crate::fleet::FleetWatch;
-use crate::selector::{Ended, Failure, Selector, backoff};
-use crate::session::{self, SessionContext, SessionEnd};
-use crate::telemetry::MeterMetrics;
+use crate::selector::backoff::{self, JitterParams};
+use crate::selector::{Ended, Failure, Selector, SelectorConfig};
+use crate::session::{self, SessionContext, SessionEnd, SessionOutcome};
+use crate::telemetry::events::{CollectorChanged, Event};
+use crate::telemetry::{MeterMetrics, session_end, task};
 
 /// Connects, runs sessions and waits between attempts until the spool is settled (after
 /// shutdown, or once every source has finished) or the flush deadline has passed. What is still
 /// pending then stays in the spool for the next start.
-pub async fn run(ctx: &SessionContext, config: &Config, mut fleet: FleetWatch) {
-    let _task = ctx.metrics.task("connect_loop");
-    let mut selector = Selector::new(
-        &ctx.credentials.meter_id,
-        fleet.view.ring(),
-        config.selection(),
-        backoff::live(config.jitter()),
-        StdRng::from_os_rng(),
-        Instant::now(),
-    );
-    ctx.metrics
-        .fleet_collectors
-        .set(fleet.view.ring().members().len() as i64);
-    let mut failures = FailureLog::default();
-    loop {
-        if ctx.stop.deadline().is_some_and(|d| Instant::now() >= d) || ctx.spool.status().settled() {
+pub async fn run(ctx: &SessionContext, config: &Config, fleet: FleetWatch) {
+    let _task = ctx.metrics.task(task::CONNECT_LOOP);
+    let mut driver = Driver::new(ctx, config, fleet);
+    while let Some(target) = driver.next_target().await {
+        let addr = match driver.resolve(&target).await {
+            ControlFlow::Continue(Some(addr)) => addr,
+            ControlFlow::Continue(None) => continue,
+            ControlFlow::Break(()) => return,
+        };
+        let outcome = driver.run_session(&target, addr).await;
+        if driver.session_ended(&target, outcome).is_break() {
             return;
         }
-        let Some(attempt) = selector.next_attempt().cloned() else {
-            // No collector known yet: wait for DNS (or give up at the flush deadline).
-            tokio::select! {
-                _ = fleet.changed() => fleet_changed(&mut selector, &fleet, ctx),
-                _ = ctx.stop.expired() => return,
-            }
-            continue;
-        };
-        let go = tokio::select! {
-            _ = tokio::time::sleep_until(attempt.at) => true,
-            _ = fleet.changed() => {
-                fleet_changed(&mut selector, &fleet, ctx);
-                false
-            }
-            // Shutdown: stop waiting, and try at once to deliver what is spooled.
-            _ = ctx.stop.requested(), if !ctx.stop.is_stopping() => true,
-            _ = ctx.stop.expired() => return,
-        };
-        if !go {
-            continue;
+    }
+}
+
+/// The connect loop's state: the selector it drives, the fleet it feeds it, and the failure log.
+struct Driver<'a> {
+    ctx: &'a SessionContext,
+    config: &'a Config,
+    fleet: FleetWatch,
+    selector: Selector<::backoff::ExponentialBackoff, StdRng>,
+    failures: FailureLog,
+}
+
+/// What waiting for an attempt's instant came to.
+enum Wait {
+    /// Dial now.
+    Go,
+    /// The fleet changed: the attempt may be another now.
+    FleetChanged,
+    /// The flush deadline passed: stop.
+    Expired,
+}
+
+/// One session as the connect loop watches it while it runs.
+struct Watching<'a> {
+    /// The collector of this session.
+    target: Arc<str>,
+    /// The session's Welcome, with the collector's fleet view.
+    welcome_rx: oneshot::Receiver<Vec<String>>,
+    /// The Welcome was seen (and told to the selector).
+    welcomed: bool,
+    /// Tells the session to leave (to move to the first choice).
+    leave_tx: watch::Sender<Option<Instant>>,
+    /// When to check the first choice.
+    move_at: Option<Instant>,
+    /// The check under way (of which collector).
+    probe: Option<(Arc<str>, Probe<'a>)>,
+}
+
+impl<'a> Driver<'a> {
+    fn new(ctx: &'a SessionContext, config: &'a Config, fleet: FleetWatch) -> Self {
+        let selector = Selector::new(
+            &ctx.credentials.meter_id,
+            fleet.view.ring(),
+            SelectorConfig::from(&config.reconnect),
+            backoff::live(JitterParams::from(&config.reconnect)),
+            StdRng::from_os_rng(),
+            Instant::now(),
+        );
+        ctx.metrics
+            .fleet
+            .fleet_collectors
+            .set(fleet.view.ring().members().len() as i64);
+        Driver {
+            ctx,
+            config,
+            fleet,
+            selector,
+            failures: FailureLog::default(),
         }
-        let target = attempt.target;
-        let lookup = tokio::time::timeout(config.fleet.resolve_timeout(), resolve(&target));
+    }
+
+    /// Done: the flush deadline has passed, or nothing more will come and all is delivered.
+    fn done(&self) -> bool {
+        self.ctx.stop.deadline().is_some_and(|d| Instant::now() >= d) || self.ctx.spool.status().settled()
+    }
+
+    /// Waits for the selector's next attempt and returns its target; `None` when it is time to
+    /// stop.
+    async fn next_target(&mut self) -> Option<Arc<str>> {
+        loop {
+            if self.done() {
+                return None;
+            }
+            let wait = match self.selector.next_attempt().cloned() {
+                Some(attempt) => self.wait_until(attempt.at).await.map(|()| attempt.target),
+                // No collector known yet: wait for DNS (or give up at the flush deadline).
+                None => match self.wait_for_fleet().await {
+                    Wait::Expired => return None,
+                    _ => continue,
+                },
+            };
+            match wait {
+                Ok(target) => return Some(target),
+                Err(Wait::Expired) => return None,
+                Err(_) => continue,
+            }
+        }
+    }
+
+    /// Waits for a fleet change (handled) or the flush deadline.
+    async fn wait_for_fleet(&mut self) -> Wait {
+        tokio::select! {
+            _ = self.fleet.changed() => {
+                self.fleet_changed();
+                Wait::FleetChanged
+            }
+            _ = self.ctx.stop.expired() => Wait::Expired,
+        }
+    }
+
+    /// Waits until `at` (or, on shutdown, not at all: what is spooled goes out at once).
+    async fn wait_until(&mut self, at: Instant) -> Result<(), Wait> {
+        let stop = &self.ctx.stop;
+        let wait = tokio::select! {
+            _ = tokio::time::sleep_until(at) => Wait::Go,
+            _ = self.fleet.changed() => Wait::FleetChanged,
+            // Shutdown: stop waiting, and try at once to deliver what is spooled.
+            _ = stop.requested(), if !stop.is_stopping() => Wait::Go,
+            _ = stop.expired() => Wait::Expired,
+        };
+        match wait {
+            Wait::Go => Ok(()),
+            Wait::FleetChanged => {
+                self.fleet_changed();
+                Err(Wait::FleetChanged)
+            }
+            Wait::Expired => Err(Wait::Expired),
+        }
+    }
+
+    /// The address of `target`; `None` (counted, logged, told to the selector) if it does not
+    /// resolve; `Break` at the flush deadline.
+    async fn resolve(&mut self, target: &Arc<str>) -> ControlFlow<(), Option<SocketAddr>> {
+        let lookup = tokio::time::timeout(self.config.fleet.resolve_timeout(), resolve(target));
         let resolved = tokio::select! {
             r = lookup => r.unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "lookup timed out"))),
-            _ = ctx.stop.expired() => return,
+            _ = self.ctx.stop.expired() => return ControlFlow::Break(()),
         };
-        let addr = match resolved {
-            Ok(addr) => addr,
+        match resolved {
+            Ok(addr) => ControlFlow::Continue(Some(addr)),
             Err(error) => {
-                MeterMetrics::inc(&ctx.metrics.session_ends, "resolve");
-                failures.record("resolve", &target, &error);
-                selector.on_failure(&target, Failure::Unreachable, Instant::now());
-                continue;
+                MeterMetrics::inc(&self.ctx.metrics.sessions.session_ends, session_end::RESOLVE);
+                self.failures.record(session_end::RESOLVE, target, &error);
+                self.selector
+                    .on_failure(target, Failure::Unreachable, Instant::now());
+                ControlFlow::Continue(None)
             }
-        };
-        let server_name = config.server_name_for(&target);
+        }
+    }
+
+    /// Runs a session with `target` at `addr` until it ends, handling what happens meanwhile.
+    async fn run_session(&mut self, target: &Arc<str>, addr: SocketAddr) -> SessionOutcome {
+        let ctx = self.ctx;
+        let server_name = self.config.server_name_for(target);
         let (leave_tx, leave_rx) = watch::channel(None);
-        let (welcome_tx, mut welcome_rx) = oneshot::channel();
+        let (welcome_tx, welcome_rx) = oneshot::channel();
         let session = session::run(ctx, addr, &server_name, leave_rx, welcome_tx);
         tokio::pin!(session);
-        let mut welcomed = false;
-        let mut on_welcome =
-            |view: Option<Vec<String>>, selector: &mut Selector<_, _>, fleet: &mut FleetWatch| {
-                selector.on_welcome(&target, Instant::now());
-                ctx.metrics.set_connected(Some(target.clone()));
-                failures.reset();
-                if let Some(view) = view
-                    && fleet.view.set_welcome(view)
-                {
-                    fleet_changed(selector, fleet, ctx);
-                }
-            };
-        // When to check the first choice, and the check under way (of which collector).
-        let mut move_at: Option<Instant> = None;
-        let mut probe: Option<(std::sync::Arc<str>, Probe<'_>)> = None;
+        let mut w = Watching {
+            target: Arc::clone(target),
+            welcome_rx,
+            welcomed: false,
+            leave_tx,
+            move_at: None,
+            probe: None,
+        };
         let outcome = loop {
             tokio::select! {
                 outcome = &mut session => break outcome,
-                view = &mut welcome_rx, if !welcomed => {
-                    welcomed = true;
-                    on_welcome(view.ok(), &mut selector, &mut fleet);
-                    move_at = selector.move_at();
+                view = &mut w.welcome_rx, if !w.welcomed => self.on_welcome(&mut w, view.ok()),
+                _ = self.fleet.changed() => self.on_fleet_change(&mut w),
+                _ = crate::sleep_until(w.move_at), if w.move_at.is_some() && w.probe.is_none() => {
+                    self.on_move_due(&mut w);
                 }
-                _ = fleet.changed() => {
-                    fleet_changed(&mut selector, &fleet, ctx);
-                    move_at = selector.move_at();
-                    // The first choice changed while it was being checked: the check is moot.
-                    if probe.as_ref().is_some_and(|(home, _)| selector.first().as_ref() != Some(home)) {
-                        probe = None;
-                    }
-                }
-                _ = crate::sleep_until(move_at), if move_at.is_some() && probe.is_none() => {
-                    move_at = None;
-                    selector.on_checking_home();
-                    probe = selector.first().map(|home| {
-                        let check: Probe<'_> = Box::pin(answers(ctx, config, std::sync::Arc::clone(&home)));
-                        (home, check)
-                    });
-                }
-                reachable = until_done(&mut probe), if probe.is_some() => {
-                    if let Some((home, _)) = probe.take() {
-                        if reachable {
-                            leave_tx.send_replace(Some(Instant::now()));
-                        } else {
-                            selector.on_home_unreachable(&home, Instant::now());
-                            move_at = selector.move_at();
-                        }
-                    }
+                reachable = until_done(&mut w.probe), if w.probe.is_some() => {
+                    self.on_home_checked(&mut w, reachable);
                 }
             }
         };
-        if outcome.welcomed && !welcomed {
+        if outcome.welcomed && !w.welcomed {
             // The session ended before its Welcome was seen here: account for it first.
-            on_welcome(welcome_rx.try_recv().ok(), &mut selector, &mut fleet);
+            let view = w.welcome_rx.try_recv().ok();
+            self.on_welcome(&mut w, view);
         }
-        ctx.metrics.set_connected(None);
+        outcome
+    }
+
+    /// The collector welcomed the session (with its fleet view, if it sent one).
+    fn on_welcome(&mut self, w: &mut Watching<'a>, view: Option<Vec<String>>) {
+        w.welcomed = true;
+        self.selector.on_welcome(&w.target, Instant::now());
+        self.set_connected(Some(Arc::clone(&w.target)));
+        self.failures.reset();
+        if let Some(view) = view
+            && self.fleet.view.set_welcome(view)
+        {
+            self.fleet_changed();
+        }
+        w.move_at = self.selector.move_at();
+    }
+
+    /// DNS changed the fleet while the session runs.
+    fn on_fleet_change(&mut self, w: &mut Watching<'a>) {
+        self.fleet_changed();
+        w.move_at = self.selector.move_at();
+        // The first choice changed while it was being checked: the check is moot.
+        if w.probe
+            .as_ref()
+            .is_some_and(|(home, _)| self.selector.first().as_ref() != Some(home))
+        {
+            w.probe = None;
+        }
+    }
+
+    /// Time to move to the first choice: check first that it answers.
+    fn on_move_due(&mut self, w: &mut Watching<'a>) {
+        w.move_at = None;
+        self.selector.on_checking_home();
+        let (ctx, config) = (self.ctx, self.config);
+        w.probe = self.selector.first().map(|home| {
+            let check: Probe<'a> = Box::pin(answers(ctx, config, Arc::clone(&home)));
+            (home, check)
+        });
+    }
+
+    /// The first choice answered (leave for it) or did not (stay; the selector says when next).
+    fn on_home_checked(&mut self, w: &mut Watching<'a>, reachable: bool) {
+        let Some((home, _)) = w.probe.take() else {
+            return;
+        };
+        if reachable {
+            w.leave_tx.send_replace(Some(Instant::now()));
+        } else {
+            self.selector.on_home_unreachable(&home, Instant::now());
+            w.move_at = self.selector.move_at();
+        }
+    }
+
+    /// Tells the selector, the metrics and the log how the session with `target` ended.
+    /// `Break` when the meter is stopping.
+    fn session_ended(&mut self, target: &Arc<str>, outcome: SessionOutcome) -> ControlFlow<()> {
+        self.set_connected(None);
         let now = Instant::now();
         let label = match outcome.end {
             SessionEnd::Flushed | SessionEnd::Unflushed => {
-                MeterMetrics::inc(&ctx.metrics.session_ends, "shutdown");
-                return;
+                MeterMetrics::inc(&self.ctx.metrics.sessions.session_ends, session_end::SHUTDOWN);
+                return ControlFlow::Break(());
             }
             SessionEnd::Drained { reconnect_within } => {
-                selector.on_ended(
+                self.selector.on_ended(
                     Ended::Drained {
                         within: reconnect_within,
                     },
                     now,
                 );
-                "drained"
+                session_end::DRAINED
             }
             SessionEnd::Moved => {
-                selector.on_ended(Ended::Moved, now);
-                "moved"
+                self.selector.on_ended(Ended::Moved, now);
+                session_end::MOVED
             }
             SessionEnd::Rejected {
                 reason,
@@ -168,34 +306,59 @@ pub async fn run(ctx: &SessionContext, config: &Config, mut fleet: FleetWatch) {
             } => {
                 // Sent elsewhere: walk a ring over the fleet the collector named, not only
                 // over what DNS said (which may be this collector alone).
-                if fleet.view.set_welcome(view) {
-                    fleet_changed(&mut selector, &fleet, ctx);
+                if self.fleet.view.set_welcome(view) {
+                    self.fleet_changed();
                 }
                 let label = ringflow_proto::names::reject_reason(reason);
-                MeterMetrics::inc(&ctx.metrics.rejects, label);
-                failures.record(label, &target, &format!("rejected: {message}"));
-                selector.on_failure(&target, Failure::Refused { retry_after }, now);
-                "rejected"
+                MeterMetrics::inc(&self.ctx.metrics.sessions.rejects, label);
+                self.failures
+                    .record(label, target, &format!("rejected: {message}"));
+                self.selector
+                    .on_failure(target, Failure::Refused { retry_after }, now);
+                session_end::REJECTED
             }
             SessionEnd::Failed(error) => {
-                failures.record(error.label(), &target, &error);
+                self.failures.record(error.label(), target, &error);
                 if outcome.welcomed {
-                    selector.on_ended(Ended::Lost, now);
+                    self.selector.on_ended(Ended::Lost, now);
                 } else {
-                    selector.on_failure(&target, Failure::Unreachable, now);
+                    self.selector.on_failure(target, Failure::Unreachable, now);
                 }
                 error.label()
             }
         };
-        MeterMetrics::inc(&ctx.metrics.session_ends, label);
-        ctx.metrics.notify();
+        MeterMetrics::inc(&self.ctx.metrics.sessions.session_ends, label);
+        self.ctx.progress.notify();
+        ControlFlow::Continue(())
+    }
+
+    /// The ring changed: tell the selector (and the gauge).
+    fn fleet_changed(&mut self) {
+        let ring = self.fleet.view.ring();
+        self.ctx
+            .metrics
+            .fleet
+            .fleet_collectors
+            .set(ring.members().len() as i64);
+        self.selector.on_fleet(ring, Instant::now());
+    }
+
+    /// Records the collector of the current session (`None`: not connected) and signals it.
+    fn set_connected(&self, collector: Option<Arc<str>>) {
+        let old = self.ctx.current.replace(collector.clone());
+        CollectorChanged {
+            old: old.as_ref(),
+            new: collector.as_ref(),
+        }
+        .emit(&self.ctx.metrics);
+        self.ctx.progress.notify();
     }
 }
 
 /// Whether `collector` completes a QUIC handshake within the connect timeout (the connection is
 /// closed at once; it says nothing to the collector beyond that).
-async fn answers(ctx: &SessionContext, config: &Config, collector: std::sync::Arc<str>) -> bool {
-    ctx.metrics.connect_attempts.inc();
+async fn answers(ctx: &SessionContext, config: &Config, collector: Arc<str>) -> bool {
+    ctx.metrics.sessions.connect_attempts.inc();
     let addr = match tokio::time::timeout(config.fleet.resolve_timeout(), resolve(&collector)).await {
         Ok(Ok(addr)) => addr,
         _ => return false,
@@ -216,21 +379,11 @@ async fn answers(ctx: &SessionContext, config: &Config, collector: std::sync::Ar
 type Probe<'a> = std::pin::Pin<Box<dyn Future<Output = bool> + Send + 'a>>;
 
 /// The check under way, or never (for an optional branch of a `select!`).
-async fn until_done(probe: &mut Option<(std::sync::Arc<str>, Probe<'_>)>) -> bool {
+async fn until_done(probe: &mut Option<(Arc<str>, Probe<'_>)>) -> bool {
     match probe {
         Some((_, p)) => p.await,
         None => std::future::pending().await,
     }
-}
-
-fn fleet_changed<B: ::backoff::backoff::Backoff, R: rand::Rng>(
-    selector: &mut Selector<B, R>,
-    fleet: &FleetWatch,
-    ctx: &SessionContext,
-) {
-    let ring = fleet.view.ring();
-    ctx.metrics.fleet_collectors.set(ring.members().len() as i64);
-    selector.on_fleet(ring, Instant::now());
 }
 
 /// A collector address to dial: `ip:port` as is, `host:port` through the system resolver.

@@ -8,11 +8,18 @@
 //!        fleet (DNS task, Welcome views) ──► connect loop: selector ──► session ◄┘
 //! ```
 //!
-//! Module map (see ARCHITECTURE.md): `config`, `state` (id, seq reservation), `source`, `batcher`,
-//! `spool` (disk spool; sans-IO over a filesystem trait, plus its task), `session` (QUIC driver +
-//! sans-IO `window`), `ring` (consistent hash), `selector` (sans-IO fleet selection), `fleet`
-//! (discovery, last-known-good), `connect` (drives the selector), `stop`, `transport`,
-//! `telemetry`, `admin` (local `/healthz`, `/metrics`), `cli`.
+//! Module map (see ARCHITECTURE.md):
+//! - `config/`: the typed config, one module per section (struct, defaults, checks); imports
+//!   nothing from the rest of the meter.
+//! - `state` (meter id, seq reservation), `source/` (sockets, interfaces, netflow, synthetic),
+//!   `batcher`.
+//! - `spool/`: the disk spool, sans-IO over a filesystem trait (`recover`, `read`, `caps`,
+//!   `files`, `format`, `fs`), plus its `handle` and its `task/`.
+//! - `session/` (QUIC driver + sans-IO `window`), `ring` (consistent hash), `selector/`
+//!   (sans-IO fleet selection, `backoff`), `fleet/` (discovery, last-known-good), `connect`
+//!   (drives the selector), `stop`, `transport`.
+//! - `telemetry/` (metric groups, label values, named events), `observe` (progress signal,
+//!   current collector, ack observer), `admin` (local `/healthz`, `/metrics`), `cli`.
 
 pub mod admin;
 pub mod batcher;
@@ -20,7 +27,8 @@ pub mod cli;
 pub mod config;
 pub mod connect;
 pub mod fleet;
-
+pub mod observe;
+mod pipeline;
 pub mod ring;
 pub mod selector;
 pub mod session;
@@ -32,28 +40,24 @@ pub mod telemetry;
 pub mod transport;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
-use std::time::Duration;
 
-use tokio::sync::watch;
+use ringflow_proto::quic::TlsError;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::info;
 
 pub use config::Config;
-use ringflow_proto::quic::TlsError;
-pub use telemetry::{AckObserver, AckedBatch, MeterMetrics};
+pub use observe::{AckObserver, AckedBatch, MeterWatch};
+pub use telemetry::MeterMetrics;
 
-use batcher::{BatchLimits, SealError, Sealer};
 use config::ConfigError;
-
-use ringflow_proto::codes::ConnectionCode;
-use session::{Credentials, SessionContext};
+use observe::{CurrentCollector, Progress};
+use pipeline::Pipeline;
+use session::Credentials;
 use spool::fs::{MemFs, RealFs};
-use spool::{Spool, SpoolError};
+use spool::handle::SpoolRun;
+use spool::{Spool, SpoolError, SpoolLimits};
 use state::{SeqAllocator, StateError};
-use stop::StopClock;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -139,16 +143,29 @@ impl std::fmt::Debug for Embedding {
 
 /// An opened spool (on disk or in memory), with the task that owns it, spawned when the pipeline
 /// runs.
-struct OpenSpool {
+pub(crate) struct OpenSpool {
+    /// The ack watermark found at start, reported in the first `Hello`.
     acked_through: u64,
+    /// How the rest of the meter talks to the spool task.
     handle: spool::handle::SpoolHandle,
+    /// The spool task, not yet spawned.
     task: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
 }
 
 impl OpenSpool {
-    fn new<F: spool::fs::SpoolFs>(spool: Spool<F>, config: &Config, metrics: &Arc<MeterMetrics>) -> Self {
+    fn new<F: spool::fs::SpoolFs>(
+        spool: Spool<F>,
+        config: &Config,
+        metrics: &Arc<MeterMetrics>,
+        progress: &Progress,
+    ) -> Self {
         let acked_through = spool.acked_through();
-        let (handle, task) = spool::task::start(spool, config.spool.run(), Arc::clone(metrics));
+        let (handle, task) = spool::task::start(
+            spool,
+            SpoolRun::from(&config.spool),
+            Arc::clone(metrics),
+            progress.clone(),
+        );
         OpenSpool {
             acked_through,
             handle,
@@ -159,11 +176,19 @@ impl OpenSpool {
 
 /// A running meter.
 pub struct Meter {
+    /// This meter's id (configured, or generated and kept in the state directory).
     id: String,
-    metrics: Arc<MeterMetrics>,
+    /// What callers watch: metrics, progress, the current collector. Shared with the pipeline's
+    /// tasks, which write them.
+    watch: MeterWatch,
+    /// Where the admin endpoint listens, as bound at start.
     admin_addr: Option<std::net::SocketAddr>,
+    /// Where the NetFlow listener receives, as bound at start.
     netflow_addr: Option<std::net::SocketAddr>,
+    /// Cancelled by [`stop`](Self::stop) (or the caller's own clone): the pipeline then flushes
+    /// within its grace period and ends.
     shutdown: CancellationToken,
+    /// The pipeline's task; its result is the meter's.
     task: JoinHandle<Result<(), RunError>>,
 }
 
@@ -185,20 +210,20 @@ impl Meter {
         let id = state::meter_id(&config.state_dir, config.meter_id.as_deref())?;
         let mut seqs = SeqAllocator::open(&config.state_dir)?;
         let metrics = Arc::new(MeterMetrics::new());
-        if let Some(observer) = embedding.ack_observer {
-            metrics.observe_acks(observer);
-        }
+        let progress = Progress::new();
+        let current = Arc::new(CurrentCollector::default());
         let spool = match embedding.memory_spool {
             false => {
                 let disk = open_spool(&config)?;
                 seqs.skip_past(disk.last_seq())?;
-                OpenSpool::new(disk, &config, &metrics)
+                OpenSpool::new(disk, &config, &metrics, &progress)
             }
             // Empty at every start: no seq to skip.
             true => OpenSpool::new(
-                Spool::open(MemFs::default(), config.spool.limits())?.0,
+                Spool::open(MemFs::default(), SpoolLimits::from(&config.spool))?.0,
                 &config,
                 &metrics,
+                &progress,
             ),
         };
         let credentials = Credentials {
@@ -209,8 +234,10 @@ impl Meter {
         let (endpoint, own_endpoint) = match embedding.endpoint {
             Some(shared) => (shared, false),
             None => {
-                let client =
-                    transport::client_config_with_identity(&config.ca_file, config.client_identity())?;
+                let client = transport::client_config_with_identity(
+                    &config.ca_file,
+                    transport::ClientIdentity::of(&config),
+                )?;
                 (
                     transport::client_endpoint(client).map_err(StartError::Socket)?,
                     true,
@@ -237,11 +264,14 @@ impl Meter {
             admin,
             netflow,
             metrics: Arc::clone(&metrics),
+            progress: progress.clone(),
+            current: Arc::clone(&current),
+            ack_observer: embedding.ack_observer,
         };
         let task = tokio::spawn(pipeline.run(shutdown.clone()));
         Ok(Meter {
             id,
-            metrics,
+            watch: MeterWatch::new(metrics, progress, current),
             admin_addr,
             netflow_addr,
             shutdown,
@@ -263,8 +293,9 @@ impl Meter {
         &self.id
     }
 
-    pub fn metrics(&self) -> Arc<MeterMetrics> {
-        Arc::clone(&self.metrics)
+    /// The meter's metrics, with its progress signal and current collector; outlives the meter.
+    pub fn metrics(&self) -> MeterWatch {
+        self.watch.clone()
     }
 
     /// Asks the meter to stop (flushing within its grace period) and waits for it.
@@ -298,7 +329,7 @@ pub fn open_spool(config: &Config) -> Result<Spool<RealFs>, SpoolError> {
         name: dir.display().to_string(),
         source,
     })?;
-    let (spool, recovery) = Spool::open(fs, config.spool.limits())?;
+    let (spool, recovery) = Spool::open(fs, SpoolLimits::from(&config.spool))?;
     info!(
         pending_batches = recovery.pending_batches,
         segments = recovery.segments,
@@ -313,229 +344,6 @@ pub fn open_spool(config: &Config) -> Result<Spool<RealFs>, SpoolError> {
 /// The spool's directory inside a state directory.
 pub fn spool_dir(state_dir: &std::path::Path) -> std::path::PathBuf {
     state_dir.join("spool")
-}
-
-struct Pipeline {
-    config: Config,
-    credentials: Credentials,
-    endpoint: quinn::Endpoint,
-    /// False when the endpoint is shared with other meters (it is not this meter's to close).
-    own_endpoint: bool,
-    seqs: SeqAllocator,
-    spool: OpenSpool,
-    admin: Option<tokio::net::TcpListener>,
-    netflow: Option<source::netflow::NetflowListener>,
-    metrics: Arc<MeterMetrics>,
-}
-
-impl Pipeline {
-    async fn run(self, shutdown: CancellationToken) -> Result<(), RunError> {
-        let Pipeline {
-            config,
-            credentials,
-            endpoint,
-            own_endpoint,
-            seqs,
-            spool,
-            admin,
-            netflow,
-            metrics,
-        } = self;
-        let tasks = TaskTracker::new();
-        let sources_stop = CancellationToken::new();
-        let OpenSpool {
-            acked_through,
-            handle: spool,
-            task,
-        } = spool;
-        // Not tracked with the others: the spool task must outlive them all, and ends when its
-        // last handle goes.
-        let spool_task = tokio::spawn(task);
-        let admin_stop = CancellationToken::new();
-        if let Some(listener) = admin {
-            if let Ok(addr) = listener.local_addr() {
-                info!(%addr, "admin endpoint listening (/healthz, /metrics)");
-            }
-            tasks.spawn(admin::serve(
-                listener,
-                Arc::clone(&metrics),
-                spool.watch(),
-                admin_stop.clone(),
-            ));
-        }
-        let sealer = Arc::new(Sealer::new(seqs, spool.clone(), Arc::clone(&metrics)));
-        let local_limits = BatchLimits {
-            max_records: config.batch.max_records,
-            max_frame_bytes: config.batch.max_bytes,
-            max_age: Duration::from_millis(config.batch.max_age_ms),
-        };
-        let (limits_tx, limits_rx) = watch::channel(local_limits);
-
-        let (records_tx, records_rx) = source::channel(Arc::clone(&metrics));
-        source::spawn_all(
-            &config.sources,
-            netflow,
-            &records_tx,
-            &metrics,
-            &sources_stop,
-            &tasks,
-        );
-        // Only the sources hold senders now: when they stop, the batcher sees the end.
-        drop(records_tx);
-        let batcher = tasks.spawn(batcher::run(records_rx, Arc::clone(&sealer), limits_rx));
-
-        info!(meter_id = %credentials.meter_id, org = %credentials.org_id, collectors = ?config.collectors, "meter started");
-        let ctx = Arc::new(SessionContext {
-            endpoint: endpoint.clone(),
-            credentials,
-            connect_timeout: config.reconnect.connect_timeout(),
-            sealer,
-            spool: spool.clone(),
-            metrics: Arc::clone(&metrics),
-            stop: StopClock::new(shutdown.clone(), Duration::from_millis(config.shutdown.grace_ms)),
-            local_limits,
-            limits_tx,
-            last_acked: AtomicU64::new(acked_through),
-        });
-        // On shutdown the sources stop first; the batcher then seals its open batch and closes
-        // the spool's input, and the connect loop below delivers what it can by the stop clock's
-        // deadline. Whatever is not acked then stays in the spool.
-        {
-            let (ctx, sources_stop) = (Arc::clone(&ctx), sources_stop.clone());
-            tasks.spawn(async move {
-                let _task = ctx.metrics.task("stop_watch");
-                tokio::select! {
-                    _ = ctx.stop.requested() => {}
-                    _ = sources_stop.cancelled() => {}
-                }
-                sources_stop.cancel();
-            });
-        }
-        let fleet_stop = CancellationToken::new();
-        let fleet = tokio::select! {
-            fleet = discover_fleet(&config, &metrics, &tasks, &fleet_stop) => fleet,
-            // Stopped before the fleet was known: nothing can be flushed anywhere.
-            _ = ctx.stop.requested() => fleet::FleetWatch::new(fleet::FleetView::new(&config.collectors, None), None),
-        };
-        // Returns on shutdown, or once every source has finished and all they produced is
-        // settled (a synthetic source with `total_records`): the meter then has nothing to do.
-        connect::run(&ctx, &config, fleet).await;
-        fleet_stop.cancel();
-        sources_stop.cancel();
-        // The spool is settled, or the flush deadline has passed: nothing may wait any longer
-        // on a disk that fails (the batcher could be waiting to hand it a batch).
-        spool.give_up();
-        let result = match batcher.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(SealError::State(error))) => {
-                tracing::error!(%error, "batching stopped: the meter cannot reserve sequence numbers");
-                Err(RunError::State(error))
-            }
-            Ok(Err(SealError::SpoolStopped)) => Err(RunError::SpoolStopped),
-            Err(join) => Err(RunError::Panicked(join.to_string())),
-        };
-        admin_stop.cancel();
-        tasks.close();
-        tasks.wait().await;
-        let left = spool.status();
-        // The last handles: the spool task saves its state, syncs and ends.
-        drop((ctx, spool));
-        if let Err(join) = spool_task.await {
-            tracing::error!(error = %join, "the spool task failed");
-        }
-        if left.pending_batches > 0 {
-            info!(
-                batches = left.pending_batches,
-                records = left.pending_records,
-                "batches not yet acked stay in the spool; they are sent first at the next start"
-            );
-        }
-        if own_endpoint {
-            ConnectionCode::ShuttingDown.close_endpoint(&endpoint);
-            let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
-        }
-        info!(
-            acked_records = metrics.records_acked.get(),
-            spooled_records_total = metrics.spool_accepted_records.get(),
-            "meter stopped"
-        );
-        result
-    }
-}
-
-/// The fleet at start: static collectors, plus DNS if configured, or the last-known-good fleet
-/// if DNS fails now. Starts the task that keeps the DNS answer fresh.
-async fn discover_fleet(
-    config: &Config,
-    metrics: &Arc<MeterMetrics>,
-    tasks: &TaskTracker,
-    stop: &CancellationToken,
-) -> fleet::FleetWatch {
-    use fleet::LastKnownGood;
-    use fleet::dns::{FleetResolver, next_refresh};
-    let mut view = fleet::FleetView::new(&config.collectors, Some(config.state_dir.clone()));
-    let resolver = match FleetResolver::new(&config.fleet) {
-        Ok(r) => r,
-        Err(error) => {
-            tracing::error!(%error, "cannot resolve the fleet");
-            None
-        }
-    };
-    let Some(resolver) = resolver else {
-        // No DNS: static collectors, plus the fleet views collectors sent before a restart.
-        if let Some(lkg) = LastKnownGood::load(&config.state_dir) {
-            view.set_welcome(lkg.collectors);
-        }
-        return fleet::FleetWatch::new(view, None);
-    };
-    let retry = Duration::from_millis(config.fleet.refresh_min_ms);
-    let first = resolver.resolve().await;
-    let label = match &first {
-        Ok(_) => "ok",
-        Err(error) => error.label(),
-    };
-    MeterMetrics::inc(&metrics.fleet_lookups, label);
-    // Whoever waits for this meter's first lookup (an embedding pacing its starts) hears of it.
-    metrics.notify();
-    let (first_wait, answer) = match first {
-        Ok(resolved) => {
-            info!(
-                fleet = resolver.name(),
-                collectors = resolved.members.len(),
-                ttl_s = resolved.ttl.as_secs(),
-                "fleet resolved"
-            );
-            (next_refresh(resolved.ttl, &config.fleet), resolved.members)
-        }
-        Err(error) => match LastKnownGood::load(&config.state_dir) {
-            Some(lkg) => {
-                metrics.fleet_last_known_good.inc();
-                warn!(
-                    fleet = resolver.name(),
-                    %error,
-                    collectors = lkg.collectors.len(),
-                    saved_unix_ms = lkg.saved_unix_ms,
-                    "DNS fails: using the last-known-good fleet from state_dir/fleet.json"
-                );
-                (retry, lkg.collectors)
-            }
-            None => {
-                warn!(fleet = resolver.name(), %error, "DNS fails and there is no last-known-good fleet yet; retrying");
-                (retry, Vec::new())
-            }
-        },
-    };
-    view.set_dns(answer.clone());
-    let (members_tx, members_rx) = watch::channel(answer);
-    tasks.spawn(fleet::dns::refresh(
-        resolver,
-        config.fleet.clone(),
-        first_wait,
-        members_tx,
-        Arc::clone(metrics),
-        stop.clone(),
-    ));
-    fleet::FleetWatch::new(view, Some(members_rx))
 }
 
 /// Sleeps until `deadline`, or forever if there is none (for an optional branch of a `select!`).

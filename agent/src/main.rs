@@ -1,3 +1,6 @@
+//! The `meter` binary: only hands the process to [`ringflow_meter::cli::main`] (flags, logging,
+//! signals and exit codes live there). Must never: hold logic of its own.
+
 fn main() -> std::process::ExitCode {
-    ringflow_agent::cli::main()
+    ringflow_meter::cli::main()
 }

@@ -26,7 +26,7 @@ use hashring::HashRing;
 use siphasher::sip::SipHasher24;
 
 /// Points per collector. Measured over 200 random fleets of 5 collectors with 10,000 meters
-/// (`cargo run --release -p ringflow-agent --example ring_balance`), the busiest collector holds
+/// (`cargo run --release -p ringflow-meter --example ring_balance`), the busiest collector holds
 /// this much more than the mean:
 ///
 /// | replicas | average max/mean | fleets over 1.10 | memory per collector |

@@ -10,9 +10,14 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+/// Shared (in the session context) by the connect loop, every session and the stop watch.
 pub struct StopClock {
+    /// The meter's shutdown token, cancelled by the owner of the meter (a signal, `Meter::stop`).
     token: CancellationToken,
+    /// `shutdown.grace_ms`: how long after the request the meter may keep flushing.
     grace: Duration,
+    /// When shutdown was requested: set once, by whichever task notices first (the stop watch
+    /// waits on it from the start), read by all to compute the one deadline.
     requested_at: OnceLock<Instant>,
 }
 

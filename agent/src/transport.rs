@@ -34,6 +34,15 @@ pub struct ClientIdentity<'a> {
     pub key: &'a Path,
 }
 
+impl<'a> ClientIdentity<'a> {
+    /// The client certificate `config` names, if any.
+    pub fn of(config: &'a crate::config::Config) -> Option<Self> {
+        config
+            .client_cert_and_key()
+            .map(|(cert, key)| ClientIdentity { cert, key })
+    }
+}
+
 /// As [`client_config`], presenting `identity` to collectors that ask for a client certificate.
 pub fn client_config_with_identity(
     ca_file: &Path,

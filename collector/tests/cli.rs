@@ -53,7 +53,7 @@ fn token_prints_a_token_and_its_config_line() {
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     let token = text.lines().next().unwrap().strip_prefix("token: ").unwrap();
-    let expected = ringflow_collector::auth::hash_token(token).to_string();
+    let expected = ringflow_collector::control::auth::hash_token(token).to_string();
     assert!(
         text.contains(&format!("token_hashes = [\"{expected}\"]")),
         "{text}"

@@ -48,7 +48,7 @@ fn main() -> std::io::Result<()> {
 /// What a seed does in its target, to check that it does what its name says.
 fn describe(target: &str, bytes: &[u8]) -> String {
     match target {
-        "meter_config" => match ringflow_agent::config::Config::parse(&String::from_utf8_lossy(bytes)) {
+        "meter_config" => match ringflow_meter::config::Config::parse(&String::from_utf8_lossy(bytes)) {
             Ok(_) => "valid".into(),
             Err(e) => format!("INVALID: {e}"),
         },
@@ -59,7 +59,7 @@ fn describe(target: &str, bytes: &[u8]) -> String {
             }
         }
         "collector_ingest" => {
-            let limits = ringflow_collector::ingest::DataLimits {
+            let limits = ringflow_collector::data::ingest::DataLimits {
                 max_frame_bytes: 1 << 20,
                 max_records_per_batch: [0, 1, 2, 3, 8, 100, 10_000, usize::MAX][usize::from(bytes[0] & 7)],
                 max_unacked_batches: 32,
@@ -71,23 +71,23 @@ fn describe(target: &str, bytes: &[u8]) -> String {
                 u64::MAX - u64::from(255 - bytes[1])
             };
             let verdict =
-                ringflow_collector::ingest::judge_frame(Bytes::copy_from_slice(&bytes[2..]), last, &limits);
+                ringflow_collector::data::ingest::judge_frame(Bytes::copy_from_slice(&bytes[2..]), last, &limits);
             match verdict {
-                ringflow_collector::ingest::Verdict::Accept(b) => {
+                ringflow_collector::data::ingest::Verdict::Accept(b) => {
                     format!("accept {} records", b.records.len())
                 }
                 other => format!("{other:?}"),
             }
         }
         "netflow" => {
-            let config = ringflow_agent::config::NetflowConfig {
+            let config = ringflow_meter::config::NetflowConfig {
                 enabled: true,
                 max_exporters: 1 + usize::from(bytes[0] & 1),
                 max_templates: 1 + usize::from((bytes[0] >> 1) & 3),
                 max_pending_sets: usize::from((bytes[0] >> 3) & 3),
                 ..Default::default()
             };
-            let Ok(mut d) = ringflow_agent::source::netflow::decode::Decoder::new(&config) else {
+            let Ok(mut d) = ringflow_meter::source::netflow::decode::Decoder::new(&config) else {
                 return "decoder refused its config".into();
             };
             let mut rest = &bytes[1..];

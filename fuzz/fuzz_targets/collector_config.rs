@@ -11,6 +11,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use ringflow_collector::config::Config;
+use ringflow_collector::control::admission::Budgets;
+use ringflow_collector::control::auth::OrgDirectory;
 use ringflow_proto::frame::{self, MAX_COLLECTOR_CONTROL_FRAME_BYTES};
 use ringflow_proto::pb;
 
@@ -28,10 +30,10 @@ fuzz_target!(|data: &[u8]| {
     if let Err(error) = config.validate() {
         panic!("a parsed config fails validation: {error}");
     }
-    if let Err(error) = config.org_directory() {
+    if let Err(error) = OrgDirectory::from_config(&config) {
         panic!("a valid config has no org directory: {error}");
     }
-    let _ = config.admission.budgets(&config.limits);
+    let _ = Budgets::from_config(&config.admission, &config.limits);
     assert!(config.runtime.data_threads() > 0);
     assert!(config.runtime.control_threads() > 0);
     let collector_id = config.collector_id();

@@ -20,7 +20,7 @@
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
-use ringflow_collector::ingest::{DataLimits, Verdict, judge_frame};
+use ringflow_collector::data::ingest::{DataLimits, Verdict, judge_frame};
 use ringflow_proto::codes::StreamCode;
 use ringflow_proto::pb;
 

@@ -1,4 +1,4 @@
-//! The meter's config file: `ringflow_agent::config::Config::parse` on the input as UTF-8 (TOML
+//! The meter's config file: `ringflow_meter::config::Config::parse` on the input as UTF-8 (TOML
 //! parsing, serde defaults, every validation rule). Inputs that are not UTF-8 are skipped: the
 //! meter reads its file with `read_to_string`, which refuses them before parsing.
 //!
@@ -9,8 +9,12 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ringflow_agent::config::Config;
-use ringflow_agent::source::netflow::decode::Decoder;
+use ringflow_meter::config::Config;
+use ringflow_meter::selector::SelectorConfig;
+use ringflow_meter::selector::backoff::JitterParams;
+use ringflow_meter::spool::SpoolLimits;
+use ringflow_meter::spool::handle::SpoolRun;
+use ringflow_meter::source::netflow::decode::Decoder;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -26,7 +30,7 @@ fuzz_target!(|data: &[u8]| {
     if let Err(error) = config.validate() {
         panic!("a parsed config fails validation: {error}");
     }
-    let jitter = config.jitter();
+    let jitter = JitterParams::from(&config.reconnect);
     for round in [0, 1, 2, 10, 31, 64, 999, 1_000, 1_001, u32::MAX] {
         let ceiling = jitter.ceiling(round);
         assert!(
@@ -34,11 +38,11 @@ fuzz_target!(|data: &[u8]| {
             "round {round}: {ceiling:?}"
         );
     }
-    let _ = config.selection();
+    let _ = SelectorConfig::from(&config.reconnect);
     let _ = config.reconnect.connect_timeout();
     let _ = config.fleet.resolve_timeout();
-    let _ = config.spool.limits();
-    let _ = config.spool.run();
+    let _ = SpoolLimits::from(&config.spool);
+    let _ = SpoolRun::from(&config.spool);
     for address in &config.collectors {
         assert!(!config.server_name_for(address).is_empty());
     }

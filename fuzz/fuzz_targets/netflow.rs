@@ -1,4 +1,4 @@
-//! The NetFlow v5 / v9 / IPFIX input path: `ringflow_agent::source::netflow::decode::Decoder`
+//! The NetFlow v5 / v9 / IPFIX input path: `ringflow_meter::source::netflow::decode::Decoder`
 //! fed a sequence of datagrams from a few exporters, as the meter's UDP listener does, so that
 //! templates, data waiting for its template, template redefinition, options data (sampling) and
 //! the eviction of exporters and templates are all reached.
@@ -21,9 +21,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use ringflow_agent::config::NetflowConfig;
-use ringflow_agent::source::netflow::decode::Decoder;
-use ringflow_collector::ingest::{DataLimits, Verdict, judge_frame};
+use ringflow_meter::config::NetflowConfig;
+use ringflow_meter::source::netflow::decode::Decoder;
+use ringflow_collector::data::ingest::{DataLimits, Verdict, judge_frame};
 use ringflow_proto::pb;
 
 /// Receive time handed to the decoder (2026-11-22T00:00:00Z).

@@ -171,7 +171,7 @@ fn body_len<M: Message>(msg: &M, max_frame_bytes: usize) -> Result<(usize, u32),
 }
 
 /// `msg` as one frame in its own buffer. Encodes into a `Vec`: prost writes the many small
-/// fields of a batch into a `Vec` twice as fast as into a `BytesMut` (BENCHMARKS.md).
+/// fields of a batch into a `Vec` twice as fast as into a `BytesMut` (docs/benchmarks.md).
 pub fn encode_to_bytes<M: Message>(msg: &M, max_frame_bytes: usize) -> Result<Bytes, FrameError> {
     let (len, prefix) = body_len(msg, max_frame_bytes)?;
     let mut buf = Vec::with_capacity(LENGTH_PREFIX_BYTES + len);

@@ -1,17 +1,15 @@
-//! The ringflow/1 wire protocol, shared by the meter and the collector, and the operational
-//! conventions both binaries present.
+//! The ringflow/1 wire protocol, shared by the meter and the collector: the wire and nothing else
+//! (operational conventions live in `ringflow-ops`).
 //!
 //! Owns: the protobuf schema ([`pb`]), the frame codec ([`frame`]), the QUIC application error
 //! codes ([`codes`]), the stored form of a batch built from its frame ([`stored`]), stable names of the protocol's enums ([`names`]), the transport setup both
-//! ends must agree on ([`quic`]: ALPN, TLS 1.3, socket sizing), and [`ops`] (config errors and
-//! exit code 64, logging, signal meanings). Must never: hold session state, touch the data path's
+//! ends must agree on ([`quic`]: ALPN, TLS 1.3, socket sizing). Must never: hold session state, touch the data path's
 //! disk, or know about sinks, rings or spools. Generated types stay here and at the edges of the
 //! other crates.
 
 pub mod codes;
 pub mod frame;
 pub mod names;
-pub mod ops;
 pub mod quic;
 pub mod stored;
 

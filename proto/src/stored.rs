@@ -12,7 +12,7 @@
 //! encoded again, as before. Must never: judge a batch (the collector has decoded and checked it
 //! before this is called).
 //!
-//! Re-encoding was a fifth of a collector's CPU time at full speed (BENCHMARKS.md).
+//! Re-encoding was a fifth of a collector's CPU time at full speed (docs/benchmarks.md).
 
 use prost::Message;
 use prost::encoding::{WireType, decode_varint, encode_key, encode_varint};

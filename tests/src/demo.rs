@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use ringflow_agent::Meter;
 use ringflow_collector::cli::record_json;
-use ringflow_collector::store::OrgReader;
+use ringflow_collector::data::sink::file::store::OrgReader;
+use ringflow_meter::Meter;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -61,7 +61,7 @@ pub async fn run(
     let meter_toml = bed.meter_toml("meter", &[collector.addr], &meter_extra);
     std::fs::write(dir.join("meter.toml"), &meter_toml)?;
     let meter = Meter::start(
-        ringflow_agent::Config::parse(&meter_toml)?,
+        ringflow_meter::Config::parse(&meter_toml)?,
         CancellationToken::new(),
     )
     .await?;
@@ -104,11 +104,11 @@ pub async fn run(
     writeln!(
         out,
         "\nstopped: generated {} records, spooled {}, acked {}, stored {} (dropped at the spool's caps: {})",
-        metrics.records_generated.get(),
-        metrics.spool_accepted_records.get(),
-        metrics.records_acked.get(),
+        metrics.records.records_generated.get(),
+        metrics.spool.spool_accepted_records.get(),
+        metrics.delivery.records_acked.get(),
         count_stored(&data_dir)?,
-        metrics.spool_dropped_records.get()
+        metrics.spool.spool_dropped_records.get()
     )?;
     writeln!(
         out,
@@ -177,14 +177,14 @@ async fn report_until_stopped(
                 _ => {}
             }
         }
-        totals.acked = metrics.records_acked.get();
+        totals.acked = metrics.delivery.records_acked.get();
         let secs = started.elapsed().as_secs();
         writeln!(
             out,
             "[{secs:>4}s] generated {:>9}  acked {:>9}  stored {:>9}  ({:>6}/s)  from this host: sockets {:>6}  interfaces {:>6}",
-            metrics.records_generated.get(),
+            metrics.records.records_generated.get(),
             totals.acked,
-            collector.metrics.records_stored.get(),
+            collector.metrics.output.records_stored.get(),
             totals.acked - last_acked,
             totals.sockets,
             totals.interfaces,
@@ -200,8 +200,10 @@ async fn report_until_stopped(
 }
 
 fn count_stored(data_dir: &Path) -> anyhow::Result<u64> {
-    Ok(ringflow_collector::store::read_all(data_dir, Some(ORG))?
-        .iter()
-        .map(|b| b.records.len() as u64)
-        .sum())
+    Ok(
+        ringflow_collector::data::sink::file::store::read_all(data_dir, Some(ORG))?
+            .iter()
+            .map(|b| b.records.len() as u64)
+            .sum(),
+    )
 }

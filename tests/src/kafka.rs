@@ -10,8 +10,8 @@ use std::time::Duration;
 use anyhow::Context;
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-use ringflow_collector::config::KafkaSinkConfig;
-use ringflow_collector::sink::kafka::consume::{TopicBatch, read_topic};
+use ringflow_collector::data::sink::kafka::KafkaSinkConfig;
+use ringflow_collector::data::sink::kafka::consume::{TopicBatch, read_topic};
 
 enum Command {
     BrokerDown(i32),

@@ -9,7 +9,6 @@
 pub mod demo;
 pub mod dns;
 pub mod exporter;
-pub mod herd;
 pub mod kafka;
 pub mod logs;
 pub mod nats;
@@ -23,10 +22,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ringflow_agent::config::SyntheticConfig;
-use ringflow_agent::{Meter, MeterMetrics};
 use ringflow_collector::tls::DevCertPaths;
 use ringflow_collector::{Collector, CollectorMetrics};
+use ringflow_meter::config::SyntheticConfig;
+use ringflow_meter::{Meter, MeterWatch};
 use ringflow_proto::pb;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -117,7 +116,7 @@ impl TestBed {
             &[dns::FLEET_NAME.to_owned()],
             &[CLIENT_NAME.to_owned()],
         )?;
-        let token = ringflow_collector::auth::generate_token();
+        let token = ringflow_collector::control::auth::generate_token();
         Ok(Self {
             root,
             org: org.to_owned(),
@@ -176,7 +175,7 @@ grace_ms = 5000
             data = self.data_dir(name).display(),
             cert = self.certs.server_cert.display(),
             key = self.certs.server_key.display(),
-            hash = ringflow_collector::auth::hash_token(&self.token),
+            hash = ringflow_collector::control::auth::hash_token(&self.token),
         )
     }
 
@@ -222,14 +221,14 @@ admin.listen = "127.0.0.1:0"
 
     /// A meter config for tests: fast reconnects, short batch ages, and the synthetic source
     /// off (tests turn it on with the rate and total they need).
-    pub fn meter_config(&self, name: &str, collectors: &[SocketAddr]) -> ringflow_agent::Config {
+    pub fn meter_config(&self, name: &str, collectors: &[SocketAddr]) -> ringflow_meter::Config {
         let text = self.meter_toml(
             name,
             collectors,
             &format!("{}{TEST_METER_EXTRA}", test_reconnect("")),
         );
         // Built here from known-good parts.
-        ringflow_agent::Config::parse(&text).expect("fixture meter config is valid")
+        ringflow_meter::Config::parse(&text).expect("fixture meter config is valid")
     }
     /// A test meter that finds its collectors through DNS: the fixture's fleet name, asked of
     /// `dns`, with addresses on `port`. `reconnect` adds or overrides `[reconnect]` keys.
@@ -239,14 +238,14 @@ admin.listen = "127.0.0.1:0"
         dns: SocketAddr,
         port: u16,
         reconnect: &str,
-    ) -> anyhow::Result<ringflow_agent::Config> {
+    ) -> anyhow::Result<ringflow_meter::Config> {
         let extra = format!(
             "{}{TEST_METER_EXTRA}\n[fleet]\nname = \"{}\"\nport = {port}\nnameservers = [\"{dns}\"]\nrefresh_min_ms = 500\nresolve_timeout_ms = 500\n",
             test_reconnect(reconnect),
             dns::FLEET_NAME,
         );
         let text = self.meter_toml(name, &[], &extra);
-        Ok(ringflow_agent::Config::parse(&text)?)
+        Ok(ringflow_meter::Config::parse(&text)?)
     }
 
     /// The `[fleet]` table for a collector at `advertise` in a fleet of `members`, plus a short
@@ -322,7 +321,10 @@ impl RunningCollector {
 
     /// Every batch stored so far (reads the segment files).
     pub fn stored(&self) -> anyhow::Result<Vec<pb::StoredBatch>> {
-        Ok(ringflow_collector::store::read_all(&self.data_dir, None)?)
+        Ok(ringflow_collector::data::sink::file::store::read_all(
+            &self.data_dir,
+            None,
+        )?)
     }
 }
 
@@ -341,13 +343,16 @@ pub async fn poll_until(timeout: Duration, what: &str, done: impl AsyncFn() -> b
 }
 
 /// Starts a meter.
-pub async fn start_meter(config: ringflow_agent::Config) -> anyhow::Result<Meter> {
+pub async fn start_meter(config: ringflow_meter::Config) -> anyhow::Result<Meter> {
     Ok(Meter::start(config, CancellationToken::new()).await?)
 }
 
 /// Records acked to all of `meters` so far.
 pub fn records_acked(meters: &[Meter]) -> u64 {
-    meters.iter().map(|m| m.metrics().records_acked.get()).sum()
+    meters
+        .iter()
+        .map(|m| m.metrics().delivery.records_acked.get())
+        .sum()
 }
 
 /// Runs `work` to completion on a runtime of its own (on this thread, out of the caller's
@@ -373,10 +378,10 @@ pub async fn stop_all(meters: Vec<Meter>) -> anyhow::Result<()> {
 /// Waits until `done(metrics)` holds, woken by the meter's progress signal; fails after
 /// `timeout` with `what` in the message.
 pub async fn wait_for_meter(
-    metrics: &MeterMetrics,
+    metrics: &MeterWatch,
     timeout: Duration,
     what: &str,
-    done: impl Fn(&MeterMetrics) -> bool,
+    done: impl Fn(&MeterWatch) -> bool,
 ) -> anyhow::Result<()> {
     let mut changed = metrics.changed();
     let wait = async {

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use ringflow_collector::config::NatsSinkConfig;
-use ringflow_collector::sink::nats::consume::{StreamedBatch, read_stream};
+use ringflow_collector::data::sink::nats::NatsSinkConfig;
+use ringflow_collector::data::sink::nats::consume::{StreamedBatch, read_stream};
 
 use crate::process::ChildProcess;
 

@@ -33,8 +33,8 @@ impl RawSession {
         meter_id: &str,
         token: &str,
     ) -> anyhow::Result<RawHello> {
-        let client = ringflow_agent::transport::client_config(&bed.certs.ca)?;
-        let endpoint = ringflow_agent::transport::client_endpoint(client)?;
+        let client = ringflow_meter::transport::client_config(&bed.certs.ca)?;
+        let endpoint = ringflow_meter::transport::client_endpoint(client)?;
         Self::hello_on(&endpoint, addr, org, meter_id, token).await
     }
 
@@ -54,11 +54,11 @@ impl RawSession {
                     .clients
                     .get(i)
                     .ok_or_else(|| anyhow::anyhow!("the bed has no client certificate {i}"))?;
-                Some(ringflow_agent::transport::ClientIdentity { cert, key })
+                Some(ringflow_meter::transport::ClientIdentity { cert, key })
             }
         };
-        let client = ringflow_agent::transport::client_config_with_identity(&bed.certs.ca, identity)?;
-        Ok(ringflow_agent::transport::client_endpoint_at(
+        let client = ringflow_meter::transport::client_config_with_identity(&bed.certs.ca, identity)?;
+        Ok(ringflow_meter::transport::client_endpoint_at(
             client,
             SocketAddr::new(ip, 0),
         )?)

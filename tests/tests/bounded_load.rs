@@ -10,7 +10,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use ringflow_agent::MeterMetrics;
+use ringflow_meter::MeterMetrics;
 use ringflow_proto::pb;
 use ringflow_tests::process::{free_tcp_port_on, free_udp_port_on};
 use ringflow_tests::raw::{RawHello, RawSession};
@@ -77,8 +77,8 @@ async fn welcomed_on(
     addr: SocketAddr,
     meters: std::ops::Range<usize>,
 ) -> anyhow::Result<Vec<Box<RawSession>>> {
-    let client = ringflow_agent::transport::client_config(&bed.certs.ca)?;
-    let endpoint = ringflow_agent::transport::client_endpoint(client)?;
+    let client = ringflow_meter::transport::client_config(&bed.certs.ca)?;
+    let endpoint = ringflow_meter::transport::client_endpoint(client)?;
     let mut held = Vec::new();
     for i in meters {
         match RawSession::hello_on(&endpoint, addr, &bed.org, &format!("m{i}"), &bed.token).await? {
@@ -93,8 +93,8 @@ async fn welcomed_on(
 async fn a_collector_over_its_share_sends_meters_to_its_peer() -> anyhow::Result<()> {
     let bed = TestBed::new()?;
     let (a, b) = fleet_of_two(&bed, "0.05").await?;
-    let client = ringflow_agent::transport::client_config(&bed.certs.ca)?;
-    let endpoint = ringflow_agent::transport::client_endpoint(client)?;
+    let client = ringflow_meter::transport::client_config(&bed.certs.ca)?;
+    let endpoint = ringflow_meter::transport::client_endpoint(client)?;
     let hello = |addr: SocketAddr, meter: String| {
         let (endpoint, bed) = (endpoint.clone(), &bed);
         async move { RawSession::hello_on(&endpoint, addr, &bed.org, &meter, &bed.token).await }
@@ -141,7 +141,7 @@ async fn a_collector_over_its_share_sends_meters_to_its_peer() -> anyhow::Result
         RawHello::Welcomed(_) => anyhow::bail!("A welcomed a meter over its share"),
     }
     assert_eq!(metric(a.admin_addr, BOUNDED_REJECTS).await?, 1.0);
-    assert_eq!(a.metrics.sessions_active.get(), 2);
+    assert_eq!(a.metrics.sessions.sessions_active.get(), 2);
 
     // B, holding none of the fleet's sessions, takes the meter A sent on.
     match hello(b.addr, "m2".into()).await? {
@@ -184,10 +184,14 @@ async fn a_meter_sent_away_learns_the_fleet_from_the_reject() -> anyhow::Result<
     .await?;
     let m = meter.metrics();
     assert!(
-        MeterMetrics::count(&m.rejects, "overloaded") >= 1,
+        MeterMetrics::count(&m.sessions.rejects, "overloaded") >= 1,
         "A turned it away first"
     );
-    assert_eq!(m.fleet_collectors.get(), 2, "its ring holds the fleet A named");
+    assert_eq!(
+        m.fleet.fleet_collectors.get(),
+        2,
+        "its ring holds the fleet A named"
+    );
     assert!(metric(a.admin_addr, BOUNDED_REJECTS).await? >= 1.0);
     meter.stop().await?;
     drop(held);
@@ -211,7 +215,7 @@ async fn with_epsilon_zero_a_collector_has_no_cap() -> anyhow::Result<()> {
     );
     // A, with no cap, welcomes three more.
     held.extend(welcomed_on(&bed, a.addr, 2..5).await?);
-    assert_eq!(a.metrics.sessions_active.get(), 5);
+    assert_eq!(a.metrics.sessions.sessions_active.get(), 5);
     assert_eq!(
         metric(a.admin_addr, ROUNDS).await?,
         0.0,

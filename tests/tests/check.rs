@@ -4,8 +4,8 @@
 
 use std::process::Command;
 
-use ringflow_agent::fleet::LastKnownGood;
-use ringflow_agent::ring::Ring;
+use ringflow_meter::fleet::LastKnownGood;
+use ringflow_meter::ring::Ring;
 use ringflow_tests::TestBed;
 use ringflow_tests::dns::{DnsServer, Records};
 

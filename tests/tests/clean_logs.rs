@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use ringflow_collector::CollectorMetrics;
-use ringflow_collector::store::read_all;
+use ringflow_collector::data::sink::file::store::read_all;
 use ringflow_tests::logs::LogCapture;
 use ringflow_tests::{TestBed, start_meter, synthetic, wait_for_meter};
 
@@ -25,16 +25,16 @@ async fn a_wrong_token_is_rejected_and_never_logged() -> anyhow::Result<()> {
     let meter = start_meter(config).await?;
     let metrics = meter.metrics();
     wait_for_meter(&metrics, Duration::from_secs(30), "two auth rejects", |m| {
-        ringflow_agent::MeterMetrics::count(&m.rejects, "auth") >= 2
+        ringflow_meter::MeterMetrics::count(&m.sessions.rejects, "auth") >= 2
     })
     .await?;
     meter.stop().await?;
     let cm = collector.metrics.clone();
     collector.stop().await;
 
-    assert!(CollectorMetrics::count(&cm.hello_rejects, "auth_wrong_token") >= 2);
-    assert_eq!(cm.sessions_welcomed.get(), 0);
-    assert_eq!(metrics.sessions_started.get(), 0);
+    assert!(CollectorMetrics::count(&cm.sessions.hello_rejects, "auth_wrong_token") >= 2);
+    assert_eq!(cm.sessions.sessions_welcomed.get(), 0);
+    assert_eq!(metrics.sessions.sessions_started.get(), 0);
     assert!(read_all(&bed.data_dir("c1"), None)?.is_empty(), "nothing stored");
 
     let text = logs.text();
@@ -84,7 +84,7 @@ async fn a_poison_batch_is_nacked_once_removed_and_logged_with_its_reason() -> a
     let mut poison = good.clone();
     poison.dst_addr = Bytes::from_static(&[1, 2, 3]);
     {
-        let mut spool = ringflow_agent::open_spool(&config)?;
+        let mut spool = ringflow_meter::open_spool(&config)?;
         for (seq, records) in [(1, vec![good.clone(); 3]), (2, vec![poison]), (3, vec![good; 2])] {
             let n = records.len() as u32;
             let frame = batch_frame(pb::FlowBatch {
@@ -102,11 +102,11 @@ async fn a_poison_batch_is_nacked_once_removed_and_logged_with_its_reason() -> a
     let metrics = meter.metrics();
     tokio::time::timeout(Duration::from_secs(30), meter.join()).await??;
     assert_eq!(
-        ringflow_agent::MeterMetrics::count(&metrics.batches_nacked, "invalid_record"),
+        ringflow_meter::MeterMetrics::count(&metrics.delivery.batches_nacked, "invalid_record"),
         1
     );
-    assert_eq!(metrics.records_nacked.get(), 1);
-    assert_eq!(metrics.records_acked.get(), 5);
+    assert_eq!(metrics.delivery.records_nacked.get(), 1);
+    assert_eq!(metrics.delivery.records_acked.get(), 5);
     let text = logs.text();
     assert!(
         text.contains("collector refused a batch for good")
@@ -119,11 +119,11 @@ async fn a_poison_batch_is_nacked_once_removed_and_logged_with_its_reason() -> a
     let again = start_meter(config).await?;
     let metrics = again.metrics();
     tokio::time::timeout(Duration::from_secs(30), again.join()).await??;
-    assert_eq!(metrics.batches_sent.get(), 0);
+    assert_eq!(metrics.delivery.batches_sent.get(), 0);
     let cm = collector.metrics.clone();
     collector.stop().await;
     assert_eq!(
-        CollectorMetrics::count(&cm.nacks, "invalid_record"),
+        CollectorMetrics::count(&cm.ingest.nacks, "invalid_record"),
         1,
         "nacked once, ever"
     );

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use ringflow_agent::source::synthetic::bytes_from_src;
-use ringflow_collector::store::read_all;
+use ringflow_collector::data::sink::file::store::read_all;
+use ringflow_meter::source::synthetic::bytes_from_src;
 use ringflow_tests::process::{CollectorProcess, free_udp_addr};
 use ringflow_tests::{TestBed, start_meter, summarize, synthetic, wait_for_meter};
 
@@ -19,7 +19,7 @@ async fn a_meter_delivers_exactly_100k_records_each_once() -> anyhow::Result<()>
     let meter = start_meter(config).await?;
     let metrics = meter.metrics();
     wait_for_meter(&metrics, Duration::from_secs(120), "100,000 records acked", |m| {
-        m.records_acked.get() >= TOTAL
+        m.delivery.records_acked.get() >= TOTAL
     })
     .await?;
     // Its only source has finished and everything is acked: the meter stops by itself.
@@ -31,7 +31,7 @@ async fn a_meter_delivers_exactly_100k_records_each_once() -> anyhow::Result<()>
     assert_eq!(s.records, TOTAL, "records stored");
     assert_eq!(s.duplicate_batches, 0, "no batch stored twice");
     assert_eq!(stored.iter().map(|b| b.records.len() as u64).sum::<u64>(), TOTAL);
-    assert_eq!(s.batches as u64, metrics.batches_built.get());
+    assert_eq!(s.batches as u64, metrics.records.batches_built.get());
     assert_eq!(
         s.bytes_from_src,
         (0..TOTAL).map(bytes_from_src).sum::<u64>(),
@@ -42,7 +42,7 @@ async fn a_meter_delivers_exactly_100k_records_each_once() -> anyhow::Result<()>
             .iter()
             .all(|b| b.meter_id == "m1" && b.org_id == ringflow_tests::ORG)
     );
-    assert_eq!(metrics.records_acked.get(), TOTAL, "nothing acked twice");
+    assert_eq!(metrics.delivery.records_acked.get(), TOTAL, "nothing acked twice");
     Ok(())
 }
 
@@ -61,12 +61,12 @@ async fn acked_batches_survive_a_collector_kill_and_the_meter_resumes() -> anyho
     let meter = start_meter(config).await?;
     let metrics = meter.metrics();
     wait_for_meter(&metrics, Duration::from_secs(60), "a third acked", |m| {
-        m.records_acked.get() >= TOTAL / 3
+        m.delivery.records_acked.get() >= TOTAL / 3
     })
     .await?;
 
     collector.kill();
-    let acked_at_kill = metrics.batches_acked.get();
+    let acked_at_kill = metrics.delivery.batches_acked.get();
     let stored_at_kill = summarize(&read_all(&bed.data_dir("c1"), None)?);
     // Every batch acked before the kill is on disk, with nothing but the kill in between.
     assert!(
@@ -80,7 +80,7 @@ async fn acked_batches_survive_a_collector_kill_and_the_meter_resumes() -> anyho
         &metrics,
         Duration::from_secs(120),
         "all records acked after the restart",
-        |m| m.records_acked.get() >= TOTAL,
+        |m| m.delivery.records_acked.get() >= TOTAL,
     )
     .await?;
     meter.stop().await?;
@@ -89,16 +89,17 @@ async fn acked_batches_survive_a_collector_kill_and_the_meter_resumes() -> anyho
 
     let s = summarize(&read_all(&bed.data_dir("c1"), None)?);
     assert_eq!(s.records, TOTAL, "every record stored (at least once)");
-    assert_eq!(s.batches as u64, metrics.batches_built.get());
+    assert_eq!(s.batches as u64, metrics.records.batches_built.get());
     assert_eq!(s.bytes_from_src, (0..TOTAL).map(bytes_from_src).sum::<u64>());
     assert!(
-        metrics.sessions_started.get() >= 2,
+        metrics.sessions.sessions_started.get() >= 2,
         "the meter reconnected by itself"
     );
     let ends = |reason| {
         metrics
+            .sessions
             .session_ends
-            .get_or_create(&ringflow_agent::telemetry::ReasonLabel { reason })
+            .get_or_create(&ringflow_meter::telemetry::ReasonLabel { reason })
             .get()
     };
     assert_eq!(
@@ -107,7 +108,7 @@ async fn acked_batches_survive_a_collector_kill_and_the_meter_resumes() -> anyho
         "the restarted collector should reset the old connection (same data_dir, same reset key) \
          rather than leave the meter to time out"
     );
-    assert_eq!(metrics.spool_dropped_batches.get(), 0);
+    assert_eq!(metrics.spool.spool_dropped_batches.get(), 0);
     Ok(())
 }
 
@@ -127,7 +128,7 @@ async fn the_store_byte_cap_holds_and_counts_what_it_drops() -> anyhow::Result<(
     let meter = start_meter(config).await?;
     let metrics = meter.metrics();
     wait_for_meter(&metrics, Duration::from_secs(120), "all records acked", |m| {
-        m.records_acked.get() >= TOTAL
+        m.delivery.records_acked.get() >= TOTAL
     })
     .await?;
     meter.stop().await?;
@@ -147,12 +148,12 @@ async fn the_store_byte_cap_holds_and_counts_what_it_drops() -> anyhow::Result<(
     let stored = read_all(&bed.data_dir("c1"), None)?;
     let s = summarize(&stored);
     assert_eq!(s.duplicate_batches, 0);
-    assert!(cm.store_dropped_segments.get() > 0, "the cap was reached");
+    assert!(cm.store.store_dropped_segments.get() > 0, "the cap was reached");
     assert_eq!(
-        s.batches as u64 + cm.store_dropped_batches.get(),
-        metrics.batches_acked.get()
+        s.batches as u64 + cm.store.store_dropped_batches.get(),
+        metrics.delivery.batches_acked.get()
     );
-    assert_eq!(s.records + cm.store_dropped_records.get(), TOTAL);
+    assert_eq!(s.records + cm.store.store_dropped_records.get(), TOTAL);
     Ok(())
 }
 
@@ -164,7 +165,7 @@ async fn a_draining_collector_hands_its_meter_to_the_next() -> anyhow::Result<()
     let a = bed.start_collector("a", "").await?;
     let b = bed.start_collector("b", "").await?;
     // The ring decides which one the meter starts on; drain that one.
-    let ring = ringflow_agent::ring::Ring::new([a.addr.to_string(), b.addr.to_string()]);
+    let ring = ringflow_meter::ring::Ring::new([a.addr.to_string(), b.addr.to_string()]);
     let (home, other) = if **ring.first("m1").unwrap() == *a.addr.to_string() {
         (a, b)
     } else {
@@ -178,20 +179,20 @@ async fn a_draining_collector_hands_its_meter_to_the_next() -> anyhow::Result<()
         &metrics,
         Duration::from_secs(60),
         "records acked by its first choice",
-        |m| m.records_acked.get() >= 5_000,
+        |m| m.delivery.records_acked.get() >= 5_000,
     )
     .await?;
-    assert_eq!(home.metrics.sessions_active.get(), 1);
+    assert_eq!(home.metrics.sessions.sessions_active.get(), 1);
     home.stop().await;
-    let acked = metrics.records_acked.get();
+    let acked = metrics.delivery.records_acked.get();
     wait_for_meter(
         &metrics,
         Duration::from_secs(60),
         "records acked by the other",
-        |m| m.records_acked.get() >= acked + 5_000,
+        |m| m.delivery.records_acked.get() >= acked + 5_000,
     )
     .await?;
-    assert_eq!(other.metrics.sessions_active.get(), 1, "the meter moved");
+    assert_eq!(other.metrics.sessions.sessions_active.get(), 1, "the meter moved");
     meter.stop().await?;
     other.stop().await;
 
@@ -200,13 +201,14 @@ async fn a_draining_collector_hands_its_meter_to_the_next() -> anyhow::Result<()
     let s = summarize(&stored);
     assert_eq!(
         s.records,
-        metrics.records_generated.get(),
+        metrics.records.records_generated.get(),
         "nothing lost across the move"
     );
     assert_eq!(
         metrics
+            .sessions
             .session_ends
-            .get_or_create(&ringflow_agent::telemetry::ReasonLabel { reason: "drained" })
+            .get_or_create(&ringflow_meter::telemetry::ReasonLabel { reason: "drained" })
             .get(),
         1
     );
@@ -228,7 +230,7 @@ async fn batches_built_before_welcome_are_split_to_the_collectors_limits() -> an
     let metrics = meter.metrics();
     // No collector yet: wait until all records are batched and queued.
     wait_for_meter(&metrics, Duration::from_secs(30), "everything generated", |m| {
-        m.records_generated.get() >= TOTAL
+        m.records.records_generated.get() >= TOTAL
     })
     .await?;
 
@@ -241,10 +243,13 @@ async fn batches_built_before_welcome_are_split_to_the_collectors_limits() -> an
     let cm = collector.metrics.clone();
     collector.stop().await;
 
-    assert_eq!(metrics.records_acked.get(), TOTAL);
-    assert!(metrics.batches_resealed.get() > 0, "queued batches were split");
+    assert_eq!(metrics.delivery.records_acked.get(), TOTAL);
+    assert!(
+        metrics.delivery.batches_resealed.get() > 0,
+        "queued batches were split"
+    );
     assert_eq!(
-        ringflow_collector::CollectorMetrics::count(&cm.nacks, "too_many_records"),
+        ringflow_collector::CollectorMetrics::count(&cm.ingest.nacks, "too_many_records"),
         0,
         "nothing over the limits was sent"
     );

@@ -1,7 +1,12 @@
-//! The README documents every configuration key and every subcommand. The keys come from the
-//! example configs (themselves tested against the defaults), so a key added in code but not in the
-//! README fails here.
+//! The documents stay complete and connected. docs/configuration.md documents every configuration
+//! key and every subcommand: the keys come from the example configs (themselves tested against
+//! the defaults), so a key added in code but not in the reference fails here. The README keeps its
+//! two commands. Every relative link in README.md and docs/*.md points at a file that exists, so
+//! moving a page cannot leave a dead link behind.
 
+use std::path::{Path, PathBuf};
+
+const CONFIGURATION: &str = include_str!("../../docs/configuration.md");
 const README: &str = include_str!("../../README.md");
 
 /// Dotted keys of an example config, commented-out examples (`# key = ...`) included.
@@ -32,34 +37,24 @@ fn keys(example: &str) -> Vec<String> {
 }
 
 #[test]
-fn readme_documents_every_config_key() {
+fn configuration_md_documents_every_config_key() {
     for (binary, example) in [
         ("collector", ringflow_collector::config::EXAMPLE_CONFIG),
-        ("meter", ringflow_agent::config::EXAMPLE_CONFIG),
+        ("meter", ringflow_meter::config::EXAMPLE_CONFIG),
     ] {
         let keys = keys(example);
         assert!(keys.len() > 10, "{binary}: parsed only {keys:?}");
         for key in keys {
             assert!(
-                README.contains(&format!("`{key}`")),
-                "README does not document {binary} key `{key}`"
+                CONFIGURATION.contains(&format!("`{key}`")),
+                "docs/configuration.md does not document {binary} key `{key}`"
             );
         }
     }
 }
 
 #[test]
-fn readme_documents_every_report_key() {
-    for key in ringflow_tests::herd::report::KEYS {
-        assert!(
-            README.contains(&format!("`{key}`")),
-            "README does not document report.json key `{key}`"
-        );
-    }
-}
-
-#[test]
-fn readme_documents_every_subcommand() {
+fn configuration_md_documents_every_subcommand() {
     for command in [
         "collector run",
         "collector dev-certs",
@@ -69,39 +64,134 @@ fn readme_documents_every_subcommand() {
         "meter run",
         "meter check",
         "meter example-config",
-        "herd run",
-        "herd sim",
-        "herd bench",
     ] {
         assert!(
-            README.contains(&format!("`{command}")),
-            "README does not document `{command}`"
+            CONFIGURATION.contains(&format!("`{command}")),
+            "docs/configuration.md does not document `{command}`"
         );
     }
 }
 
+/// The README's two commands: the demo, and the whole test suite (which `.ci/run` calls).
 #[test]
-fn benchmarks_md_documents_every_bench_key() {
-    const BENCHMARKS: &str = include_str!("../../BENCHMARKS.md");
-    use ringflow_tests::herd::bench::report::{RATIOS, SECTIONS, TARGETS};
-    let keys = SECTIONS.iter().chain(RATIOS).chain(TARGETS.iter().map(|t| &t.0));
-    for key in keys {
+fn readme_keeps_the_two_commands() {
+    for command in ["cargo run -p ringflow-tests --bin demo", "./tests/run-all.sh"] {
         assert!(
-            BENCHMARKS.contains(&format!("`{key}`")),
-            "BENCHMARKS.md does not document bench.json key `{key}`"
+            README.lines().any(|line| line.starts_with(command)),
+            "README.md no longer gives the command `{command}` on a line of its own"
         );
     }
-    for flag in [
-        "--only",
-        "--quick",
-        "--records",
-        "--repeat",
-        "--idle-sessions",
-        "--work-dir",
-    ] {
-        assert!(
-            BENCHMARKS.contains(&format!("`{flag}")),
-            "BENCHMARKS.md does not document `herd bench {flag}`"
-        );
+}
+
+/// The workspace root (this crate is `tests/`).
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// README.md and every page under docs/.
+fn pages() -> Vec<PathBuf> {
+    let root = root();
+    let mut pages = vec![root.join("README.md")];
+    let docs = std::fs::read_dir(root.join("docs")).expect("docs/ is readable");
+    for entry in docs {
+        let path = entry.expect("docs/ entry").path();
+        if path.extension().is_some_and(|e| e == "md") {
+            pages.push(path);
+        }
     }
+    pages.sort();
+    pages
+}
+
+/// The targets of a page's Markdown links and images (`[text](target)`, `![alt](target)`,
+/// `[label]: target`), outside code blocks and code spans, without a title.
+fn link_targets(page: &str) -> Vec<String> {
+    let mut targets = Vec::new();
+    let mut in_fence = false;
+    for line in page.lines() {
+        if line.trim_start().starts_with("```") {
+            in_fence = !in_fence;
+            continue;
+        }
+        if in_fence {
+            continue;
+        }
+        let prose = without_code_spans(line);
+        if let Some(rest) = prose.trim_start().strip_prefix('[')
+            && let Some((_, target)) = rest.split_once("]: ")
+        {
+            targets.push(target.to_owned());
+        }
+        let mut rest = prose.as_str();
+        while let Some(start) = rest.find("](") {
+            rest = &rest[start + 2..];
+            let end = rest.find(')').unwrap_or(rest.len());
+            targets.push(rest[..end].to_owned());
+            rest = &rest[end..];
+        }
+    }
+    targets
+        .into_iter()
+        .filter_map(|t| t.split_whitespace().next().map(str::to_owned))
+        .collect()
+}
+
+/// `line` with every `code span` taken out.
+fn without_code_spans(line: &str) -> String {
+    line.split('`').step_by(2).collect::<Vec<_>>().join(" ")
+}
+
+/// A link target's file, or `None` when it leaves the repository or names only an anchor.
+fn local_file(target: &str) -> Option<&str> {
+    let external = ["http://", "https://", "mailto:"];
+    if external.iter().any(|scheme| target.starts_with(scheme)) {
+        return None;
+    }
+    let file = target.split('#').next().unwrap_or(target);
+    (!file.is_empty()).then_some(file)
+}
+
+#[test]
+fn link_targets_are_found_outside_code() {
+    let page = "See [the docs](docs/a.md#x), ![a chart](b.png \"title\") and [site](https://x.org).\n\
+                `[not](a-link.md)`\n\
+                ```\n[nor](this.md)\n```\n\
+                [ref]: c.md\n";
+    assert_eq!(
+        link_targets(page),
+        ["docs/a.md#x", "b.png", "https://x.org", "c.md"]
+    );
+    let files: Vec<_> = ["docs/a.md#x", "#anchor", "https://x.org", "c.md"]
+        .into_iter()
+        .filter_map(local_file)
+        .collect();
+    assert_eq!(files, ["docs/a.md", "c.md"]);
+}
+
+#[test]
+fn every_relative_link_in_the_docs_points_at_a_file() {
+    let pages = pages();
+    assert!(pages.len() > 5, "found only {pages:?}");
+    let mut checked = 0;
+    let mut dead = Vec::new();
+    for page in &pages {
+        let text = std::fs::read_to_string(page).expect("page is readable");
+        let dir = page.parent().expect("a page has a directory");
+        for target in link_targets(&text) {
+            if let Some(file) = local_file(&target) {
+                checked += 1;
+                if !dir.join(file).exists() {
+                    dead.push(format!("{}: {target}", page.display()));
+                }
+            }
+        }
+    }
+    assert!(
+        checked > 20,
+        "checked only {checked} links: is the parser still finding them?"
+    );
+    assert!(dead.is_empty(), "dead links:\n{}", dead.join("\n"));
 }

@@ -4,9 +4,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use ringflow_agent::MeterMetrics;
+use ringflow_meter::MeterMetrics;
 
-use ringflow_collector::store::read_all;
+use ringflow_collector::data::sink::file::store::read_all;
 use ringflow_proto::pb;
 use ringflow_tests::metric_value as metric;
 use ringflow_tests::process::{free_udp_addr, start_meter_process};
@@ -72,8 +72,8 @@ async fn kill_9_and_restarts_lose_nothing_the_meter_spooled() -> anyhow::Result<
         test_reconnect("")
     );
     let text = bed.meter_toml("m1", &[addr], &extra);
-    let config = ringflow_agent::Config::parse(&text)?;
-    let spool_dir = ringflow_agent::spool_dir(&config.state_dir);
+    let config = ringflow_meter::Config::parse(&text)?;
+    let spool_dir = ringflow_meter::spool_dir(&config.state_dir);
     let config_path = bed.path().join("m1.toml");
     std::fs::write(&config_path, &text)?;
     let plan = [
@@ -107,11 +107,11 @@ async fn kill_9_and_restarts_lose_nothing_the_meter_spooled() -> anyhow::Result<
         // second's records, and its source (3 s of records) goes on.
         match &collector {
             Some(c) => {
-                let before = c.metrics.records_stored.get();
+                let before = c.metrics.output.records_stored.get();
                 poll_until(
                     Duration::from_secs(30),
                     "the run delivers 5000 records",
-                    async || c.metrics.records_stored.get() >= before + 5_000,
+                    async || c.metrics.output.records_stored.get() >= before + 5_000,
                 )
                 .await?
             }
@@ -143,7 +143,7 @@ async fn kill_9_and_restarts_lose_nothing_the_meter_spooled() -> anyhow::Result<
     assert!(status.success(), "the last run ends by itself: {status}");
     collector.stop().await;
 
-    let spool = ringflow_agent::open_spool(&config)?;
+    let spool = ringflow_meter::open_spool(&config)?;
     let accepted = spool.accepted_records();
     assert_eq!(spool.pending().batches, 0, "everything was acked");
     assert_eq!(spool.dropped().records, 0, "the spool never reached its caps");
@@ -181,7 +181,7 @@ async fn an_outage_longer_than_the_spool_drops_the_oldest_and_counts_them_exactl
     config.spool.segment_bytes = SEGMENT;
     config.batch.max_bytes = 16 << 10;
     config.sources.synthetic = synthetic(100_000, RECORDS);
-    let spool_dir = ringflow_agent::spool_dir(&config.state_dir);
+    let spool_dir = ringflow_meter::spool_dir(&config.state_dir);
     let meter = start_meter(config.clone()).await?;
     let metrics = meter.metrics();
 
@@ -202,20 +202,21 @@ async fn an_outage_longer_than_the_spool_drops_the_oldest_and_counts_them_exactl
             largest.max(dir_bytes(&dir))
         })
     };
-    let lost_before_spool = |m: &MeterMetrics| MeterMetrics::count(&m.records_dropped, "source_queue_full");
+    let lost_before_spool =
+        |m: &MeterMetrics| MeterMetrics::count(&m.records.records_dropped, "source_queue_full");
     wait_for_meter(
         &metrics,
         Duration::from_secs(60),
         "every record spooled or counted",
-        |m| m.spool_accepted_records.get() + lost_before_spool(m) >= RECORDS,
+        |m| m.spool.spool_accepted_records.get() + lost_before_spool(m) >= RECORDS,
     )
     .await?;
-    let written = metrics.spool_written_bytes.get();
+    let written = metrics.spool.spool_written_bytes.get();
     assert!(
         written >= 10 * CAP,
         "the test needs 10x the cap: wrote {written} bytes"
     );
-    assert!(metrics.spool_dropped_records.get() > 0);
+    assert!(metrics.spool.spool_dropped_records.get() > 0);
 
     // The collector comes up; the meter delivers what is left and stops by itself.
     let collector = RunningCollector::start(ringflow_collector::Config::parse(
@@ -231,23 +232,23 @@ async fn an_outage_longer_than_the_spool_drops_the_oldest_and_counts_them_exactl
         largest <= CAP + SEGMENT,
         "the spool directory reached {largest} bytes; cap {CAP} + one segment {SEGMENT}"
     );
-    let produced = metrics.spool_accepted_records.get();
+    let produced = metrics.spool.spool_accepted_records.get();
     assert_eq!(produced + lost_before_spool(&metrics), RECORDS);
     let delivered = unique_records(&read_all(&bed.data_dir("c1"), None)?)?;
     eprintln!(
         "outage: wrote {written} bytes to a {CAP}-byte spool (segments {SEGMENT}); largest directory \
          {largest} bytes; produced {produced}, delivered {delivered}, dropped {}",
-        metrics.spool_dropped_records.get()
+        metrics.spool.spool_dropped_records.get()
     );
-    assert_eq!(metrics.records_acked.get(), delivered);
+    assert_eq!(metrics.delivery.records_acked.get(), delivered);
     assert_eq!(
-        metrics.spool_dropped_records.get(),
+        metrics.spool.spool_dropped_records.get(),
         produced - delivered,
         "dropped = produced - delivered"
     );
     // The drop count is kept in the spool, for the next start's metrics.
     assert_eq!(
-        ringflow_agent::open_spool(&config)?.dropped().records,
+        ringflow_meter::open_spool(&config)?.dropped().records,
         produced - delivered
     );
     Ok(())
@@ -266,22 +267,22 @@ async fn a_stop_spools_what_is_in_memory_and_the_next_start_sends_it_in_order() 
     let meter = start_meter(config.clone()).await?;
     let metrics = meter.metrics();
     wait_for_meter(&metrics, Duration::from_secs(30), "20000 records spooled", |m| {
-        m.spool_accepted_records.get() >= 20_000
+        m.spool.spool_accepted_records.get() >= 20_000
     })
     .await?;
     tokio::time::timeout(Duration::from_secs(10), meter.stop()).await??;
     let dropped_in_memory: u64 = ["source_queue_full", "record_too_large", "seq_unavailable"]
         .iter()
-        .map(|r| MeterMetrics::count(&metrics.records_dropped, r))
+        .map(|r| MeterMetrics::count(&metrics.records.records_dropped, r))
         .sum();
-    let accepted = metrics.spool_accepted_records.get();
+    let accepted = metrics.spool.spool_accepted_records.get();
     assert_eq!(
-        metrics.records_generated.get(),
+        metrics.records.records_generated.get(),
         accepted + dropped_in_memory,
         "every generated record is spooled or counted"
     );
-    assert_eq!(metrics.records_acked.get(), 0);
-    let spool = ringflow_agent::open_spool(&config)?;
+    assert_eq!(metrics.delivery.records_acked.get(), 0);
+    let spool = ringflow_meter::open_spool(&config)?;
     assert_eq!(spool.pending().records, accepted, "all of it is pending on disk");
     let last_seq = spool.last_seq();
     drop(spool);
@@ -297,7 +298,7 @@ async fn a_stop_spools_what_is_in_memory_and_the_next_start_sends_it_in_order() 
     collector.stop().await;
     let stored = read_all(&bed.data_dir("c1"), None)?;
     assert_eq!(unique_records(&stored)?, accepted);
-    assert_eq!(metrics.records_acked.get(), accepted);
+    assert_eq!(metrics.delivery.records_acked.get(), accepted);
     assert!(
         stored.windows(2).all(|w| w[0].seq < w[1].seq),
         "replayed in seq order, each once"
@@ -322,7 +323,7 @@ async fn the_admin_endpoint_reports_the_spool_and_the_current_collector() -> any
     let admin = meter.admin_addr().expect("the admin endpoint is on by default");
     let metrics = meter.metrics();
     wait_for_meter(&metrics, Duration::from_secs(30), "connected and acked", |m| {
-        m.connected_to().is_some() && m.records_acked.get() > 0
+        m.connected_to().is_some() && m.delivery.records_acked.get() > 0
     })
     .await?;
     assert_eq!(http_get(admin, "/healthz").await?, (200, "ok\n".to_owned()));

@@ -9,8 +9,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ringflow_agent::Meter;
-use ringflow_agent::ring::Ring;
+use ringflow_meter::Meter;
+use ringflow_meter::ring::Ring;
 use ringflow_tests::dns::{DnsServer, Records};
 use ringflow_tests::process::{CollectorProcess, free_udp_port_on};
 use ringflow_tests::{
@@ -191,16 +191,19 @@ async fn meters_share_the_fleet_and_a_dead_collectors_meters_spread_over_the_res
     }
     let mut stored = Vec::new();
     for i in 0..3 {
-        stored.extend(ringflow_collector::store::read_all(
+        stored.extend(ringflow_collector::data::sink::file::store::read_all(
             &bed.data_dir(&format!("c{i}")),
             None,
         )?);
     }
     let s = summarize(&stored);
-    let acked: u64 = generated_before_stop.iter().map(|m| m.records_acked.get()).sum();
+    let acked: u64 = generated_before_stop
+        .iter()
+        .map(|m| m.delivery.records_acked.get())
+        .sum();
     let generated: u64 = generated_before_stop
         .iter()
-        .map(|m| m.records_generated.get())
+        .map(|m| m.records.records_generated.get())
         .sum();
     assert_eq!(s.records, acked, "every acked record is stored");
     assert_eq!(
@@ -242,12 +245,12 @@ async fn restarted_meters_use_the_last_known_good_fleet_while_dns_is_down() -> a
     converge_on_first_choice(&meters, &ring, Duration::from_secs(60)).await?;
     for m in &meters {
         assert_eq!(
-            m.metrics().fleet_last_known_good.get(),
+            m.metrics().fleet.fleet_last_known_good.get(),
             1,
             "{} started from its saved fleet",
             m.id()
         );
-        assert!(ringflow_agent::MeterMetrics::count(&m.metrics().fleet_lookups, "unreachable") >= 1);
+        assert!(ringflow_meter::MeterMetrics::count(&m.metrics().fleet.fleet_lookups, "unreachable") >= 1);
     }
     stop_all(meters).await?;
     for c in collectors {
@@ -275,11 +278,12 @@ async fn a_dns_answering_a_single_record_still_ends_balanced() -> anyhow::Result
     assert_fair(&counts, 3, METERS);
     // DNS only ever named the first collector; the others were learned from Welcome.
     assert!(
-        collectors[1].metrics.sessions_active.get() > 0 && collectors[2].metrics.sessions_active.get() > 0
+        collectors[1].metrics.sessions.sessions_active.get() > 0
+            && collectors[2].metrics.sessions.sessions_active.get() > 0
     );
     let moved: u64 = meters
         .iter()
-        .map(|m| ringflow_agent::MeterMetrics::count(&m.metrics().session_ends, "moved"))
+        .map(|m| ringflow_meter::MeterMetrics::count(&m.metrics().sessions.session_ends, "moved"))
         .sum();
     assert!(
         moved as usize >= counts.len() - 1,

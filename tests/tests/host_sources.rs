@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use ringflow_agent::MeterMetrics;
+use ringflow_meter::{MeterMetrics, MeterWatch};
 use ringflow_proto::pb;
 use ringflow_tests::{TestBed, start_meter, wait_for_meter};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -21,11 +21,11 @@ const DOWN: usize = 5_000_000;
 const STEPS: usize = 10;
 
 fn reads(m: &MeterMetrics) -> u64 {
-    MeterMetrics::source_count(&m.source_reads, "sockets")
+    MeterMetrics::source_count(&m.sources.source_reads, "sockets")
 }
 
 /// Waits until the sockets source has completed `n` more reads.
-async fn reads_after(m: &MeterMetrics, n: u64) -> anyhow::Result<()> {
+async fn reads_after(m: &MeterWatch, n: u64) -> anyhow::Result<()> {
     let target = reads(m) + n;
     wait_for_meter(m, Duration::from_secs(10), "sockets source reads", |m| {
         reads(m) >= target
@@ -68,7 +68,7 @@ async fn a_loopback_transfer_is_reported_within_one_percent() -> anyhow::Result<
     reads_after(&metrics, 2).await?;
     drop((client, server));
     wait_for_meter(&metrics, Duration::from_secs(20), "every record acked", |m| {
-        m.records_acked.get() == m.records_generated.get()
+        m.delivery.records_acked.get() == m.records.records_generated.get()
     })
     .await?;
     meter.stop().await?;
@@ -128,7 +128,7 @@ fn dev_line(name: &str, rx: (u64, u64, u64, u64), tx: (u64, u64, u64, u64)) -> S
 }
 
 fn interface_reads(m: &MeterMetrics) -> u64 {
-    MeterMetrics::source_count(&m.source_reads, "interfaces")
+    MeterMetrics::source_count(&m.sources.source_reads, "interfaces")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,7 +153,7 @@ async fn interface_counters_arrive_as_deltas_across_a_wrap_and_a_vanished_interf
     let metrics = meter.metrics();
     let after = |n: u64| {
         let target = interface_reads(&metrics) + n;
-        let m = std::sync::Arc::clone(&metrics);
+        let m = metrics.clone();
         async move {
             wait_for_meter(&m, Duration::from_secs(10), "interface reads", |m| {
                 interface_reads(m) >= target

@@ -7,8 +7,8 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use rdkafka::types::RDKafkaRespErr;
-use ringflow_agent::Meter;
-use ringflow_agent::source::synthetic::bytes_from_src;
+use ringflow_meter::Meter;
+use ringflow_meter::source::synthetic::bytes_from_src;
 use ringflow_proto::pb;
 use ringflow_tests::kafka::KafkaCluster;
 use ringflow_tests::raw::{RawHello, RawSession};
@@ -52,7 +52,7 @@ async fn acked_batches_are_in_kafka_once_through_a_leader_outage_and_produce_err
         &meters[0].metrics(),
         Duration::from_secs(30),
         "m0: first acks",
-        |m| m.records_acked.get() > 0,
+        |m| m.delivery.records_acked.get() > 0,
     )
     .await?;
 
@@ -104,7 +104,7 @@ async fn acked_batches_are_in_kafka_once_through_a_leader_outage_and_produce_err
             &meter.metrics(),
             Duration::from_secs(120),
             &format!("m{i}: all acked"),
-            |m| m.records_acked.get() >= TOTAL,
+            |m| m.delivery.records_acked.get() >= TOTAL,
         )
         .await?;
     }
@@ -147,7 +147,7 @@ async fn acked_batches_are_in_kafka_once_through_a_leader_outage_and_produce_err
         );
         assert_eq!(
             mine.len() as u64,
-            meter.metrics().batches_acked.get(),
+            meter.metrics().delivery.batches_acked.get(),
             "{name}: distinct batches in the topic = batches acked"
         );
         let seqs: HashSet<u64> = mine.iter().map(|b| b.seq).collect();
@@ -182,7 +182,7 @@ async fn collector_read_prints_what_the_topic_holds() -> anyhow::Result<()> {
     config.sources.synthetic = synthetic(10_000, 3_000);
     let meter = start_meter(config).await?;
     wait_for_meter(&meter.metrics(), Duration::from_secs(60), "all acked", |m| {
-        m.records_acked.get() >= 3_000
+        m.delivery.records_acked.get() >= 3_000
     })
     .await?;
     stop_all(vec![meter]).await?;

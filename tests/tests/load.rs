@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ringflow_agent::ring::Ring;
+use ringflow_meter::ring::Ring;
 use ringflow_tests::nats::NatsServer;
 use ringflow_tests::process::{CollectorProcess, free_udp_addr};
 use ringflow_tests::raw::{RawHello, RawSession};
@@ -53,8 +53,8 @@ async fn flood(
     attempts: usize,
     concurrent: usize,
 ) -> anyhow::Result<FloodOutcome> {
-    let client = ringflow_agent::transport::client_config(ca)?;
-    let endpoint = ringflow_agent::transport::client_endpoint(client)?;
+    let client = ringflow_meter::transport::client_config(ca)?;
+    let endpoint = ringflow_meter::transport::client_endpoint(client)?;
     let slots = Arc::new(tokio::sync::Semaphore::new(concurrent));
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..attempts {
@@ -114,11 +114,16 @@ async fn a_connection_flood_is_shed_and_connected_meters_keep_getting_acks() -> 
         meters.push(start_meter(config).await?);
     }
     poll_until(Duration::from_secs(60), "meters acked", async || {
-        meters.iter().all(|m| m.metrics().records_acked.get() >= 2_000)
+        meters
+            .iter()
+            .all(|m| m.metrics().delivery.records_acked.get() >= 2_000)
     })
     .await?;
     let rss_before = collector.process.rss_bytes()?;
-    let acked_before: Vec<u64> = meters.iter().map(|m| m.metrics().records_acked.get()).collect();
+    let acked_before: Vec<u64> = meters
+        .iter()
+        .map(|m| m.metrics().delivery.records_acked.get())
+        .collect();
 
     let started = Instant::now();
     let ca = bed.certs.ca.clone();
@@ -136,7 +141,7 @@ async fn a_connection_flood_is_shed_and_connected_meters_keep_getting_acks() -> 
     let acked_during: Vec<u64> = meters
         .iter()
         .zip(&acked_before)
-        .map(|(m, before)| m.metrics().records_acked.get() - before)
+        .map(|(m, before)| m.metrics().delivery.records_acked.get() - before)
         .collect();
 
     assert!(collector.process.is_running(), "the collector fell over");
@@ -183,7 +188,7 @@ async fn a_connection_flood_is_shed_and_connected_meters_keep_getting_acks() -> 
     }
     for m in &meters {
         assert_eq!(
-            m.metrics().sessions_started.get(),
+            m.metrics().sessions.sessions_started.get(),
             1,
             "a served meter lost its session in the flood"
         );
@@ -351,7 +356,7 @@ async fn sigterm_drains_200_meters_spread_over_the_window() -> anyhow::Result<()
         async || {
             meters.iter().all(|m| {
                 let mm = m.metrics();
-                mm.connected_to().as_deref() == Some(a_name.as_str()) && mm.records_acked.get() > 0
+                mm.connected_to().as_deref() == Some(a_name.as_str()) && mm.delivery.records_acked.get() > 0
             })
         },
     )
@@ -378,8 +383,9 @@ async fn sigterm_drains_200_meters_spread_over_the_window() -> anyhow::Result<()
     for m in &meters {
         let drained = m
             .metrics()
+            .sessions
             .session_ends
-            .get_or_create(&ringflow_agent::telemetry::ReasonLabel { reason: "drained" })
+            .get_or_create(&ringflow_meter::telemetry::ReasonLabel { reason: "drained" })
             .get();
         assert_eq!(drained, 1, "meter {} was not drained once", m.id());
     }
@@ -416,8 +422,11 @@ async fn sigterm_drains_200_meters_spread_over_the_window() -> anyhow::Result<()
     let acked_total = records_acked(&meters);
     stop_all(meters).await?;
     b.stop().await;
-    let mut stored = ringflow_collector::store::read_all(&bed.data_dir("a"), None)?;
-    stored.extend(ringflow_collector::store::read_all(&bed.data_dir("b"), None)?);
+    let mut stored = ringflow_collector::data::sink::file::store::read_all(&bed.data_dir("a"), None)?;
+    stored.extend(ringflow_collector::data::sink::file::store::read_all(
+        &bed.data_dir("b"),
+        None,
+    )?);
     let s = summarize(&stored);
     assert!(
         s.records >= acked_total,
@@ -467,10 +476,14 @@ async fn over_the_soft_session_budget_meters_are_told_when_to_retry() -> anyhow:
     );
     let m = &collector.metrics;
     assert_eq!(
-        ringflow_collector::CollectorMetrics::count(&m.hello_rejects, "overloaded_sessions"),
+        ringflow_collector::CollectorMetrics::count(&m.sessions.hello_rejects, "overloaded_sessions"),
         REFUSED as u64
     );
-    assert_eq!(m.sessions_active.get(), 2, "the served sessions were kept");
+    assert_eq!(
+        m.sessions.sessions_active.get(),
+        2,
+        "the served sessions were kept"
+    );
     drop(served);
     collector.stop().await;
     Ok(())
@@ -492,7 +505,7 @@ async fn a_wedged_data_plane_does_not_hold_up_the_control_plane() -> anyhow::Res
     config.sources.synthetic = synthetic(5_000, 0);
     let meter = start_meter(config).await?;
     poll_until(Duration::from_secs(30), "acks flowing", async || {
-        meter.metrics().records_acked.get() >= 2_000
+        meter.metrics().delivery.records_acked.get() >= 2_000
     })
     .await?;
 
@@ -510,7 +523,7 @@ async fn a_wedged_data_plane_does_not_hold_up_the_control_plane() -> anyhow::Res
         started_rx.recv().await;
     }
     let wedged_at = Instant::now();
-    let acked_at_wedge = meter.metrics().records_acked.get();
+    let acked_at_wedge = meter.metrics().delivery.records_acked.get();
     // The probe runs on a runtime of its own, so its deadline holds whatever the collector's
     // runtimes are doing.
     let within = on_own_runtime(async {
@@ -524,7 +537,7 @@ async fn a_wedged_data_plane_does_not_hold_up_the_control_plane() -> anyhow::Res
         .await)
     })?;
     let took = wedged_at.elapsed();
-    let acked_during = meter.metrics().records_acked.get() - acked_at_wedge;
+    let acked_during = meter.metrics().delivery.records_acked.get() - acked_at_wedge;
     // Let the data plane go again.
     tokio::task::block_in_place(|| release.wait());
     eprintln!(
@@ -533,9 +546,9 @@ async fn a_wedged_data_plane_does_not_hold_up_the_control_plane() -> anyhow::Res
     within
         .map_err(|_| anyhow::anyhow!("the control plane did not answer while the data plane was wedged"))??;
     assert_eq!(acked_during, 0, "the data plane was really wedged");
-    let after = meter.metrics().records_acked.get();
+    let after = meter.metrics().delivery.records_acked.get();
     poll_until(Duration::from_secs(30), "acks after the wedge", async || {
-        meter.metrics().records_acked.get() > after
+        meter.metrics().delivery.records_acked.get() > after
     })
     .await?;
     meter.stop().await?;

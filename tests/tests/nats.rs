@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use ringflow_agent::Meter;
-use ringflow_agent::source::synthetic::bytes_from_src;
-use ringflow_collector::sink::nats::consume::StreamedBatch;
+use ringflow_collector::data::sink::nats::consume::StreamedBatch;
+use ringflow_meter::Meter;
+use ringflow_meter::source::synthetic::bytes_from_src;
 use ringflow_proto::pb;
 use ringflow_tests::logs::LogCapture;
 use ringflow_tests::nats::{NatsServer, read_all_with};
@@ -56,7 +56,7 @@ async fn wait_all_acked(meters: &[Meter], total: u64, within: Duration) -> anyho
             &meter.metrics(),
             within,
             &format!("m{i}: all records acked"),
-            |m| m.records_acked.get() >= total,
+            |m| m.delivery.records_acked.get() >= total,
         )
         .await?;
     }
@@ -97,7 +97,7 @@ fn assert_exactly_once(messages: &[StreamedBatch], meters: &[Meter], total: u64)
             Some((total, expected_bytes)),
             "{name}: records and their contents in the stream"
         );
-        let built = meter.metrics().batches_built.get();
+        let built = meter.metrics().records.batches_built.get();
         let stored = seen.keys().filter(|(id, _)| *id == name).count() as u64;
         assert_eq!(stored, built, "{name}: batches in the stream = batches built");
     }
@@ -142,15 +142,15 @@ async fn batches_from_several_meters_through_two_collectors_are_in_the_stream_on
         "nothing acked twice"
     );
     let (m1, m2) = (&c1.metrics, &c2.metrics);
-    let stored = m1.batches_stored.get() + m2.batches_stored.get();
-    let dups = m1.sink_duplicates.get() + m2.sink_duplicates.get();
+    let stored = m1.output.batches_stored.get() + m2.output.batches_stored.get();
+    let dups = m1.sink.sink_duplicates.get() + m2.sink.sink_duplicates.get();
     assert_eq!(
         stored - dups,
         messages.len() as u64,
         "each new publish ack is one message"
     );
     assert!(
-        m1.batches_stored.get() > 0 && m2.batches_stored.get() > 0,
+        m1.output.batches_stored.get() > 0 && m2.output.batches_stored.get() > 0,
         "both collectors carried batches"
     );
     eprintln!(
@@ -228,9 +228,9 @@ async fn a_nats_outage_holds_acks_and_loses_and_duplicates_nothing() -> anyhow::
         let (ready, _) = http_get(collector.admin_addr, "/readyz").await?;
         let answer = control_plane_answers(&bed, collector.addr, collector.admin_addr).await?;
         answers += 1;
-        peak_queue = peak_queue.max(collector.metrics.sink_queue_batches.get());
-        peak_in_flight = peak_in_flight.max(collector.metrics.sink_in_flight.get());
-        peak_spooled = peak_spooled.max(meters.iter().map(|m| m.metrics().spool_batches.get()).sum());
+        peak_queue = peak_queue.max(collector.metrics.queue.sink_queue_batches.get());
+        peak_in_flight = peak_in_flight.max(collector.metrics.sink.sink_in_flight.get());
+        peak_spooled = peak_spooled.max(meters.iter().map(|m| m.metrics().spool.spool_batches.get()).sum());
         match (ready, acked_when_unready) {
             (503, None) => {
                 acked_when_unready = Some(records_acked(&meters));
@@ -250,7 +250,7 @@ async fn a_nats_outage_holds_acks_and_loses_and_duplicates_nothing() -> anyhow::
         held < METERS as u64 * TOTAL,
         "the outage happened before the meters finished"
     );
-    assert!(collector.metrics.sink_outages.get() >= 1);
+    assert!(collector.metrics.sink.sink_outages.get() >= 1);
     assert!(
         peak_queue <= QUEUE + IN_FLIGHT + METERS as i64 && peak_in_flight <= IN_FLIGHT,
         "held at most the queue's bound: queue {peak_queue}, in flight {peak_in_flight}"
@@ -260,7 +260,7 @@ async fn a_nats_outage_holds_acks_and_loses_and_duplicates_nothing() -> anyhow::
         "meters kept the rest: {peak_spooled} batches spooled"
     );
     assert!(
-        collector.metrics.sessions_active.get() >= METERS as i64,
+        collector.metrics.sessions.sessions_active.get() >= METERS as i64,
         "sessions kept"
     );
 
@@ -269,7 +269,7 @@ async fn a_nats_outage_holds_acks_and_loses_and_duplicates_nothing() -> anyhow::
     assert_eq!(http_get(collector.admin_addr, "/readyz").await?.0, 200);
     for m in &meters {
         assert_eq!(
-            m.metrics().spool_dropped_batches.get(),
+            m.metrics().spool.spool_dropped_batches.get(),
             0,
             "meters spooled, dropped nothing"
         );
@@ -281,8 +281,8 @@ async fn a_nats_outage_holds_acks_and_loses_and_duplicates_nothing() -> anyhow::
          collector held at most {peak_queue} queued / {peak_in_flight} in flight, meters spooled up to {peak_spooled} batches; \
          after restart {} batches in the stream once each; outage counted {} s; duplicates dropped by JetStream: {}",
         messages.len(),
-        collector.metrics.sink_outage_seconds.get().round(),
-        collector.metrics.sink_duplicates.get()
+        collector.metrics.sink.sink_outage_seconds.get().round(),
+        collector.metrics.sink.sink_duplicates.get()
     );
     stop_all(meters).await?;
     collector.stop().await;
@@ -323,7 +323,7 @@ async fn a_killed_collectors_meters_resend_elsewhere_and_the_stream_keeps_one_co
     // The killed collector's meters finished on the survivor: nothing else was left to ack them.
     for i in &victims_meters {
         assert!(
-            meters[*i].metrics().sessions_started.get() >= 2,
+            meters[*i].metrics().sessions.sessions_started.get() >= 2,
             "m{i} reconnected"
         );
     }
@@ -400,8 +400,8 @@ async fn nats_credentials_are_used_and_never_logged() -> anyhow::Result<()> {
     let logs = LogCapture::default();
     let _capture = logs.install();
     let bed = TestBed::new()?;
-    let right = format!("right-{}", ringflow_collector::auth::generate_token());
-    let wrong = format!("wrong-{}", ringflow_collector::auth::generate_token());
+    let right = format!("right-{}", ringflow_collector::control::auth::generate_token());
+    let wrong = format!("wrong-{}", ringflow_collector::control::auth::generate_token());
     let nats = NatsServer::start_with(&bed.path().join("nats"), &["--auth", &right]).await?;
     let with_token = |token: &str| format!("{}token = \"{token}\"\n", nats.sink_toml(STREAM));
 
@@ -420,8 +420,8 @@ async fn nats_credentials_are_used_and_never_logged() -> anyhow::Result<()> {
     wait_all_acked(&meters, 1_000, Duration::from_secs(60)).await?;
     stop_all(meters).await?;
     collector.stop().await;
-    let nats_reader = ringflow_collector::config::NatsSinkConfig {
-        token: Some(ringflow_collector::config::Secret::new(right.clone())),
+    let nats_reader = ringflow_collector::data::sink::nats::NatsSinkConfig {
+        token: Some(ringflow_collector::data::sink::nats::Secret::new(right.clone())),
         ..nats.sink_config(STREAM)
     };
     assert!(!read_all_with(&nats_reader).await?.is_empty());
@@ -447,7 +447,7 @@ async fn a_batch_resent_through_another_collector_is_stored_once() -> anyhow::Re
     // The meter did not see those acks (say), and sends them again elsewhere, and more.
     assert_eq!(send_until_acked(&bed, c2.addr, 1..=8).await?, 8);
     assert_eq!(
-        c2.metrics.sink_duplicates.get(),
+        c2.metrics.sink.sink_duplicates.get(),
         5,
         "JetStream recognised the re-sent five"
     );
@@ -514,7 +514,7 @@ async fn the_sink_speaks_tls_to_nats_with_a_configured_ca() -> anyhow::Result<()
     assert_eq!(http_get(collector.admin_addr, "/readyz").await?.0, 200);
     let meters = start_meters(&bed, &[collector.addr], 1, 10_000, 1_000).await?;
     wait_all_acked(&meters, 1_000, Duration::from_secs(60)).await?;
-    let reader = ringflow_collector::config::NatsSinkConfig {
+    let reader = ringflow_collector::data::sink::nats::NatsSinkConfig {
         ca_file: Some(bed.certs.ca.clone()),
         ..nats.sink_config(STREAM)
     };
@@ -531,11 +531,11 @@ async fn a_payload_naming_another_org_is_published_under_the_authenticated_one()
     use ringflow_tests::raw::batch_naming_another_org;
     let bed = TestBed::new()?;
     let nats = NatsServer::start(&bed.path().join("nats")).await?;
-    let victim = ringflow_collector::auth::generate_token();
+    let victim = ringflow_collector::control::auth::generate_token();
     let extra = format!(
         "{}\n[[orgs]]\nid = \"victim\"\ntoken_hashes = [\"{}\"]\n",
         nats.sink_toml(STREAM),
-        ringflow_collector::auth::hash_token(&victim)
+        ringflow_collector::control::auth::hash_token(&victim)
     );
     let collector = bed.start_collector("c1", &extra).await?;
     let RawHello::Welcomed(raw) = RawSession::hello(&bed, collector.addr, ORG, "raw", &bed.token).await?

@@ -7,8 +7,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use ringflow_agent::config::NetflowConfig;
-use ringflow_agent::source::netflow::decode::{Decoder, DropReason};
+use ringflow_meter::config::NetflowConfig;
+use ringflow_meter::source::netflow::decode::{Decoder, DropReason};
 use ringflow_proto::pb;
 use ringflow_tests::exporter::{self, Clock, Flow, Set};
 use ringflow_tests::{TestBed, start_meter, wait_for_meter};
@@ -16,7 +16,7 @@ use ringflow_tests::{TestBed, start_meter, wait_for_meter};
 const EXPORTER: &str = "192.0.2.200:40000";
 
 fn now_ms() -> u64 {
-    ringflow_agent::unix_nanos_now() / 1_000_000
+    ringflow_meter::unix_nanos_now() / 1_000_000
 }
 
 fn decoder() -> Decoder {
@@ -300,7 +300,7 @@ async fn exported_flows_arrive_in_the_collector_store_and_bad_datagrams_are_coun
     }
     let metrics = meter.metrics();
     wait_for_meter(&metrics, Duration::from_secs(20), "60 records acked", |m| {
-        m.records_acked.get() >= 60
+        m.delivery.records_acked.get() >= 60
     })
     .await?;
     let errors = metrics.encode();

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ringflow_collector::CollectorMetrics;
-use ringflow_collector::store::read_all;
+use ringflow_collector::data::sink::file::store::read_all;
 use ringflow_proto::codes::StreamCode;
 use ringflow_proto::pb;
 use ringflow_tests::raw::{RawHello, RawSession, batch_frame};
@@ -52,7 +52,7 @@ async fn bad_frames_close_only_their_stream_while_others_are_served() -> anyhow:
         &metrics,
         Duration::from_secs(30),
         "the good meter is flowing",
-        |m| m.records_acked.get() >= 1_000,
+        |m| m.delivery.records_acked.get() >= 1_000,
     )
     .await?;
 
@@ -115,21 +115,27 @@ async fn bad_frames_close_only_their_stream_while_others_are_served() -> anyhow:
     );
 
     // The other meter kept being served.
-    let before = metrics.records_acked.get();
+    let before = metrics.delivery.records_acked.get();
     wait_for_meter(
         &metrics,
         Duration::from_secs(30),
         "the good meter still flowing",
-        |m| m.records_acked.get() >= before + 1_000,
+        |m| m.delivery.records_acked.get() >= before + 1_000,
     )
     .await?;
     meter.stop().await?;
     let cm = collector.metrics.clone();
     collector.stop().await;
 
-    assert_eq!(CollectorMetrics::count(&cm.stream_errors, "frame_too_large"), 1);
-    assert_eq!(CollectorMetrics::count(&cm.stream_errors, "malformed_frame"), 1);
-    assert_eq!(CollectorMetrics::count(&cm.nacks, "invalid_record"), 1);
+    assert_eq!(
+        CollectorMetrics::count(&cm.ingest.stream_errors, "frame_too_large"),
+        1
+    );
+    assert_eq!(
+        CollectorMetrics::count(&cm.ingest.stream_errors, "malformed_frame"),
+        1
+    );
+    assert_eq!(CollectorMetrics::count(&cm.ingest.nacks, "invalid_record"), 1);
     let raw_batches: Vec<_> = read_all(&bed.data_dir("c1"), Some(ORG))?
         .into_iter()
         .filter(|b| b.meter_id == "raw")
@@ -143,7 +149,7 @@ async fn bad_frames_close_only_their_stream_while_others_are_served() -> anyhow:
 /// what each session stores lands under the org its token proved.
 #[tokio::test]
 async fn a_token_of_one_org_cannot_write_into_another() -> anyhow::Result<()> {
-    use ringflow_collector::auth::{generate_token, hash_token};
+    use ringflow_collector::control::auth::{generate_token, hash_token};
     let bed = TestBed::new()?;
     let victim_token = generate_token();
     let extra = format!(
@@ -181,6 +187,7 @@ async fn a_token_of_one_org_cannot_write_into_another() -> anyhow::Result<()> {
     }
     let data_tasks = collector
         .metrics
+        .runtime
         .tasks_active
         .get_or_create(&ringflow_collector::telemetry::TaskLabel { task: "data_stream" })
         .get();

@@ -9,10 +9,10 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use bytes::Bytes;
-use ringflow_agent::MeterMetrics;
 use ringflow_collector::CollectorMetrics;
-use ringflow_collector::auth::{generate_token, hash_token};
-use ringflow_collector::store::read_all;
+use ringflow_collector::control::auth::{generate_token, hash_token};
+use ringflow_collector::data::sink::file::store::read_all;
+use ringflow_meter::MeterWatch;
 use ringflow_proto::codes::ConnectionCode;
 use ringflow_proto::frame::{FrameReader, MAX_CONTROL_FRAME_BYTES};
 use ringflow_proto::pb;
@@ -28,10 +28,10 @@ fn loopback(last: u8) -> IpAddr {
 }
 
 /// Waits until the meter has had `more` records acked since `before`.
-async fn acks_continue(metrics: &MeterMetrics, what: &str) -> anyhow::Result<()> {
-    let before = metrics.records_acked.get();
+async fn acks_continue(metrics: &MeterWatch, what: &str) -> anyhow::Result<()> {
+    let before = metrics.delivery.records_acked.get();
     wait_for_meter(metrics, Duration::from_secs(20), what, |m| {
-        m.records_acked.get() >= before + 200
+        m.delivery.records_acked.get() >= before + 200
     })
     .await
 }
@@ -112,9 +112,18 @@ async fn hostile_clients_are_refused_while_a_good_meter_keeps_getting_acks() -> 
     let r = rejected(RawSession::hello_on(&attacker, collector.addr, ORG, "attacker", &bed.token).await?)?;
     assert_eq!(r.reason, pb::RejectReason::Auth as i32);
     assert!(r.retry_after_ms >= 1_000, "{r:?}");
-    assert_eq!(CollectorMetrics::count(&cm.hello_rejects, "auth_wrong_token"), 2);
-    assert_eq!(CollectorMetrics::count(&cm.hello_rejects, "auth_unknown_org"), 1);
-    assert_eq!(CollectorMetrics::count(&cm.hello_rejects, "auth_rate_limited"), 1);
+    assert_eq!(
+        CollectorMetrics::count(&cm.sessions.hello_rejects, "auth_wrong_token"),
+        2
+    );
+    assert_eq!(
+        CollectorMetrics::count(&cm.sessions.hello_rejects, "auth_unknown_org"),
+        1
+    );
+    assert_eq!(
+        CollectorMetrics::count(&cm.sessions.hello_rejects, "auth_rate_limited"),
+        1
+    );
     acks_continue(&metrics, "acks during the failed logins").await?;
 
     // Another address is not affected.
@@ -182,7 +191,10 @@ async fn hostile_clients_are_refused_while_a_good_meter_keeps_getting_acks() -> 
             Some(ConnectionCode::HelloTimeout)
         );
     }
-    assert_eq!(CollectorMetrics::count(&cm.hello_rejects, "hello_timeout"), 2);
+    assert_eq!(
+        CollectorMetrics::count(&cm.sessions.hello_rejects, "hello_timeout"),
+        2
+    );
     acks_continue(&metrics, "acks after the silent connections").await?;
     assert!(session.conn.close_reason().is_none());
 
@@ -252,13 +264,13 @@ async fn a_client_certificate_proves_the_org_its_names_map_to_and_no_other() -> 
                 key.display()
             ),
         );
-    let meter = start_meter(ringflow_agent::Config::parse(&text)?).await?;
+    let meter = start_meter(ringflow_meter::Config::parse(&text)?).await?;
     let metrics = meter.metrics();
     wait_for_meter(
         &metrics,
         Duration::from_secs(20),
         "the certificate meter's records acked",
-        |m| m.records_acked.get() >= 300,
+        |m| m.delivery.records_acked.get() >= 300,
     )
     .await?;
     meter.stop().await?;
@@ -274,7 +286,7 @@ async fn a_client_certificate_proves_the_org_its_names_map_to_and_no_other() -> 
     welcomed(RawSession::hello_on(&without, collector.addr, ORG, "m", &bed.token).await?)?;
     let cm = collector.metrics.clone();
     assert_eq!(
-        CollectorMetrics::count(&cm.hello_rejects, "auth_certificate_org"),
+        CollectorMetrics::count(&cm.sessions.hello_rejects, "auth_certificate_org"),
         1
     );
     collector.stop().await;
@@ -303,7 +315,7 @@ async fn a_silent_session_is_closed_by_the_idle_timeout_and_counted() -> anyhow:
     let session = welcomed(RawSession::hello(&bed, collector.addr, ORG, "quiet", &bed.token).await?)?;
     let error = tokio::time::timeout(Duration::from_secs(10), session.conn.closed()).await?;
     assert!(matches!(error, quinn::ConnectionError::TimedOut), "{error:?}");
-    let ended = || CollectorMetrics::count(&collector.metrics.sessions_ended, "idle_timeout");
+    let ended = || CollectorMetrics::count(&collector.metrics.sessions.sessions_ended, "idle_timeout");
     // The collector's counters have no change signal: poll.
     poll_until(Duration::from_secs(10), "the idle session counted", async || {
         ended() > 0

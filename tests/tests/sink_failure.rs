@@ -40,7 +40,7 @@ async fn a_failing_disk_holds_acks_and_shutdown_stays_bounded() -> anyhow::Resul
         None,
         "acked a batch it could not write"
     );
-    assert!(collector.metrics.sink_write_errors.get() >= 2);
+    assert!(collector.metrics.sink.sink_write_errors.get() >= 2);
     let (status, body) = http_get(collector.admin_addr, "/readyz").await?;
     assert_eq!((status, body.trim()), (503, "not ready: sink unavailable"));
 
@@ -140,7 +140,9 @@ async fn a_full_disk_stops_acks_until_space_returns_and_loses_nothing_acked() ->
     poll_until(
         Duration::from_secs(10),
         "the collector reports the full disk",
-        async || cm.sink_write_errors.get() > 0 && readyz().await.is_some_and(|(status, _)| status == 503),
+        async || {
+            cm.sink.sink_write_errors.get() > 0 && readyz().await.is_some_and(|(status, _)| status == 503)
+        },
     )
     .await?;
     let (_, body) = readyz()
@@ -148,14 +150,14 @@ async fn a_full_disk_stops_acks_until_space_returns_and_loses_nothing_acked() ->
         .ok_or_else(|| anyhow::anyhow!("/readyz did not answer"))?;
     assert_eq!(body.trim(), "not ready: sink unavailable");
     // While nothing fits, nothing more is acked: the sink retries (every second) and fails.
-    let acked = metrics.records_acked.get();
-    let errors = cm.sink_write_errors.get();
+    let acked = metrics.delivery.records_acked.get();
+    let errors = cm.sink.sink_write_errors.get();
     poll_until(Duration::from_secs(20), "two more failed retries", async || {
-        cm.sink_write_errors.get() >= errors + 2
+        cm.sink.sink_write_errors.get() >= errors + 2
     })
     .await?;
     assert_eq!(
-        metrics.records_acked.get(),
+        metrics.delivery.records_acked.get(),
         acked,
         "acked while the disk was full"
     );
@@ -164,7 +166,7 @@ async fn a_full_disk_stops_acks_until_space_returns_and_loses_nothing_acked() ->
     // Space returns: acks resume by themselves and every record arrives.
     std::fs::remove_file(&ballast)?;
     wait_for_meter(&metrics, Duration::from_secs(60), "every record acked", |m| {
-        m.records_acked.get() >= TOTAL
+        m.delivery.records_acked.get() >= TOTAL
     })
     .await?;
     assert_eq!(http_get(collector.admin_addr, "/readyz").await?.0, 200);
@@ -172,7 +174,7 @@ async fn a_full_disk_stops_acks_until_space_returns_and_loses_nothing_acked() ->
     collector.stop().await;
 
     // Nothing torn, nothing acked missing: every (meter, seq) once, TOTAL records.
-    let stored = ringflow_collector::store::read_all(&data_dir, None)?;
+    let stored = ringflow_collector::data::sink::file::store::read_all(&data_dir, None)?;
     let seqs: std::collections::HashSet<u64> = stored.iter().map(|b| b.seq).collect();
     assert_eq!(seqs.len(), stored.len(), "no batch stored twice");
     let records: usize = stored.iter().map(|b| b.records.len()).sum();

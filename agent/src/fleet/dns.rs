@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::FleetConfig;
 use crate::telemetry::MeterMetrics;
+use crate::telemetry::events::{Event, FleetLookupFailed, FleetRefreshed};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ResolveError {
@@ -47,8 +48,10 @@ impl ResolveError {
     }
 }
 
+/// The `result` label of `fleet_lookups` for a lookup that answered.
+pub const LOOKUP_OK: &str = crate::telemetry::lookup::OK;
 /// Every `result` label of the `fleet_lookups` counter.
-pub const LOOKUP_RESULTS: [&str; 5] = ["ok", "no_records", "server_error", "unreachable", "setup"];
+pub const LOOKUP_RESULTS: [&str; 5] = crate::telemetry::lookup::RESULTS;
 
 /// The fleet as DNS last described it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -298,7 +301,7 @@ pub async fn refresh(
     metrics: std::sync::Arc<MeterMetrics>,
     stop: CancellationToken,
 ) {
-    let _task = metrics.task("fleet_dns");
+    let _task = metrics.task(crate::telemetry::task::FLEET_DNS);
     let mut wait = first_wait;
     let mut failing = false;
     loop {
@@ -312,15 +315,12 @@ pub async fn refresh(
         };
         match answer {
             Ok(resolved) => {
-                MeterMetrics::inc(&metrics.fleet_lookups, "ok");
-                if failing {
-                    tracing::info!(
-                        fleet = resolver.name(),
-                        collectors = resolved.members.len(),
-                        "DNS answers again"
-                    );
-                    failing = false;
+                FleetRefreshed {
+                    fleet: resolver.name(),
+                    collectors: resolved.members.len(),
+                    recovered: std::mem::take(&mut failing),
                 }
+                .emit(&metrics);
                 members_tx.send_if_modified(|m| {
                     let changed = *m != resolved.members;
                     *m = resolved.members.clone();
@@ -329,11 +329,13 @@ pub async fn refresh(
                 wait = next_refresh(resolved.ttl, &config);
             }
             Err(error) => {
-                MeterMetrics::inc(&metrics.fleet_lookups, error.label());
-                if !failing {
-                    tracing::warn!(fleet = resolver.name(), %error, "cannot look up the fleet; keeping the collectors known so far");
-                    failing = true;
+                FleetLookupFailed {
+                    fleet: resolver.name(),
+                    result: error.label(),
+                    error: &error,
+                    log: !std::mem::replace(&mut failing, true),
                 }
+                .emit(&metrics);
                 wait = Duration::from_millis(config.refresh_min_ms);
             }
         }

@@ -28,6 +28,17 @@ pub struct JitterParams {
     pub multiplier: f64,
 }
 
+impl From<&crate::config::ReconnectConfig> for JitterParams {
+    /// The backoff between failed rounds.
+    fn from(r: &crate::config::ReconnectConfig) -> Self {
+        JitterParams {
+            initial: Duration::from_millis(r.initial_delay_ms),
+            max: Duration::from_millis(r.max_delay_ms),
+            multiplier: r.multiplier,
+        }
+    }
+}
+
 impl JitterParams {
     /// The upper bound of the delay of round `n` (0-based).
     pub fn ceiling(&self, round: u32) -> Duration {

@@ -7,15 +7,16 @@
 //! the receiver (acks and nacks → window and spool), and the control loop (heartbeats, `Drain`).
 //! Must never: settle a batch in the spool that was not acked or nacked, or log the org token.
 
+mod context;
 pub mod window;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use prost::Message;
-use quinn::{Connection, Endpoint, RecvStream, SendStream};
+use quinn::{Connection, RecvStream, SendStream};
 use ringflow_proto::codes::{ConnectionCode, StreamCode};
 use ringflow_proto::frame::{
     self, FrameError, FrameReader, MAX_COLLECTOR_CONTROL_FRAME_BYTES, MAX_CONTROL_FRAME_BYTES,
@@ -23,54 +24,18 @@ use ringflow_proto::frame::{
 use ringflow_proto::{PROTOCOL_VERSION, pb};
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
-use crate::batcher::{BatchLimits, Sealer};
-use crate::spool::handle::SpoolHandle;
-use crate::stop::StopClock;
-use crate::telemetry::{AckedBatch, MeterMetrics};
+use crate::batcher::BatchLimits;
+use crate::observe::AckedBatch;
+use crate::telemetry::events::{
+    BatchAcked, BatchNacked, BatchResealed, Event, RecordsDropped, SessionStarted,
+};
+pub use context::{Credentials, SessionContext};
 use window::{Window, WindowError};
 
 /// How long, after `Drain`, the meter waits for acks of what it already sent before leaving.
 const DRAIN_ACK_WAIT: Duration = Duration::from_secs(5);
-
-/// Who this meter is, as told in `Hello`.
-#[derive(Clone)]
-pub struct Credentials {
-    pub meter_id: String,
-    pub org_id: String,
-    pub org_token: String,
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credentials")
-            .field("meter_id", &self.meter_id)
-            .field("org_id", &self.org_id)
-            .field("org_token", &"<redacted>")
-            .finish()
-    }
-}
-
-/// Everything a session needs that outlives it.
-pub struct SessionContext {
-    pub endpoint: Endpoint,
-    pub credentials: Credentials,
-    pub connect_timeout: Duration,
-    /// Numbers and spools batches; the session re-seals through it what a collector's limits
-    /// do not allow.
-    pub sealer: Arc<Sealer>,
-    /// Where batches wait until a collector acks them.
-    pub spool: SpoolHandle,
-    pub metrics: Arc<MeterMetrics>,
-    /// Shutdown and the flush deadline.
-    pub stop: StopClock,
-    /// The meter's own batch limits, lowered by each collector's `Welcome` for the batcher.
-    pub local_limits: BatchLimits,
-    pub limits_tx: watch::Sender<BatchLimits>,
-    /// Highest seq acked so far, reported in `Hello`.
-    pub last_acked: AtomicU64,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -182,7 +147,7 @@ pub async fn run(
     leave_at: watch::Receiver<Option<Instant>>,
     welcome_tx: oneshot::Sender<Vec<String>>,
 ) -> SessionOutcome {
-    ctx.metrics.connect_attempts.inc();
+    ctx.metrics.sessions.connect_attempts.inc();
     let connecting = match ctx.endpoint.connect(addr, server_name) {
         Ok(c) => c,
         Err(e) => return ended(SessionEnd::Failed(e.into()), false),
@@ -248,14 +213,13 @@ pub async fn run(
     let limits = welcome.limits.unwrap_or_default();
     let _ = welcome_tx.send(welcome.fleet.iter().map(|m| m.address.clone()).collect());
     ctx.limits_tx.send_replace(ctx.local_limits.capped_by(&limits));
-    ctx.metrics.sessions_started.inc();
-    ctx.metrics.notify();
-    info!(
-        collector = %welcome.collector_id,
-        session = %welcome.session_id,
-        window = limits.max_unacked_batches,
-        "session established"
-    );
+    SessionStarted {
+        collector_id: &welcome.collector_id,
+        session_id: &welcome.session_id,
+        window: limits.max_unacked_batches,
+    }
+    .emit(&ctx.metrics);
+    ctx.progress.notify();
     let end = match conn.open_bi().await {
         Ok((data_send, data_recv)) => {
             let streams = Streams {
@@ -439,7 +403,7 @@ async fn send_batches(
         }
         send.write_chunk(batch.frame).await?;
         lock(window).sent(batch.seq, batch.records, Instant::now());
-        ctx.metrics.batches_sent.inc();
+        ctx.metrics.delivery.batches_sent.inc();
     }
 }
 
@@ -459,21 +423,20 @@ async fn reseal(
         _ => {
             // Cannot happen for a frame this meter encoded (the spool checks a CRC per entry);
             // counted rather than assumed.
-            MeterMetrics::inc_by(
-                &ctx.metrics.records_dropped,
-                "undecodable_spooled",
-                batch.records.into(),
-            );
+            RecordsDropped {
+                reason: crate::telemetry::DropReason::UndecodableSpooled,
+                records: batch.records.into(),
+            }
+            .emit(&ctx.metrics);
             ctx.spool.remove(seq, batch.records).await;
             return Ok(());
         }
     };
-    ctx.metrics.batches_resealed.inc();
-    debug!(
+    BatchResealed {
         seq,
-        records = batch.records,
-        "splitting a spooled batch to fit the collector's limits"
-    );
+        records: batch.records,
+    }
+    .emit(&ctx.metrics);
     match ctx.sealer.seal(records, allowed).await {
         Ok(()) => {
             ctx.spool.replaced(seq, batch.records).await;
@@ -516,11 +479,15 @@ async fn receive_replies(
                 let settled = lock(window).ack(ack.up_to_seq)?;
                 let now = Instant::now();
                 for batch in settled {
-                    ctx.metrics.acked(AckedBatch {
+                    let acked = AckedBatch {
                         seq: batch.seq,
                         records: batch.records,
                         latency: now.saturating_duration_since(batch.sent_at),
-                    });
+                    };
+                    BatchAcked(acked).emit(&ctx.metrics);
+                    if let Some(observer) = &ctx.ack_observer {
+                        observer(acked);
+                    }
                 }
                 ctx.last_acked.fetch_max(ack.up_to_seq, Ordering::Relaxed);
             }
@@ -529,12 +496,13 @@ async fn receive_replies(
                 let reason = pb::NackReason::try_from(nack.reason).unwrap_or_default();
                 ctx.spool.remove(nack.seq, records).await;
                 lock(window).nack(nack.seq)?;
-                MeterMetrics::inc(
-                    &ctx.metrics.batches_nacked,
-                    ringflow_proto::names::nack_reason(reason),
-                );
-                ctx.metrics.records_nacked.inc_by(u64::from(records));
-                warn!(seq = nack.seq, records, reason = ringflow_proto::names::nack_reason(reason), why = %nack.message, "collector refused a batch for good; removed it from the spool (it is never sent again)");
+                BatchNacked {
+                    seq: nack.seq,
+                    records,
+                    reason: ringflow_proto::names::nack_reason(reason),
+                    why: &nack.message,
+                }
+                .emit(&ctx.metrics);
             }
             None => {
                 return Err(SessionError::Protocol(
@@ -542,7 +510,7 @@ async fn receive_replies(
                 ));
             }
         }
-        ctx.metrics.notify();
+        ctx.progress.notify();
         room.notify_one();
         if sending_done.load(Ordering::Relaxed) && lock(window).is_empty() {
             return Ok(());

@@ -17,7 +17,9 @@ use ringflow_proto::pb;
 use tokio::sync::mpsc;
 
 use crate::config::SourcesConfig;
-use crate::telemetry::MeterMetrics;
+use crate::observe::Progress;
+use crate::telemetry::events::{Event, RecordsDropped};
+use crate::telemetry::{DropReason, MeterMetrics, task};
 
 /// Starts every enabled source on `tasks`, each with its own clone of `records`; they stop when
 /// `stop` fires (a synthetic source with a total also stops by itself). `netflow` is the
@@ -27,6 +29,7 @@ pub fn spawn_all(
     netflow: Option<netflow::NetflowListener>,
     records: &RecordsTx,
     metrics: &Arc<MeterMetrics>,
+    progress: &Progress,
     stop: &tokio_util::sync::CancellationToken,
     tasks: &tokio_util::task::TaskTracker,
 ) {
@@ -34,33 +37,41 @@ pub fn spawn_all(
     if config.synthetic.enabled {
         let (cfg, tx, stop, m) = (config.synthetic.clone(), tx.clone(), stop.clone(), Arc::clone(&m));
         tasks.spawn(async move {
-            let _task = m.task("source_synthetic");
+            let _task = m.task(task::SOURCE_SYNTHETIC);
             synthetic::run(cfg, tx, stop).await;
         });
     }
     if config.sockets.enabled {
-        let (cfg, tx, stop, m) = (config.sockets.clone(), tx.clone(), stop.clone(), Arc::clone(&m));
+        let (cfg, tx, stop, m, p) = (
+            config.sockets.clone(),
+            tx.clone(),
+            stop.clone(),
+            Arc::clone(&m),
+            progress.clone(),
+        );
         tasks.spawn(async move {
-            let _task = m.task("source_sockets");
-            sockets::run(cfg, tx, Arc::clone(&m), stop).await;
+            let _task = m.task(task::SOURCE_SOCKETS);
+            sockets::run(cfg, tx, Arc::clone(&m), p, stop).await;
         });
     }
     if config.interfaces.enabled {
-        let (cfg, tx, stop, m) = (
+        let (cfg, tx, stop, m, p) = (
             config.interfaces.clone(),
             tx.clone(),
             stop.clone(),
             Arc::clone(&m),
+            progress.clone(),
         );
         tasks.spawn(async move {
-            let _task = m.task("source_interfaces");
-            interfaces::run(cfg, tx, Arc::clone(&m), stop).await;
+            let _task = m.task(task::SOURCE_INTERFACES);
+            interfaces::run(cfg, tx, Arc::clone(&m), p, stop).await;
         });
     }
     if let Some(listener) = netflow {
+        let p = progress.clone();
         tasks.spawn(async move {
-            let _task = m.task("source_netflow");
-            listener.run(tx, Arc::clone(&m), stop).await;
+            let _task = m.task(task::SOURCE_NETFLOW);
+            listener.run(tx, Arc::clone(&m), p, stop).await;
         });
     }
 }
@@ -79,8 +90,11 @@ pub fn channel(metrics: Arc<MeterMetrics>) -> (RecordsTx, mpsc::Receiver<RecordC
 }
 
 #[derive(Clone)]
+/// Cloned into every source's task; the batcher holds the receiver.
 pub struct RecordsTx {
+    /// The bounded source → batcher channel ([`RECORD_CHANNEL_CHUNKS`] chunks).
     tx: mpsc::Sender<RecordChunk>,
+    /// Counts what the sources produced and what they dropped at a full channel.
     metrics: Arc<MeterMetrics>,
 }
 
@@ -95,12 +109,16 @@ impl RecordsTx {
         let n = chunk.len() as u64;
         match self.tx.try_send(chunk) {
             Ok(()) => {
-                self.metrics.records_generated.inc_by(n);
+                self.metrics.records.records_generated.inc_by(n);
                 Ok(true)
             }
             Err(mpsc::error::TrySendError::Full(_)) => {
-                self.metrics.records_generated.inc_by(n);
-                MeterMetrics::inc_by(&self.metrics.records_dropped, "source_queue_full", n);
+                self.metrics.records.records_generated.inc_by(n);
+                RecordsDropped {
+                    reason: DropReason::SourceQueueFull,
+                    records: n,
+                }
+                .emit(&self.metrics);
                 Ok(false)
             }
             Err(mpsc::error::TrySendError::Closed(_)) => Err(PipelineClosed),
@@ -111,7 +129,7 @@ impl RecordsTx {
     pub async fn send(&self, chunk: RecordChunk) -> Result<(), PipelineClosed> {
         let n = chunk.len() as u64;
         self.tx.send(chunk).await.map_err(|_| PipelineClosed)?;
-        self.metrics.records_generated.inc_by(n);
+        self.metrics.records.records_generated.inc_by(n);
         Ok(())
     }
 }
@@ -149,23 +167,6 @@ impl HeldBackWarning {
         }
         self.last = Some(now);
         true
-    }
-}
-
-/// Counts a completed read of a polling source's kernel table: what it tracks now and what did
-/// not fit.
-pub(crate) fn count_read(metrics: &MeterMetrics, source: &'static str, tracked: usize, untracked: u64) {
-    let label = crate::telemetry::SourceLabel { source };
-    metrics.source_reads.get_or_create(&label).inc();
-    metrics
-        .source_flows_tracked
-        .get_or_create(&label)
-        .set(tracked as i64);
-    if untracked > 0 {
-        metrics
-            .source_flows_dropped
-            .get_or_create(&label)
-            .inc_by(untracked);
     }
 }
 

@@ -200,6 +200,6 @@ mod tests {
             (2.4..2.6).contains(&secs),
             "5,000 records at 2,000/s took {secs}s of virtual time"
         );
-        assert_eq!(metrics.records_generated.get(), 5_000);
+        assert_eq!(metrics.records.records_generated.get(), 5_000);
     }
 }

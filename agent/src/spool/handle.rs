@@ -51,6 +51,20 @@ pub struct SpoolRun {
     pub memory_batches: usize,
 }
 
+impl From<&crate::config::SpoolConfig> for SpoolRun {
+    fn from(config: &crate::config::SpoolConfig) -> Self {
+        use crate::config::FsyncMode;
+        SpoolRun {
+            fsync: match config.fsync {
+                FsyncMode::Always => FsyncPolicy::Always,
+                FsyncMode::Interval => FsyncPolicy::Interval(Duration::from_millis(config.fsync_interval_ms)),
+                FsyncMode::Never => FsyncPolicy::Never,
+            },
+            memory_batches: config.memory_batches,
+        }
+    }
+}
+
 /// What the spool task reports after every change.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SpoolStatus {
@@ -109,9 +123,18 @@ pub struct SpoolStopped;
 /// Talks to the spool task. Cheap to clone; the task ends when every handle is gone.
 #[derive(Clone)]
 pub struct SpoolHandle {
+    /// The bounded in-memory queue in front of the disk (`spool.memory_batches`): batches from
+    /// the batcher and the session's re-seals, in order. Full: the sender waits. Read only by the
+    /// spool task.
     pub(super) input: mpsc::Sender<Input>,
+    /// Reads, acks and removals from the session, applied by the spool task ahead of the input
+    /// queue (so acks free space even while writes fail).
     pub(super) commands: mpsc::Sender<Command>,
+    /// What the spool task last published; read by the connect loop (settled?), the admin
+    /// endpoint (oldest batch's age) and the pipeline at stop.
     pub(super) status: watch::Receiver<SpoolStatus>,
+    /// Cancelled by the pipeline once the flush deadline has passed: a spool task stuck retrying
+    /// a failing disk then counts what it holds as lost and ends.
     pub(super) give_up: CancellationToken,
 }
 

@@ -2,7 +2,7 @@
 //!
 //! Exit codes: 0 success, 1 runtime failure, 64 bad configuration (config file, TLS files, flags).
 //! Signals: the first SIGTERM or SIGINT starts a graceful drain (see `server`); a second one exits
-//! at once (both as `ringflow_proto::ops` defines for every ringflow binary).
+//! at once (both as `ringflow_ops` defines for every ringflow binary).
 
 mod read;
 
@@ -12,14 +12,15 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-pub use read::{read_kafka, read_nats, read_store, record_json};
+pub use read::{read_configured_sink, read_data_dir, record_json};
 
-use crate::auth;
-use crate::config::{Config, EXAMPLE_CONFIG, SinkKind, valid_org_id};
+use crate::config::{Config, EXAMPLE_CONFIG};
+use crate::control::auth;
+use crate::data::sink::identity::valid_org_id;
 use crate::server::Collector;
 use crate::tls;
 
-pub use ringflow_proto::ops::EXIT_CONFIG;
+pub use ringflow_ops::EXIT_CONFIG;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -32,7 +33,7 @@ pub use ringflow_proto::ops::EXIT_CONFIG;
 struct Cli {
     /// Log format on stderr: "text", or "json" (one object per line, for log pipelines).
     #[arg(long, global = true, value_name = "FORMAT", default_value = "text",
-          value_parser = ringflow_proto::ops::LOG_FORMATS)]
+          value_parser = ringflow_ops::LOG_FORMATS)]
     log_format: String,
     #[command(subcommand)]
     command: Command,
@@ -102,7 +103,7 @@ pub fn main() -> ExitCode {
 /// collector, as `herd` does to start its fleet by running itself.
 pub fn main_with_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
     let cli = Cli::parse_from(args);
-    ringflow_proto::ops::init_logging("info", &cli.log_format);
+    ringflow_ops::init_logging("info", &cli.log_format);
     match cli.command {
         Command::Run { config } => run(config),
         Command::DevCerts { out, names, clients } => {
@@ -149,7 +150,9 @@ pub fn main_with_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Exi
 fn read(data_dir: Option<PathBuf>, config: Option<PathBuf>, org: Option<&str>, follow: bool) -> ExitCode {
     let out = &mut std::io::stdout().lock();
     let result = match (data_dir, config) {
-        (Some(dir), _) => read_store(&dir, org, follow, &CancellationToken::new(), out),
+        (Some(dir), _) => {
+            read_data_dir(&dir, org, follow, &CancellationToken::new(), out).map_err(|e| e.to_string())
+        }
         (None, Some(path)) => {
             let config = match Config::load(&path) {
                 Ok(c) => c,
@@ -158,11 +161,7 @@ fn read(data_dir: Option<PathBuf>, config: Option<PathBuf>, org: Option<&str>, f
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            match config.sink.kind {
-                SinkKind::File => read_store(&config.data_dir, org, follow, &CancellationToken::new(), out),
-                SinkKind::Nats => read_nats(&config.sink.nats, org, follow, out),
-                SinkKind::Kafka => read_kafka(&config.sink.kafka, org, follow, out),
-            }
+            read_configured_sink(&config, org, follow, out).map_err(|e| e.to_string())
         }
         (None, None) => unreachable!("clap requires --data-dir or --config"),
     };
@@ -210,10 +209,7 @@ fn run(config_path: PathBuf) -> ExitCode {
             }
         };
         let shutdown = CancellationToken::new();
-        tokio::spawn(ringflow_proto::ops::shutdown_on_signals(
-            shutdown.clone(),
-            "draining",
-        ));
+        tokio::spawn(ringflow_ops::shutdown_on_signals(shutdown.clone(), "draining"));
         collector.run(shutdown).await;
         ExitCode::SUCCESS
     })

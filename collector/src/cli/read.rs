@@ -1,37 +1,19 @@
-//! `collector read`: stored records as JSON lines.
+//! `collector read`: stored records as JSON lines. Where the records come from is the sinks'
+//! business (`data::sink::registry::read_back`, or the file sink's store for `--data-dir`); this
+//! module only prints what they find.
 
 use std::io::Write;
 use std::net::IpAddr;
+use std::ops::ControlFlow;
 use std::path::Path;
-use std::time::Duration;
 
 use ringflow_proto::pb;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::NatsSinkConfig;
-use crate::sink::nats::consume::{ConsumeError, read_stream};
-use crate::store::{OrgReader, StoreError, stored_orgs};
-
-/// How often `--follow` looks for new data.
-const FOLLOW_POLL: Duration = Duration::from_millis(250);
-
-#[derive(Debug, thiserror::Error)]
-pub enum ReadError {
-    #[error("{0}")]
-    Store(#[from] StoreError),
-    #[error("{dir} holds no ringflow store (no segments/ directory); pass the collector's data_dir")]
-    NoStore { dir: String },
-    #[error("{0}")]
-    Nats(#[from] ConsumeError),
-    #[cfg(feature = "kafka")]
-    #[error("{0}")]
-    Kafka(#[from] crate::sink::kafka::consume::ConsumeError),
-    #[error("sink.kind = \"kafka\" needs a collector built with the `kafka` feature (the default)")]
-    NoKafka,
-    #[error("cannot start the async runtime: {0}")]
-    Runtime(std::io::Error),
-}
+use crate::config::Config;
+use crate::data::sink::file::consume::{ReadStoreError, read_store};
+use crate::data::sink::registry::{self, Found, ReadError};
 
 /// One stored record as a JSON object: the batch's identity, then the record's fields.
 #[derive(Serialize)]
@@ -119,142 +101,61 @@ pub fn record_json(batch: &pb::StoredBatch, r: &pb::FlowRecord) -> String {
     serde_json::to_string(&json).unwrap_or_default()
 }
 
-/// Writes every stored record (of `org`, or of all orgs) to `out` as JSON lines; with `follow`,
-/// keeps polling for new ones until `stop` fires or `out` is closed. Problems found in the store
-/// are reported on stderr and reading goes on.
-pub fn read_store(
+/// Prints what a sink's read-back found: a batch as JSON lines, a problem on stderr. Breaks
+/// when the output is gone (e.g. `| head`: not an error).
+fn print(found: Found<'_>, follow: bool, out: &mut dyn Write) -> ControlFlow<()> {
+    match found {
+        Found::Batch(batch) => {
+            for record in &batch.records {
+                if writeln!(out, "{}", record_json(batch, record)).is_err() {
+                    return ControlFlow::Break(());
+                }
+            }
+        }
+        Found::Problem(problem) => eprintln!("collector read: {problem}"),
+    }
+    if follow && out.flush().is_err() {
+        return ControlFlow::Break(());
+    }
+    ControlFlow::Continue(())
+}
+
+/// Writes every record in the store in `data_dir` (of `org`, or of all orgs) to `out` as JSON
+/// lines; with `follow`, keeps polling for new ones until `stop` fires or `out` is closed.
+/// Problems found in the store are reported on stderr and reading goes on.
+pub fn read_data_dir(
     data_dir: &Path,
     org: Option<&str>,
     follow: bool,
     stop: &CancellationToken,
     out: &mut dyn Write,
-) -> Result<(), ReadError> {
-    if !data_dir.join("segments").is_dir() {
-        return Err(ReadError::NoStore {
-            dir: data_dir.display().to_string(),
-        });
-    }
-    let mut readers: Vec<(String, OrgReader)> = Vec::new();
-    let mut batches = Vec::new();
-    loop {
-        let orgs = match org {
-            Some(o) => vec![o.to_owned()],
-            None => stored_orgs(data_dir)?,
-        };
-        for o in orgs {
-            if !readers.iter().any(|(name, _)| *name == o) {
-                readers.push((o.clone(), OrgReader::new(data_dir, &o)));
-            }
-        }
-        for (name, reader) in &mut readers {
-            batches.clear();
-            let progress = reader.read_available(&mut batches)?;
-            if progress.skipped_by_retention {
-                eprintln!(
-                    "collector read: org {name}: records were deleted by retention (sink.file.max_bytes) before they could be read; skipped"
-                );
-            }
-            for problem in &progress.corruption {
-                eprintln!("collector read: org {name}: {problem}");
-            }
-            for batch in &batches {
-                for record in &batch.records {
-                    if writeln!(out, "{}", record_json(batch, record)).is_err() {
-                        // Reader went away (e.g. `| head`): not an error.
-                        return Ok(());
-                    }
-                }
-            }
-        }
-        if out.flush().is_err() || !follow || stop.is_cancelled() {
-            return Ok(());
-        }
-        std::thread::sleep(FOLLOW_POLL);
-    }
-}
-
-/// Writes every record in the NATS stream of `config` (of `org`, or of all orgs) to `out` as JSON
-/// lines; with `follow`, keeps waiting for new ones. Messages that are not ringflow batches are
-/// reported on stderr and skipped.
-/// Prints a batch read from a remote sink as JSON lines (or says which message, at `place`, could
-/// not be read); stops when the output is gone.
-fn print_batch(
-    batch: &Result<pb::StoredBatch, String>,
-    place: impl Fn() -> String,
-    follow: bool,
-    out: &mut dyn Write,
-) -> std::ops::ControlFlow<()> {
-    match batch {
-        Ok(batch) => {
-            for record in &batch.records {
-                if writeln!(out, "{}", record_json(batch, record)).is_err() {
-                    return std::ops::ControlFlow::Break(());
-                }
-            }
-        }
-        Err(why) => eprintln!("collector read: {}: {why}; skipped", place()),
-    }
-    if follow && out.flush().is_err() {
-        return std::ops::ControlFlow::Break(());
-    }
-    std::ops::ControlFlow::Continue(())
-}
-
-pub fn read_nats(
-    config: &NatsSinkConfig,
-    org: Option<&str>,
-    follow: bool,
-    out: &mut dyn Write,
-) -> Result<(), ReadError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(ReadError::Runtime)?;
-    runtime.block_on(read_stream(config, org, follow, |message| {
-        let place = || format!("stream message {} on {}", message.stream_seq, message.subject);
-        print_batch(&message.batch, place, follow, out)
-    }))?;
-    let _ = out.flush();
-    Ok(())
-}
-
-/// Prints every record of the Kafka topic(s) a collector config names (`--config`), oldest
-/// first per partition.
-#[cfg(feature = "kafka")]
-pub fn read_kafka(
-    config: &crate::config::KafkaSinkConfig,
-    org: Option<&str>,
-    follow: bool,
-    out: &mut dyn Write,
-) -> Result<(), ReadError> {
-    crate::sink::kafka::consume::read_topic(config, org, follow, |message| {
-        let place = || {
-            format!(
-                "record {}/{}@{}",
-                message.topic, message.partition, message.offset
-            )
-        };
-        print_batch(&message.batch, place, follow, out)
+) -> Result<(), ReadStoreError> {
+    read_store(data_dir, org, follow, stop, &mut |found| {
+        print(found, follow, out)
     })?;
     let _ = out.flush();
     Ok(())
 }
 
-/// A collector built without the `kafka` feature cannot read a Kafka sink.
-#[cfg(not(feature = "kafka"))]
-pub fn read_kafka(
-    _: &crate::config::KafkaSinkConfig,
-    _: Option<&str>,
-    _: bool,
-    _: &mut dyn Write,
+/// Writes every record wherever `config`'s sink put them (of `org`, or of all orgs) to `out`
+/// as JSON lines, oldest first; with `follow`, keeps waiting for new ones.
+pub fn read_configured_sink(
+    config: &Config,
+    org: Option<&str>,
+    follow: bool,
+    out: &mut dyn Write,
 ) -> Result<(), ReadError> {
-    Err(ReadError::NoKafka)
+    registry::read_back(&config.sink, &config.sink_site(), org, follow, &mut |found| {
+        print(found, follow, out)
+    })?;
+    let _ = out.flush();
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{SegmentStore, StoreLimits};
+    use crate::data::sink::file::store::{SegmentStore, StoreLimits};
     use bytes::Bytes;
     use prost::Message;
 
@@ -292,7 +193,7 @@ mod tests {
         }
         let stop = CancellationToken::new();
         let mut out = Vec::new();
-        read_store(dir.path(), None, false, &stop, &mut out).unwrap();
+        read_data_dir(dir.path(), None, false, &stop, &mut out).unwrap();
         let lines: Vec<serde_json::Value> = String::from_utf8(out)
             .unwrap()
             .lines()
@@ -310,7 +211,7 @@ mod tests {
         );
 
         let mut out = Vec::new();
-        read_store(dir.path(), Some("b"), false, &stop, &mut out).unwrap();
+        read_data_dir(dir.path(), Some("b"), false, &stop, &mut out).unwrap();
         assert_eq!(String::from_utf8(out).unwrap().lines().count(), 3);
     }
 }

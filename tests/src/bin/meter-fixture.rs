@@ -2,5 +2,5 @@
 //! process. Identical to `agent/src/main.rs`.
 
 fn main() -> std::process::ExitCode {
-    ringflow_agent::cli::main()
+    ringflow_meter::cli::main()
 }

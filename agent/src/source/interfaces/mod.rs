@@ -12,12 +12,14 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{HeldBackWarning, ReadSchedule, RecordsTx, count_read, offer_all};
+use super::{HeldBackWarning, ReadSchedule, RecordsTx, offer_all};
 use crate::config::InterfacesConfig;
+use crate::observe::Progress;
 use crate::telemetry::MeterMetrics;
+use crate::telemetry::events::{Event, InterfacesReadFailed, SourceRead};
 use counters::InterfaceTable;
 
-pub const NAME: &str = "interfaces";
+pub const NAME: &str = crate::telemetry::source::INTERFACES;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -57,6 +59,7 @@ pub async fn run(
     config: InterfacesConfig,
     out: RecordsTx,
     metrics: Arc<MeterMetrics>,
+    progress: Progress,
     stop: CancellationToken,
 ) {
     let mut table = InterfaceTable::new(config.max_interfaces);
@@ -66,18 +69,25 @@ pub async fn run(
         let counters = match read(&config.path).await {
             Ok(c) => c,
             Err(error) => {
-                metrics.source_error(NAME, error.reason(), 1);
-                if warning.due() {
-                    tracing::warn!(%error, "interfaces source: cannot read the interface counters; retrying every interval (repeats of this warning are held back for a minute)");
+                InterfacesReadFailed {
+                    reason: error.reason(),
+                    error: &error,
+                    log: warning.due(),
                 }
+                .emit(&metrics);
                 continue;
             }
         };
         let outcome = table.on_read(counters, crate::unix_nanos_now());
-        count_read(&metrics, NAME, table.len(), outcome.untracked);
+        SourceRead {
+            source: NAME,
+            tracked: table.len(),
+            untracked: outcome.untracked,
+        }
+        .emit(&metrics);
         if offer_all(&out, outcome.records).is_err() {
             return;
         }
-        metrics.notify();
+        progress.notify();
     }
 }

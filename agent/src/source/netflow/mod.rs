@@ -16,10 +16,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::{RecordsTx, offer_all};
 use crate::config::NetflowConfig;
+use crate::observe::Progress;
+use crate::telemetry::events::{Event, NetflowDropped, NetflowReceiveFailed};
 use crate::telemetry::{MeterMetrics, SourceLabel};
 use decode::Decoder;
 
-pub const NAME: &str = "netflow";
+pub const NAME: &str = crate::telemetry::source::NETFLOW;
 
 /// Largest UDP payload.
 const MAX_DATAGRAM: usize = 65_535;
@@ -69,12 +71,18 @@ impl NetflowListener {
         self.socket.local_addr()
     }
 
-    pub async fn run(mut self, out: RecordsTx, metrics: Arc<MeterMetrics>, stop: CancellationToken) {
+    pub async fn run(
+        mut self,
+        out: RecordsTx,
+        metrics: Arc<MeterMetrics>,
+        progress: Progress,
+        stop: CancellationToken,
+    ) {
         // Looked up once: the loop runs per datagram.
         let label = SourceLabel { source: NAME };
-        let packets = metrics.source_packets.get_or_create(&label).clone();
-        let exporters_forgotten = metrics.source_flows_dropped.get_or_create(&label).clone();
-        let exporters = metrics.source_flows_tracked.get_or_create(&label).clone();
+        let packets = metrics.sources.source_packets.get_or_create(&label).clone();
+        let exporters_forgotten = metrics.sources.source_flows_dropped.get_or_create(&label).clone();
+        let exporters = metrics.sources.source_flows_tracked.get_or_create(&label).clone();
         let mut buffer = vec![0u8; MAX_DATAGRAM];
         loop {
             let (n, from) = tokio::select! {
@@ -83,8 +91,7 @@ impl NetflowListener {
                     Ok(r) => r,
                     Err(error) => {
                         // ICMP errors and the like: the socket is still good.
-                        metrics.source_error(NAME, "receive", 1);
-                        tracing::debug!(%error, "netflow source: receive failed");
+                        NetflowReceiveFailed { error: &error }.emit(&metrics);
                         continue;
                     }
                 },
@@ -92,7 +99,10 @@ impl NetflowListener {
             packets.inc();
             let decoded = self.decoder.decode(from, &buffer[..n], crate::unix_nanos_now());
             if let Some(reason) = decoded.dropped {
-                metrics.source_error(NAME, reason.label(), 1);
+                NetflowDropped {
+                    reason: reason.label(),
+                }
+                .emit(&metrics);
             }
             let evicted = self.decoder.take_evicted_exporters();
             if evicted > 0 {
@@ -102,7 +112,7 @@ impl NetflowListener {
             if offer_all(&out, decoded.records).is_err() {
                 return;
             }
-            metrics.notify();
+            progress.notify();
         }
     }
 }

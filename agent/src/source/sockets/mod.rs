@@ -17,20 +17,28 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{HeldBackWarning, ReadSchedule, RecordsTx, count_read, offer_all};
+use super::{HeldBackWarning, ReadSchedule, RecordsTx, offer_all};
 use crate::config::SocketsConfig;
+use crate::observe::Progress;
 use crate::telemetry::MeterMetrics;
+use crate::telemetry::events::{Event, SocketsReadFailed, SourceRead};
 use diag::SockDiag;
 use table::FlowTable;
 
-pub const NAME: &str = "sockets";
+pub const NAME: &str = crate::telemetry::source::SOCKETS;
 
 /// Opens a sock_diag socket and reads the table once: whether this source can run here.
 pub fn probe() -> std::io::Result<usize> {
     Ok(SockDiag::open()?.read_tcp()?.len())
 }
 
-pub async fn run(config: SocketsConfig, out: RecordsTx, metrics: Arc<MeterMetrics>, stop: CancellationToken) {
+pub async fn run(
+    config: SocketsConfig,
+    out: RecordsTx,
+    metrics: Arc<MeterMetrics>,
+    progress: Progress,
+    stop: CancellationToken,
+) {
     let mut table = FlowTable::new(config.max_flows, config.include_loopback);
     let mut diag: Option<SockDiag> = None;
     let mut warning = HeldBackWarning::default();
@@ -53,19 +61,25 @@ pub async fn run(config: SocketsConfig, out: RecordsTx, metrics: Arc<MeterMetric
                 samples
             }
             Ok(Err(error)) => {
-                metrics.source_error(NAME, "netlink", 1);
-                if warning.due() {
-                    tracing::warn!(%error, "sockets source: cannot read the kernel's socket table through netlink sock_diag; retrying every interval (repeats of this warning are held back for a minute)");
+                SocketsReadFailed {
+                    error: &error,
+                    log: warning.due(),
                 }
+                .emit(&metrics);
                 continue;
             }
             Err(_) => return,
         };
         let outcome = table.on_read(&samples, now);
-        count_read(&metrics, NAME, table.len(), outcome.untracked);
+        SourceRead {
+            source: NAME,
+            tracked: table.len(),
+            untracked: outcome.untracked,
+        }
+        .emit(&metrics);
         if offer_all(&out, outcome.records).is_err() {
             return;
         }
-        metrics.notify();
+        progress.notify();
     }
 }

@@ -1,0 +1,40 @@
+//! `[batch]`: when the batcher closes a batch.
+//!
+//! Owns: the section's keys, their defaults and their range checks. Must never: import from the
+//! rest of the meter (config sits below everything that reads it).
+
+use ringflow_ops::{ConfigError, check_range};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    /// Close a batch at this many records (the collector's limit, from Welcome, wins if lower).
+    pub max_records: usize,
+    /// Close a batch before its frame would pass this many bytes (likewise capped by the collector).
+    pub max_bytes: usize,
+    /// Close a batch this long after its first record, however small.
+    pub max_age_ms: u64,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            // Enough records per frame that framing and acks cost little per record.
+            max_records: 1_000,
+            // Half the collector's default frame limit (1 MiB), so a default meter never meets it.
+            max_bytes: 512 << 10,
+            // A quiet host's records still leave within a second.
+            max_age_ms: 1_000,
+        }
+    }
+}
+
+impl BatchConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_range("batch.max_records", self.max_records as u64, 1, 1 << 20)?;
+        check_range("batch.max_bytes", self.max_bytes as u64, 1024, 16 << 20)?;
+        check_range("batch.max_age_ms", self.max_age_ms, 1, 3_600_000)?;
+        Ok(())
+    }
+}

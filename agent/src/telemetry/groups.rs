@@ -1,0 +1,313 @@
+//! The meter's metrics, one struct per area, each registering its own metrics.
+//!
+//! Owns: every metric's name (under the registry's `ringflow_meter` prefix), type and help text.
+//! The field of each metric is named after it, so grepping a name exposed on `/metrics` finds
+//! the field. Must never: be read back to make a decision (metrics mirror what the meter does;
+//! they are not its state), or carry payloads or tokens.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Metric, Registry};
+
+use super::{CollectorLabel, ReasonLabel, SourceLabel, SourceReasonLabel, TaskLabel};
+
+/// Registers `metric` under `name` and returns it (metrics are handles: the clone registered and
+/// the one returned count together).
+fn reg<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
+/// Records on their way from the sources to the spool.
+pub struct RecordMetrics {
+    pub records_generated: Counter,
+    /// By [`DropReason`](super::DropReason).
+    pub records_dropped: Family<ReasonLabel, Counter>,
+    pub batches_built: Counter,
+}
+
+impl RecordMetrics {
+    pub(super) fn register(r: &mut Registry) -> Self {
+        Self {
+            records_generated: reg(
+                r,
+                "records_generated",
+                "Records produced by sources",
+                Counter::default(),
+            ),
+            records_dropped: reg(
+                r,
+                "records_dropped",
+                "Records dropped outside the spool's caps, by reason: source_queue_full (the pipeline was behind), record_too_large, seq_unavailable (the state directory failed), spool_write_failed (shutdown while the disk failed), undecodable_spooled; drops at the caps or of damaged segments are spool_dropped_records",
+                Family::default(),
+            ),
+            batches_built: reg(
+                r,
+                "batches_built",
+                "Batches numbered and handed to the spool (splits included)",
+                Counter::default(),
+            ),
+        }
+    }
+}
+
+/// The disk spool: what went in, what was dropped at its caps, how full it is.
+pub struct SpoolMetrics {
+    pub spool_accepted_records: Counter,
+    pub spool_dropped_batches: Counter,
+    pub spool_dropped_records: Counter,
+    pub spool_written_bytes: Counter,
+    pub spool_bytes: Gauge,
+    pub spool_batches: Gauge,
+    pub spool_oldest_age_seconds: Gauge,
+}
+
+impl SpoolMetrics {
+    pub(super) fn register(r: &mut Registry) -> Self {
+        Self {
+            spool_accepted_records: reg(
+                r,
+                "spool_accepted_records",
+                "Records written to the spool over the meter's whole life (survives restarts)",
+                Counter::default(),
+            ),
+            spool_dropped_batches: reg(
+                r,
+                "spool_dropped_batches",
+                "Batches dropped because the spool was full, over the meter's whole life (survives restarts)",
+                Counter::default(),
+            ),
+            spool_dropped_records: reg(
+                r,
+                "spool_dropped_records",
+                "Records dropped because the spool was full, over the meter's whole life (survives restarts)",
+                Counter::default(),
+            ),
+            spool_written_bytes: reg(
+                r,
+                "spool_written_bytes",
+                "Bytes appended to the spool by this process",
+                Counter::default(),
+            ),
+            spool_bytes: reg(
+                r,
+                "spool_bytes",
+                "Bytes of the spool's segment files",
+                Gauge::default(),
+            ),
+            spool_batches: reg(
+                r,
+                "spool_batches",
+                "Batches in the spool not yet acked",
+                Gauge::default(),
+            ),
+            spool_oldest_age_seconds: reg(
+                r,
+                "spool_oldest_age_seconds",
+                "Age of the oldest batch not yet acked (0 when none)",
+                Gauge::default(),
+            ),
+        }
+    }
+}
+
+/// Connection attempts and sessions with collectors.
+pub struct SessionMetrics {
+    /// 1 for the collector of the current session (0 for those of earlier ones).
+    pub collector_info: Family<CollectorLabel, Gauge>,
+    pub sessions_started: Counter,
+    pub session_ends: Family<ReasonLabel, Counter>,
+    pub rejects: Family<ReasonLabel, Counter>,
+    pub connect_attempts: Counter,
+}
+
+impl SessionMetrics {
+    pub(super) fn register(r: &mut Registry) -> Self {
+        Self {
+            collector_info: reg(
+                r,
+                "collector_info",
+                "1 for the collector of the current session",
+                Family::default(),
+            ),
+            sessions_started: reg(
+                r,
+                "sessions_started",
+                "Sessions welcomed by a collector",
+                Counter::default(),
+            ),
+            session_ends: reg(
+                r,
+                "session_ends",
+                "Sessions or attempts that ended, by reason",
+                Family::default(),
+            ),
+            rejects: reg(
+                r,
+                "rejects",
+                "Rejects received from collectors, by reason",
+                Family::default(),
+            ),
+            connect_attempts: reg(
+                r,
+                "connect_attempts",
+                "Connection attempts: sessions, and checks that the first choice answers before moving to it",
+                Counter::default(),
+            ),
+        }
+    }
+}
+
+/// Batches on the wire: sent, acked, refused, split.
+pub struct DeliveryMetrics {
+    pub batches_resealed: Counter,
+    pub batches_sent: Counter,
+    pub batches_acked: Counter,
+    pub records_acked: Counter,
+    pub batches_nacked: Family<ReasonLabel, Counter>,
+    pub records_nacked: Counter,
+    /// From writing a batch to the collector's ack of it.
+    pub ack_latency_seconds: Histogram,
+}
+
+impl DeliveryMetrics {
+    pub(super) fn register(r: &mut Registry) -> Self {
+        Self {
+            batches_resealed: reg(
+                r,
+                "batches_resealed",
+                "Spooled batches split because a collector allows smaller batches than they were built for",
+                Counter::default(),
+            ),
+            batches_sent: reg(
+                r,
+                "batches_sent",
+                "Batch frames written to a collector (resends included)",
+                Counter::default(),
+            ),
+            batches_acked: reg(
+                r,
+                "batches_acked",
+                "Batches a collector acked (stored)",
+                Counter::default(),
+            ),
+            records_acked: reg(r, "records_acked", "Records in acked batches", Counter::default()),
+            batches_nacked: reg(
+                r,
+                "batches_nacked",
+                "Batches a collector refused for good (removed from the spool, never resent), by reason",
+                Family::default(),
+            ),
+            records_nacked: reg(
+                r,
+                "records_nacked",
+                "Records in nacked batches",
+                Counter::default(),
+            ),
+            ack_latency_seconds: reg(
+                r,
+                "ack_latency_seconds",
+                "From writing a batch to the collector's ack of it (resends count from the resend)",
+                Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            ),
+        }
+    }
+}
+
+/// The fleet as this meter knows it.
+pub struct FleetMetrics {
+    pub fleet_collectors: Gauge,
+    pub fleet_lookups: Family<ReasonLabel, Counter>,
+    pub fleet_last_known_good: Counter,
+}
+
+impl FleetMetrics {
+    pub(super) fn register(r: &mut Registry) -> Self {
+        Self {
+            fleet_collectors: reg(
+                r,
+                "fleet_collectors",
+                "Collectors on this meter's ring (static, DNS and the last Welcome's fleet view)",
+                Gauge::default(),
+            ),
+            fleet_lookups: reg(
+                r,
+                "fleet_lookups",
+                "DNS lookups of the fleet, by result (ok, no_records, server_error, unreachable)",
+                Family::default(),
+            ),
+            fleet_last_known_good: reg(
+                r,
+                "fleet_last_known_good",
+                "Starts that used the last-known-good fleet because DNS failed",
+                Counter::default(),
+            ),
+        }
+    }
+}
+
+/// The flow sources, by source.
+pub struct SourceMetrics {
+    /// Completed reads of a host source's kernel tables (sockets, interfaces).
+    pub source_reads: Family<SourceLabel, Counter>,
+    /// Packets a listening source received (netflow).
+    pub source_packets: Family<SourceLabel, Counter>,
+    /// What a source could not read or decode, by source and reason.
+    pub source_errors: Family<SourceReasonLabel, Counter>,
+    /// Flows (or interfaces, or exporters) a source could not track because its table was full.
+    pub source_flows_dropped: Family<SourceLabel, Counter>,
+    /// Flows (or interfaces) a source tracks now.
+    pub source_flows_tracked: Family<SourceLabel, Gauge>,
+}
+
+impl SourceMetrics {
+    pub(super) fn register(r: &mut Registry) -> Self {
+        Self {
+            source_reads: reg(
+                r,
+                "source_reads",
+                "Completed reads of a host source's kernel tables, by source (sockets, interfaces)",
+                Family::default(),
+            ),
+            source_packets: reg(
+                r,
+                "source_packets",
+                "Packets received by a listening source, by source (netflow)",
+                Family::default(),
+            ),
+            source_errors: reg(
+                r,
+                "source_errors",
+                "What a source could not read or decode, by source and reason (netflow: truncated, malformed, unsupported_version, no_template_dropped; sockets: netlink; interfaces: read, parse)",
+                Family::default(),
+            ),
+            source_flows_dropped: reg(
+                r,
+                "source_flows_dropped",
+                "Flows, interfaces or exporters a source could not track because its table was at its cap, by source",
+                Family::default(),
+            ),
+            source_flows_tracked: reg(
+                r,
+                "source_flows_tracked",
+                "Flows (sockets) or interfaces a source tracks now, by source",
+                Family::default(),
+            ),
+        }
+    }
+}
+
+/// The meter's own tasks.
+pub struct TaskMetrics {
+    pub tasks_active: Family<TaskLabel, Gauge>,
+}
+
+impl TaskMetrics {
+    pub(super) fn register(r: &mut Registry) -> Self {
+        Self {
+            tasks_active: reg(r, "tasks_active", "Running tasks, by kind", Family::default()),
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! The frame judge and a data stream's ack window, on frames built here.
+
+use super::*;
+
+const LIMITS: DataLimits = DataLimits {
+    max_frame_bytes: 1 << 20,
+    max_records_per_batch: 3,
+    max_unacked_batches: 8,
+    max_field_bytes: 16,
+};
+
+fn frame_body(batch: pb::FlowBatch) -> Bytes {
+    Bytes::from(
+        pb::DataUp {
+            msg: Some(pb::data_up::Msg::Batch(batch)),
+        }
+        .encode_to_vec(),
+    )
+}
+
+fn record() -> pb::FlowRecord {
+    pb::FlowRecord {
+        src_addr: Bytes::from_static(&[10, 0, 0, 1]),
+        dst_addr: Bytes::from_static(&[10, 0, 0, 2]),
+        src_port: 40000,
+        dst_port: 443,
+        ip_protocol: 6,
+        ..Default::default()
+    }
+}
+
+fn batch(seq: u64, records: Vec<pb::FlowRecord>) -> pb::FlowBatch {
+    pb::FlowBatch {
+        seq,
+        records,
+        created_unix_nanos: 1,
+    }
+}
+
+#[test]
+fn valid_batches_are_accepted_in_seq_order() {
+    let b = batch(5, vec![record(), record()]);
+    assert_eq!(judge_frame(frame_body(b.clone()), 4, &LIMITS), Verdict::Accept(b));
+    let v = judge_frame(frame_body(batch(4, vec![record()])), 4, &LIMITS);
+    assert!(
+        matches!(v, Verdict::Close(StreamCode::ProtocolViolation, _)),
+        "{v:?}"
+    );
+}
+
+#[test]
+fn bad_batches_are_nacked_with_their_seq() {
+    let v = judge_frame(frame_body(batch(1, vec![record(); 4])), 0, &LIMITS);
+    assert!(
+        matches!(
+            v,
+            Verdict::Nack {
+                seq: 1,
+                reason: pb::NackReason::TooManyRecords,
+                ..
+            }
+        ),
+        "{v:?}"
+    );
+    let mut r = record();
+    r.src_addr = Bytes::from_static(&[1, 2, 3]);
+    let v = judge_frame(frame_body(batch(2, vec![r])), 1, &LIMITS);
+    assert!(
+        matches!(
+            v,
+            Verdict::Nack {
+                seq: 2,
+                reason: pb::NackReason::InvalidRecord,
+                ..
+            }
+        ),
+        "{v:?}"
+    );
+    let mut r = record();
+    r.interface = "x".repeat(17);
+    let v = judge_frame(frame_body(batch(3, vec![r])), 2, &LIMITS);
+    assert!(
+        matches!(
+            v,
+            Verdict::Nack {
+                seq: 3,
+                reason: pb::NackReason::FieldTooLong,
+                ..
+            }
+        ),
+        "{v:?}"
+    );
+}
+
+#[test]
+fn undecodable_records_are_nacked_when_the_seq_is_readable() {
+    // DataUp{batch: FlowBatch{seq: 9, records: [garbage]}}, built by hand.
+    let records_garbage = [0x12, 0x03, 0xff, 0xff, 0xff];
+    let mut inner = vec![0x08, 9];
+    inner.extend_from_slice(&records_garbage);
+    let mut body = vec![0x0a, inner.len() as u8];
+    body.extend_from_slice(&inner);
+    let v = judge_frame(Bytes::from(body), 0, &LIMITS);
+    assert!(
+        matches!(
+            v,
+            Verdict::Nack {
+                seq: 9,
+                reason: pb::NackReason::Undecodable,
+                ..
+            }
+        ),
+        "{v:?}"
+    );
+}
+
+#[test]
+fn garbage_closes_the_stream() {
+    let v = judge_frame(Bytes::from_static(b"\xff\xff\xff\xff garbage"), 0, &LIMITS);
+    assert!(
+        matches!(v, Verdict::Close(StreamCode::MalformedFrame, _)),
+        "{v:?}"
+    );
+    let v = judge_frame(Bytes::new(), 0, &LIMITS);
+    assert!(
+        matches!(v, Verdict::Close(StreamCode::ProtocolViolation, _)),
+        "{v:?}"
+    );
+}
+
+#[test]
+fn replies_nack_refused_batches_and_ack_cumulatively() {
+    let metrics = CollectorMetrics::new();
+    let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+    let (tx2, rx2) = tokio::sync::oneshot::channel();
+    in_flight.push_back(InFlight {
+        seq: 1,
+        state: InFlightState::Settled(Settlement::Stored),
+    });
+    in_flight.push_back(InFlight {
+        seq: 2,
+        state: InFlightState::Settled(Settlement::Nack(pb::NackReason::TooManyRecords, "x".into())),
+    });
+    in_flight.push_back(InFlight {
+        seq: 3,
+        state: InFlightState::Waiting(rx2),
+    });
+    let (_tx4, rx4) = tokio::sync::oneshot::channel();
+    in_flight.push_back(InFlight {
+        seq: 4,
+        state: InFlightState::Waiting(rx4),
+    });
+    tx2.send(SinkOutcome::Stored).unwrap();
+
+    let mut wire = BytesMut::from(&encode_replies(Settlement::Stored, &mut in_flight, &metrics)[..]);
+    let mut codec = frame::FrameCodec::new(1 << 20);
+    let mut replies = Vec::new();
+    while let Some(f) = tokio_util::codec::Decoder::decode(&mut codec, &mut wire).unwrap() {
+        replies.push(frame::decode_body::<pb::DataDown>(f).unwrap().msg.unwrap());
+    }
+    // Batch 4 is still waiting, so the ack stops at 3.
+    assert_eq!(
+        replies,
+        vec![
+            pb::data_down::Msg::Nack(pb::Nack {
+                seq: 2,
+                reason: pb::NackReason::TooManyRecords as i32,
+                message: "x".into()
+            }),
+            pb::data_down::Msg::Ack(pb::Ack { up_to_seq: 3 }),
+        ]
+    );
+    assert_eq!(in_flight.len(), 1);
+    assert_eq!(
+        CollectorMetrics::count(&metrics.ingest.nacks, "too_many_records"),
+        1
+    );
+}

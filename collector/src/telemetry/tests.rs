@@ -1,0 +1,106 @@
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::*;
+
+#[test]
+fn throttle_logs_first_then_once_per_interval_with_a_count() {
+    let t = LogThrottle::new(Duration::from_secs(10), 2);
+    let t0 = Instant::now();
+    assert_eq!(t.check("auth", t0), Some(0));
+    for i in 1..=5 {
+        assert_eq!(t.check("auth", t0 + Duration::from_secs(i)), None);
+    }
+    assert_eq!(t.check("auth", t0 + Duration::from_secs(11)), Some(5));
+    assert_eq!(t.check("other-key", t0), Some(0), "keys are independent");
+    // Past max_keys, new keys share one slot instead of growing the map.
+    assert_eq!(t.check("k3", t0), Some(0));
+    assert_eq!(t.check("k4", t0), None);
+}
+
+#[test]
+fn metrics_encode_with_their_prefix() {
+    let m = CollectorMetrics::new();
+    m.connections.refused(RefuseReason::MaxConnections);
+    m.org_counters("acme").batches.inc();
+    let text = m.encode();
+    assert!(
+        text.contains("ringflow_collector_connections_refused_total{reason=\"max_connections\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ringflow_collector_batches_in_total{org=\"acme\"} 1"),
+        "{text}"
+    );
+}
+
+#[test]
+fn every_metric_is_registered_once_under_its_name() {
+    let m = CollectorMetrics::new();
+    let text = m.encode();
+    let types: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ringflow_collector_"))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    // Families show only once they have a series; the 38 metrics without labels always show.
+    assert_eq!(types.len(), 38, "{types:?}");
+    let unique: std::collections::HashSet<_> = types.iter().collect();
+    assert_eq!(unique.len(), types.len(), "{types:?}");
+}
+
+#[test]
+fn events_move_their_metrics() {
+    let m = CollectorMetrics::new();
+    let log = LogThrottle::new(Duration::from_secs(10), 4);
+    let refused = |reason| ConnectionRefused {
+        reason,
+        connections: 1,
+        handshakes: 2,
+        buffered_bytes: 3,
+        log: &log,
+        now: Instant::now(),
+    };
+    refused(RefuseReason::Draining).emit(&m);
+    refused(RefuseReason::AcceptRate).emit(&m);
+    assert_eq!(
+        CollectorMetrics::count(&m.connections.connections_refused, "draining"),
+        1
+    );
+    assert_eq!(
+        CollectorMetrics::count(&m.connections.connections_refused, "accept_rate"),
+        1
+    );
+    BatchNacked {
+        reason: ringflow_proto::pb::NackReason::InvalidRecord,
+    }
+    .emit(&m);
+    assert_eq!(CollectorMetrics::count(&m.ingest.nacks, "invalid_record"), 1);
+    assert_eq!(CollectorMetrics::count(&m.output.batches_dropped, "nacked"), 1);
+    SegmentEvicted {
+        org: "acme",
+        segment: 7,
+        batches: 4,
+        records: 40,
+        bytes: 400,
+    }
+    .emit(&m);
+    assert_eq!(
+        CollectorMetrics::count(&m.output.batches_dropped, "store_byte_cap"),
+        4
+    );
+    assert_eq!(m.store.store_dropped_records.get(), 40);
+    BatchStored {
+        org: "acme",
+        records: 10,
+        bytes: 100,
+    }
+    .emit(&m);
+    let text = m.encode();
+    assert!(
+        text.contains("ringflow_collector_org_records_out_total{org=\"acme\"} 10"),
+        "{text}"
+    );
+    assert_eq!(m.output.bytes_out.get(), 100);
+}

@@ -1,0 +1,199 @@
+//! The verdict of a live run: what was lost, how evenly the collectors ended up loaded, how the
+//! ack latency fared before and during the herd, written out as `report.json`, `report.md`,
+//! `timeline.json` and the charts.
+//!
+//! Must never: count a batch that was acked twice (a resend after failover) as lost twice, or
+//! judge a collector that is down as holding no sessions.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use ringflow_proto::pb;
+use tokio::time::Instant;
+
+use super::RunOptions;
+use super::sampler::{Accumulated, peak_per_second};
+use crate::acks::AckBook;
+use crate::fleet::{Fleet, SinkKind};
+use crate::meters::{Population, meter_id};
+use crate::report::{AckLatency, Report, Thresholds};
+use crate::scenario::{Scenario, balance_threshold};
+use crate::timeline::Timeline;
+
+/// Acks the first wave needs before the herd for the latency comparison to be judged.
+const MIN_BASELINE_ACKS: u64 = 1_000;
+
+/// What a run left when it stopped: what the verdict is made of.
+pub(super) struct Ended {
+    pub(super) timeline: Timeline,
+    pub(super) acc: Accumulated,
+    /// Each meter's collector when the run's duration was up (`None`: not connected).
+    pub(super) at_end: Vec<Option<Arc<str>>>,
+    /// Every batch the fleet's sink holds.
+    pub(super) stored: Vec<pb::StoredBatch>,
+    pub(super) population: Arc<Population>,
+    pub(super) book: Arc<AckBook>,
+    pub(super) herd_at: Option<Instant>,
+    pub(super) all_connected_at: Option<Instant>,
+}
+
+/// Judges the run, writes its report, timeline and charts into `options.out`.
+pub(super) fn judge(
+    options: &RunOptions,
+    sink: SinkKind,
+    capacity: f64,
+    fleet: &Fleet,
+    ended: Ended,
+    added: Option<String>,
+) -> anyhow::Result<Report> {
+    let (meters, collectors, scenario) = (options.meters, options.collectors, options.scenario);
+    let summary = ringflow_tests::summarize(&ended.stored);
+    let lost = records_lost(&ended, options.seed, meters);
+    let totals = ended
+        .population
+        .each(|_, m| (m.records.records_generated.get(), m.delivery.records_acked.get()));
+    let live = live_sessions(&ended.timeline);
+    let connected_at_end = ended.at_end.iter().filter(|c| c.is_some()).count();
+    // Meters that went over to the added collector, of those connected at the end.
+    let moved_fraction = added.map(|added| {
+        let moved = ended
+            .at_end
+            .iter()
+            .filter(|c| c.as_deref() == Some(added.as_str()))
+            .count();
+        moved as f64 / connected_at_end.max(1) as f64
+    });
+    let acks = ended.book.summary();
+    let mut report = Report {
+        scenario: scenario.name().to_owned(),
+        mode: "live".to_owned(),
+        meters,
+        collectors,
+        seed: options.seed,
+        sink: match sink {
+            SinkKind::File => "file",
+            SinkKind::Nats => "nats",
+            SinkKind::Kafka => "kafka",
+        }
+        .to_owned(),
+        duration_s: options.duration.as_secs_f64(),
+        records_sent: totals.iter().map(|t| t.0).sum(),
+        records_acked: totals.iter().map(|t| t.1).sum(),
+        records_stored: summary.records,
+        records_lost: lost,
+        duplicates_stored: summary.duplicate_batches as u64,
+        time_to_all_connected_s: match (ended.herd_at, ended.all_connected_at) {
+            (Some(h), Some(a)) => Some(a.duration_since(h).as_secs_f64()),
+            _ => None,
+        },
+        peak_attempts_per_s: peak_per_second(&ended.timeline.samples),
+        handshake_capacity_per_s: capacity,
+        sessions_max_over_mean: max_over_mean(&live),
+        meters_connected_at_end: connected_at_end,
+        moved_fraction,
+        ack_latency_ms: AckLatency {
+            p50: acks.all.p50,
+            p99: acks.all.p99,
+            p99_before_herd: acks.before_herd.p99,
+            p99_during_herd: acks.during_herd.p99,
+            acks_before_herd: acks.before_herd.count,
+            acks_during_herd: acks.during_herd.count,
+        },
+        collector_crashes: fleet.crashes(),
+        collector_rss_max_bytes: ended
+            .timeline
+            .samples
+            .iter()
+            .flat_map(|s| s.collector_rss_bytes.iter().copied())
+            .max()
+            .unwrap_or(0),
+        collector_scrapes_missed: ended.timeline.silent_scrapes,
+        refusals: ended.acc.refusals,
+        verdict: String::new(),
+        failures: Vec::new(),
+        thresholds: thresholds(scenario, meters, collectors, live.len()),
+    };
+    report.judge();
+    write(options, &report, &ended.timeline)?;
+    Ok(report)
+}
+
+/// Records acked to a meter but not in the sink, batch by batch (each acked batch once).
+fn records_lost(ended: &Ended, seed: u64, meters: usize) -> u64 {
+    let stored_ids: HashSet<(&str, u64)> = ended
+        .stored
+        .iter()
+        .map(|b| (b.meter_id.as_str(), b.seq))
+        .collect();
+    let ids: Vec<String> = (0..meters).map(|i| meter_id(seed, i)).collect();
+    let mut lost = 0u64;
+    for (i, acked) in ended.book.acked_batches().into_iter().enumerate() {
+        let mut seen = HashSet::new();
+        for (seq, records) in acked {
+            if seen.insert(seq) && !stored_ids.contains(&(ids[i].as_str(), seq)) {
+                lost += u64::from(records);
+            }
+        }
+    }
+    lost
+}
+
+/// Sessions held at the last sample by each collector that was up then.
+fn live_sessions(timeline: &Timeline) -> Vec<u64> {
+    timeline
+        .samples
+        .last()
+        .map(|s| {
+            s.sessions
+                .iter()
+                .zip(&s.collector_rss_bytes)
+                .filter(|(_, rss)| **rss > 0)
+                .map(|(n, _)| *n)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The busiest collector's sessions over the mean (`None` when no collector holds any).
+fn max_over_mean(live: &[u64]) -> Option<f64> {
+    let total: u64 = live.iter().sum();
+    (total > 0).then(|| {
+        let mean = total as f64 / live.len() as f64;
+        live.iter().copied().max().unwrap_or(0) as f64 / mean
+    })
+}
+
+/// What a live run of `scenario` is judged against.
+fn thresholds(scenario: Scenario, meters: usize, collectors: usize, live: usize) -> Thresholds {
+    Thresholds {
+        records_lost: 0,
+        collector_crashes: 0,
+        sessions_max_over_mean: balance_threshold(scenario, meters, live.max(1)),
+        p99_during_over_before: (scenario == Scenario::ColdStart).then_some(2.0),
+        min_baseline_acks: MIN_BASELINE_ACKS,
+        moved_fraction: scenario
+            .moves_meters()
+            .then(|| crate::scenario::moved_range(collectors, meters)),
+        all_connected: true,
+        min_connected_at_end: (meters as f64 * 0.99).floor() as usize,
+        peak_attempts_over_capacity: None,
+        time_to_all_connected_max_s: None,
+    }
+}
+
+/// `report.json`, `report.md`, `timeline.json` and the charts.
+fn write(options: &RunOptions, report: &Report, timeline: &Timeline) -> anyhow::Result<()> {
+    report.write(&options.out)?;
+    std::fs::write(
+        options.out.join("timeline.json"),
+        serde_json::to_string(timeline)? + "\n",
+    )?;
+    let title = format!(
+        "herd {} ({} meters, {} collectors)",
+        options.scenario.name(),
+        options.meters,
+        options.collectors
+    );
+    crate::charts::write_charts(&options.out, &title, timeline)?;
+    Ok(())
+}

@@ -1,0 +1,266 @@
+//! The virtual meters of a `herd run`: real [`Meter`]s from the agent library (synthetic source,
+//! batcher, spool, selector, backoff, QUIC sessions), thousands in one process. They share a
+//! pool of QUIC endpoints and keep their spools in memory (see [`Embedding`]); everything else is
+//! what a meter on a customer's host runs, with the production defaults except where
+//! [`MeterShape`] says.
+//!
+//! Owns: the meters (start by wave, stop), their ids (`herd-SEED-000001`, ...), and the per-meter
+//! counters the sampler reads. Must never: touch a collector.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use ringflow_meter::{Embedding, Meter, MeterMetrics, MeterWatch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::acks::AckBook;
+use ringflow_tests::TestBed;
+
+/// Meters per shared QUIC endpoint (one UDP socket each): 20,000 meters use 100 sockets, well
+/// under the process's file limit.
+const METERS_PER_ENDPOINT: usize = 200;
+/// Meters starting at the same moment (the start itself is local work: config, state
+/// directory, spool).
+const STARTS_AT_ONCE: usize = 512;
+/// Started meters whose first fleet lookup has not finished yet, at most. Each lookup has a
+/// socket of its own for each query (A and AAAA), as on a real host; here they share the
+/// process's open-file limit (20,000 on the reference machine, which may not raise it), so the
+/// herd starts as fast as DNS answers within this bound.
+const LOOKUPS_IN_FLIGHT: usize = 2_048;
+
+/// The keys of the meter config `herd` changes from the defaults.
+#[derive(Debug, Clone)]
+pub struct MeterShape {
+    /// Synthetic records per second per meter.
+    pub records_per_second: u64,
+    /// A batch is closed this long after its first record.
+    pub batch_age: Duration,
+    /// `reconnect.rebalance_window_ms`: meters move to a better collector within this window
+    /// (the default, 60 s, is longer than most runs).
+    pub rebalance_window: Duration,
+    /// Grace period for flushing at the end.
+    pub grace: Duration,
+}
+
+/// Waits until `meter` has finished its first fleet lookup (answered or failed), or for
+/// [`LOOKUP_WAIT`] at most (a meter that stops before its lookup never reports one).
+async fn first_lookup(meter: &MeterWatch) {
+    let mut changed = meter.changed();
+    let wait = async {
+        while fleet_lookups(meter) == 0 {
+            if changed.changed().await.is_err() {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LOOKUP_WAIT, wait).await;
+}
+
+/// Longest wait for one meter's first lookup: the meters' `fleet.resolve_timeout_ms` (3 s by
+/// default) and some.
+const LOOKUP_WAIT: Duration = Duration::from_secs(5);
+
+fn fleet_lookups(meter: &MeterMetrics) -> u64 {
+    ringflow_meter::fleet::dns::LOOKUP_RESULTS
+        .iter()
+        .map(|r| MeterMetrics::count(&meter.fleet.fleet_lookups, r))
+        .sum()
+}
+
+/// The id of meter `index` in a run with `seed`: the seed decides where each meter lands on the
+/// ring (live timing is not reproducible; the ring assignment is).
+pub fn meter_id(seed: u64, index: usize) -> String {
+    format!("herd-{seed}-{index:06}")
+}
+
+pub struct Population {
+    endpoints: Vec<quinn::Endpoint>,
+    /// The first wave's own thread and endpoints: its meters stand for hosts that were already
+    /// connected, so the herd's client-side work in this process (starting thousands of
+    /// pipelines, their TLS handshakes) must not queue in front of them; what the herd does to
+    /// them then is what the fleet does.
+    first_wave: FirstWave,
+    book: Arc<AckBook>,
+    /// Counters of every started meter, by index (None: not started yet).
+    metrics: RwLock<Vec<Option<MeterWatch>>>,
+    meters: Mutex<Vec<Meter>>,
+    shape: MeterShape,
+    seed: u64,
+}
+
+impl Population {
+    /// `count` meters, the first `first_wave` of them on a thread of their own.
+    pub fn new(
+        bed: &TestBed,
+        count: usize,
+        first_wave: usize,
+        shape: MeterShape,
+        book: Arc<AckBook>,
+        seed: u64,
+    ) -> anyhow::Result<Self> {
+        let client = ringflow_meter::transport::client_config(&bed.certs.ca)?;
+        let endpoints = (0..count.div_ceil(METERS_PER_ENDPOINT).max(1))
+            .map(|_| ringflow_meter::transport::client_endpoint(client.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
+        // In its guard from the start: dropped on an error below, it must not block.
+        let mut wave = FirstWave {
+            runtime: Some(
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .thread_name("herd-first-wave")
+                    .enable_all()
+                    .build()?,
+            ),
+            endpoints: Vec::new(),
+        };
+        if let Some(rt) = &wave.runtime {
+            let _on = rt.enter();
+            wave.endpoints = (0..first_wave.div_ceil(METERS_PER_ENDPOINT).max(1))
+                .map(|_| ringflow_meter::transport::client_endpoint(client.clone()))
+                .collect::<Result<Vec<_>, _>>()?;
+        }
+        Ok(Population {
+            endpoints,
+            first_wave: wave,
+            book,
+            metrics: RwLock::new(vec![None; count]),
+            meters: Mutex::new(Vec::with_capacity(count)),
+            shape,
+            seed,
+        })
+    }
+
+    fn config(
+        &self,
+        bed: &TestBed,
+        index: usize,
+        dns: SocketAddr,
+        port: u16,
+    ) -> anyhow::Result<ringflow_meter::Config> {
+        let s = &self.shape;
+        let extra = format!(
+            "admin.enabled = false\n\
+             [fleet]\nname = \"{fleet}\"\nport = {port}\nnameservers = [\"{dns}\"]\nsrv = false\nrefresh_min_ms = 1000\n\
+             [reconnect]\nrebalance_window_ms = {rebalance}\n\
+             [batch]\nmax_age_ms = {age}\n\
+             [shutdown]\ngrace_ms = {grace}\n\
+             [sources.synthetic]\nenabled = true\nrecords_per_second = {rate}\nflows = 16\n",
+            fleet = ringflow_tests::dns::FLEET_NAME,
+            rebalance = s.rebalance_window.as_millis(),
+            age = s.batch_age.as_millis(),
+            grace = s.grace.as_millis(),
+            rate = s.records_per_second,
+        );
+        Ok(ringflow_meter::Config::parse(&bed.meter_toml(
+            &meter_id(self.seed, index),
+            &[],
+            &extra,
+        ))?)
+    }
+
+    /// Starts meters `indices`, all at once (their own splay spreads their first attempts).
+    pub async fn start(
+        &self,
+        bed: &TestBed,
+        indices: std::ops::Range<usize>,
+        first_wave: bool,
+        dns: SocketAddr,
+        port: u16,
+    ) -> anyhow::Result<()> {
+        let mut starting = JoinSet::new();
+        let mut resolving: std::collections::VecDeque<MeterWatch> = Default::default();
+        for index in indices {
+            if starting.len() >= STARTS_AT_ONCE
+                && let Some(done) = starting.join_next().await
+            {
+                resolving.push_back(self.started(done??));
+            }
+            while resolving.len() + starting.len() >= LOOKUPS_IN_FLIGHT {
+                match resolving.pop_front() {
+                    Some(oldest) => first_lookup(&oldest).await,
+                    None => break,
+                }
+            }
+            let config = self.config(bed, index, dns, port)?;
+            let (endpoints, runtime) = match (first_wave, &self.first_wave.runtime) {
+                (true, Some(rt)) => (&self.first_wave.endpoints, rt.handle().clone()),
+                _ => (&self.endpoints, tokio::runtime::Handle::current()),
+            };
+            let embedding = Embedding {
+                endpoint: Some(endpoints[index % endpoints.len()].clone()),
+                memory_spool: true,
+                ack_observer: Some(self.book.observer(index, first_wave)),
+            };
+            // The meter's tasks run on the runtime it is started on.
+            starting.spawn_on(
+                async move {
+                    let meter = Meter::start_embedded(config, CancellationToken::new(), embedding).await?;
+                    anyhow::Ok((index, meter))
+                },
+                &runtime,
+            );
+        }
+        while let Some(done) = starting.join_next().await {
+            self.started(done??);
+        }
+        Ok(())
+    }
+
+    fn started(&self, (index, meter): (usize, Meter)) -> MeterWatch {
+        let metrics = meter.metrics();
+        self.metrics.write().unwrap_or_else(|p| p.into_inner())[index] = Some(metrics.clone());
+        self.meters.lock().unwrap_or_else(|p| p.into_inner()).push(meter);
+        metrics
+    }
+
+    /// Runs `f` over the counters of every started meter, by index.
+    pub fn each<T>(&self, mut f: impl FnMut(usize, &MeterMetrics) -> T) -> Vec<T> {
+        let metrics = self.metrics.read().unwrap_or_else(|p| p.into_inner());
+        metrics
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| m.as_ref().map(|m| f(i, m)))
+            .collect()
+    }
+
+    /// The collector each meter is connected to, by index (None: not connected or not started).
+    pub fn connections(&self) -> Vec<Option<Arc<str>>> {
+        let metrics = self.metrics.read().unwrap_or_else(|p| p.into_inner());
+        metrics
+            .iter()
+            .map(|m| m.as_ref().and_then(|m| m.connected_to()))
+            .collect()
+    }
+
+    /// Stops every meter (all at once; each flushes within its grace period).
+    pub async fn stop(&self) -> anyhow::Result<()> {
+        let meters = std::mem::take(&mut *self.meters.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut stopping = JoinSet::new();
+        for m in meters {
+            stopping.spawn(m.stop());
+        }
+        while let Some(done) = stopping.join_next().await {
+            done??;
+        }
+        for e in self.endpoints.iter().chain(&self.first_wave.endpoints) {
+            e.close(0u32.into(), b"herd done");
+        }
+        Ok(())
+    }
+}
+
+struct FirstWave {
+    runtime: Option<tokio::runtime::Runtime>,
+    endpoints: Vec<quinn::Endpoint>,
+}
+
+impl Drop for FirstWave {
+    fn drop(&mut self) {
+        // Dropped from async code: a runtime may not block there.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}

@@ -1,0 +1,375 @@
+//! A run's verdict: `report.json` (every key documented in docs/herd.md) and a
+//! short `report.md`.
+//!
+//! Owns: the report's keys, the thresholds and how the verdict follows from them. Must never:
+//! measure (the runner fills [`Report`]) or draw (see `charts`).
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::Serialize;
+
+/// The top-level keys of every `report.json`, live or simulated (docs/herd.md's table
+/// documents each; `tests/docs.rs` checks it does).
+pub const KEYS: [&str; 22] = [
+    "scenario",
+    "mode",
+    "meters",
+    "collectors",
+    "seed",
+    "sink",
+    "records_sent",
+    "records_acked",
+    "records_stored",
+    "records_lost",
+    "duplicates_stored",
+    "time_to_all_connected_s",
+    "peak_attempts_per_s",
+    "handshake_capacity_per_s",
+    "sessions_max_over_mean",
+    "meters_connected_at_end",
+    "moved_fraction",
+    "ack_latency_ms",
+    "collector_crashes",
+    "verdict",
+    "failures",
+    "thresholds",
+];
+
+/// Ack latency, milliseconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AckLatency {
+    /// Over every ack of the run.
+    pub p50: Option<f64>,
+    pub p99: Option<f64>,
+    /// Acks to the first wave while only it was connected.
+    pub p99_before_herd: Option<f64>,
+    /// Acks to the first wave (already connected) while the herd connected.
+    pub p99_during_herd: Option<f64>,
+    /// How many acks each of the two phase figures is based on.
+    pub acks_before_herd: u64,
+    pub acks_during_herd: u64,
+}
+
+/// What passes.
+#[derive(Debug, Clone, Serialize)]
+pub struct Thresholds {
+    /// Acked but not stored: must be this (0).
+    pub records_lost: u64,
+    /// Collector exits nobody asked for.
+    pub collector_crashes: u32,
+    /// Highest `sessions_max_over_mean` that passes.
+    pub sessions_max_over_mean: f64,
+    /// Highest `p99_during_herd / p99_before_herd` that passes (null: not judged in this
+    /// scenario; a baseline under `min_baseline_acks` is not judged either).
+    pub p99_during_over_before: Option<f64>,
+    /// Acks the baseline needs before the latency ratio is checked.
+    pub min_baseline_acks: u64,
+    /// `moved_fraction` must lie in this range (null: not checked).
+    pub moved_fraction: Option<(f64, f64)>,
+    /// Every meter must have been connected at once after the herd.
+    pub all_connected: bool,
+    /// Meters that must hold a session at the end (99%: a few may be between two collectors,
+    /// moving home).
+    pub min_connected_at_end: usize,
+    /// Highest `peak_attempts_per_s / handshake_capacity_per_s` that passes (null: not judged;
+    /// `herd sim` judges it, a live run's capacity is the machine's, not the fleet's budget).
+    pub peak_attempts_over_capacity: Option<f64>,
+    /// Longest `time_to_all_connected_s` that passes (null: not judged; `herd sim`: 1.25 × N /
+    /// capacity).
+    pub time_to_all_connected_max_s: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub scenario: String,
+    /// "live" (`herd run`) or "sim" (`herd sim`).
+    pub mode: String,
+    pub meters: usize,
+    pub collectors: usize,
+    pub seed: u64,
+    pub sink: String,
+    pub duration_s: f64,
+    pub records_sent: u64,
+    pub records_acked: u64,
+    pub records_stored: u64,
+    pub records_lost: u64,
+    pub duplicates_stored: u64,
+    /// From the herd's start until every meter had been welcomed by a collector (null: never).
+    pub time_to_all_connected_s: Option<f64>,
+    pub peak_attempts_per_s: f64,
+    pub handshake_capacity_per_s: f64,
+    pub sessions_max_over_mean: Option<f64>,
+    /// Meters with a session at the end of the run.
+    pub meters_connected_at_end: usize,
+    pub moved_fraction: Option<f64>,
+    pub ack_latency_ms: AckLatency,
+    pub collector_crashes: u32,
+    /// Most resident memory any collector had, bytes.
+    pub collector_rss_max_bytes: u64,
+    /// Scrapes of a running collector's `/metrics` that timed out (a collector too busy to answer
+    /// its admin endpoint within 1 s).
+    pub collector_scrapes_missed: u64,
+    /// Refusals and rejects over the run, by reason.
+    pub refusals: std::collections::BTreeMap<String, u64>,
+    pub verdict: String,
+    /// Why the verdict is "fail" (empty on "pass").
+    pub failures: Vec<String>,
+    pub thresholds: Thresholds,
+}
+
+impl Report {
+    /// Sets `verdict` and `failures` from the figures and `thresholds`.
+    pub fn judge(&mut self) {
+        let t = &self.thresholds;
+        let mut failures = Vec::new();
+        if self.records_lost > t.records_lost {
+            failures.push(format!("{} acked records were not stored", self.records_lost));
+        }
+        if self.collector_crashes > t.collector_crashes {
+            failures.push(format!("{} collector crashes", self.collector_crashes));
+        }
+        match self.sessions_max_over_mean {
+            Some(m) if m > t.sessions_max_over_mean => failures.push(format!(
+                "sessions max/mean {m:.3} > {:.3}",
+                t.sessions_max_over_mean
+            )),
+            None => failures.push("no sessions at the end".to_owned()),
+            _ => {}
+        }
+        if t.all_connected && self.time_to_all_connected_s.is_none() {
+            failures.push("not every meter connected".to_owned());
+        }
+        if self.meters_connected_at_end < t.min_connected_at_end {
+            failures.push(format!(
+                "{} of {} meters connected at the end (at least {} must be)",
+                self.meters_connected_at_end, self.meters, t.min_connected_at_end
+            ));
+        }
+        let l = &self.ack_latency_ms;
+        if let (Some(limit), Some(before), Some(during)) =
+            (t.p99_during_over_before, l.p99_before_herd, l.p99_during_herd)
+            && l.acks_before_herd >= t.min_baseline_acks
+            && during > limit * before
+        {
+            failures.push(format!(
+                "first wave's ack p99 rose from {before:.1} ms to {during:.1} ms during the herd (limit x{limit})"
+            ));
+        }
+        if let Some(limit) = t.peak_attempts_over_capacity
+            && self.peak_attempts_per_s > limit * self.handshake_capacity_per_s
+        {
+            failures.push(format!(
+                "peak attempts {:.0}/s > {limit} x the fleet's handshake capacity {:.0}/s",
+                self.peak_attempts_per_s, self.handshake_capacity_per_s
+            ));
+        }
+        if let (Some(limit), Some(took)) = (t.time_to_all_connected_max_s, self.time_to_all_connected_s)
+            && took > limit
+        {
+            failures.push(format!(
+                "every meter connected after {took:.2} s (at most {limit:.2} s passes)"
+            ));
+        }
+        if let Some((lo, hi)) = t.moved_fraction {
+            match self.moved_fraction {
+                Some(m) if (lo..=hi).contains(&m) => {}
+                Some(m) => failures.push(format!("moved fraction {m:.3} outside [{lo:.3}, {hi:.3}]")),
+                None => failures.push("moved fraction not measured".to_owned()),
+            }
+        }
+        self.verdict = if failures.is_empty() { "pass" } else { "fail" }.to_owned();
+        self.failures = failures;
+    }
+
+    pub fn passed(&self) -> bool {
+        self.verdict == "pass"
+    }
+
+    /// The short human summary.
+    pub fn markdown(&self) -> String {
+        let mut md = String::new();
+        let opt = |v: Option<f64>, unit: &str| v.map_or("n/a".to_owned(), |v| format!("{v:.2}{unit}"));
+        let _ = writeln!(
+            md,
+            "# herd {} ({}): {}\n",
+            self.scenario,
+            self.mode,
+            self.verdict.to_uppercase()
+        );
+        let _ = writeln!(
+            md,
+            "{} meters, {} collectors, {} sink, {:.0} s, seed {}.\n",
+            self.meters, self.collectors, self.sink, self.duration_s, self.seed
+        );
+        for f in &self.failures {
+            let _ = writeln!(md, "- **fail:** {f}");
+        }
+        if !self.failures.is_empty() {
+            md.push('\n');
+        }
+        let l = &self.ack_latency_ms;
+        let rows = [
+            (
+                "records sent / acked / stored",
+                format!(
+                    "{} / {} / {}",
+                    self.records_sent, self.records_acked, self.records_stored
+                ),
+            ),
+            ("records lost (acked, not stored)", self.records_lost.to_string()),
+            ("duplicate batches stored", self.duplicates_stored.to_string()),
+            ("time to all connected", opt(self.time_to_all_connected_s, " s")),
+            ("peak attempts/s", format!("{:.0}", self.peak_attempts_per_s)),
+            (
+                "handshake capacity/s (same run)",
+                format!("{:.0}", self.handshake_capacity_per_s),
+            ),
+            (
+                "sessions max/mean at the end",
+                opt(self.sessions_max_over_mean, ""),
+            ),
+            (
+                "meters connected at the end",
+                self.meters_connected_at_end.to_string(),
+            ),
+            ("moved fraction", opt(self.moved_fraction, "")),
+            (
+                "ack latency p50 / p99",
+                format!("{} / {}", opt(l.p50, " ms"), opt(l.p99, " ms")),
+            ),
+            (
+                "first wave p99 before / during herd",
+                format!(
+                    "{} / {}",
+                    opt(l.p99_before_herd, " ms"),
+                    opt(l.p99_during_herd, " ms")
+                ),
+            ),
+            ("collector crashes", self.collector_crashes.to_string()),
+            (
+                "collector RSS max",
+                format!(
+                    "{:.1} MiB",
+                    self.collector_rss_max_bytes as f64 / (1 << 20) as f64
+                ),
+            ),
+            (
+                "collector scrapes missed (> 1 s)",
+                self.collector_scrapes_missed.to_string(),
+            ),
+        ];
+        let _ = writeln!(md, "| figure | value |\n|---|---|");
+        for (k, v) in rows {
+            let _ = writeln!(md, "| {k} | {v} |");
+        }
+        if !self.refusals.is_empty() {
+            let list: Vec<String> = self.refusals.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            let _ = writeln!(md, "\nRefusals and rejects: {}.", list.join(", "));
+        }
+        let _ = writeln!(
+            md,
+            "\nCharts: sessions.png, attempts.png, ack_latency.png (and .svg)."
+        );
+        md
+    }
+
+    /// Writes `report.json` and `report.md` into `dir`.
+    pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
+        std::fs::write(
+            dir.join("report.json"),
+            serde_json::to_string_pretty(self)? + "\n",
+        )?;
+        std::fs::write(dir.join("report.md"), self.markdown())?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn passing() -> Report {
+        Report {
+            scenario: "cold-start".into(),
+            mode: "live".into(),
+            meters: 100,
+            collectors: 2,
+            seed: 1,
+            sink: "file".into(),
+            duration_s: 10.0,
+            records_sent: 10,
+            records_acked: 10,
+            records_stored: 10,
+            records_lost: 0,
+            duplicates_stored: 0,
+            time_to_all_connected_s: Some(1.0),
+            peak_attempts_per_s: 100.0,
+            handshake_capacity_per_s: 1000.0,
+            sessions_max_over_mean: Some(1.05),
+            meters_connected_at_end: 100,
+            moved_fraction: None,
+            ack_latency_ms: AckLatency {
+                p99_before_herd: Some(2.0),
+                p99_during_herd: Some(3.0),
+                acks_before_herd: 1000,
+                ..AckLatency::default()
+            },
+            collector_crashes: 0,
+            collector_rss_max_bytes: 0,
+            collector_scrapes_missed: 0,
+            refusals: Default::default(),
+            verdict: String::new(),
+            failures: Vec::new(),
+            thresholds: Thresholds {
+                records_lost: 0,
+                collector_crashes: 0,
+                sessions_max_over_mean: 1.10,
+                p99_during_over_before: Some(2.0),
+                min_baseline_acks: 100,
+                moved_fraction: None,
+                all_connected: true,
+                min_connected_at_end: 99,
+                peak_attempts_over_capacity: Some(1.5),
+                time_to_all_connected_max_s: Some(2.0),
+            },
+        }
+    }
+
+    #[test]
+    fn each_threshold_alone_fails_the_verdict() {
+        let mut r = passing();
+        r.judge();
+        assert!(r.passed(), "{:?}", r.failures);
+        let breaks: [fn(&mut Report); 9] = [
+            |r| r.peak_attempts_per_s = 1_600.0,
+            |r| r.time_to_all_connected_s = Some(2.5),
+            |r| r.meters_connected_at_end = 98,
+            |r| r.records_lost = 1,
+            |r| r.collector_crashes = 1,
+            |r| r.sessions_max_over_mean = Some(1.2),
+            |r| r.time_to_all_connected_s = None,
+            |r| r.ack_latency_ms.p99_during_herd = Some(4.5),
+            |r| {
+                r.thresholds.moved_fraction = Some((0.2, 0.3));
+                r.moved_fraction = Some(0.5);
+            },
+        ];
+        for (i, b) in breaks.iter().enumerate() {
+            let mut r = passing();
+            b(&mut r);
+            r.judge();
+            assert_eq!(
+                (r.verdict.as_str(), r.failures.len()),
+                ("fail", 1),
+                "break {i}: {:?}",
+                r.failures
+            );
+        }
+        let mut thin = passing();
+        thin.ack_latency_ms.acks_before_herd = 10;
+        thin.ack_latency_ms.p99_during_herd = Some(100.0);
+        thin.judge();
+        assert!(thin.passed(), "a thin baseline is not compared");
+    }
+}
