@@ -4,6 +4,10 @@
 //! Owns: [`Batcher`], the sans-IO rule for when a batch closes (time is passed in), and
 //! [`run`], the task that drives it between the source channel and the spool's memory queue
 //! ([`SpoolHandle`]). A batch's frame is encoded once here; every send and resend reuses it.
+//! Each batch sealed carries what the sources counted as lost since the previous one
+//! (`FlowBatch.loss`, taken from the [`LossLedger`]); loss with no records to ride on is sealed
+//! in a batch of its own once a batch's age has passed. Loss that cannot be sealed goes back to
+//! the ledger.
 //! Must never: wait on the network. When the spool's memory queue is full, sealing waits (the
 //! spool makes room on disk, dropping its oldest batches at its byte cap, counted), so records
 //! back up into the bounded source channel, where a full channel drops and counts them.
@@ -18,6 +22,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::source::RecordChunk;
+use crate::source::loss::LossLedger;
 use crate::spool::handle::{SpoolBatch, SpoolHandle};
 use crate::state::{SeqAllocator, StateError};
 use crate::telemetry::MeterMetrics;
@@ -52,8 +57,10 @@ impl BatchLimits {
 }
 
 /// Bytes of a batch frame body besides its records, at most: `DataUp` tag and length,
-/// `FlowBatch.seq` and `created_unix_nanos` with their tags.
-const FRAME_OVERHEAD: usize = 1 + 5 + 1 + 10 + 1 + 8;
+/// `FlowBatch.seq` and `created_unix_nanos` with their tags, and `FlowBatch.loss` (tag, length,
+/// three tagged varints of up to ten bytes).
+const FRAME_OVERHEAD: usize = 1 + 5 + 1 + 10 + 1 + 8 + LOSS_BYTES;
+const LOSS_BYTES: usize = 1 + 1 + 3 * (1 + 10);
 
 /// Encoded size of one record inside a `FlowBatch` (tag, length, body).
 fn record_size(r: &pb::FlowRecord) -> usize {
@@ -135,26 +142,70 @@ pub struct Sealer {
     spool: SpoolHandle,
     /// Counts built batches and records dropped on the way.
     metrics: Arc<MeterMetrics>,
+    /// What the sources failed to measure; taken into each batch sealed.
+    loss: Arc<LossLedger>,
+}
+
+/// `a` plus `b`, counter by counter.
+fn merge_loss(a: Option<pb::MeasurementLoss>, b: Option<pb::MeasurementLoss>) -> Option<pb::MeasurementLoss> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(pb::MeasurementLoss {
+            close_events_lost: a.close_events_lost.saturating_add(b.close_events_lost),
+            flows_untracked: a.flows_untracked.saturating_add(b.flows_untracked),
+            records_dropped: a.records_dropped.saturating_add(b.records_dropped),
+        }),
+        (a, b) => a.or(b),
+    }
 }
 
 impl Sealer {
-    pub fn new(seqs: SeqAllocator, spool: SpoolHandle, metrics: Arc<MeterMetrics>) -> Self {
+    /// `loss` is the ledger the sources count into (`RecordsTx::loss`).
+    pub fn new(
+        seqs: SeqAllocator,
+        spool: SpoolHandle,
+        metrics: Arc<MeterMetrics>,
+        loss: Arc<LossLedger>,
+    ) -> Self {
         Self {
             seqs: tokio::sync::Mutex::new(seqs),
             spool,
             metrics,
+            loss,
+        }
+    }
+
+    /// Gives loss that could not be sealed back to the ledger, for the next batch.
+    fn give_back(&self, loss: Option<pb::MeasurementLoss>) {
+        if let Some(l) = loss {
+            self.loss.add_close_events_lost(l.close_events_lost);
+            self.loss.add_flows_untracked(l.flows_untracked);
+            self.loss.add_records_dropped(l.records_dropped);
+        }
+    }
+
+    /// Seals a batch without records if the ledger holds loss (nothing else would carry it).
+    pub async fn seal_loss(&self, limits: &BatchLimits) -> Result<(), SealError> {
+        match self.loss.take() {
+            Some(loss) => self.seal_one(Vec::new(), Some(loss), limits).await,
+            None => Ok(()),
         }
     }
 
     /// Spools `records` as one batch, or as several if they do not fit `limits` (a batch built
     /// under larger limits than a collector allows is split, never dropped). Only a single
     /// record larger than a whole frame is dropped, and counted. Waits while the spool's
-    /// in-memory queue is full.
-    pub async fn seal(&self, records: Vec<pb::FlowRecord>, limits: &BatchLimits) -> Result<(), SealError> {
+    /// in-memory queue is full. `carried` is loss a batch being split again already carried; it
+    /// goes, with what the ledger holds now, into the first batch.
+    pub async fn seal(
+        &self,
+        records: Vec<pb::FlowRecord>,
+        carried: Option<pb::MeasurementLoss>,
+        limits: &BatchLimits,
+    ) -> Result<(), SealError> {
         let fits = records.len() <= limits.max_records.max(1)
             && FRAME_OVERHEAD + records.iter().map(record_size).sum::<usize>() <= limits.max_frame_bytes;
         if fits {
-            return self.seal_one(records, limits).await;
+            return self.seal_one(records, carried, limits).await;
         }
         let mut batcher = Batcher::new(*limits);
         let mut parts = Vec::new();
@@ -163,20 +214,35 @@ impl Sealer {
             batcher.push(record, now, &mut parts);
         }
         parts.extend(batcher.flush());
+        let mut carried = carried;
         for part in parts {
-            self.seal_one(part, limits).await?;
+            self.seal_one(part, carried.take(), limits).await?;
         }
         Ok(())
     }
 
-    async fn seal_one(&self, records: Vec<pb::FlowRecord>, limits: &BatchLimits) -> Result<(), SealError> {
+    /// Seals one batch of `records` with `carried` loss plus what the ledger holds now.
+    async fn seal_one(
+        &self,
+        records: Vec<pb::FlowRecord>,
+        carried: Option<pb::MeasurementLoss>,
+        limits: &BatchLimits,
+    ) -> Result<(), SealError> {
         let n = records.len() as u32;
         // Held until the spool has the batch: seqs reach the spool in order.
         let mut seqs = self.seqs.lock().await;
-        let seq = seqs.next_seq()?;
+        let seq = match seqs.next_seq() {
+            Ok(seq) => seq,
+            Err(e) => {
+                self.give_back(carried);
+                return Err(e.into());
+            }
+        };
+        let loss = merge_loss(carried, self.loss.take());
         let created_unix_nanos = crate::unix_nanos_now();
         let up = pb::DataUp {
             msg: Some(pb::data_up::Msg::Batch(pb::FlowBatch {
+                loss,
                 seq,
                 records,
                 created_unix_nanos,
@@ -191,19 +257,25 @@ impl Sealer {
                     error: &error,
                 }
                 .emit(&self.metrics);
+                self.give_back(loss);
                 return Ok(());
             }
         };
         self.metrics.records.batches_built.inc();
-        self.spool
+        let appended = self
+            .spool
             .append(SpoolBatch {
                 seq,
                 records: n,
                 created_unix_ms: created_unix_nanos / 1_000_000,
                 frame,
             })
-            .await
-            .map_err(|_| SealError::SpoolStopped)
+            .await;
+        if appended.is_err() {
+            self.give_back(loss);
+            return Err(SealError::SpoolStopped);
+        }
+        Ok(())
     }
 
     /// Counts records that can no longer be batched (the meter is failing), by why.
@@ -217,9 +289,10 @@ impl Sealer {
 }
 
 /// Drives a [`Batcher`]: until the source channel closes, then flushes and closes the queue.
-/// `limits` may be lowered at any time (a collector's `Welcome`). If seqs can no longer be
-/// reserved (the state directory failed), it counts everything it can no longer batch as dropped
-/// and returns the error: the meter then stops with a failure.
+/// `limits` may be lowered at any time (a collector's `Welcome`). While no batch is open, loss
+/// the sources counted is sealed on its own every `max_age`, and once more at the end. If seqs
+/// can no longer be reserved (the state directory failed), it counts everything it can no
+/// longer batch as dropped and returns the error: the meter then stops with a failure.
 pub async fn run(
     mut records_rx: mpsc::Receiver<RecordChunk>,
     sealer: Arc<Sealer>,
@@ -228,8 +301,11 @@ pub async fn run(
     let _task = sealer.metrics.task(task::BATCHER);
     let mut batcher = Batcher::new(*limits.borrow_and_update());
     let mut closed: Vec<Vec<pb::FlowRecord>> = Vec::new();
+    let mut loss_check = tokio::time::interval(batcher.limits.max_age.max(Duration::from_millis(1)));
+    loss_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let deadline = batcher.deadline();
+        let mut loss_due = false;
         let open = tokio::select! {
             chunk = records_rx.recv() => match chunk {
                 Some(chunk) => {
@@ -248,25 +324,29 @@ pub async fn run(
                 closed.extend(batcher.flush());
                 true
             }
+            _ = loss_check.tick(), if deadline.is_none() => {
+                loss_due = true;
+                true
+            }
         };
         if !open {
             // Every source has stopped: what is left becomes the last batch.
             closed.extend(batcher.flush());
+            loss_due = true;
         }
-        let mut pending = closed.drain(..);
-        while let Some(records) = pending.next() {
-            let n = records.len() as u64;
-            if let Err(e) = sealer.seal(records, &batcher.limits).await {
-                let mut lost: u64 = n + pending.map(|r| r.len() as u64).sum::<u64>();
-                lost += batcher.flush().map_or(0, |r| r.len() as u64);
-                records_rx.close();
-                while let Ok(chunk) = records_rx.try_recv() {
-                    lost += chunk.len() as u64;
-                }
-                sealer.discard(lost, &e);
-                sealer.spool.close().await;
-                return Err(e);
+        let mut sealed = seal_closed(&sealer, &mut closed, &batcher.limits).await;
+        if sealed.is_ok() && loss_due {
+            sealed = sealer.seal_loss(&batcher.limits).await.map_err(|e| (e, 0));
+        }
+        if let Err((e, mut lost)) = sealed {
+            lost += batcher.flush().map_or(0, |r| r.len() as u64);
+            records_rx.close();
+            while let Ok(chunk) = records_rx.try_recv() {
+                lost += chunk.len() as u64;
             }
+            sealer.discard(lost, &e);
+            sealer.spool.close().await;
+            return Err(e);
         }
         if !open {
             sealer.spool.close().await;
@@ -275,171 +355,22 @@ pub async fn run(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use bytes::Bytes;
-
-    fn rec(i: u32) -> pb::FlowRecord {
-        pb::FlowRecord {
-            src_addr: Bytes::from_static(&[10, 0, 0, 1]),
-            src_port: i,
-            ..Default::default()
+/// Seals every closed batch in order; on failure, the error and how many records were not
+/// sealed (the failed batch's and those after it).
+async fn seal_closed(
+    sealer: &Sealer,
+    closed: &mut Vec<Vec<pb::FlowRecord>>,
+    limits: &BatchLimits,
+) -> Result<(), (SealError, u64)> {
+    let mut pending = closed.drain(..);
+    while let Some(records) = pending.next() {
+        let n = records.len() as u64;
+        if let Err(e) = sealer.seal(records, None, limits).await {
+            return Err((e, n + pending.map(|r| r.len() as u64).sum::<u64>()));
         }
     }
-
-    fn limits(max_records: usize, max_frame_bytes: usize) -> BatchLimits {
-        BatchLimits {
-            max_records,
-            max_frame_bytes,
-            max_age: Duration::from_secs(1),
-        }
-    }
-
-    #[test]
-    fn closes_at_the_record_count() {
-        let mut b = Batcher::new(limits(3, 1 << 20));
-        let mut closed = Vec::new();
-        let now = Instant::now();
-        for i in 0..7 {
-            b.push(rec(i), now, &mut closed);
-        }
-        assert_eq!(closed.iter().map(Vec::len).collect::<Vec<_>>(), vec![3, 3]);
-        assert_eq!(b.flush().map(|r| r.len()), Some(1));
-        assert_eq!(b.flush(), None);
-    }
-
-    #[test]
-    fn closes_before_the_frame_limit_and_the_frame_really_fits() {
-        let max = 300;
-        let mut b = Batcher::new(limits(1_000, max));
-        let mut closed = Vec::new();
-        let now = Instant::now();
-        for i in 0..100 {
-            b.push(rec(i), now, &mut closed);
-        }
-        closed.extend(b.flush());
-        assert!(closed.len() > 3);
-        assert_eq!(closed.iter().map(Vec::len).sum::<usize>(), 100);
-        for records in closed {
-            let up = pb::DataUp {
-                msg: Some(pb::data_up::Msg::Batch(pb::FlowBatch {
-                    seq: u64::MAX,
-                    records,
-                    created_unix_nanos: u64::MAX,
-                })),
-            };
-            let body = up.encoded_len();
-            assert!(body <= max, "frame body of {body} bytes over {max}");
-        }
-    }
-
-    #[test]
-    fn age_deadline_starts_with_the_first_record() {
-        let mut b = Batcher::new(limits(10, 1 << 20));
-        assert_eq!(b.deadline(), None);
-        let t0 = Instant::now();
-        let mut closed = Vec::new();
-        b.push(rec(1), t0, &mut closed);
-        b.push(rec(2), t0 + Duration::from_millis(500), &mut closed);
-        assert_eq!(b.deadline(), Some(t0 + Duration::from_secs(1)));
-        b.flush();
-        assert_eq!(b.deadline(), None);
-    }
-
-    #[test]
-    fn collector_limits_only_lower() {
-        let l = limits(1_000, 512 << 10);
-        let theirs = pb::Limits {
-            max_records_per_batch: 500,
-            max_frame_bytes: 1 << 20,
-            ..Default::default()
-        };
-        assert_eq!(l.capped_by(&theirs), limits(500, 512 << 10));
-        assert_eq!(l.capped_by(&pb::Limits::default()), l);
-    }
-
-    fn sealer(dir: &std::path::Path, block: u64) -> (Arc<Sealer>, SpoolHandle, Arc<MeterMetrics>) {
-        use crate::spool::handle::{FsyncPolicy, SpoolRun};
-        use crate::spool::task::start;
-        use crate::spool::{Spool, SpoolLimits, fs::MemFs};
-        let metrics = Arc::new(MeterMetrics::new());
-        let limits = SpoolLimits {
-            max_bytes: 64 << 20,
-            max_entries: 100_000,
-            segment_bytes: 1 << 20,
-            recent_bytes: 1 << 20,
-        };
-        let (spool, _) = Spool::open(MemFs::default(), limits).unwrap();
-        let run = SpoolRun {
-            fsync: FsyncPolicy::Never,
-            memory_batches: 16,
-        };
-        let (handle, task) = start(spool, run, Arc::clone(&metrics), Default::default());
-        tokio::spawn(task);
-        let seqs = SeqAllocator::open_with_block(dir, block).unwrap();
-        (
-            Arc::new(Sealer::new(seqs, handle.clone(), Arc::clone(&metrics))),
-            handle,
-            metrics,
-        )
-    }
-
-    /// Everything the spool holds, once it is closed.
-    async fn spooled(spool: &SpoolHandle) -> Vec<crate::spool::Entry> {
-        let mut reader = spool.reader();
-        let mut out = Vec::new();
-        while let Some(e) = reader.next().await.unwrap() {
-            out.push(e);
-        }
-        out
-    }
-
-    #[tokio::test]
-    async fn a_batch_over_the_limits_is_split_never_dropped() {
-        let dir = tempfile::tempdir().unwrap();
-        let (sealer, spool, metrics) = sealer(dir.path(), 1 << 20);
-        let records: Vec<_> = (0..5_000).map(rec).collect();
-        sealer.seal(records, &limits(400, 4_096)).await.unwrap();
-        spool.close().await;
-        let entries = spooled(&spool).await;
-        for e in &entries {
-            assert!(e.records <= 400, "{} records", e.records);
-            assert!(e.frame.len() - frame::LENGTH_PREFIX_BYTES <= 4_096);
-        }
-        assert_eq!(entries.iter().map(|e| u64::from(e.records)).sum::<u64>(), 5_000);
-        assert!(entries.windows(2).all(|w| w[0].seq < w[1].seq), "in seq order");
-        assert_eq!(
-            MeterMetrics::count(&metrics.records.records_dropped, "record_too_large"),
-            0
-        );
-    }
-
-    #[tokio::test]
-    async fn a_failed_seq_reservation_counts_what_it_discards_and_fails() {
-        let dir = tempfile::tempdir().unwrap();
-        let (sealer, spool, metrics) = sealer(dir.path(), 2);
-        // The next reservation cannot be written: a directory sits where the file goes.
-        std::fs::remove_file(dir.path().join("seq")).unwrap();
-        std::fs::create_dir_all(dir.path().join("seq/blocked")).unwrap();
-        let (tx, rx) = mpsc::channel(8);
-        let (_limits_tx, limits_rx) = watch::channel(limits(10, 1 << 20));
-        for c in 0..5u32 {
-            tx.send((0..10).map(|i| rec(c * 10 + i)).collect()).await.unwrap();
-        }
-        drop(tx);
-        let result = run(rx, sealer, limits_rx).await;
-        assert!(
-            matches!(result, Err(SealError::State(StateError::Io { .. }))),
-            "{result:?}"
-        );
-        let spooled_records: u64 = spooled(&spool).await.iter().map(|e| u64::from(e.records)).sum();
-        let dropped = MeterMetrics::count(&metrics.records.records_dropped, "seq_unavailable");
-        assert_eq!(spooled_records, 20, "the first block (2 seqs) was used");
-        assert_eq!(
-            spooled_records + dropped,
-            50,
-            "every record is spooled or counted"
-        );
-    }
+    Ok(())
 }
+
+#[cfg(test)]
+mod tests;

@@ -137,8 +137,9 @@ async fn check_sources(sources: &crate::config::SourcesConfig) -> bool {
         report(
             sockets::NAME,
             format!("TCP connections every {} ms", sources.sockets.interval_ms),
-            sockets::probe()
-                .map(|n| format!("{n} TCP sockets visible through netlink sock_diag"))
+            sockets::probe(&sources.sockets, sockets::PROBE_WINDOW)
+                .await
+                .map(|p| p.describe())
                 .map_err(|e| format!("netlink sock_diag: {e}")),
         );
     }

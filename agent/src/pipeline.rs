@@ -135,7 +135,10 @@ impl Pipeline {
         if let Some(listener) = admin {
             serve_admin(listener, &metrics, &spool, tasks, &admin_stop);
         }
-        let sealer = Arc::new(Sealer::new(seqs, spool.clone(), Arc::clone(&metrics)));
+        let (records_tx, records_rx) = source::channel(Arc::clone(&metrics));
+        // The sources count what they lose in the channel's ledger; each batch sealed takes it.
+        let loss = Arc::clone(records_tx.loss());
+        let sealer = Arc::new(Sealer::new(seqs, spool.clone(), Arc::clone(&metrics), loss));
         let local_limits = BatchLimits {
             max_records: config.batch.max_records,
             max_frame_bytes: config.batch.max_bytes,
@@ -143,7 +146,6 @@ impl Pipeline {
         };
         let (limits_tx, limits_rx) = watch::channel(local_limits);
         let sources_stop = CancellationToken::new();
-        let (records_tx, records_rx) = source::channel(Arc::clone(&metrics));
         source::spawn_all(
             &config.sources,
             netflow,

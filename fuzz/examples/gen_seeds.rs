@@ -162,6 +162,7 @@ fn batch(seq: u64, records: Vec<pb::FlowRecord>) -> pb::DataUp {
             seq,
             records,
             created_unix_nanos: NOW_NANOS,
+            loss: None,
         })),
     }
 }
@@ -249,6 +250,7 @@ fn stored() -> pb::StoredBatch {
         collector_id: "collector-1".into(),
         session_id: "0123456789abcdef".into(),
         records: vec![record(1, false), record(2, true)],
+        loss: None,
     }
 }
 

@@ -7,10 +7,12 @@
 //!   byte 0   the decoder's limits: bit 0 max_exporters (1 or 2), bits 1-2 max_templates (1-4),
 //!            bits 3-4 max_pending_sets (0-3)
 //!   then datagrams, each: one byte whose bits 0-1 pick the exporter (two IPv4 addresses, an
-//!            IPv6 one, and the first IPv4 address as an IPv4-mapped IPv6 one), a 2-byte
+//!            IPv6 one, and the first IPv4 address as an IPv4-mapped IPv6 one) and whose bit 2
+//!            expires, after the datagram, the records waiting for an init time, a 2-byte
 //!            big-endian length, and that many bytes (the last datagram takes what is left)
 //!
-//! Checks: decoding never panics; a dropped datagram gives no records; every record is one the
+//! Checks: decoding never panics; a dropped datagram gives no records; records waiting for an
+//! exporter's init time stay bounded and all come out when expired; every record is one the
 //! collector accepts (addresses of 4 or 16 bytes, ports and protocol in range, start <= end),
 //! carries its exporter's address and a NetFlow/IPFIX source kind; the exporter count stays
 //! within the limit.
@@ -80,6 +82,19 @@ fuzz_target!(|data: &[u8]| {
             assert!(r.start_unix_nanos <= r.end_unix_nanos, "{r:?}");
         }
         records.extend(decoded.records);
+        // Records waiting for an exporter's init time come out, whole, when their time is up.
+        let waiting = decoder.waiting();
+        assert!(waiting <= ringflow_meter::source::netflow::decode::MAX_WAITING_RECORDS);
+        if from & 4 != 0 {
+            let expired = decoder.expire(NOW_NANOS + 3_600_000_000_000);
+            assert_eq!(expired.len(), waiting, "every waiting record expires");
+            assert_eq!(decoder.waiting(), 0);
+            for r in &expired {
+                assert!(r.start_unix_nanos <= r.end_unix_nanos, "{r:?}");
+            }
+            records.extend(expired);
+        }
+        let _ = decoder.take_export_timed();
         let _ = decoder.take_evicted_exporters();
         assert!(decoder.exporters() <= config.max_exporters);
     }
@@ -93,6 +108,7 @@ fuzz_target!(|data: &[u8]| {
             seq: 1,
             records,
             created_unix_nanos: NOW_NANOS,
+            loss: None,
         })),
     };
     let limits = DataLimits {

@@ -342,6 +342,7 @@ mod tests {
             ports in proptest::collection::vec((any::<u16>(), any::<u16>(), any::<u64>()), 0..40)
         ) {
             let batch = pb::FlowBatch {
+                loss: None,
                 seq,
                 created_unix_nanos: 7,
                 records: ports
@@ -367,6 +368,7 @@ mod tests {
     #[test]
     fn encode_refuses_oversize_and_writes_nothing() {
         let batch = pb::FlowBatch {
+            loss: None,
             seq: 1,
             records: vec![pb::FlowRecord::default(); 100],
             created_unix_nanos: 0,

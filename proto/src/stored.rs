@@ -21,6 +21,8 @@ use crate::pb;
 
 /// `StoredBatch.records`.
 const STORED_RECORDS_TAG: u32 = 7;
+/// `StoredBatch.loss`, written after the records (as prost orders fields by tag).
+const STORED_LOSS_TAG: u32 = 8;
 /// `DataUp.batch`.
 const DATA_UP_BATCH_TAG: u32 = 1;
 /// `FlowBatch.records`.
@@ -28,7 +30,8 @@ const BATCH_RECORDS_TAG: u32 = 2;
 
 /// Encodes `header` (a `StoredBatch` whose `records` is empty) followed by `records`, the
 /// decoded records of the `DataUp` frame `frame_body`, reusing each record's bytes from the frame
-/// where they are canonical. Decodes equal to `header` with `records` in it, always.
+/// where they are canonical. Decodes equal to `header` with `records` in it, always (its `loss`
+/// included).
 pub fn encode_stored_batch(
     header: &pb::StoredBatch,
     records: &[pb::FlowRecord],
@@ -36,7 +39,15 @@ pub fn encode_stored_batch(
 ) -> Vec<u8> {
     debug_assert!(header.records.is_empty(), "the header carries no records");
     let mut out = Vec::with_capacity(header.encoded_len() + frame_body.len() + 8);
-    header.encode_raw(&mut out);
+    match &header.loss {
+        // Fields 1-6 now, `loss` (8) after the records (7): the order prost writes.
+        Some(_) => pb::StoredBatch {
+            loss: None,
+            ..header.clone()
+        }
+        .encode_raw(&mut out),
+        None => header.encode_raw(&mut out),
+    }
     let raw = record_bytes(frame_body).filter(|raw| raw.len() == records.len());
     for (i, record) in records.iter().enumerate() {
         match raw.as_ref().map(|r| r[i]) {
@@ -47,6 +58,9 @@ pub fn encode_stored_batch(
             }
             _ => prost::encoding::message::encode(STORED_RECORDS_TAG, record, &mut out),
         }
+    }
+    if let Some(loss) = &header.loss {
+        prost::encoding::message::encode(STORED_LOSS_TAG, loss, &mut out);
     }
     out
 }
@@ -134,6 +148,7 @@ mod tests {
             collector_id: "c1".into(),
             session_id: "s".into(),
             records: Vec::new(),
+            loss: None,
         }
     }
 
@@ -148,6 +163,7 @@ mod tests {
     fn body_of(records: &[pb::FlowRecord]) -> Vec<u8> {
         pb::DataUp {
             msg: Some(pb::data_up::Msg::Batch(pb::FlowBatch {
+                loss: None,
                 seq: 42,
                 records: records.to_vec(),
                 created_unix_nanos: 9,
@@ -206,6 +222,35 @@ mod tests {
     /// A field of a later schema inside a record is not stored (as re-encoding drops it), and
     /// the records around it are still reused.
     #[test]
+    fn the_meters_loss_is_stored_with_the_batch_as_re_encoding_would() {
+        let records = vec![
+            pb::FlowRecord {
+                src_port: 1,
+                ..Default::default()
+            };
+            3
+        ];
+        let loss = pb::MeasurementLoss {
+            close_events_lost: 3,
+            flows_untracked: 0,
+            records_dropped: u64::MAX,
+        };
+        let header = pb::StoredBatch {
+            loss: Some(loss),
+            ..header()
+        };
+        let stored = encode_stored_batch(&header, &records, &body_of(&records));
+        let whole = pb::StoredBatch {
+            records: records.clone(),
+            ..header.clone()
+        };
+        assert_eq!(stored, whole.encode_to_vec(), "byte for byte");
+        let back = pb::StoredBatch::decode(&stored[..]).unwrap();
+        assert_eq!(back.loss, Some(loss));
+        assert_eq!(back.records, records);
+    }
+
+    #[test]
     fn a_record_with_an_unknown_field_is_encoded_again() {
         let records = vec![
             pb::FlowRecord {
@@ -248,7 +293,8 @@ mod tests {
         let mut raw = Vec::new();
         encode_key(12, WireType::Varint, &mut raw);
         raw.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
-        encode_key(22, WireType::Varint, &mut raw);
+        // A tag the schema will not reach soon (two key bytes, like any tag from 16 to 2047).
+        encode_key(999, WireType::Varint, &mut raw);
         raw.extend_from_slice(&[0x80, 0x80, 0x01]);
         let record = pb::FlowRecord::decode(&raw[..]).expect("decodes");
         assert_eq!(record.source, -1);

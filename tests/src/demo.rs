@@ -2,7 +2,9 @@
 //! embedded defaults: development certificates and a token generated on the spot, the meter's
 //! host sources (this machine's TCP connections and interface counters) plus a light synthetic
 //! load, and a running count of what was generated, acked and stored by source, with sample
-//! records read back from the collector's store the same way `collector read` does.
+//! records read back from the collector's store the same way `collector read` does. The demo
+//! keeps one TCP connection of its own busy (a small echo on loopback), so this host's flows
+//! show up with the process that made them even on an idle machine.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -81,6 +83,11 @@ pub async fn run(
             .admin_addr()
             .map_or(String::new(), |a| format!("  (metrics: http://{a}/metrics)"))
     )?;
+    let echo = own_echo(stop.clone()).await?;
+    writeln!(
+        out,
+        "  echo       {echo}  (a TCP connection of the demo's own: its flows carry this process)"
+    )?;
     writeln!(out, "  store      {}", data_dir.display())?;
     writeln!(
         out,
@@ -126,9 +133,51 @@ pub struct DemoTotals {
     /// Records read back from the host sources: sockets and interfaces.
     pub sockets: u64,
     pub interfaces: u64,
+    /// Socket records that name the process that made the flow.
+    pub with_process: u64,
 }
 
-/// Sample records to print: the host's own flows first, then synthetic ones.
+/// A loopback TCP echo inside this process, with a client that sends a little every 200 ms
+/// until `stop`: a flow of the demo's own for the sockets source to find with its owner.
+async fn own_echo(stop: CancellationToken) -> anyhow::Result<SocketAddr> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
+    let addr = listener.local_addr()?;
+    let server_stop = stop.clone();
+    tokio::spawn(async move {
+        let Ok((mut conn, _)) = listener.accept().await else {
+            return;
+        };
+        let mut buf = [0u8; 1024];
+        loop {
+            let n = tokio::select! {
+                _ = server_stop.cancelled() => return,
+                n = conn.read(&mut buf) => match n { Ok(0) | Err(_) => return, Ok(n) => n },
+            };
+            if conn.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut client = tokio::net::TcpStream::connect(addr).await?;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let (ping, mut pong) = ([b'.'; 512], [0u8; 512]);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if client.write_all(&ping).await.is_err() || client.read_exact(&mut pong).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(addr)
+}
+
+/// Sample records to print: the host's own flows first (those that name their process before
+/// the others), then synthetic ones.
 fn samples(batches: &[ringflow_proto::pb::StoredBatch], n: usize) -> Vec<String> {
     use ringflow_proto::pb::SourceKind;
     let all = || {
@@ -137,9 +186,13 @@ fn samples(batches: &[ringflow_proto::pb::StoredBatch], n: usize) -> Vec<String>
             .rev()
             .flat_map(|b| b.records.iter().map(move |r| (b, r)))
     };
-    let host = all().filter(|(_, r)| r.source != SourceKind::Synthetic as i32);
-    let synthetic = all().filter(|(_, r)| r.source == SourceKind::Synthetic as i32);
-    host.chain(synthetic)
+    let host = |r: &ringflow_proto::pb::FlowRecord| r.source != SourceKind::Synthetic as i32;
+    let named = all().filter(|(_, r)| host(r) && r.pid != 0);
+    let unnamed = all().filter(|(_, r)| host(r) && r.pid == 0);
+    let synthetic = all().filter(|(_, r)| !host(r));
+    named
+        .chain(unnamed)
+        .chain(synthetic)
         .take(n)
         .map(|(b, r)| record_json(b, r))
         .collect()
@@ -172,7 +225,10 @@ async fn report_until_stopped(
         for r in batches.iter().flat_map(|b| &b.records) {
             totals.read_back += 1;
             match ringflow_proto::pb::SourceKind::try_from(r.source) {
-                Ok(ringflow_proto::pb::SourceKind::Socket) => totals.sockets += 1,
+                Ok(ringflow_proto::pb::SourceKind::Socket) => {
+                    totals.sockets += 1;
+                    totals.with_process += u64::from(r.pid != 0);
+                }
                 Ok(ringflow_proto::pb::SourceKind::Interface) => totals.interfaces += 1,
                 _ => {}
             }

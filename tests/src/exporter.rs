@@ -86,6 +86,12 @@ impl Clock {
     fn uptime_of(&self, unix_ms: u64) -> u32 {
         self.uptime_ms - (self.export_ms - unix_ms) as u32
     }
+
+    /// When the exporter started (Unix milliseconds): what it announces as
+    /// systemInitTimeMilliseconds.
+    pub fn init_ms(&self) -> u64 {
+        self.export_ms - u64::from(self.uptime_ms)
+    }
 }
 
 /// A NetFlow v5 datagram of IPv4 `flows` (at most 30), sampled 1 in `sampling` (0: unsampled).
@@ -134,8 +140,10 @@ pub mod ie {
     pub const SRC_V6: u16 = 27;
     pub const DST_V6: u16 = 28;
     pub const SAMPLING_INTERVAL: u16 = 34;
+    pub const OBSERVATION_DOMAIN: u16 = 149;
     pub const START_MS: u16 = 152;
     pub const END_MS: u16 = 153;
+    pub const SYSTEM_INIT_MS: u16 = 160;
     /// RFC 5103 reverse elements: enterprise bit set, enterprise number 29305.
     pub const REVERSE_OCTETS: u16 = 0x8000 | OCTETS;
     pub const REVERSE_PACKETS: u16 = 0x8000 | PACKETS;
@@ -181,6 +189,20 @@ pub const IPFIX_LAYOUT: Layout = &[
     (ie::REVERSE_PACKETS, 8),
     (ie::START_MS, 8),
     (ie::END_MS, 8),
+];
+
+/// IPFIX with uptime times (flowStartSysUpTime / flowEndSysUpTime), as softflowd's default
+/// template sends them: they count from the init time announced in options data.
+pub const IPFIX_UPTIME_LAYOUT: Layout = &[
+    (ie::SRC_V4, 4),
+    (ie::DST_V4, 4),
+    (ie::SRC_PORT, 2),
+    (ie::DST_PORT, 2),
+    (ie::PROTOCOL, 1),
+    (ie::OCTETS, 8),
+    (ie::PACKETS, 8),
+    (ie::FIRST_UPTIME, 4),
+    (ie::LAST_UPTIME, 4),
 ];
 
 const REVERSE_PEN: u32 = 29_305;
@@ -243,6 +265,10 @@ pub enum Set<'a> {
     /// v9 only: an options template scoped to the exporter ("System") carrying a sampling
     /// interval, and its one data record.
     SamplingOptions { id: u16, interval: u32 },
+    /// IPFIX only: an options template set (scope observationDomainId, then
+    /// systemInitTimeMilliseconds, 8 bytes) and an options data set with its one record: the
+    /// exporter's init time, which uptime times count from (RFC 7011 §3.4.2.2, RFC 5102).
+    InitTimeOptions { id: u16, domain: u32, init_ms: u64 },
 }
 
 /// The ids of the template set in each format.
@@ -281,7 +307,39 @@ fn template_or_data_set(p: &mut Vec<u8>, set: &Set, template_set: u16, clock: Cl
             flows.len() as u16
         }
         Set::SamplingOptions { .. } => panic!("options are written by the v9 exporter itself"),
+        Set::InitTimeOptions { .. } => panic!("options are written by the IPFIX exporter itself"),
     }
+}
+
+/// The IPFIX options template set id.
+const IPFIX_OPTIONS_TEMPLATE_SET: u16 = 3;
+
+/// Writes an IPFIX options template set and its data set announcing `init_ms`.
+fn ipfix_init_time(p: &mut Vec<u8>, id: u16, domain: u32, init_ms: u64) {
+    let start = p.len();
+    // Set header, then: template id, field count 2, scope field count 1, fields.
+    for v in [
+        IPFIX_OPTIONS_TEMPLATE_SET,
+        0,
+        id,
+        2,
+        1,
+        ie::OBSERVATION_DOMAIN,
+        4,
+        ie::SYSTEM_INIT_MS,
+        8,
+    ] {
+        put16(p, v);
+    }
+    let len = (p.len() - start) as u16;
+    p[start + 2..start + 4].copy_from_slice(&len.to_be_bytes());
+    let data = p.len();
+    put16(p, id);
+    put16(p, 0);
+    put32(p, domain);
+    p.extend_from_slice(&init_ms.to_be_bytes());
+    let len = (p.len() - data) as u16;
+    p[data + 2..data + 4].copy_from_slice(&len.to_be_bytes());
 }
 
 /// A NetFlow v9 export packet.
@@ -311,6 +369,9 @@ pub fn v9(sets: &[Set], clock: Clock, sequence: u32, source_id: u32) -> Vec<u8> 
             count += 2;
             continue;
         }
+        if let Set::InitTimeOptions { .. } = set {
+            panic!("the test exporter announces init times in IPFIX only");
+        }
         count += template_or_data_set(&mut p, set, V9_TEMPLATE_SET, clock);
         close_set(&mut p, start);
     }
@@ -327,6 +388,10 @@ pub fn ipfix(sets: &[Set], clock: Clock, sequence: u32, domain: u32) -> Vec<u8> 
     put32(&mut p, sequence);
     put32(&mut p, domain);
     for set in sets {
+        if let Set::InitTimeOptions { id, domain, init_ms } = set {
+            ipfix_init_time(&mut p, *id, *domain, *init_ms);
+            continue;
+        }
         let start = p.len();
         template_or_data_set(&mut p, set, IPFIX_TEMPLATE_SET, clock);
         // IPFIX sets need no padding; lengths are exact.

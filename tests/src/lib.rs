@@ -15,6 +15,7 @@ pub mod nats;
 pub mod process;
 pub mod procstat;
 pub mod raw;
+pub mod tcp_load;
 pub mod throttle;
 
 use std::net::SocketAddr;
@@ -451,4 +452,19 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, Stri
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     Ok((status, body))
+}
+
+/// Reads the sockets source has completed so far.
+fn sockets_reads(m: &ringflow_meter::MeterMetrics) -> u64 {
+    ringflow_meter::MeterMetrics::source_count(&m.sources.source_reads, "sockets")
+}
+
+/// Waits (by the meter's progress signal, not by sleeping) until the sockets source has
+/// completed `n` more reads of the kernel's table.
+pub async fn sockets_reads_after(m: &MeterWatch, n: u64) -> anyhow::Result<()> {
+    let target = sockets_reads(m) + n;
+    wait_for_meter(m, Duration::from_secs(10), "sockets source reads", |m| {
+        sockets_reads(m) >= target
+    })
+    .await
 }

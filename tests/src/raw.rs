@@ -117,6 +117,7 @@ pub fn batch_frames(seqs: std::ops::RangeInclusive<u64>, records: usize) -> Byte
     let mut wire = Vec::new();
     for seq in seqs {
         wire.extend_from_slice(&batch_frame(pb::FlowBatch {
+            loss: None,
             seq,
             records: vec![pb::FlowRecord::default(); records],
             created_unix_nanos: 0,
@@ -154,6 +155,7 @@ pub fn batch_naming_another_org(org: &str, seq: u64) -> Bytes {
         ..Default::default()
     };
     let mut batch = pb::FlowBatch {
+        loss: None,
         seq,
         records: vec![record],
         created_unix_nanos: 0,

@@ -118,6 +118,13 @@ fn check_lists_the_sources_and_whether_each_can_run_here() -> anyhow::Result<()>
     write("/proc/net/dev", "127.0.0.1:0")?;
     let (code, out, err) = check(&path);
     assert_eq!(code, Some(0), "{out}\n{err}");
+    // The sockets source's completeness, measured over a short window of this host's traffic.
+    assert!(
+        out.lines().any(|l| l.starts_with("source sockets:")
+            && l.contains("close notifications subscribed")
+            && l.contains("completeness")),
+        "{out}"
+    );
     for line in [
         "source sockets: TCP connections every 1000 ms: ok,",
         "source interfaces: /proc/net/dev every 10000 ms: ok,",

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use ringflow_meter::{MeterMetrics, MeterWatch};
+use ringflow_meter::MeterMetrics;
 use ringflow_proto::pb;
 use ringflow_tests::{TestBed, start_meter, wait_for_meter};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -19,19 +19,6 @@ use tokio::net::{TcpListener, TcpStream};
 const UP: usize = 50_000_000;
 const DOWN: usize = 5_000_000;
 const STEPS: usize = 10;
-
-fn reads(m: &MeterMetrics) -> u64 {
-    MeterMetrics::source_count(&m.sources.source_reads, "sockets")
-}
-
-/// Waits until the sockets source has completed `n` more reads.
-async fn reads_after(m: &MeterWatch, n: u64) -> anyhow::Result<()> {
-    let target = reads(m) + n;
-    wait_for_meter(m, Duration::from_secs(10), "sockets source reads", |m| {
-        reads(m) >= target
-    })
-    .await
-}
 
 /// Moves `bytes` from `from` to `to`.
 async fn send(from: &mut TcpStream, to: &mut TcpStream, bytes: usize) -> anyhow::Result<()> {
@@ -52,7 +39,7 @@ async fn a_loopback_transfer_is_reported_within_one_percent() -> anyhow::Result<
     config.sources.sockets.interval_ms = 100;
     let meter = start_meter(config).await?;
     let metrics = meter.metrics();
-    reads_after(&metrics, 1).await?; // the baseline read
+    ringflow_tests::sockets_reads_after(&metrics, 1).await?; // the baseline read
 
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let server_addr = listener.local_addr()?;
@@ -62,10 +49,10 @@ async fn a_loopback_transfer_is_reported_within_one_percent() -> anyhow::Result<
     for _ in 0..STEPS {
         send(&mut client, &mut server, UP / STEPS).await?;
         send(&mut server, &mut client, DOWN / STEPS).await?;
-        reads_after(&metrics, 1).await?;
+        ringflow_tests::sockets_reads_after(&metrics, 1).await?;
     }
     // Two full reads with the connection still open see its final counters.
-    reads_after(&metrics, 2).await?;
+    ringflow_tests::sockets_reads_after(&metrics, 2).await?;
     drop((client, server));
     wait_for_meter(&metrics, Duration::from_secs(20), "every record acked", |m| {
         m.delivery.records_acked.get() == m.records.records_generated.get()
@@ -208,7 +195,8 @@ async fn interface_counters_arrive_as_deltas_across_a_wrap_and_a_vanished_interf
 }
 
 /// README command 1: the demo's meter reads this host. Its own QUIC traffic to the collector
-/// moves the loopback interface's counters, so interface records arrive on any machine.
+/// moves the loopback interface's counters, so interface records arrive on any machine, and its
+/// own TCP echo is a connection the sockets source reports with the demo's process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_shows_this_hosts_own_flows_arriving() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -230,9 +218,13 @@ async fn the_demo_shows_this_hosts_own_flows_arriving() -> anyhow::Result<()> {
         totals.read_back > totals.interfaces,
         "and the synthetic ones:\n{text}"
     );
+    assert!(
+        totals.with_process > 0,
+        "socket records that name their process arrived:\n{text}"
+    );
     assert!(text.contains("from this host: sockets"), "{text}");
     assert!(
-        text.contains(r#""source":"interface""#),
+        text.contains(r#""source":"socket""#) || text.contains(r#""source":"interface""#),
         "a host record is among the samples:\n{text}"
     );
     Ok(())

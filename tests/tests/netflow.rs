@@ -1,6 +1,7 @@
 //! The meter's NetFlow source against datagrams built by the test's own exporter
 //! (`ringflow_tests::exporter`) from known flow lists: NetFlow v5, v9 (data before its template,
-//! a template redefined, sampling from options data) and IPFIX (biflows, absolute times).
+//! a template redefined, sampling from options data) and IPFIX (biflows, absolute times, uptime
+//! times counted from the init time announced in options data).
 //! First the decoder alone, field by field; then the whole path, UDP listener to the collector's
 //! store, with truncated and garbage datagrams between the good ones.
 
@@ -30,9 +31,10 @@ fn addr(ip: IpAddr) -> Vec<u8> {
     }
 }
 
-/// Checks `record` against `flow` field by field.
+/// Checks `record` against `flow` field by field (times to the nanosecond), and that it carries
+/// the flow's Community ID.
 fn assert_matches(record: &pb::FlowRecord, flow: &Flow, kind: pb::SourceKind, sampling: u32) {
-    let want = pb::FlowRecord {
+    let mut want = pb::FlowRecord {
         start_unix_nanos: flow.start_ms * 1_000_000,
         end_unix_nanos: flow.end_ms * 1_000_000,
         src_addr: addr(flow.src).into(),
@@ -49,6 +51,8 @@ fn assert_matches(record: &pb::FlowRecord, flow: &Flow, kind: pb::SourceKind, sa
         sampling_rate: sampling,
         ..Default::default()
     };
+    ringflow_meter::source::community_id::stamp(&mut want);
+    assert!(want.community_id.starts_with("1:"), "{want:?}");
     assert_eq!(record, &want);
 }
 
@@ -187,6 +191,108 @@ fn ipfix_biflows_with_absolute_times() {
     for (r, f) in out.records.iter().zip(&flows) {
         assert_matches(r, f, pb::SourceKind::Ipfix, 0);
     }
+}
+
+/// softflowd's IPFIX: flowStartSysUpTime / flowEndSysUpTime (IEs 22/21) with the exporter's
+/// init time (IE 160) in options data. The exporter started at a time with milliseconds
+/// (uptime 3,600,123 ms at a whole export second), so export-time stamping cannot pass.
+fn uptime_clock() -> Clock {
+    Clock {
+        uptime_ms: 3_600_123,
+        ..Clock::at(now_ms())
+    }
+}
+
+/// The IPFIX template of the uptime-relative layout (id 256).
+fn uptime_template() -> Set<'static> {
+    Set::Template {
+        id: 256,
+        layout: exporter::IPFIX_UPTIME_LAYOUT,
+    }
+}
+
+/// Data records of the uptime-relative template.
+fn uptime_data(flows: &[Flow]) -> Set<'_> {
+    Set::Data {
+        id: 256,
+        layout: exporter::IPFIX_UPTIME_LAYOUT,
+        flows,
+        sampling: 0,
+    }
+}
+
+/// The options record announcing the exporter's init time for observation domain `domain`.
+fn uptime_init(clock: Clock, domain: u32) -> Set<'static> {
+    Set::InitTimeOptions {
+        id: 257,
+        domain,
+        init_ms: clock.init_ms(),
+    }
+}
+
+/// Flows of 1.7 s each, ending `i` ms apart, over the last minutes.
+fn uptime_flows(range: std::ops::Range<u32>, clock: Clock) -> Vec<Flow> {
+    range
+        .map(|i| {
+            let mut f = Flow::numbered(i, false, clock.export_ms);
+            f.end_ms = clock.export_ms - 120_000 + u64::from(i) * 1_013;
+            f.start_ms = f.end_ms - 1_700;
+            f
+        })
+        .collect()
+}
+
+#[test]
+fn ipfix_uptime_times_count_from_the_announced_init_time() {
+    let clock = uptime_clock();
+    let from: SocketAddr = EXPORTER.parse().unwrap();
+    let now = clock.export_ms * 1_000_000;
+    let (template, data, init) = (uptime_template(), uptime_data, |domain| {
+        uptime_init(clock, domain)
+    });
+    let flows = uptime_flows(0..30, clock);
+    let mut d = decoder();
+
+    // As softflowd starts: options, template and data in one message.
+    let first = exporter::ipfix(&[init(5), template.clone(), data(&flows[..10])], clock, 1, 5);
+    let out = d.decode(from, &first, now);
+    assert_eq!((out.records.len(), out.dropped), (10, None));
+    for (r, f) in out.records.iter().zip(&flows) {
+        assert_matches(r, f, pb::SourceKind::Ipfix, 0);
+    }
+
+    // Another observation domain of the same exporter has its own init time: its data waits
+    // for it, then is released to the millisecond.
+    let early = exporter::ipfix(&[template.clone(), data(&flows[10..20])], clock, 1, 6);
+    let out = d.decode(from, &early, now);
+    assert_eq!(
+        (out.records.len(), d.waiting()),
+        (0, 10),
+        "held for the init time"
+    );
+    let out = d.decode(from, &exporter::ipfix(&[init(6)], clock, 2, 6), now);
+    assert_eq!((out.records.len(), d.waiting()), (10, 0));
+    for (r, f) in out.records.iter().zip(&flows[10..20]) {
+        assert_matches(r, f, pb::SourceKind::Ipfix, 0);
+    }
+    assert_eq!(d.take_export_timed(), 0);
+
+    // A domain whose init time never comes: after 60 s its records take the export time,
+    // counted, and later ones take it at once.
+    let orphan = exporter::ipfix(&[template, data(&flows[20..25])], clock, 1, 7);
+    assert!(d.decode(from, &orphan, now).records.is_empty());
+    assert!(d.expire(now + 59_000_000_000).is_empty());
+    let expired = d.expire(now + 60_000_000_000);
+    assert_eq!(expired.len(), 5);
+    let export = clock.export_ms * 1_000_000;
+    assert!(
+        expired
+            .iter()
+            .all(|r| (r.start_unix_nanos, r.end_unix_nanos) == (export, export))
+    );
+    let later = exporter::ipfix(&[data(&flows[25..])], clock, 2, 7);
+    assert_eq!(d.decode(from, &later, now).records.len(), 5, "no more waiting");
+    assert_eq!(d.take_export_timed(), 10);
 }
 
 #[test]
@@ -332,6 +438,55 @@ async fn exported_flows_arrive_in_the_collector_store_and_bad_datagrams_are_coun
     for (r, (f, kind)) in records.iter().zip(expected) {
         assert_matches(r, f, kind, 0);
         assert_eq!(record_exporter(r), "127.0.0.1".parse::<IpAddr>().unwrap());
+    }
+    Ok(())
+}
+
+/// softflowd's IPFIX over loopback UDP to a running meter: the stored records start and end
+/// right to the millisecond, from the uptime times and the announced init time, whether the
+/// options come before the data (in the same message) or after it (in a later one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipfix_uptime_times_are_stored_to_the_millisecond() -> anyhow::Result<()> {
+    let bed = TestBed::new()?;
+    let collector = bed.start_collector("c1", "").await?;
+    let mut config = bed.meter_config("nf", &[collector.addr]);
+    config.sources.netflow.enabled = true;
+    config.sources.netflow.listen = "127.0.0.1:0".parse()?;
+    let meter = start_meter(config).await?;
+    let target = meter.netflow_addr().expect("the netflow listener is bound");
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+
+    let clock = uptime_clock();
+    let flows = uptime_flows(0..40, clock);
+    let (template, data, init) = (uptime_template(), uptime_data, |domain| {
+        uptime_init(clock, domain)
+    });
+    let datagrams = [
+        exporter::ipfix(&[init(1), template.clone(), data(&flows[..20])], clock, 1, 1),
+        exporter::ipfix(&[template, data(&flows[20..])], clock, 1, 2),
+        exporter::ipfix(&[init(2)], clock, 2, 2),
+    ];
+    for d in &datagrams {
+        socket.send_to(d, target).await?;
+    }
+    let metrics = meter.metrics();
+    wait_for_meter(&metrics, Duration::from_secs(20), "40 records acked", |m| {
+        m.delivery.records_acked.get() >= 40
+    })
+    .await?;
+    let text = metrics.encode();
+    assert!(!text.contains("no_init_time"), "{text}");
+    meter.stop().await?;
+    let stored = collector.stored()?;
+    collector.stop().await;
+    let mut records: Vec<pb::FlowRecord> = stored.into_iter().flat_map(|b| b.records).collect();
+    assert_eq!(records.len(), 40);
+    records.sort_by_key(|r| r.src_port);
+    for (r, f) in records.iter().zip(&flows) {
+        assert_eq!(r.start_unix_nanos, f.start_ms * 1_000_000, "{f:?}");
+        assert_eq!(r.end_unix_nanos, f.end_ms * 1_000_000, "{f:?}");
+        assert_eq!(r.end_unix_nanos - r.start_unix_nanos, 1_700_000_000);
+        assert_matches(r, f, pb::SourceKind::Ipfix, 0);
     }
     Ok(())
 }

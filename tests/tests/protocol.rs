@@ -87,12 +87,14 @@ async fn bad_frames_close_only_their_stream_while_others_are_served() -> anyhow:
     let mut poison = record.clone();
     poison.dst_addr = Bytes::from_static(&[1, 2, 3]);
     let mut wire = batch_frame(pb::FlowBatch {
+        loss: None,
         seq: 1,
         records: vec![poison],
         created_unix_nanos: 0,
     })
     .to_vec();
     wire.extend_from_slice(&batch_frame(pb::FlowBatch {
+        loss: None,
         seq: 2,
         records: vec![record; 3],
         created_unix_nanos: 0,
@@ -169,6 +171,7 @@ async fn a_token_of_one_org_cannot_write_into_another() -> anyhow::Result<()> {
             anyhow::bail!("{org} was rejected with its own token");
         };
         let batch = pb::FlowBatch {
+            loss: None,
             seq,
             records: vec![pb::FlowRecord::default()],
             created_unix_nanos: 0,

@@ -416,10 +416,10 @@ async fn reseal(
     allowed: &BatchLimits,
 ) -> Result<(), SessionError> {
     let seq = batch.seq;
-    let records = match pb::DataUp::decode(batch.frame.slice(frame::LENGTH_PREFIX_BYTES..)) {
+    let (records, loss) = match pb::DataUp::decode(batch.frame.slice(frame::LENGTH_PREFIX_BYTES..)) {
         Ok(pb::DataUp {
             msg: Some(pb::data_up::Msg::Batch(b)),
-        }) => b.records,
+        }) => (b.records, b.loss),
         _ => {
             // Cannot happen for a frame this meter encoded (the spool checks a CRC per entry);
             // counted rather than assumed.
@@ -437,7 +437,8 @@ async fn reseal(
         records: batch.records,
     }
     .emit(&ctx.metrics);
-    match ctx.sealer.seal(records, allowed).await {
+    // The batch's loss goes into the first of its parts.
+    match ctx.sealer.seal(records, loss, allowed).await {
         Ok(()) => {
             ctx.spool.replaced(seq, batch.records).await;
             Ok(())

@@ -6,8 +6,11 @@
 //! synthetic source) use [`RecordsTx::send`], which waits, so a load test measures what the
 //! pipeline accepts rather than what it dropped. Must never: block on I/O in the batcher's path.
 
+pub mod community_id;
 pub mod interfaces;
+pub mod loss;
 pub mod netflow;
+pub mod owner;
 pub mod sockets;
 pub mod synthetic;
 
@@ -86,7 +89,8 @@ pub const RECORD_CHANNEL_CHUNKS: usize = 64;
 /// The channel between sources and the batcher.
 pub fn channel(metrics: Arc<MeterMetrics>) -> (RecordsTx, mpsc::Receiver<RecordChunk>) {
     let (tx, rx) = mpsc::channel(RECORD_CHANNEL_CHUNKS);
-    (RecordsTx { tx, metrics }, rx)
+    let loss = Arc::new(loss::LossLedger::default());
+    (RecordsTx { tx, metrics, loss }, rx)
 }
 
 #[derive(Clone)]
@@ -96,6 +100,9 @@ pub struct RecordsTx {
     tx: mpsc::Sender<RecordChunk>,
     /// Counts what the sources produced and what they dropped at a full channel.
     metrics: Arc<MeterMetrics>,
+    /// What the sources failed to measure since the last batch; the batcher takes it into each
+    /// batch it seals.
+    loss: Arc<loss::LossLedger>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +110,11 @@ pub struct RecordsTx {
 pub struct PipelineClosed;
 
 impl RecordsTx {
+    /// Where sources count what they failed to measure.
+    pub fn loss(&self) -> &Arc<loss::LossLedger> {
+        &self.loss
+    }
+
     /// Hands `chunk` on without waiting. If the channel is full the chunk is dropped and counted
     /// (`records_dropped{reason="source_queue_full"}`); returns false then.
     pub fn offer(&self, chunk: RecordChunk) -> Result<bool, PipelineClosed> {
@@ -119,6 +131,7 @@ impl RecordsTx {
                     records: n,
                 }
                 .emit(&self.metrics);
+                self.loss.add_records_dropped(n);
                 Ok(false)
             }
             Err(mpsc::error::TrySendError::Closed(_)) => Err(PipelineClosed),

@@ -349,6 +349,25 @@ impl Event for NetflowDropped {
     }
 }
 
+/// IPFIX records whose uptime times (IEs 22/21) took the export time instead, because their
+/// exporter's init time (IE 160, options data) did not come in time; counted per record as
+/// `source_errors{source="netflow", reason="no_init_time"}`, not logged (a datagram's worth each).
+pub struct NetflowExportTimed {
+    pub records: u64,
+}
+
+impl Event for NetflowExportTimed {
+    fn emit(self, m: &MeterMetrics) {
+        m.sources
+            .source_errors
+            .get_or_create(&SourceReasonLabel {
+                source: super::source::NETFLOW,
+                reason: "no_init_time",
+            })
+            .inc_by(self.records);
+    }
+}
+
 /// A polling source finished a read of its kernel table: what it tracks now and what did not fit.
 pub struct SourceRead {
     pub source: &'static str,
@@ -369,6 +388,67 @@ impl Event for SourceRead {
                 .source_flows_dropped
                 .get_or_create(&label)
                 .inc_by(self.untracked);
+        }
+    }
+}
+
+/// The sockets source read destroy notifications: `events` sockets closed, and `overflows`
+/// times the kernel said it dropped some because the receive buffer was full (how many is not
+/// told: each overflow is at least one). The warning (`log`) is held back by the caller.
+pub struct SocketsClosesRead {
+    pub events: u64,
+    pub overflows: u64,
+    pub log: bool,
+}
+
+impl Event for SocketsClosesRead {
+    fn emit(self, m: &MeterMetrics) {
+        m.sockets.sockets_close_events.inc_by(self.events);
+        if self.overflows > 0 {
+            m.sockets.sockets_close_overflows.inc_by(self.overflows);
+            if self.log {
+                warn!(
+                    overflows = self.overflows,
+                    "sockets source: the kernel dropped TCP close notifications (receive buffer full: raise sources.sockets.close_buffer_bytes, and net.core.rmem_max if the meter runs without CAP_NET_ADMIN); reading the socket table again at once (repeats of this warning are held back for a minute)"
+                );
+            }
+        }
+    }
+}
+
+/// The sockets source cannot subscribe to, or read, the kernel's TCP destroy notifications: it
+/// goes on with dumps alone, which miss short connections and the last bytes of others.
+pub struct SocketsClosesUnavailable<'a> {
+    pub error: &'a dyn Display,
+}
+
+impl Event for SocketsClosesUnavailable<'_> {
+    fn emit(self, m: &MeterMetrics) {
+        source_error(m, super::source::SOCKETS, "close_events");
+        warn!(error = %self.error, "sockets source: cannot receive the kernel's TCP close notifications through netlink sock_diag; reading the socket table every interval only, which misses connections that open and close between two reads and the last bytes of the others");
+    }
+}
+
+/// One interval of the sockets source's completeness: the segments it accounted for and the
+/// host's TCP segments (`None`: /proc/net/snmp could not be read, counted as
+/// `source_errors{source="sockets",reason="snmp"}`).
+pub struct SocketsCompleteness {
+    pub accounted: u64,
+    pub host: Option<u64>,
+}
+
+impl Event for SocketsCompleteness {
+    fn emit(self, m: &MeterMetrics) {
+        m.sockets.sockets_segments_accounted.inc_by(self.accounted);
+        let Some(host) = self.host else {
+            source_error(m, super::source::SOCKETS, "snmp");
+            return;
+        };
+        m.sockets.sockets_host_segments.inc_by(host);
+        if host > 0 {
+            m.sockets
+                .sockets_completeness_ratio
+                .set(self.accounted as f64 / host as f64);
         }
     }
 }

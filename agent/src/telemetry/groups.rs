@@ -280,7 +280,7 @@ impl SourceMetrics {
             source_errors: reg(
                 r,
                 "source_errors",
-                "What a source could not read or decode, by source and reason (netflow: truncated, malformed, unsupported_version, no_template_dropped; sockets: netlink; interfaces: read, parse)",
+                "What a source could not read or decode, by source and reason (netflow: truncated, malformed, unsupported_version, no_template_dropped per datagram, no_init_time per record timed by its export time; sockets: netlink, close_events, snmp; interfaces: read, parse)",
                 Family::default(),
             ),
             source_flows_dropped: reg(
@@ -308,6 +308,53 @@ impl TaskMetrics {
     pub(super) fn register(r: &mut Registry) -> Self {
         Self {
             tasks_active: reg(r, "tasks_active", "Running tasks, by kind", Family::default()),
+        }
+    }
+}
+
+/// The sockets source's joins of dumps and close notifications, and its completeness.
+pub struct SocketMetrics {
+    pub sockets_close_events: Counter,
+    pub sockets_close_overflows: Counter,
+    pub sockets_segments_accounted: Counter,
+    pub sockets_host_segments: Counter,
+    /// Accounted ÷ host segments over the last interval.
+    pub sockets_completeness_ratio: Gauge<f64, std::sync::atomic::AtomicU64>,
+}
+
+impl SocketMetrics {
+    pub(super) fn register(r: &mut Registry) -> Self {
+        Self {
+            sockets_close_events: reg(
+                r,
+                "sockets_close_events",
+                "TCP socket-destroy notifications the sockets source received",
+                Counter::default(),
+            ),
+            sockets_close_overflows: reg(
+                r,
+                "sockets_close_overflows",
+                "Times the kernel dropped destroy notifications because the meter's receive buffer was full (ENOBUFS; each stands for at least one lost notification; sources.sockets.close_buffer_bytes)",
+                Counter::default(),
+            ),
+            sockets_segments_accounted: reg(
+                r,
+                "sockets_segments_accounted",
+                "TCP segments in and out the sockets source accounted for (twice for a connection with both ends on this host, as the host's counters see it)",
+                Counter::default(),
+            ),
+            sockets_host_segments: reg(
+                r,
+                "sockets_host_segments",
+                "The host's TCP segments in and out (/proc/net/snmp Tcp: InSegs + OutSegs) since the sockets source started",
+                Counter::default(),
+            ),
+            sockets_completeness_ratio: reg(
+                r,
+                "sockets_completeness_ratio",
+                "Segments the sockets source accounted for over the host's TCP segments, over its last interval (about 1.0 when it misses nothing)",
+                Gauge::default(),
+            ),
         }
     }
 }

@@ -18,7 +18,8 @@ use prometheus_client::registry::Registry;
 
 pub use events::Event;
 pub use groups::{
-    DeliveryMetrics, FleetMetrics, RecordMetrics, SessionMetrics, SourceMetrics, SpoolMetrics, TaskMetrics,
+    DeliveryMetrics, FleetMetrics, RecordMetrics, SessionMetrics, SocketMetrics, SourceMetrics, SpoolMetrics,
+    TaskMetrics,
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -128,6 +129,7 @@ pub struct MeterMetrics {
     pub delivery: DeliveryMetrics,
     pub fleet: FleetMetrics,
     pub sources: SourceMetrics,
+    pub sockets: SocketMetrics,
     pub tasks: TaskMetrics,
 }
 
@@ -146,6 +148,7 @@ impl MeterMetrics {
             TaskMetrics::register(r),
             SourceMetrics::register(r),
         );
+        let sockets = SocketMetrics::register(r);
         Self {
             registry,
             records,
@@ -154,6 +157,7 @@ impl MeterMetrics {
             delivery,
             fleet,
             sources,
+            sockets,
             tasks,
         }
     }

@@ -1,4 +1,5 @@
-//! `collector read`: stored records as JSON lines. Where the records come from is the sinks'
+//! `collector read`: stored records as JSON lines, and before a batch's records a line with the
+//! loss its meter reported, if any (the only lines with a `loss` key). Where the records come from is the sinks'
 //! business (`data::sink::registry::read_back`, or the file sink's store for `--data-dir`); this
 //! module only prints what they find.
 
@@ -54,6 +55,40 @@ struct RecordJson<'a> {
     tx_drops: u64,
     #[serde(skip_serializing_if = "is_zero")]
     rx_drops: u64,
+    /// Host sockets: who made the flow, when the meter could tell.
+    #[serde(skip_serializing_if = "is_zero")]
+    pid: u32,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    process_name: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    cgroup: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    container_id: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pod_uid: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    systemd_unit: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    community_id: &'a str,
+}
+
+/// A batch's measurement loss as a JSON object: the batch's identity and what its meter reported
+/// it failed to measure. Printed before the batch's records, only when it reported some.
+#[derive(Serialize)]
+struct LossJson<'a> {
+    org: &'a str,
+    meter_id: &'a str,
+    seq: u64,
+    collector_id: &'a str,
+    received_unix_nanos: u64,
+    loss: LossCounts,
+}
+
+#[derive(Serialize)]
+struct LossCounts {
+    close_events_lost: u64,
+    flows_untracked: u64,
+    records_dropped: u64,
 }
 
 fn is_zero<T: Default + PartialEq>(v: &T) -> bool {
@@ -97,8 +132,34 @@ pub fn record_json(batch: &pb::StoredBatch, r: &pb::FlowRecord) -> String {
         rx_errors: r.rx_errors,
         tx_drops: r.tx_drops,
         rx_drops: r.rx_drops,
+        pid: r.pid,
+        process_name: &r.process_name,
+        cgroup: &r.cgroup,
+        container_id: &r.container_id,
+        pod_uid: &r.pod_uid,
+        systemd_unit: &r.systemd_unit,
+        community_id: &r.community_id,
     };
     serde_json::to_string(&json).unwrap_or_default()
+}
+
+/// The loss a stored batch's meter reported, as a JSON line (no trailing newline); `None` when
+/// it reported none.
+pub fn loss_json(batch: &pb::StoredBatch) -> Option<String> {
+    let loss = batch.loss.as_ref()?;
+    let json = LossJson {
+        org: &batch.org_id,
+        meter_id: &batch.meter_id,
+        seq: batch.seq,
+        collector_id: &batch.collector_id,
+        received_unix_nanos: batch.received_unix_nanos,
+        loss: LossCounts {
+            close_events_lost: loss.close_events_lost,
+            flows_untracked: loss.flows_untracked,
+            records_dropped: loss.records_dropped,
+        },
+    };
+    serde_json::to_string(&json).ok()
 }
 
 /// Prints what a sink's read-back found: a batch as JSON lines, a problem on stderr. Breaks
@@ -106,6 +167,11 @@ pub fn record_json(batch: &pb::StoredBatch, r: &pb::FlowRecord) -> String {
 fn print(found: Found<'_>, follow: bool, out: &mut dyn Write) -> ControlFlow<()> {
     match found {
         Found::Batch(batch) => {
+            if let Some(line) = loss_json(batch)
+                && writeln!(out, "{line}").is_err()
+            {
+                return ControlFlow::Break(());
+            }
             for record in &batch.records {
                 if writeln!(out, "{}", record_json(batch, record)).is_err() {
                     return ControlFlow::Break(());
@@ -213,5 +279,63 @@ mod tests {
         let mut out = Vec::new();
         read_data_dir(dir.path(), Some("b"), false, &stop, &mut out).unwrap();
         assert_eq!(String::from_utf8(out).unwrap().lines().count(), 3);
+    }
+
+    #[test]
+    fn host_fields_when_set_and_a_loss_line_before_the_batch_that_reported_one() {
+        let record = pb::FlowRecord {
+            src_addr: Bytes::from_static(&[10, 0, 0, 1]),
+            dst_addr: Bytes::from_static(&[10, 0, 0, 2]),
+            pid: 4242,
+            process_name: "curl".into(),
+            cgroup: "/system.slice/docker-ab.scope".into(),
+            container_id: "ab".into(),
+            pod_uid: "0f1e".into(),
+            systemd_unit: "docker-ab.scope".into(),
+            community_id: "1:abc=".into(),
+            ..Default::default()
+        };
+        let batch = pb::StoredBatch {
+            org_id: "acme".into(),
+            seq: 7,
+            records: vec![record.clone(), pb::FlowRecord::default()],
+            loss: Some(pb::MeasurementLoss {
+                close_events_lost: 1,
+                flows_untracked: 2,
+                records_dropped: 3,
+            }),
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        let _ = print(Found::Batch(&batch), false, &mut out);
+        let lines: Vec<serde_json::Value> = String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert_eq!(lines[0]["seq"], 7);
+        assert_eq!(
+            lines[0]["loss"],
+            serde_json::json!({"close_events_lost": 1, "flows_untracked": 2, "records_dropped": 3})
+        );
+        assert!(lines[0].get("source").is_none(), "not a record");
+        let r = &lines[1];
+        assert_eq!(r["pid"], 4242);
+        for (key, value) in [
+            ("process_name", "curl"),
+            ("cgroup", "/system.slice/docker-ab.scope"),
+            ("container_id", "ab"),
+            ("pod_uid", "0f1e"),
+            ("systemd_unit", "docker-ab.scope"),
+            ("community_id", "1:abc="),
+        ] {
+            assert_eq!(r[key], value, "{key}");
+        }
+        assert!(lines[1].get("loss").is_none());
+        for key in ["pid", "process_name", "cgroup", "community_id"] {
+            assert!(lines[2].get(key).is_none(), "{key} left out when unset");
+        }
+        assert!(loss_json(&pb::StoredBatch::default()).is_none());
     }
 }

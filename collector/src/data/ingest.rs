@@ -20,7 +20,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::data::sink::{SinkBatch, SinkHandle, SinkOutcome, SinkReceipt};
-use crate::telemetry::{BatchNacked, CollectorMetrics, DataStreamClosed, OrgCounters, StreamFault, Task};
+use crate::telemetry::{
+    BatchNacked, CollectorMetrics, DataStreamClosed, MeterLossReported, OrgCounters, StreamFault, Task,
+};
 
 /// Limits applied to every frame on a data stream. Set once at start from `limits` (the frame
 /// size lowered to what the sink can take), told to meters in `Welcome`, copied into every
@@ -38,6 +40,27 @@ pub struct DataLimits {
     /// Longest text field of a record (`interface`); a longer one is nacked (`FieldTooLong`).
     pub max_field_bytes: usize,
 }
+
+/// Longest value, in bytes, of each text field a meter's host sources fill (above it a batch is
+/// nacked `FieldTooLong`). Each is well above what a correct meter sends, and bounds what one
+/// record can make a sink store:
+/// - `process_name`: the kernel's `comm` is at most 15 bytes; 64 leaves room for a longer name
+///   a future source may take from `/proc/PID/cmdline`'s first word.
+/// - `cgroup`: a cgroup v2 path (Kubernetes pods nest three or four levels with 64-hex ids,
+///   ~250 bytes); 1024 covers deep systemd and container-runtime nestings.
+/// - `container_id`: 64 hex digits (Docker, containerd, CRI-O, Podman); 128 allows a
+///   runtime prefix.
+/// - `pod_uid`: a 36-character UUID; 64.
+/// - `systemd_unit`: systemd's own limit on a unit name is 255 bytes; 256.
+/// - `community_id`: `1:` + base64 of a SHA-1 hash is 30 bytes; 64.
+pub const FIELD_LIMITS: [(&str, usize); 6] = [
+    ("process_name", 64),
+    ("cgroup", 1024),
+    ("container_id", 128),
+    ("pod_uid", 64),
+    ("systemd_unit", 256),
+    ("community_id", 64),
+];
 
 /// What to do with one frame.
 #[derive(Debug, PartialEq)]
@@ -145,15 +168,27 @@ fn check_record(r: &pb::FlowRecord, limits: &DataLimits) -> Result<(), (pb::Nack
     if r.end_unix_nanos != 0 && r.end_unix_nanos < r.start_unix_nanos {
         return invalid("flow ends before it starts".into());
     }
-    if r.interface.len() > limits.max_field_bytes {
-        return Err((
+    let too_long = |what: &str, len: usize, limit: usize| {
+        Err((
             pb::NackReason::FieldTooLong,
-            format!(
-                "interface name of {} bytes, the limit is {}",
-                r.interface.len(),
-                limits.max_field_bytes
-            ),
-        ));
+            format!("{what} of {len} bytes, the limit is {limit}"),
+        ))
+    };
+    if r.interface.len() > limits.max_field_bytes {
+        return too_long("interface name", r.interface.len(), limits.max_field_bytes);
+    }
+    let texts = [
+        &r.process_name,
+        &r.cgroup,
+        &r.container_id,
+        &r.pod_uid,
+        &r.systemd_unit,
+        &r.community_id,
+    ];
+    for ((name, limit), text) in FIELD_LIMITS.iter().zip(texts) {
+        if text.len() > *limit {
+            return too_long(name, text.len(), *limit);
+        }
     }
     Ok(())
 }
@@ -297,6 +332,10 @@ pub async fn serve_data_stream(
                         let records = batch.records.len() as u32;
                         ctx.org_counters.batches.inc();
                         ctx.org_counters.records.inc_by(u64::from(records));
+                        if let Some(loss) = &batch.loss {
+                            MeterLossReported { loss, meter_id: &ctx.session.meter_id, seq }
+                                .emit(&ctx.org_counters);
+                        }
                         let payload = stored_batch(&ctx.session, batch, &body);
                         let job = SinkBatch {
                             org: Arc::clone(&ctx.session.org),
@@ -404,6 +443,7 @@ fn stored_batch(session: &SessionIdentity, batch: pb::FlowBatch, frame_body: &[u
         collector_id: session.collector_id.to_string(),
         session_id: session.session_id.clone(),
         records: Vec::new(),
+        loss: batch.loss,
     };
     Bytes::from(ringflow_proto::stored::encode_stored_batch(
         &header,

@@ -11,7 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use super::labels::{DropReason, OrgLabel, ReasonLabel, reason};
+use super::labels::{DropReason, LossKind, OrgKindLabel, OrgLabel, ReasonLabel, reason};
 use super::{F64Counter, F64Gauge, add};
 
 /// Data streams: frames and batches received, acks and nacks sent, streams closed.
@@ -34,6 +34,9 @@ pub struct IngestMetrics {
     /// `stream_errors{reason}`: streams closed for a protocol violation, by stream code. Written
     /// by data streams through `DataStreamClosed`.
     pub stream_errors: Family<ReasonLabel, Counter>,
+    /// `meter_loss{org,kind}`: what meters reported they failed to measure, summed from the
+    /// batches accepted. Written by data streams (through [`OrgCounters`], `MeterLossReported`).
+    pub meter_loss: Family<OrgKindLabel, Counter>,
 }
 
 impl IngestMetrics {
@@ -72,6 +75,12 @@ impl IngestMetrics {
                 "Streams closed because of a protocol violation, by error code",
                 Family::default(),
             ),
+            meter_loss: add(
+                r,
+                "meter_loss",
+                "What meters reported they failed to measure, from the batches accepted, by org and kind: close_events_lost (kernel close notifications lost), flows_untracked (a flow table was full), records_dropped (the meter's pipeline was full)",
+                Family::default(),
+            ),
         }
     }
 
@@ -83,6 +92,13 @@ impl IngestMetrics {
             records: self.records_in.get_or_create(&label).clone(),
             bytes: self.bytes_in.get_or_create(&label).clone(),
             all_bytes: self.ingress_bytes.clone(),
+            loss: LossKind::ALL.map(|kind| {
+                let label = OrgKindLabel {
+                    org: org.to_owned(),
+                    kind: kind.as_str(),
+                };
+                self.meter_loss.get_or_create(&label).clone()
+            }),
         }
     }
 }
@@ -97,12 +113,20 @@ pub struct OrgCounters {
     bytes: Counter,
     /// `ingress_bytes`.
     all_bytes: Counter,
+    /// `meter_loss{org,kind}`, in [`LossKind::ALL`] order; moved by `MeterLossReported`.
+    pub(super) loss: [Counter; 3],
 }
 
 impl OrgCounters {
     pub fn received_bytes(&self, n: u64) {
         self.bytes.inc_by(n);
         self.all_bytes.inc_by(n);
+    }
+
+    /// The org's `meter_loss` counter of `kind`.
+    pub fn loss(&self, kind: LossKind) -> &Counter {
+        let i = LossKind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
+        &self.loss[i]
     }
 }
 

@@ -13,7 +13,8 @@ use ringflow_proto::pb;
 use tokio::time::Instant;
 use tracing::{debug, error, warn};
 
-use super::labels::{DropReason, OrgLabel, RefuseReason, SessionEnd, reason};
+use super::data::OrgCounters;
+use super::labels::{DropReason, LossKind, OrgLabel, RefuseReason, SessionEnd, reason};
 use super::{CollectorMetrics, LogThrottle};
 
 /// A connection attempt refused before the handshake by the admission budgets. Logged (per
@@ -160,6 +161,35 @@ impl BatchNacked {
         let label = reason(ringflow_proto::names::nack_reason(self.reason));
         m.ingest.nacks.get_or_create(&label).inc();
         m.output.dropped(DropReason::Nacked, 1);
+    }
+}
+
+/// An accepted batch in which its meter reports what it failed to measure (`FlowBatch.loss`):
+/// summed per org and kind in `meter_loss`. Logged at debug only: the counter is what an
+/// operator watches, and a meter that loses records reports it in batch after batch.
+pub struct MeterLossReported<'a> {
+    pub loss: &'a pb::MeasurementLoss,
+    pub meter_id: &'a str,
+    pub seq: u64,
+}
+
+impl MeterLossReported<'_> {
+    /// Moves the session org's counters (looked up once per session).
+    pub fn emit(self, org: &OrgCounters) {
+        for kind in LossKind::ALL {
+            let n = kind.of(self.loss);
+            if n > 0 {
+                org.loss(kind).inc_by(n);
+            }
+        }
+        debug!(
+            meter_id = %self.meter_id,
+            seq = self.seq,
+            close_events_lost = self.loss.close_events_lost,
+            flows_untracked = self.loss.flows_untracked,
+            records_dropped = self.loss.records_dropped,
+            "meter reports measurement loss"
+        );
     }
 }
 

@@ -18,6 +18,13 @@ pub struct OrgLabel {
     pub org: String,
 }
 
+/// `{org="...",kind="..."}`: a configured org and a [`LossKind`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OrgKindLabel {
+    pub org: String,
+    pub kind: &'static str,
+}
+
 /// `{task="..."}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TaskLabel {
@@ -117,6 +124,35 @@ label_values! {
         SinkStopped => "sink_stopped",
         /// Stored, then deleted by `sink.file.max_bytes`.
         StoreByteCap => "store_byte_cap",
+    }
+}
+
+label_values! {
+    /// What a meter reported it failed to measure (`FlowBatch.loss`): `meter_loss{org,kind}`.
+    LossKind {
+        /// Kernel close notifications lost (the meter's netlink buffer overflowed).
+        CloseEventsLost => "close_events_lost",
+        /// Connections the meter did not track because its flow table was full.
+        FlowsUntracked => "flows_untracked",
+        /// Records the meter dropped because its pipeline was full.
+        RecordsDropped => "records_dropped",
+    }
+}
+
+impl LossKind {
+    pub const ALL: [LossKind; 3] = [
+        LossKind::CloseEventsLost,
+        LossKind::FlowsUntracked,
+        LossKind::RecordsDropped,
+    ];
+
+    /// This kind's count in `loss`.
+    pub fn of(self, loss: &ringflow_proto::pb::MeasurementLoss) -> u64 {
+        match self {
+            LossKind::CloseEventsLost => loss.close_events_lost,
+            LossKind::FlowsUntracked => loss.flows_untracked,
+            LossKind::RecordsDropped => loss.records_dropped,
+        }
     }
 }
 

@@ -30,12 +30,13 @@ pub use control::{ConnectionMetrics, FleetMetrics, SessionMetrics};
 pub use data::{IngestMetrics, OrgCounters, OutputMetrics, QueueMetrics, SinkMetrics, StoreMetrics};
 pub use events::{
     BatchNacked, BatchStored, ConnectionRefused, DataStreamClosed, FileWriteFailed, HandshakeFailed,
-    HelloRejected, PeerPollFailed, SegmentEvicted, SessionEnded, SinkSendFailed, StreamFault,
+    HelloRejected, MeterLossReported, PeerPollFailed, SegmentEvicted, SessionEnded, SinkSendFailed,
+    StreamFault,
 };
 pub(crate) use labels::reason;
 pub use labels::{
-    ConnState, ControlRequest, DropReason, OrgLabel, ReasonLabel, RefuseReason, RequestLabel, SessionEnd,
-    StateLabel, Task, TaskLabel,
+    ConnState, ControlRequest, DropReason, LossKind, OrgKindLabel, OrgLabel, ReasonLabel, RefuseReason,
+    RequestLabel, SessionEnd, StateLabel, Task, TaskLabel,
 };
 pub use runtime::{RuntimeMetrics, TaskGuard};
 pub use throttle::LogThrottle;

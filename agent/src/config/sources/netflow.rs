@@ -20,7 +20,8 @@ pub struct NetflowConfig {
     /// Templates kept per exporter (least recently used evicted).
     pub max_templates: usize,
     /// v9/IPFIX data that arrives before its template is held (per exporter, up to this many
-    /// data sets) and decoded when the template comes; 0 drops it at once.
+    /// data sets) and decoded when the template comes; 0 drops it at once. With 0, IPFIX records
+    /// whose uptime times need their exporter's init time do not wait for it either.
     pub max_pending_sets: usize,
     /// The socket's kernel receive buffer, so bursts from many exporters are not lost.
     pub receive_buffer_bytes: usize,

@@ -1,59 +1,37 @@
 //! NetFlow v5, v9 and IPFIX datagrams to flow records. Decoding is netflow_parser's; this module
-//! keeps its template state per exporter and maps what it decodes onto [`pb::FlowRecord`].
-//! Sans-IO: it is given datagrams, their sender and the time.
+//! keeps its template state per exporter and maps what it decodes onto [`pb::FlowRecord`]
+//! (fields in [`super::fields`], times in [`super::clock`]). Sans-IO: it is given datagrams,
+//! their sender and the time.
 //!
 //! Owns: template caches scoped per exporter address and v9 source id / IPFIX observation
 //! domain (RFC 3954, RFC 7011), bounded in exporters and templates; data that arrives before
-//! its template, held (bounded) and decoded when the template comes; sampling rates announced in
-//! options data, per exporter; the field mapping. Must never: panic or keep a partial datagram:
-//! a datagram with any error is dropped whole and counted by reason.
+//! its template, held (bounded) and decoded when the template comes; what options data announces
+//! per exporter scope: sampling rates, and the exporter's init time (IE 160), which IPFIX uptime
+//! times count from (records that need it before it is known wait, bounded, see
+//! [`super::clock::Waiting`]). Must never: panic or keep a partial datagram: a datagram with any
+//! error is dropped whole and counted by reason.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use bytes::Bytes;
 use netflow_parser::static_versions::v5::V5;
-use netflow_parser::variable_versions::ipfix::lookup::{
-    IANAIPFixField as Iana, IPFixField, ReverseInformationElement as Reverse,
-};
 use netflow_parser::variable_versions::ipfix::{FlowSetBody as IpfixBody, IPFix};
 use netflow_parser::variable_versions::v9::{FlowSetBody as V9Body, V9};
-use netflow_parser::{
-    AutoScopedParser, FieldValue, NetflowError, NetflowPacket, NetflowParser, PendingFlowsConfig, V9Field,
-};
+use netflow_parser::{AutoScopedParser, NetflowError, NetflowPacket, NetflowParser, PendingFlowsConfig};
 use ringflow_proto::pb;
 
+use super::clock::{ExportClock, InitTimes, Scope, Waiting, uptime_to_unix};
+use super::fields::{Fields, addr_bytes};
 use crate::config::NetflowConfig;
 
-/// How long data waits for its template.
+/// How long data waits for its template, and IPFIX records with uptime times for their
+/// exporter's init time.
 const PENDING_TTL: Duration = Duration::from_secs(60);
 /// Bytes of waiting data held per exporter.
 const PENDING_BYTES_PER_EXPORTER: usize = 1 << 20;
-
-/// Information element ids (IANA IPFIX registry; NetFlow v9 uses the same numbers).
-mod ie {
-    pub const OCTETS: u16 = 1;
-    pub const PACKETS: u16 = 2;
-    pub const PROTOCOL: u16 = 4;
-    pub const SRC_PORT: u16 = 7;
-    pub const SRC_V4: u16 = 8;
-    pub const DST_PORT: u16 = 11;
-    pub const DST_V4: u16 = 12;
-    pub const LAST_UPTIME_MS: u16 = 21;
-    pub const FIRST_UPTIME_MS: u16 = 22;
-    pub const SRC_V6: u16 = 27;
-    pub const DST_V6: u16 = 28;
-    pub const SAMPLING_INTERVAL: u16 = 34;
-    pub const SAMPLER_RANDOM_INTERVAL: u16 = 50;
-    pub const OCTETS_TOTAL: u16 = 85;
-    pub const PACKETS_TOTAL: u16 = 86;
-    pub const START_SECONDS: u16 = 150;
-    pub const END_SECONDS: u16 = 151;
-    pub const START_MS: u16 = 152;
-    pub const END_MS: u16 = 153;
-    pub const SAMPLING_PACKET_INTERVAL: u16 = 305;
-}
+/// Records held (all exporters together) while their exporter's init time is not known.
+pub const MAX_WAITING_RECORDS: usize = 4_096;
 
 /// Why a datagram was dropped; the metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,14 +71,15 @@ pub struct Decoded {
     pub dropped: Option<DropReason>,
 }
 
-/// The exporter scope a sampling rate announced in options data applies to.
-type Scope = (IpAddr, u32);
-
 pub struct Decoder {
     parser: AutoScopedParser,
     max_exporters: usize,
     /// Sampling rates from options data, per exporter and observation domain.
     sampling: HashMap<Scope, u32>,
+    /// Init times from options data, per exporter and observation domain.
+    inits: InitTimes,
+    /// IPFIX records waiting for their exporter's init time.
+    waiting: Waiting,
     evicted_seen: u64,
 }
 
@@ -122,10 +101,18 @@ impl Decoder {
         let parser = AutoScopedParser::try_with_builder(builder)
             .and_then(|p| p.with_max_sources(config.max_exporters))
             .map_err(|e| DecoderConfigError(e.to_string()))?;
+        // Nothing waits when the operator turned waiting off (max_pending_sets = 0).
+        let waiting = if config.max_pending_sets > 0 {
+            MAX_WAITING_RECORDS
+        } else {
+            0
+        };
         Ok(Self {
             parser,
             max_exporters: config.max_exporters,
             sampling: HashMap::new(),
+            inits: InitTimes::new(config.max_exporters),
+            waiting: Waiting::new(waiting, PENDING_TTL.as_nanos() as u64),
             evicted_seen: 0,
         })
     }
@@ -144,7 +131,27 @@ impl Decoder {
         self.parser.source_count()
     }
 
-    /// Decodes one datagram from `exporter`, received at `now_nanos`.
+    /// Records waiting for their exporter's init time now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Records whose uptime times had to take the export time instead (their exporter's init
+    /// time did not come in time), since the last call.
+    pub fn take_export_timed(&mut self) -> u64 {
+        self.waiting.take_export_timed()
+    }
+
+    /// Records that have waited for their exporter's init time as long as they may at
+    /// `now_nanos`, with the export time as their times (call about once a second).
+    pub fn expire(&mut self, now_nanos: u64) -> Vec<pb::FlowRecord> {
+        let mut out = Vec::new();
+        self.waiting.expire(now_nanos, &mut self.inits, &mut out);
+        out
+    }
+
+    /// Decodes one datagram from `exporter`, received at `now_nanos`. The records may include
+    /// earlier ones that were waiting for an init time this datagram announces.
     pub fn decode(&mut self, exporter: SocketAddr, datagram: &[u8], now_nanos: u64) -> Decoded {
         let drop = |reason| Decoded {
             records: Vec::new(),
@@ -173,6 +180,15 @@ impl Decoder {
         }
         let exporter_ip = exporter.ip().to_canonical();
         let mut records = Vec::new();
+        // Options first (sampling rates, init times), wherever they are in the datagram: data
+        // records before them in the same datagram use what they announce.
+        for packet in &result.packets {
+            match packet {
+                NetflowPacket::V9(v9) => self.v9_options(v9, exporter_ip, &mut records),
+                NetflowPacket::IPFix(ipfix) => self.ipfix_options(ipfix, exporter_ip, &mut records),
+                _ => {}
+            }
+        }
         for packet in &result.packets {
             match packet {
                 NetflowPacket::V5(v5) => read_v5(v5, exporter_ip, &mut records),
@@ -196,23 +212,71 @@ impl Decoder {
         self.sampling.insert(scope, rate);
     }
 
-    /// Records from data records of `scope`'s exporter.
+    /// Records from data records of `scope`'s exporter; those whose times need an init time
+    /// not known yet wait for it.
     fn data(
-        &self,
+        &mut self,
         records: impl Iterator<Item = Fields>,
         kind: pb::SourceKind,
         (scope, clock): (Scope, &ExportClock),
         out: &mut Vec<pb::FlowRecord>,
     ) {
         let exporter_sampling = self.sampling.get(&scope).copied();
-        out.extend(records.map(|f| f.record(kind, scope.0, clock, exporter_sampling)));
+        let init = self.inits.init_ms(&scope);
+        for f in records {
+            match f.times.resolve(clock, init) {
+                Some(times) => out.push(f.record(kind, scope.0, times, exporter_sampling)),
+                None => {
+                    let record = f.record(kind, scope.0, (0, 0), exporter_sampling);
+                    self.waiting
+                        .hold((scope, f.times, *clock), record, &self.inits, out);
+                }
+            }
+        }
     }
 
-    /// Options data: remembers a sampling rate it announces for `scope`.
-    fn options(&mut self, records: impl Iterator<Item = Fields>, scope: Scope) {
+    /// Options data: remembers the sampling rate and init time it announces for `scope`, and
+    /// releases the records that waited for that init time.
+    fn options(
+        &mut self,
+        records: impl Iterator<Item = Fields>,
+        scope: Scope,
+        out: &mut Vec<pb::FlowRecord>,
+    ) {
         for f in records {
             if let Some(rate) = f.sampling {
                 self.note_sampling(scope, rate);
+            }
+            if let Some(init) = f.system_init_ms {
+                self.inits.announce(scope, init);
+                self.waiting.release(scope, init, out);
+            }
+        }
+    }
+
+    fn v9_options(&mut self, v9: &V9, exporter: IpAddr, out: &mut Vec<pb::FlowRecord>) {
+        let scope = (exporter, v9.header.source_id);
+        for set in &v9.flowsets {
+            if let V9Body::OptionsData(options) = &set.body {
+                let fields = options.fields.iter().map(|o| Fields::of_v9(&o.options_fields));
+                self.options(fields, scope, out);
+            }
+        }
+    }
+
+    fn ipfix_options(&mut self, ipfix: &IPFix, exporter: IpAddr, out: &mut Vec<pb::FlowRecord>) {
+        let scope = (exporter, ipfix.header.observation_domain_id);
+        for set in &ipfix.flowsets {
+            match &set.body {
+                IpfixBody::OptionsData(options) => {
+                    self.options(options.fields.iter().map(|o| Fields::of_ipfix(o)), scope, out)
+                }
+                IpfixBody::V9OptionsData(options) => self.options(
+                    options.fields.iter().map(|o| Fields::of_v9(&o.options_fields)),
+                    scope,
+                    out,
+                ),
+                _ => {}
             }
         }
     }
@@ -226,18 +290,13 @@ impl Decoder {
             received_nanos: now,
         };
         for set in &v9.flowsets {
-            match &set.body {
-                V9Body::Data(data) => self.data(
+            if let V9Body::Data(data) = &set.body {
+                self.data(
                     data.fields.iter().map(|r| Fields::of_v9(r)),
                     pb::SourceKind::NetflowV9,
                     (scope, &clock),
                     out,
-                ),
-                V9Body::OptionsData(options) => self.options(
-                    options.fields.iter().map(|o| Fields::of_v9(&o.options_fields)),
-                    scope,
-                ),
-                _ => {}
+                );
             }
         }
     }
@@ -263,13 +322,6 @@ impl Decoder {
                     pb::SourceKind::Ipfix,
                     (scope, &clock),
                     out,
-                ),
-                IpfixBody::OptionsData(options) => {
-                    self.options(options.fields.iter().map(|o| Fields::of_ipfix(o)), scope)
-                }
-                IpfixBody::V9OptionsData(options) => self.options(
-                    options.fields.iter().map(|o| Fields::of_v9(&o.options_fields)),
-                    scope,
                 ),
                 _ => {}
             }
@@ -317,7 +369,8 @@ fn read_v5(v5: &V5, exporter: IpAddr, out: &mut Vec<pb::FlowRecord>) {
     // The top two bits are the sampling mode, the rest the interval.
     let sampling = u32::from(h.sampling_interval & 0x3fff);
     for f in &v5.flowsets {
-        let (start, end) = ordered(at(f.first), at(f.last));
+        let (start, end) = (at(f.first), at(f.last));
+        let (start, end) = (start.min(end), end);
         out.push(pb::FlowRecord {
             start_unix_nanos: start,
             end_unix_nanos: end,
@@ -333,188 +386,69 @@ fn read_v5(v5: &V5, exporter: IpAddr, out: &mut Vec<pb::FlowRecord>) {
             sampling_rate: sampling,
             ..Default::default()
         });
-    }
-}
-
-/// The exporter's clock: `uptime_ms` is its uptime when it sent the packet at `export_nanos`.
-struct ExportClock {
-    export_nanos: u64,
-    uptime_ms: Option<u32>,
-    received_nanos: u64,
-}
-
-/// The wall time of an exporter uptime reading (uptime counters wrap after 49.7 days).
-fn uptime_to_unix(export_nanos: u64, uptime_now_ms: u32, uptime_ms: u32) -> u64 {
-    export_nanos.saturating_sub(u64::from(uptime_now_ms.wrapping_sub(uptime_ms)) * 1_000_000)
-}
-
-fn ordered(start: u64, end: u64) -> (u64, u64) {
-    (start.min(end), end)
-}
-
-fn addr_bytes(ip: IpAddr) -> Bytes {
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => Bytes::copy_from_slice(&v4.octets()),
-        IpAddr::V6(v6) => Bytes::copy_from_slice(&v6.octets()),
-    }
-}
-
-/// An information element: IANA's, or the reverse direction of one (RFC 5103 biflows).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Element {
-    Iana(u16),
-    Reverse(u16),
-}
-
-impl Element {
-    fn of(field: &IPFixField) -> Option<Self> {
-        match field {
-            IPFixField::IANA(f) => iana_id(f).map(Element::Iana),
-            IPFixField::ReverseInformationElement(Reverse::ReverseOctetDeltaCount) => {
-                Some(Element::Reverse(ie::OCTETS))
-            }
-            IPFixField::ReverseInformationElement(Reverse::ReversePacketDeltaCount) => {
-                Some(Element::Reverse(ie::PACKETS))
-            }
-            _ => None,
+        if let Some(record) = out.last_mut() {
+            crate::source::community_id::stamp(record);
         }
     }
 }
 
-/// The id of an IANA element this decoder reads (the parser's enum does not convert back).
-fn iana_id(field: &Iana) -> Option<u16> {
-    Some(match field {
-        Iana::OctetDeltaCount => ie::OCTETS,
-        Iana::PacketDeltaCount => ie::PACKETS,
-        Iana::ProtocolIdentifier => ie::PROTOCOL,
-        Iana::SourceTransportPort => ie::SRC_PORT,
-        Iana::SourceIpv4address => ie::SRC_V4,
-        Iana::DestinationTransportPort => ie::DST_PORT,
-        Iana::DestinationIpv4address => ie::DST_V4,
-        Iana::SourceIpv6address => ie::SRC_V6,
-        Iana::DestinationIpv6address => ie::DST_V6,
-        Iana::SamplingInterval => ie::SAMPLING_INTERVAL,
-        Iana::SamplerRandomInterval => ie::SAMPLER_RANDOM_INTERVAL,
-        Iana::OctetTotalCount => ie::OCTETS_TOTAL,
-        Iana::PacketTotalCount => ie::PACKETS_TOTAL,
-        Iana::FlowStartSeconds => ie::START_SECONDS,
-        Iana::FlowEndSeconds => ie::END_SECONDS,
-        Iana::FlowStartMilliseconds => ie::START_MS,
-        Iana::FlowEndMilliseconds => ie::END_MS,
-        Iana::SamplingPacketInterval => ie::SAMPLING_PACKET_INTERVAL,
-        // IPFIX's sysUpTime fields count from systemInitTimeMilliseconds, which the header
-        // does not carry: such records take the export time.
-        _ => return None,
-    })
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// The fields of one data record that a flow record carries.
-#[derive(Debug, Default)]
-struct Fields {
-    src: Option<IpAddr>,
-    dst: Option<IpAddr>,
-    src_port: Option<u16>,
-    dst_port: Option<u16>,
-    protocol: Option<u8>,
-    octets: Option<u64>,
-    packets: Option<u64>,
-    reverse_octets: Option<u64>,
-    reverse_packets: Option<u64>,
-    first_uptime_ms: Option<u64>,
-    last_uptime_ms: Option<u64>,
-    start_ms: Option<u64>,
-    end_ms: Option<u64>,
-    sampling: Option<u32>,
-}
-
-impl Fields {
-    fn of_v9(record: &[(V9Field, FieldValue)]) -> Self {
-        Self::gather(record.iter().map(|(k, v)| (Element::Iana(u16::from(*k)), v)))
-    }
-
-    fn of_ipfix(record: &[(IPFixField, FieldValue)]) -> Self {
-        Self::gather(record.iter().filter_map(|(k, v)| Some((Element::of(k)?, v))))
-    }
-
-    fn gather<'a>(fields: impl Iterator<Item = (Element, &'a FieldValue)>) -> Self {
-        let mut f = Fields::default();
-        let ip = |v: &FieldValue| IpAddr::try_from(v).ok().map(|ip| ip.to_canonical());
-        for (element, value) in fields {
-            match element {
-                Element::Iana(id) => match id {
-                    ie::SRC_V4 | ie::SRC_V6 => f.src = f.src.or(ip(value)),
-                    ie::DST_V4 | ie::DST_V6 => f.dst = f.dst.or(ip(value)),
-                    ie::SRC_PORT => f.src_port = value.as_u16(),
-                    ie::DST_PORT => f.dst_port = value.as_u16(),
-                    ie::PROTOCOL => f.protocol = value.as_u8(),
-                    ie::OCTETS => f.octets = value.as_u64(),
-                    ie::PACKETS => f.packets = value.as_u64(),
-                    ie::OCTETS_TOTAL => f.octets = f.octets.or(value.as_u64()),
-                    ie::PACKETS_TOTAL => f.packets = f.packets.or(value.as_u64()),
-                    ie::FIRST_UPTIME_MS => f.first_uptime_ms = value.as_u64(),
-                    ie::LAST_UPTIME_MS => f.last_uptime_ms = value.as_u64(),
-                    ie::START_MS | ie::START_SECONDS => f.start_ms = value.as_u64(),
-                    ie::END_MS | ie::END_SECONDS => f.end_ms = value.as_u64(),
-                    ie::SAMPLING_INTERVAL | ie::SAMPLER_RANDOM_INTERVAL | ie::SAMPLING_PACKET_INTERVAL => {
-                        f.sampling = value.as_u64().and_then(|v| u32::try_from(v).ok())
-                    }
-                    _ => {}
-                },
-                Element::Reverse(ie::OCTETS) => f.reverse_octets = value.as_u64(),
-                Element::Reverse(ie::PACKETS) => f.reverse_packets = value.as_u64(),
-                Element::Reverse(_) => {}
-            }
+    /// An IPFIX message (domain 1, exported at `export_secs`) of `sets`, each (set id, body).
+    fn ipfix(export_secs: u32, sets: &[(u16, Vec<u8>)]) -> Vec<u8> {
+        let mut m = vec![0, 10, 0, 0];
+        m.extend_from_slice(&export_secs.to_be_bytes());
+        m.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1]);
+        for (id, body) in sets {
+            m.extend_from_slice(&id.to_be_bytes());
+            m.extend_from_slice(&(body.len() as u16 + 4).to_be_bytes());
+            m.extend_from_slice(body);
         }
-        f
+        let len = m.len() as u16;
+        m[2..4].copy_from_slice(&len.to_be_bytes());
+        m
     }
 
-    /// The record, with times from absolute fields, else uptime fields with the exporter's
-    /// clock, else the export time.
-    fn record(
-        &self,
-        kind: pb::SourceKind,
-        exporter: IpAddr,
-        clock: &ExportClock,
-        exporter_sampling: Option<u32>,
-    ) -> pb::FlowRecord {
-        let fallback = if clock.export_nanos > 0 {
-            clock.export_nanos
-        } else {
-            clock.received_nanos
-        };
-        let ms = |v: u64| v.saturating_mul(1_000_000);
-        let from_uptime = |v: u64| {
-            clock
-                .uptime_ms
-                .map(|now| uptime_to_unix(clock.export_nanos, now, v as u32))
-        };
-        let end = self
-            .end_ms
-            .map(ms)
-            .or_else(|| self.last_uptime_ms.and_then(from_uptime))
-            .unwrap_or(fallback);
-        let start = self
-            .start_ms
-            .map(ms)
-            .or_else(|| self.first_uptime_ms.and_then(from_uptime))
-            .unwrap_or(end);
-        let (start, end) = ordered(start, end);
-        pb::FlowRecord {
-            start_unix_nanos: start,
-            end_unix_nanos: end,
-            src_addr: self.src.map(addr_bytes).unwrap_or_default(),
-            dst_addr: self.dst.map(addr_bytes).unwrap_or_default(),
-            src_port: self.src_port.unwrap_or(0).into(),
-            dst_port: self.dst_port.unwrap_or(0).into(),
-            ip_protocol: self.protocol.unwrap_or(0).into(),
-            bytes_from_src: self.octets.unwrap_or(0),
-            packets_from_src: self.packets.unwrap_or(0),
-            bytes_from_dst: self.reverse_octets.unwrap_or(0),
-            packets_from_dst: self.reverse_packets.unwrap_or(0),
-            source: kind as i32,
-            exporter_addr: addr_bytes(exporter),
-            sampling_rate: self.sampling.or(exporter_sampling).unwrap_or(0),
-            ..Default::default()
+    fn words(w: &[u16]) -> Vec<u8> {
+        w.iter().flat_map(|v| v.to_be_bytes()).collect()
+    }
+
+    #[test]
+    fn ipfix_sysuptime_times_count_from_the_init_time_in_options_data() {
+        let init_ms: u64 = 1_795_300_000_123;
+        let (first, last): (u32, u32) = (3_600_001, 3_601_701);
+        // Options template 257: scope observationDomainId (149, 4), systemInitTimeMilliseconds
+        // (160, 8); template 256: ports (7, 11), protocol (4), flowStartSysUpTime (22, 4),
+        // flowEndSysUpTime (21, 4).
+        let options_template = words(&[257, 2, 1, 149, 4, 160, 8]);
+        let mut options_data = 1u32.to_be_bytes().to_vec();
+        options_data.extend_from_slice(&init_ms.to_be_bytes());
+        let template = words(&[256, 5, 7, 2, 11, 2, 4, 1, 22, 4, 21, 4]);
+        let mut data = words(&[40_000, 443]);
+        data.push(6);
+        data.extend_from_slice(&first.to_be_bytes());
+        data.extend_from_slice(&last.to_be_bytes());
+        let export_secs = ((init_ms + 3_605_000) / 1000) as u32;
+        let from: SocketAddr = "192.0.2.9:4739".parse().unwrap();
+        let mut d = Decoder::new(&NetflowConfig::default()).unwrap();
+
+        // Data first: it waits for the init time.
+        let early = ipfix(export_secs, &[(2, template), (256, data.clone())]);
+        let out = d.decode(from, &early, 0);
+        assert_eq!((out.records.len(), out.dropped, d.waiting()), (0, None, 1));
+        let options = ipfix(
+            export_secs,
+            &[(3, options_template), (257, options_data), (256, data)],
+        );
+        let out = d.decode(from, &options, 0);
+        assert_eq!(out.records.len(), 2, "the waiting record and the new one");
+        for r in &out.records {
+            assert_eq!(r.start_unix_nanos, (init_ms + u64::from(first)) * 1_000_000);
+            assert_eq!(r.end_unix_nanos, (init_ms + u64::from(last)) * 1_000_000);
+            assert_eq!((r.src_port, r.dst_port, r.ip_protocol), (40_000, 443, 6));
         }
+        assert_eq!((d.waiting(), d.take_export_timed()), (0, 0));
     }
 }

@@ -6,7 +6,9 @@
 //! dropped and counted when it is behind) or stop on bad input (a bad datagram is counted by
 //! reason and the next one is read).
 
+mod clock;
 pub mod decode;
+mod fields;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::{RecordsTx, offer_all};
 use crate::config::NetflowConfig;
 use crate::observe::Progress;
-use crate::telemetry::events::{Event, NetflowDropped, NetflowReceiveFailed};
+use crate::telemetry::events::{Event, NetflowDropped, NetflowExportTimed, NetflowReceiveFailed};
 use crate::telemetry::{MeterMetrics, SourceLabel};
 use decode::Decoder;
 
@@ -25,6 +27,8 @@ pub const NAME: &str = crate::telemetry::source::NETFLOW;
 
 /// Largest UDP payload.
 const MAX_DATAGRAM: usize = 65_535;
+/// How often records waiting for their exporter's init time are checked for age.
+const EXPIRE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
@@ -84,9 +88,20 @@ impl NetflowListener {
         let exporters_forgotten = metrics.sources.source_flows_dropped.get_or_create(&label).clone();
         let exporters = metrics.sources.source_flows_tracked.get_or_create(&label).clone();
         let mut buffer = vec![0u8; MAX_DATAGRAM];
+        let mut expire = tokio::time::interval(EXPIRE_EVERY);
+        expire.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let (n, from) = tokio::select! {
                 _ = stop.cancelled() => return,
+                _ = expire.tick(), if self.decoder.waiting() > 0 => {
+                    let records = self.decoder.expire(crate::unix_nanos_now());
+                    self.count_export_timed(&metrics);
+                    if offer_all(&out, records).is_err() {
+                        return;
+                    }
+                    progress.notify();
+                    continue;
+                }
                 received = self.socket.recv_from(&mut buffer) => match received {
                     Ok(r) => r,
                     Err(error) => {
@@ -104,6 +119,7 @@ impl NetflowListener {
                 }
                 .emit(&metrics);
             }
+            self.count_export_timed(&metrics);
             let evicted = self.decoder.take_evicted_exporters();
             if evicted > 0 {
                 exporters_forgotten.inc_by(evicted);
@@ -113,6 +129,13 @@ impl NetflowListener {
                 return;
             }
             progress.notify();
+        }
+    }
+
+    fn count_export_timed(&mut self, metrics: &MeterMetrics) {
+        let records = self.decoder.take_export_timed();
+        if records > 0 {
+            NetflowExportTimed { records }.emit(metrics);
         }
     }
 }

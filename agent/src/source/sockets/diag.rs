@@ -13,7 +13,9 @@ use std::net::{IpAddr, SocketAddr};
 use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
 use netlink_packet_sock_diag::SockDiagMessage;
 use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6, IPPROTO_TCP};
-use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, StateFlags, nlas::Nla};
+use netlink_packet_sock_diag::inet::{
+    ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags, nlas::Nla,
+};
 use netlink_sys::{Socket, SocketAddr as NetlinkAddr, protocols::NETLINK_SOCK_DIAG};
 
 use super::table::{SocketSample, TcpCounters};
@@ -38,7 +40,7 @@ impl SockDiag {
         })
     }
 
-    /// Every TCP socket, IPv4 and IPv6, in every state.
+    /// Every TCP socket, IPv4 and IPv6, in every state but TIME_WAIT.
     pub fn read_tcp(&mut self) -> io::Result<Vec<SocketSample>> {
         let mut samples = Vec::new();
         for family in [AF_INET, AF_INET6] {
@@ -61,7 +63,9 @@ impl SockDiag {
                 family,
                 protocol: IPPROTO_TCP,
                 extensions: ExtensionFlags::INFO,
-                states: StateFlags::all(),
+                // TIME_WAIT sockets carry no counters and a busy host has hundreds of
+                // thousands of them (60 s of closed connections): not asked for.
+                states: StateFlags::all() - StateFlags::TIME_WAIT,
                 socket_id,
             })
             .into(),
@@ -88,23 +92,7 @@ impl SockDiag {
                     NetlinkPayload::Done(_) => return Ok(()),
                     NetlinkPayload::Error(e) if e.code.is_some() => return Err(e.to_io()),
                     NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
-                        let tcp_info = r.nlas.iter().find_map(|nla| match nla {
-                            Nla::TcpInfo(bytes) => Some(bytes.as_slice()),
-                            _ => None,
-                        });
-                        out.push(SocketSample {
-                            cookie: u64::from_ne_bytes(r.header.socket_id.cookie),
-                            local: endpoint(
-                                r.header.socket_id.source_address,
-                                r.header.socket_id.source_port,
-                            ),
-                            remote: endpoint(
-                                r.header.socket_id.destination_address,
-                                r.header.socket_id.destination_port,
-                            ),
-                            state: r.header.state,
-                            counters: tcp_info.and_then(decode_tcp_info),
-                        });
+                        out.push(sample_of(&r));
                     }
                     _ => {}
                 }
@@ -114,6 +102,25 @@ impl SockDiag {
                 at += length;
             }
         }
+    }
+}
+
+/// One socket as the kernel describes it, in a dump or a destroy notification (whose `inode`
+/// is 0). The owner is found later, by the caller.
+pub fn sample_of(r: &InetResponse) -> SocketSample {
+    let tcp_info = r.nlas.iter().find_map(|nla| match nla {
+        Nla::TcpInfo(bytes) => Some(bytes.as_slice()),
+        _ => None,
+    });
+    let id = &r.header.socket_id;
+    SocketSample {
+        cookie: u64::from_ne_bytes(id.cookie),
+        local: endpoint(id.source_address, id.source_port),
+        remote: endpoint(id.destination_address, id.destination_port),
+        state: r.header.state,
+        inode: u64::from(r.header.inode),
+        counters: tcp_info.and_then(decode_tcp_info),
+        owner: None,
     }
 }
 

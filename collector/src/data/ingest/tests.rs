@@ -31,6 +31,7 @@ fn record() -> pb::FlowRecord {
 
 fn batch(seq: u64, records: Vec<pb::FlowRecord>) -> pb::FlowBatch {
     pb::FlowBatch {
+        loss: None,
         seq,
         records,
         created_unix_nanos: 1,
@@ -90,6 +91,48 @@ fn bad_batches_are_nacked_with_their_seq() {
         ),
         "{v:?}"
     );
+}
+
+/// The text field `name` of a record, to set.
+fn text_field<'a>(r: &'a mut pb::FlowRecord, name: &str) -> &'a mut String {
+    match name {
+        "process_name" => &mut r.process_name,
+        "cgroup" => &mut r.cgroup,
+        "container_id" => &mut r.container_id,
+        "pod_uid" => &mut r.pod_uid,
+        "systemd_unit" => &mut r.systemd_unit,
+        "community_id" => &mut r.community_id,
+        other => panic!("no text field {other}"),
+    }
+}
+
+#[test]
+fn each_host_field_is_accepted_at_its_limit_and_nacked_one_byte_over() {
+    for (seq, (name, limit)) in (1..).zip(FIELD_LIMITS) {
+        let mut r = record();
+        *text_field(&mut r, name) = "x".repeat(limit);
+        let at = batch(seq, vec![r.clone()]);
+        assert_eq!(
+            judge_frame(frame_body(at.clone()), 0, &LIMITS),
+            Verdict::Accept(at),
+            "{name} at {limit} bytes"
+        );
+        text_field(&mut r, name).push('x');
+        match judge_frame(frame_body(batch(seq, vec![r])), 0, &LIMITS) {
+            Verdict::Nack {
+                seq: s,
+                reason: pb::NackReason::FieldTooLong,
+                message,
+            } => {
+                assert_eq!(s, seq);
+                assert_eq!(
+                    message,
+                    format!("record 0: {name} of {} bytes, the limit is {limit}", limit + 1)
+                );
+            }
+            other => panic!("{name} of {} bytes: {other:?}", limit + 1),
+        }
+    }
 }
 
 #[test]

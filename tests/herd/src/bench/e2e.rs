@@ -266,6 +266,7 @@ pub fn stored_payload(meter_id: &str, batch: pb::FlowBatch) -> bytes::Bytes {
         collector_id: "bench-direct".into(),
         session_id: String::new(),
         records: batch.records,
+        loss: batch.loss,
     }
     .encode_to_vec()
     .into()
