@@ -83,7 +83,10 @@ pub async fn run(
             .admin_addr()
             .map_or(String::new(), |a| format!("  (metrics: http://{a}/metrics)"))
     )?;
-    let echo = own_echo(stop.clone()).await?;
+    // Stopped when the demo returns, however it ends.
+    let echo_stop = stop.child_token();
+    let _echo_stopped_on_return = echo_stop.clone().drop_guard();
+    let echo = own_echo(echo_stop).await?;
     writeln!(
         out,
         "  echo       {echo}  (a TCP connection of the demo's own: its flows carry this process)"

@@ -170,3 +170,15 @@ pub fn batch_naming_another_org(org: &str, seq: u64) -> Bytes {
     frame.extend_from_slice(&up);
     frame.freeze()
 }
+
+/// The collector's next reply on a data stream (an ack or a nack), within 10 s; an error if the
+/// stream ends without one.
+pub async fn next_reply(reader: &mut FrameReader<RecvStream>) -> anyhow::Result<pb::data_down::Msg> {
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        reader.next_message::<pb::DataDown>(),
+    )
+    .await??
+    .and_then(|d| d.msg)
+    .ok_or_else(|| anyhow::anyhow!("data stream ended without a reply"))
+}

@@ -102,15 +102,6 @@ async fn meter_frames(state_dir: &std::path::Path) -> anyhow::Result<(Vec<Bytes>
     Ok((frames, metrics))
 }
 
-async fn next_reply(
-    reader: &mut ringflow_proto::frame::FrameReader<quinn::RecvStream>,
-) -> anyhow::Result<pb::data_down::Msg> {
-    tokio::time::timeout(Duration::from_secs(10), reader.next_message::<pb::DataDown>())
-        .await??
-        .and_then(|d| d.msg)
-        .ok_or_else(|| anyhow::anyhow!("data stream ended without a reply"))
-}
-
 /// A meter whose pipeline dropped records: its batches carry the loss, and the collector's
 /// per-org sum of each kind equals what the meter counted; the stored batches keep it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,7 +126,7 @@ async fn the_loss_a_meter_counts_is_summed_by_the_collector_per_org() -> anyhow:
     let wire: BytesMut = frames.iter().flat_map(|f| f.iter().copied()).collect();
     let (_send, mut reader) = raw.send_raw(wire.freeze()).await?;
     loop {
-        match next_reply(&mut reader).await? {
+        match ringflow_tests::raw::next_reply(&mut reader).await? {
             pb::data_down::Msg::Ack(a) if a.up_to_seq >= last_seq => break,
             pb::data_down::Msg::Ack(_) => {}
             other => anyhow::bail!("expected acks, got {other:?}"),

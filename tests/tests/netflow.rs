@@ -324,11 +324,16 @@ fn truncated_garbage_and_foreign_datagrams_are_dropped_by_reason() {
     );
 }
 
-/// The whole path: datagrams over loopback UDP to a running meter, records stored by a
-/// collector, bad datagrams counted and the good ones around them delivered.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exported_flows_arrive_in_the_collector_store_and_bad_datagrams_are_counted() -> anyhow::Result<()> {
-    let bed = TestBed::new()?;
+/// A collector, and a meter whose NetFlow listener is on a free loopback port; returns them with
+/// the listener's address and a UDP socket to export from.
+async fn netflow_meter(
+    bed: &TestBed,
+) -> anyhow::Result<(
+    ringflow_tests::RunningCollector,
+    ringflow_meter::Meter,
+    std::net::SocketAddr,
+    tokio::net::UdpSocket,
+)> {
     let collector = bed.start_collector("c1", "").await?;
     let mut config = bed.meter_config("nf", &[collector.addr]);
     config.sources.netflow.enabled = true;
@@ -336,6 +341,15 @@ async fn exported_flows_arrive_in_the_collector_store_and_bad_datagrams_are_coun
     let meter = start_meter(config).await?;
     let target = meter.netflow_addr().expect("the netflow listener is bound");
     let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    Ok((collector, meter, target, socket))
+}
+
+/// The whole path: datagrams over loopback UDP to a running meter, records stored by a
+/// collector, bad datagrams counted and the good ones around them delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exported_flows_arrive_in_the_collector_store_and_bad_datagrams_are_counted() -> anyhow::Result<()> {
+    let bed = TestBed::new()?;
+    let (collector, meter, target, socket) = netflow_meter(&bed).await?;
 
     let clock = Clock::at(now_ms());
     let v5_flows: Vec<Flow> = (0..30)
@@ -448,13 +462,7 @@ async fn exported_flows_arrive_in_the_collector_store_and_bad_datagrams_are_coun
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ipfix_uptime_times_are_stored_to_the_millisecond() -> anyhow::Result<()> {
     let bed = TestBed::new()?;
-    let collector = bed.start_collector("c1", "").await?;
-    let mut config = bed.meter_config("nf", &[collector.addr]);
-    config.sources.netflow.enabled = true;
-    config.sources.netflow.listen = "127.0.0.1:0".parse()?;
-    let meter = start_meter(config).await?;
-    let target = meter.netflow_addr().expect("the netflow listener is bound");
-    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    let (collector, meter, target, socket) = netflow_meter(&bed).await?;
 
     let clock = uptime_clock();
     let flows = uptime_flows(0..40, clock);

@@ -28,15 +28,6 @@ async fn expect_stream_code(
     Ok(())
 }
 
-async fn next_reply(
-    reader: &mut ringflow_proto::frame::FrameReader<quinn::RecvStream>,
-) -> anyhow::Result<pb::data_down::Msg> {
-    tokio::time::timeout(Duration::from_secs(10), reader.next_message::<pb::DataDown>())
-        .await??
-        .and_then(|d| d.msg)
-        .ok_or_else(|| anyhow::anyhow!("data stream ended without a reply"))
-}
-
 /// On one connection: an oversize frame and a garbage frame each close only their own stream with
 /// a defined code; a poison batch is nacked; a good batch is acked on the same connection; and
 /// another meter connected at the same time is served throughout.
@@ -100,12 +91,12 @@ async fn bad_frames_close_only_their_stream_while_others_are_served() -> anyhow:
         created_unix_nanos: 0,
     }));
     let (_send, mut reader) = raw.send_raw(Bytes::from(wire)).await?;
-    let mut replies = vec![next_reply(&mut reader).await?];
+    let mut replies = vec![ringflow_tests::raw::next_reply(&mut reader).await?];
     while !matches!(
         replies.last(),
         Some(pb::data_down::Msg::Ack(pb::Ack { up_to_seq: 2 }))
     ) {
-        replies.push(next_reply(&mut reader).await?);
+        replies.push(ringflow_tests::raw::next_reply(&mut reader).await?);
     }
     assert!(
         matches!(&replies[0], pb::data_down::Msg::Nack(n) if n.seq == 1 && n.reason == pb::NackReason::InvalidRecord as i32),
@@ -178,7 +169,7 @@ async fn a_token_of_one_org_cannot_write_into_another() -> anyhow::Result<()> {
         };
         let (mut send, mut reader) = raw.send_raw(batch_frame(batch)).await?;
         assert_eq!(
-            next_reply(&mut reader).await?,
+            ringflow_tests::raw::next_reply(&mut reader).await?,
             pb::data_down::Msg::Ack(pb::Ack { up_to_seq: seq })
         );
         // Finishing the stream ends it cleanly on both sides; the connection stays.

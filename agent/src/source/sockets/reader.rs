@@ -70,15 +70,16 @@ impl Reader {
         let wanted = |s: &SocketSample| {
             s.counters.is_some() && s.state != TCP_LISTEN && s.remote.port() != 0 && s.inode != 0
         };
-        // Sockets seen for the first time, and those whose owner an earlier read could not find
-        // yet (the index scans a budget of processes per read and keeps looking).
+        // Only sockets seen for the first time are asked for; the index keeps looking for those
+        // it could not find at once (a budget of processes per call), so it is called while any
+        // are pending, and what it finds later lands on sockets still waiting for an owner.
         let new_inodes: Vec<u64> = samples
             .iter()
-            .filter(|s| wanted(s) && !matches!(self.known.get(&s.cookie), Some(Some(_))))
+            .filter(|s| wanted(s) && !self.known.contains_key(&s.cookie))
             .map(|s| s.inode)
             .take(self.max_lookups)
             .collect();
-        let found = if new_inodes.is_empty() {
+        let found = if new_inodes.is_empty() && index.stats().pending == 0 {
             HashMap::new()
         } else {
             index.resolve(&new_inodes)
