@@ -3,7 +3,9 @@
 #
 # Unit and property tests of every crate, integration tests over loopback QUIC with real
 # collectors (in-process and as child processes) and real nats-server processes, CLI tests of
-# both binaries. Installs nats-server (Debian package) first if it is missing.
+# both binaries. Installs nats-server, and clang with the BPF headers (Debian packages), first
+# if they are missing. The bpf tier's tests need root (CI has it); elsewhere they print why
+# they did not run.
 # Runs with cargo-nextest when it is installed (one process per test, each bounded by
 # .config/nextest.toml), else with cargo test. Then a short smoke run of every fuzz target
 # (tests/fuzz-smoke.sh: libFuzzer on stable Rust, from the checked-in corpora; fuzz/README.md).
@@ -12,6 +14,8 @@ cd "$(dirname "$0")/.."
 
 # The NATS sink tests run a real nats-server (each its own, on a free loopback port).
 tests/ensure-nats-server.sh
+# The meter's bpf tier: clang and headers for its programs (the tests load them as root).
+tests/ensure-bpf-toolchain.sh
 
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --locked "$@"

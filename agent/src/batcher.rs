@@ -58,9 +58,9 @@ impl BatchLimits {
 
 /// Bytes of a batch frame body besides its records, at most: `DataUp` tag and length,
 /// `FlowBatch.seq` and `created_unix_nanos` with their tags, and `FlowBatch.loss` (tag, length,
-/// three tagged varints of up to ten bytes).
+/// four tagged varints of up to ten bytes).
 const FRAME_OVERHEAD: usize = 1 + 5 + 1 + 10 + 1 + 8 + LOSS_BYTES;
-const LOSS_BYTES: usize = 1 + 1 + 3 * (1 + 10);
+const LOSS_BYTES: usize = 1 + 1 + 4 * (1 + 10);
 
 /// Encoded size of one record inside a `FlowBatch` (tag, length, body).
 fn record_size(r: &pb::FlowRecord) -> usize {
@@ -153,6 +153,7 @@ fn merge_loss(a: Option<pb::MeasurementLoss>, b: Option<pb::MeasurementLoss>) ->
             close_events_lost: a.close_events_lost.saturating_add(b.close_events_lost),
             flows_untracked: a.flows_untracked.saturating_add(b.flows_untracked),
             records_dropped: a.records_dropped.saturating_add(b.records_dropped),
+            packets_untracked: a.packets_untracked.saturating_add(b.packets_untracked),
         }),
         (a, b) => a.or(b),
     }

@@ -134,14 +134,17 @@ async fn check_sources(sources: &crate::config::SourcesConfig) -> bool {
     let mut any = false;
     if sources.sockets.enabled {
         any = true;
-        report(
-            sockets::NAME,
-            format!("TCP connections every {} ms", sources.sockets.interval_ms),
-            sockets::probe(&sources.sockets, sockets::PROBE_WINDOW)
-                .await
-                .map(|p| p.describe())
-                .map_err(|e| format!("netlink sock_diag: {e}")),
-        );
+        let every = sources.sockets.interval_ms;
+        match sockets_tier(&sources.sockets).await {
+            SocketsTier::Bpf(detail) => report(
+                sockets::NAME,
+                format!("TCP and UDP sockets every {every} ms"),
+                Ok(detail),
+            ),
+            SocketsTier::SockDiag(result) => {
+                report(sockets::NAME, format!("TCP connections every {every} ms"), result)
+            }
+        }
     }
     if sources.interfaces.enabled {
         any = true;
@@ -178,6 +181,36 @@ async fn check_sources(sources: &crate::config::SourcesConfig) -> bool {
         println!("sources: none enabled");
     }
     ok
+}
+
+/// What `meter check` found of the sockets source: the tier that would run, and how it fares.
+enum SocketsTier {
+    Bpf(String),
+    SockDiag(Result<String, String>),
+}
+
+async fn sockets_tier(config: &crate::config::SocketsConfig) -> SocketsTier {
+    use crate::source::{bpf, sockets};
+    let reason = match bpf::choose(config) {
+        Ok(bpf::Choice::Bpf(programs)) => {
+            return SocketsTier::Bpf(format!(
+                "tier bpf: eBPF programs loaded and attached to the cgroup v2 root {}",
+                programs.cgroup_root.display()
+            ));
+        }
+        Ok(bpf::Choice::SockDiag(reason)) => reason,
+        Err(e) => {
+            return SocketsTier::SockDiag(Err(format!(
+                "sources.sockets.bpf.mode = \"on\", but the bpf tier cannot run: {e}"
+            )));
+        }
+    };
+    SocketsTier::SockDiag(
+        sockets::probe(config, sockets::PROBE_WINDOW)
+            .await
+            .map(|p| format!("tier sock_diag ({}; bpf tier not used: {reason})", p.describe()))
+            .map_err(|e| format!("netlink sock_diag: {e}")),
+    )
 }
 
 /// Resolves the fleet the way the meter would at start and explains its choice.

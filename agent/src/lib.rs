@@ -75,6 +75,8 @@ pub enum StartError {
     Socket(std::io::Error),
     #[error(transparent)]
     Netflow(#[from] source::netflow::ListenError),
+    #[error("sources.sockets.bpf.mode = \"on\", but the bpf tier cannot run: {0}")]
+    Bpf(#[from] source::bpf::load::Unavailable),
 }
 
 impl StartError {
@@ -254,6 +256,10 @@ impl Meter {
             false => None,
         };
         let netflow_addr = netflow.as_ref().and_then(|l| l.local_addr().ok());
+        let sockets = match config.sources.sockets.enabled {
+            true => Some(source::bpf::choose(&config.sources.sockets)?),
+            false => None,
+        };
         let pipeline = Pipeline {
             config,
             credentials,
@@ -263,6 +269,7 @@ impl Meter {
             spool,
             admin,
             netflow,
+            sockets,
             metrics: Arc::clone(&metrics),
             progress: progress.clone(),
             current: Arc::clone(&current),

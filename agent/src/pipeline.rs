@@ -47,6 +47,8 @@ pub(crate) struct Pipeline {
     pub(crate) admin: Option<tokio::net::TcpListener>,
     /// The NetFlow listener, bound at start (`None`: the source is off).
     pub(crate) netflow: Option<source::netflow::NetflowListener>,
+    /// The sockets source's tier, chosen at start (`None`: the source is off).
+    pub(crate) sockets: Option<source::bpf::Choice>,
     /// Shared with [`crate::Meter`]'s watch and every task.
     pub(crate) metrics: Arc<MeterMetrics>,
     /// Shared with [`crate::Meter`]'s watch and every task that makes progress.
@@ -120,6 +122,7 @@ impl Pipeline {
             spool,
             admin,
             netflow,
+            sockets,
             metrics,
             progress,
             current,
@@ -149,6 +152,7 @@ impl Pipeline {
         source::spawn_all(
             &config.sources,
             netflow,
+            sockets,
             &records_tx,
             &metrics,
             &progress,

@@ -36,6 +36,7 @@ pub fn source_kind(kind: i32) -> &'static str {
         pb::SourceKind::NetflowV9 => "netflow_v9",
         pb::SourceKind::Ipfix => "ipfix",
         pb::SourceKind::Synthetic => "synthetic",
+        pb::SourceKind::SocketBpf => "socket_bpf",
     }
 }
 

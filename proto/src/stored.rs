@@ -234,6 +234,7 @@ mod tests {
             close_events_lost: 3,
             flows_untracked: 0,
             records_dropped: u64::MAX,
+            packets_untracked: 9,
         };
         let header = pb::StoredBatch {
             loss: Some(loss),

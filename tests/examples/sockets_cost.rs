@@ -5,7 +5,8 @@
 //! as a share of one core and its resident memory after a warm-up.
 //!
 //! Run (release, as the figures in docs/benchmarks.md were):
-//! `cargo build --release -p ringflow-tests --bins --examples && target/release/examples/sockets_cost [RATE] [SECONDS] [no-owners]`
+//! `cargo build --release -p ringflow-tests --bins --examples && target/release/examples/sockets_cost [RATE] [SECONDS] [bpf|sock_diag] [no-owners]`
+//! (the tier: `bpf` needs root; without one, the meter chooses as it does by default).
 
 use std::time::Duration;
 
@@ -20,8 +21,18 @@ async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let rate: u64 = args.next().map_or(Ok(5_000), |a| a.parse())?;
     let seconds: u64 = args.next().map_or(Ok(20), |a| a.parse())?;
-    // A third argument `no-owners` turns owner lookup off, to see what it costs.
-    let owners = args.next().as_deref() != Some("no-owners");
+    // Then the tier (`bpf` or `sock_diag`), and `no-owners` to see what owner lookup costs.
+    let rest: Vec<String> = args.collect();
+    let owners = !rest.iter().any(|a| a == "no-owners");
+    let mode = match rest
+        .iter()
+        .find(|a| *a == "bpf" || *a == "sock_diag")
+        .map(String::as_str)
+    {
+        Some("bpf") => "on",
+        Some(_) => "off",
+        None => "auto",
+    };
     let exe = std::env::current_exe()?;
     let meter_bin = exe
         .parent()
@@ -42,7 +53,7 @@ async fn main() -> anyhow::Result<()> {
         bed.meter_toml(
             "sockets-cost",
             &[collector.addr],
-            &format!("[sources.sockets]\nenabled = true\nowners = {owners}\n"),
+            &format!("[sources.sockets]\nenabled = true\nowners = {owners}\n[sources.sockets.bpf]\nmode = \"{mode}\"\n"),
         ),
     )?;
     let meter = start_meter_process(&meter_bin, &config, "meter").await?;
@@ -68,7 +79,7 @@ async fn main() -> anyhow::Result<()> {
     collector.stop().await;
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     println!(
-        "sockets source at {rate} connections/s for {seconds} s ({opened} opened, owners {owners}): meter {:.2}% of one core, {:.1} MiB RSS ({:.1} MiB peak); {:.0} records/s stored",
+        "sockets source (bpf mode {mode}) at {rate} connections/s for {seconds} s ({opened} opened, owners {owners}): meter {:.2}% of one core, {:.1} MiB RSS ({:.1} MiB peak); {:.0} records/s stored",
         100.0 * cpu / wall,
         mib(rss),
         mib(peak),

@@ -76,7 +76,7 @@ pub async fn run(
     )?;
     writeln!(
         out,
-        "  meter      {}  sources: this host's TCP connections and interfaces, synthetic {}/s{}",
+        "  meter      {}  sources: this host's sockets and interfaces, synthetic {}/s{}",
         meter.id(),
         options.rate,
         meter
@@ -228,7 +228,7 @@ async fn report_until_stopped(
         for r in batches.iter().flat_map(|b| &b.records) {
             totals.read_back += 1;
             match ringflow_proto::pb::SourceKind::try_from(r.source) {
-                Ok(ringflow_proto::pb::SourceKind::Socket) => {
+                Ok(ringflow_proto::pb::SourceKind::Socket | ringflow_proto::pb::SourceKind::SocketBpf) => {
                     totals.sockets += 1;
                     totals.with_process += u64::from(r.pid != 0);
                 }

@@ -6,6 +6,7 @@
 //! directory that is removed when the [`TestBed`] is dropped; child processes are killed when
 //! their handle is dropped.
 
+pub mod bpf;
 pub mod demo;
 pub mod dns;
 pub mod exporter;

@@ -108,7 +108,7 @@ fn check_lists_the_sources_and_whether_each_can_run_here() -> anyhow::Result<()>
                 "m1",
                 &["127.0.0.1:4433".parse().expect("an address")],
                 &format!(
-                    "[sources.sockets]\nenabled = true\n\
+                    "[sources.sockets]\nenabled = true\n[sources.sockets.bpf]\nmode = \"off\"\n\
                      [sources.interfaces]\nenabled = true\npath = \"{interfaces_path}\"\n\
                      [sources.netflow]\nenabled = true\nlisten = \"{netflow}\"\n"
                 ),

@@ -161,6 +161,7 @@ async fn the_loss_a_meter_counts_is_summed_by_the_collector_per_org() -> anyhow:
             close_events_lost: 5,
             flows_untracked: 2,
             records_dropped: dropped,
+            packets_untracked: 0,
         }
     );
     Ok(())

@@ -47,6 +47,8 @@ async fn meter_reading_sockets(
     // side by side: a buffer beyond the default keeps another test's burst from overflowing
     // this one (which would lose its last bytes, rightly, and fail its exact count).
     config.sources.sockets.close_buffer_bytes = 64 << 20;
+    // These tests are the sock_diag tier's (tests/tests/bpf_capture.rs has the bpf tier's).
+    config.sources.sockets.bpf.mode = ringflow_meter::config::BpfMode::Off;
     tweak(&mut config.sources.sockets);
     let meter = start_meter(config).await?;
     ringflow_tests::sockets_reads_after(&meter.metrics(), 1).await?;

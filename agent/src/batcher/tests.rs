@@ -52,6 +52,7 @@ fn closes_before_the_frame_limit_and_the_frame_really_fits() {
                     close_events_lost: u64::MAX,
                     flows_untracked: u64::MAX,
                     records_dropped: u64::MAX,
+                    packets_untracked: u64::MAX,
                 }),
                 seq: u64::MAX,
                 records,
@@ -169,6 +170,7 @@ async fn loss_taken_once_rides_in_exactly_one_batch() {
         close_events_lost: 2,
         flows_untracked: 5,
         records_dropped: 8,
+        packets_untracked: 0,
     };
     assert_eq!(losses[0], Some(want_first));
     let last = losses.len() - 1;

@@ -29,7 +29,9 @@ pub use fleet::FleetConfig;
 pub use reconnect::ReconnectConfig;
 pub use ringflow_ops::ConfigError;
 pub use shutdown::ShutdownConfig;
-pub use sources::{InterfacesConfig, NetflowConfig, SocketsConfig, SourcesConfig, SyntheticConfig};
+pub use sources::{
+    BpfConfig, BpfMode, InterfacesConfig, NetflowConfig, SocketsConfig, SourcesConfig, SyntheticConfig,
+};
 pub use spool::{FsyncMode, SpoolConfig};
 
 use ringflow_ops::{parse_toml, read_toml, resolve_paths};

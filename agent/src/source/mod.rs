@@ -6,6 +6,7 @@
 //! synthetic source) use [`RecordsTx::send`], which waits, so a load test measures what the
 //! pipeline accepts rather than what it dropped. Must never: block on I/O in the batcher's path.
 
+pub mod bpf;
 pub mod community_id;
 pub mod interfaces;
 pub mod loss;
@@ -21,15 +22,18 @@ use tokio::sync::mpsc;
 
 use crate::config::SourcesConfig;
 use crate::observe::Progress;
-use crate::telemetry::events::{Event, RecordsDropped};
+use crate::telemetry::events::{Event, RecordsDropped, SocketsTier};
 use crate::telemetry::{DropReason, MeterMetrics, task};
 
 /// Starts every enabled source on `tasks`, each with its own clone of `records`; they stop when
 /// `stop` fires (a synthetic source with a total also stops by itself). `netflow` is the
-/// listener bound at start when that source is enabled.
+/// listener bound at start when that source is enabled, `sockets` the sockets source's tier
+/// chosen at start.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn_all(
     config: &SourcesConfig,
     netflow: Option<netflow::NetflowListener>,
+    sockets: Option<bpf::Choice>,
     records: &RecordsTx,
     metrics: &Arc<MeterMetrics>,
     progress: &Progress,
@@ -44,7 +48,7 @@ pub fn spawn_all(
             synthetic::run(cfg, tx, stop).await;
         });
     }
-    if config.sockets.enabled {
+    if let Some(tier) = sockets {
         let (cfg, tx, stop, m, p) = (
             config.sockets.clone(),
             tx.clone(),
@@ -54,7 +58,26 @@ pub fn spawn_all(
         );
         tasks.spawn(async move {
             let _task = m.task(task::SOURCE_SOCKETS);
-            sockets::run(cfg, tx, Arc::clone(&m), p, stop).await;
+            match tier {
+                bpf::Choice::Bpf(programs) => {
+                    SocketsTier {
+                        tier: bpf::TIER,
+                        reason: None,
+                    }
+                    .emit(&m);
+                    let m2 = Arc::clone(&m);
+                    let _ =
+                        tokio::task::spawn_blocking(move || bpf::run(*programs, cfg, tx, m2, p, stop)).await;
+                }
+                bpf::Choice::SockDiag(reason) => {
+                    SocketsTier {
+                        tier: sockets::TIER,
+                        reason: Some(&reason),
+                    }
+                    .emit(&m);
+                    sockets::run(cfg, tx, Arc::clone(&m), p, stop).await;
+                }
+            }
         });
     }
     if config.interfaces.enabled {

@@ -429,6 +429,58 @@ impl Event for SocketsClosesUnavailable<'_> {
     }
 }
 
+/// The sockets source chose its capture tier at start: `bpf`, or `sock_diag` because of
+/// `reason` (the bpf tier cannot run, or is off).
+pub struct SocketsTier<'a> {
+    pub tier: &'static str,
+    pub reason: Option<&'a dyn Display>,
+}
+
+impl Event for SocketsTier<'_> {
+    fn emit(self, m: &MeterMetrics) {
+        let label = super::groups::TierLabel { tier: self.tier };
+        m.sockets.sockets_tier.get_or_create(&label).set(1);
+        match self.reason {
+            None => info!(
+                tier = self.tier,
+                "sockets source: TCP and UDP through the meter's eBPF programs"
+            ),
+            Some(reason) => {
+                info!(tier = self.tier, %reason, "sockets source: TCP through netlink sock_diag (no UDP, no owners of connections that close between two reads)")
+            }
+        }
+    }
+}
+
+/// One read of the BPF tier: what its programs counted as lost since the last read.
+pub struct SocketsBpfRead {
+    pub ends: u64,
+    pub ends_lost: u64,
+    pub packets_untracked: u64,
+    pub owners_untracked: u64,
+    pub unparsed: u64,
+    /// Whether to log the loss (held back by the caller).
+    pub log: bool,
+}
+
+impl Event for SocketsBpfRead {
+    fn emit(self, m: &MeterMetrics) {
+        let s = &m.sockets;
+        s.sockets_bpf_ends.inc_by(self.ends);
+        s.sockets_bpf_ends_lost.inc_by(self.ends_lost);
+        s.sockets_bpf_packets_untracked.inc_by(self.packets_untracked);
+        s.sockets_bpf_owners_untracked.inc_by(self.owners_untracked);
+        s.sockets_bpf_packets_unparsed.inc_by(self.unparsed);
+        if self.log && (self.ends_lost > 0 || self.packets_untracked > 0) {
+            warn!(
+                ends_lost = self.ends_lost,
+                packets_untracked = self.packets_untracked,
+                "sockets source: the BPF programs' maps were full; raise sources.sockets.bpf.max_flows or ring_bytes (counted in each batch's loss)"
+            );
+        }
+    }
+}
+
 /// One interval of the sockets source's completeness: the segments it accounted for and the
 /// host's TCP segments (`None`: /proc/net/snmp could not be read, counted as
 /// `source_errors{source="sockets",reason="snmp"}`).

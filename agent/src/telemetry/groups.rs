@@ -320,6 +320,19 @@ pub struct SocketMetrics {
     pub sockets_host_segments: Counter,
     /// Accounted ÷ host segments over the last interval.
     pub sockets_completeness_ratio: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// 1 for the capture tier in use (`bpf` or `sock_diag`).
+    pub sockets_tier: Family<TierLabel, Gauge>,
+    pub sockets_bpf_ends: Counter,
+    pub sockets_bpf_ends_lost: Counter,
+    pub sockets_bpf_packets_untracked: Counter,
+    pub sockets_bpf_owners_untracked: Counter,
+    pub sockets_bpf_packets_unparsed: Counter,
+}
+
+/// `tier`: which capture tier measures the host's sockets.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct TierLabel {
+    pub tier: &'static str,
 }
 
 impl SocketMetrics {
@@ -354,6 +367,42 @@ impl SocketMetrics {
                 "sockets_completeness_ratio",
                 "Segments the sockets source accounted for over the host's TCP segments, over its last interval (about 1.0 when it misses nothing)",
                 Gauge::default(),
+            ),
+            sockets_tier: reg(
+                r,
+                "sockets_tier",
+                "1 for the capture tier measuring this host's sockets: bpf (eBPF programs, TCP and UDP) or sock_diag (netlink, TCP)",
+                Family::default(),
+            ),
+            sockets_bpf_ends: reg(
+                r,
+                "sockets_bpf_ends",
+                "Socket ends (a TCP connection closed, a socket released) the BPF programs told",
+                Counter::default(),
+            ),
+            sockets_bpf_ends_lost: reg(
+                r,
+                "sockets_bpf_ends_lost",
+                "Socket ends the BPF programs could not tell because their ring buffer was full (sources.sockets.bpf.ring_bytes); those flows end at a later read",
+                Counter::default(),
+            ),
+            sockets_bpf_packets_untracked: reg(
+                r,
+                "sockets_bpf_packets_untracked",
+                "Packets the BPF programs could not count because their flow map was full (sources.sockets.bpf.max_flows)",
+                Counter::default(),
+            ),
+            sockets_bpf_owners_untracked: reg(
+                r,
+                "sockets_bpf_owners_untracked",
+                "Sockets whose owner the BPF programs could not keep because their owner map was full",
+                Counter::default(),
+            ),
+            sockets_bpf_packets_unparsed: reg(
+                r,
+                "sockets_bpf_packets_unparsed",
+                "Packets of TCP and UDP sockets whose headers the BPF programs could not read (IPv6 extension headers)",
+                Counter::default(),
             ),
         }
     }

@@ -35,6 +35,11 @@ struct RecordJson<'a> {
     packets_from_src: u64,
     bytes_from_dst: u64,
     packets_from_dst: u64,
+    /// Whole IP packets each way, where the meter's source saw packets.
+    #[serde(skip_serializing_if = "is_zero")]
+    ip_bytes_from_src: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    ip_bytes_from_dst: u64,
     source: &'static str,
     #[serde(skip_serializing_if = "is_zero")]
     rtt_micros: u32,
@@ -89,6 +94,7 @@ struct LossCounts {
     close_events_lost: u64,
     flows_untracked: u64,
     records_dropped: u64,
+    packets_untracked: u64,
 }
 
 fn is_zero<T: Default + PartialEq>(v: &T) -> bool {
@@ -122,6 +128,8 @@ pub fn record_json(batch: &pb::StoredBatch, r: &pb::FlowRecord) -> String {
         packets_from_src: r.packets_from_src,
         bytes_from_dst: r.bytes_from_dst,
         packets_from_dst: r.packets_from_dst,
+        ip_bytes_from_src: r.ip_bytes_from_src,
+        ip_bytes_from_dst: r.ip_bytes_from_dst,
         source: ringflow_proto::names::source_kind(r.source),
         rtt_micros: r.rtt_micros,
         interface: &r.interface,
@@ -157,6 +165,7 @@ pub fn loss_json(batch: &pb::StoredBatch) -> Option<String> {
             close_events_lost: loss.close_events_lost,
             flows_untracked: loss.flows_untracked,
             records_dropped: loss.records_dropped,
+            packets_untracked: loss.packets_untracked,
         },
     };
     serde_json::to_string(&json).ok()
@@ -303,6 +312,7 @@ mod tests {
                 close_events_lost: 1,
                 flows_untracked: 2,
                 records_dropped: 3,
+                packets_untracked: 4,
             }),
             ..Default::default()
         };
@@ -317,7 +327,7 @@ mod tests {
         assert_eq!(lines[0]["seq"], 7);
         assert_eq!(
             lines[0]["loss"],
-            serde_json::json!({"close_events_lost": 1, "flows_untracked": 2, "records_dropped": 3})
+            serde_json::json!({"close_events_lost": 1, "flows_untracked": 2, "records_dropped": 3, "packets_untracked": 4})
         );
         assert!(lines[0].get("source").is_none(), "not a record");
         let r = &lines[1];

@@ -78,7 +78,7 @@ impl IngestMetrics {
             meter_loss: add(
                 r,
                 "meter_loss",
-                "What meters reported they failed to measure, from the batches accepted, by org and kind: close_events_lost (kernel close notifications lost), flows_untracked (a flow table was full), records_dropped (the meter's pipeline was full)",
+                "What meters reported they failed to measure, from the batches accepted, by org and kind: close_events_lost (kernel close notifications lost), flows_untracked (a flow table was full), records_dropped (the meter's pipeline was full), packets_untracked (the meter's eBPF flow map was full)",
                 Family::default(),
             ),
         }
@@ -114,7 +114,7 @@ pub struct OrgCounters {
     /// `ingress_bytes`.
     all_bytes: Counter,
     /// `meter_loss{org,kind}`, in [`LossKind::ALL`] order; moved by `MeterLossReported`.
-    pub(super) loss: [Counter; 3],
+    pub(super) loss: [Counter; LossKind::ALL.len()],
 }
 
 impl OrgCounters {

@@ -188,6 +188,7 @@ impl MeterLossReported<'_> {
             close_events_lost = self.loss.close_events_lost,
             flows_untracked = self.loss.flows_untracked,
             records_dropped = self.loss.records_dropped,
+            packets_untracked = self.loss.packets_untracked,
             "meter reports measurement loss"
         );
     }

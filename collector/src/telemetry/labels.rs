@@ -136,14 +136,17 @@ label_values! {
         FlowsUntracked => "flows_untracked",
         /// Records the meter dropped because its pipeline was full.
         RecordsDropped => "records_dropped",
+        /// Packets the meter's eBPF programs could not count (their flow map was full).
+        PacketsUntracked => "packets_untracked",
     }
 }
 
 impl LossKind {
-    pub const ALL: [LossKind; 3] = [
+    pub const ALL: [LossKind; 4] = [
         LossKind::CloseEventsLost,
         LossKind::FlowsUntracked,
         LossKind::RecordsDropped,
+        LossKind::PacketsUntracked,
     ];
 
     /// This kind's count in `loss`.
@@ -152,6 +155,7 @@ impl LossKind {
             LossKind::CloseEventsLost => loss.close_events_lost,
             LossKind::FlowsUntracked => loss.flows_untracked,
             LossKind::RecordsDropped => loss.records_dropped,
+            LossKind::PacketsUntracked => loss.packets_untracked,
         }
     }
 }

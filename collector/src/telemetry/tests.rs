@@ -109,15 +109,16 @@ fn events_move_their_metrics() {
 fn meter_loss_is_summed_per_org_and_kind() {
     let m = CollectorMetrics::new();
     let (acme, other) = (m.org_counters("acme"), m.org_counters("other"));
-    let loss = |close, untracked, dropped| ringflow_proto::pb::MeasurementLoss {
+    let loss = |close, untracked, dropped, packets| ringflow_proto::pb::MeasurementLoss {
         close_events_lost: close,
         flows_untracked: untracked,
         records_dropped: dropped,
+        packets_untracked: packets,
     };
     for (org, l) in [
-        (&acme, loss(2, 0, 5)),
-        (&acme, loss(1, 3, 0)),
-        (&other, loss(0, 0, 7)),
+        (&acme, loss(2, 0, 5, 0)),
+        (&acme, loss(1, 3, 0, 40)),
+        (&other, loss(0, 0, 7, 0)),
     ] {
         MeterLossReported {
             loss: &l,
@@ -131,6 +132,7 @@ fn meter_loss_is_summed_per_org_and_kind() {
         r#"ringflow_collector_meter_loss_total{org="acme",kind="close_events_lost"} 3"#,
         r#"ringflow_collector_meter_loss_total{org="acme",kind="flows_untracked"} 3"#,
         r#"ringflow_collector_meter_loss_total{org="acme",kind="records_dropped"} 5"#,
+        r#"ringflow_collector_meter_loss_total{org="acme",kind="packets_untracked"} 40"#,
         r#"ringflow_collector_meter_loss_total{org="other",kind="records_dropped"} 7"#,
         r#"ringflow_collector_meter_loss_total{org="other",kind="close_events_lost"} 0"#,
     ] {

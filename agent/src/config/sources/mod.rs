@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 pub use interfaces::InterfacesConfig;
 pub use netflow::NetflowConfig;
-pub use sockets::SocketsConfig;
+pub use sockets::{BpfConfig, BpfMode, SocketsConfig};
 pub use synthetic::SyntheticConfig;
 
 /// Every source's section. The default runs the host's own sources (sockets, interfaces), which

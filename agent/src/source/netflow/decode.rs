@@ -379,7 +379,8 @@ fn read_v5(v5: &V5, exporter: IpAddr, out: &mut Vec<pb::FlowRecord>) {
             src_port: f.src_port.into(),
             dst_port: f.dst_port.into(),
             ip_protocol: f.protocol_number.into(),
-            bytes_from_src: f.d_octets.into(),
+            // Whole IP packets: exporters count octets with headers, never payload.
+            ip_bytes_from_src: f.d_octets.into(),
             packets_from_src: f.d_pkts.into(),
             source: pb::SourceKind::NetflowV5 as i32,
             exporter_addr: addr_bytes(exporter),

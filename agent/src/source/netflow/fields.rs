@@ -202,9 +202,10 @@ impl Fields {
             src_port: self.src_port.unwrap_or(0).into(),
             dst_port: self.dst_port.unwrap_or(0).into(),
             ip_protocol: self.protocol.unwrap_or(0).into(),
-            bytes_from_src: self.octets.unwrap_or(0),
+            // Whole IP packets: exporters count octets with headers, never payload.
+            ip_bytes_from_src: self.octets.unwrap_or(0),
             packets_from_src: self.packets.unwrap_or(0),
-            bytes_from_dst: self.reverse_octets.unwrap_or(0),
+            ip_bytes_from_dst: self.reverse_octets.unwrap_or(0),
             packets_from_dst: self.reverse_packets.unwrap_or(0),
             source: kind as i32,
             exporter_addr: addr_bytes(exporter),

@@ -44,6 +44,20 @@ pub struct Owner {
 }
 
 impl Owner {
+    /// The owner `pid` named `process_name` in `cgroup`, with what the path says parsed
+    /// ([`placement`]).
+    pub fn placed(pid: u32, process_name: String, cgroup: String) -> Self {
+        let place = placement(&cgroup);
+        Self {
+            pid,
+            process_name,
+            cgroup,
+            container_id: place.container_id,
+            pod_uid: place.pod_uid,
+            systemd_unit: place.systemd_unit,
+        }
+    }
+
     /// Writes the owner's fields into `record`.
     pub fn apply(&self, record: &mut pb::FlowRecord) {
         record.pid = self.pid;
@@ -75,6 +89,14 @@ pub struct OwnerStats {
     pub pending_dropped: u64,
     /// `/proc` reads that failed for another reason than permissions or an exiting process.
     pub read_errors: u64,
+}
+
+/// The cgroup path of process `pid` under `proc_root` (see [`cgroup::choose`]); `None` when it
+/// cannot be read (the process has exited).
+pub fn cgroup_of_pid(proc_root: &std::path::Path, pid: u32) -> Option<String> {
+    let process = procfs::process::Process::new_with_root(proc_root.join(pid.to_string())).ok()?;
+    let groups = process.cgroups().ok()?;
+    Some(cgroup::choose(&groups.0))
 }
 
 /// A process as last read: when, and the owner built from it.
@@ -252,15 +274,7 @@ impl OwnerIndex {
         {
             return Ok(Arc::clone(owner));
         }
-        let place = placement(&cgroup);
-        let owner = Arc::new(Owner {
-            pid: id.tgid,
-            process_name: id.comm,
-            cgroup,
-            container_id: place.container_id,
-            pod_uid: place.pod_uid,
-            systemd_unit: place.systemd_unit,
-        });
+        let owner = Arc::new(Owner::placed(id.tgid, id.comm, cgroup));
         state.owner = Some((id.start_time, Arc::clone(&owner)));
         Ok(owner)
     }

@@ -44,6 +44,9 @@ use table::{FlowTable, ReadOutcome, SocketSample};
 
 pub const NAME: &str = crate::telemetry::source::SOCKETS;
 
+/// This tier's name in `sockets_tier{tier}` and `meter check`.
+pub const TIER: &str = "sock_diag";
+
 /// What `meter check` found: the sockets visible, and the completeness over a short window.
 pub struct Probe {
     pub sockets: usize,
