@@ -2,8 +2,8 @@
 //! `src/source/bpf/load.rs` embeds them. Without clang the meter still builds: the `bpf` tier
 //! then says it was built without its programs, and the meter uses the sock_diag tier.
 //!
-//! The compiler: `$RINGFLOW_BPF_CLANG`, else the first of `clang`, `clang-19` ... `clang-14` on
-//! the PATH. Headers: the kernel's UAPI (`linux-libc-dev`) and libbpf's helpers (`libbpf-dev`);
+//! The compiler: `$RINGFLOW_BPF_CLANG` (`none`: build without the programs), else the first of
+//! `clang`, `clang-19` ... `clang-14` on the PATH. Headers: the kernel's UAPI (`linux-libc-dev`) and libbpf's helpers (`libbpf-dev`);
 //! `tests/ensure-bpf-toolchain.sh` installs all three on Debian.
 
 use std::path::PathBuf;
@@ -40,7 +40,7 @@ fn main() {
 
 fn find_clang() -> Option<String> {
     if let Some(c) = std::env::var_os("RINGFLOW_BPF_CLANG") {
-        return Some(c.to_string_lossy().into_owned());
+        return (c != "none").then(|| c.to_string_lossy().into_owned());
     }
     let names = [
         "clang", "clang-19", "clang-18", "clang-17", "clang-16", "clang-15", "clang-14",

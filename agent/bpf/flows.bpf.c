@@ -144,7 +144,8 @@ struct parsed {
 	__u16 dport;
 	__u8 proto;
 	__u8 tcp_flags;
-	__u32 headers;   // IP + transport header bytes of one packet
+	__u32 headers;   // IP + transport header bytes of this packet
+	__u32 jumbo;     // of them, an IPv6 jumbo header (BIG TCP) that its segments do not carry
 };
 
 static __always_inline void map_v4(__u8 *out, __u32 addr_be)
@@ -219,13 +220,32 @@ static __always_inline int parse(struct __sk_buff *skb, struct parsed *p)
 			return -1;
 		ip6 = at;
 		l4 = 40;
-		p->proto = ip6->next;
+		__u8 next = ip6->next;
+		__u16 payload_len = ip6->len;
 		__builtin_memcpy(p->src, ip6->saddr, 16);
 		__builtin_memcpy(p->dst, ip6->daddr, 16);
+		// Up to two extension headers before TCP/UDP: hop-by-hop (BIG TCP's jumbo payload
+		// option on a super-packet over 64 KiB), routing, destination options.
+#pragma unroll
+		for (int i = 0; i < 2; i++) {
+			if (next != 0 && next != 43 && next != 60)
+				break;
+			struct {
+				__u8 next, len;
+			} ext;
+			if (bpf_skb_load_bytes(skb, l4, &ext, sizeof(ext)))
+				return -1;
+			__u32 size = ((__u32)ext.len + 1) * 8;
+			if (next == 0 && payload_len == 0 && i == 0)
+				p->jumbo = size;
+			l4 += size;
+			next = ext.next;
+		}
+		p->proto = next;
 	} else {
 		return -1;
 	}
-	if (l4 > 60)
+	if (l4 > 40 + 2 * 2048)
 		return -1;
 	// Transport header: at 20 (IPv4 without options) or 40 (IPv6) in place, else copied.
 	if (p->proto == IPPROTO_TCP) {
@@ -296,7 +316,7 @@ static __always_inline void count(struct __sk_buff *skb, int egress)
 	__u32 segs = skb->gso_segs ? skb->gso_segs : 1;
 	__u64 len = skb->len;
 	__u64 payload = len > p.headers ? len - p.headers : 0;
-	__u64 ip_bytes = payload + (__u64)segs * p.headers;
+	__u64 ip_bytes = payload + (__u64)segs * (p.headers - p.jumbo);
 
 	struct flow_key key = {};
 	key.cookie = bpf_get_socket_cookie(skb);

@@ -8,6 +8,7 @@
 //!
 //! - UDP: 1,000 datagrams on loopback, measured by two meters at once: each stores them
 //!   exactly, once, from the client's end, with this process as the owner.
+//! - IPv6: UDP datagrams and a TCP stream on `[::1]`, exact.
 //! - 10,000 UDP request/reply exchanges, each from a fresh socket: every one stored exactly.
 //! - 10,000 short TCP connections: every one exactly (payload, no SYN or FIN), each once, from
 //!   the client's end, with this process's pid and name (the kernel's destroy notifications
@@ -214,6 +215,71 @@ async fn udp_datagrams_are_stored_exactly_by_each_of_two_meters() -> anyhow::Res
             assert!(r.community_id.starts_with("1:"));
         }
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_udp_and_tcp_are_stored_exactly() -> anyhow::Result<()> {
+    if ringflow_tests::bpf::skip() {
+        return Ok(());
+    }
+    const DATAGRAMS: u64 = 100;
+    const SIZE: usize = 500;
+    const STREAM: usize = 1 << 20;
+    let bed = TestBed::new()?;
+    let (collector, meter) = meter_with_bpf(&bed, "m", |_| {}).await?;
+    let server = UdpSocket::bind("[::1]:0").await?;
+    let udp_addr = server.local_addr()?;
+    let client = UdpSocket::bind("[::1]:0").await?;
+    for _ in 0..DATAGRAMS {
+        client.send_to(&[7u8; SIZE], udp_addr).await?;
+        let mut buf = [0u8; 1024];
+        server.recv_from(&mut buf).await?;
+    }
+    drop(client);
+    let listener = tokio::net::TcpListener::bind("[::1]:0").await?;
+    let tcp_addr = listener.local_addr()?;
+    let reader = tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await?;
+        let mut got = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut conn, &mut got).await?;
+        anyhow::Ok(got.len())
+    });
+    let mut conn = tokio::net::TcpStream::connect(tcp_addr).await?;
+    tokio::io::AsyncWriteExt::write_all(&mut conn, &vec![9u8; STREAM]).await?;
+    drop(conn);
+    assert_eq!(reader.await??, STREAM);
+    stored_reach(
+        &collector,
+        udp_addr,
+        DATAGRAMS * SIZE as u64,
+        Duration::from_secs(20),
+    )
+    .await?;
+    stored_reach(&collector, tcp_addr, STREAM as u64, Duration::from_secs(20)).await?;
+    meter.stop().await?;
+    let stored = collector.stored()?;
+    collector.stop().await;
+    let udp = records_to(&stored, udp_addr);
+    assert_eq!(
+        (sum(&udp).bytes_up, sum(&udp).packets_up),
+        (DATAGRAMS * SIZE as u64, DATAGRAMS)
+    );
+    assert_eq!(
+        udp.iter().map(|r| r.ip_bytes_from_src).sum::<u64>(),
+        DATAGRAMS * (SIZE as u64 + 48),
+        "IP bytes: 40 of IPv6 header and 8 of UDP header per datagram"
+    );
+    let tcp = records_to(&stored, tcp_addr);
+    assert_eq!(sum(&tcp).bytes_up, STREAM as u64);
+    for r in udp.iter().chain(&tcp) {
+        assert_eq!(r.src_addr.len(), 16, "IPv6 addresses: {r:?}");
+        assert_eq!(r.pid, std::process::id());
+    }
+    assert_eq!(
+        records_from(&stored, udp_addr) + records_from(&stored, tcp_addr),
+        0
+    );
     Ok(())
 }
 
@@ -543,6 +609,73 @@ fn check_says_which_tier_runs() -> anyhow::Result<()> {
     assert!(
         text.contains("source sockets: TCP and UDP sockets every 1000 ms: ok, tier bpf"),
         "{text}"
+    );
+    Ok(())
+}
+
+/// Runs `meter-fixture ARGS` as user `nobody` with no capabilities (`setpriv`, util-linux).
+fn as_nobody(args: &[&std::ffi::OsStr]) -> anyhow::Result<std::process::Output> {
+    Ok(std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(env!("CARGO_BIN_EXE_meter-fixture"))
+        .args(args)
+        .output()?)
+}
+
+#[test]
+fn without_privileges_auto_falls_back_to_sock_diag_and_on_refuses_to_start() -> anyhow::Result<()> {
+    if ringflow_tests::bpf::skip() {
+        return Ok(());
+    }
+    let bed = TestBed::new()?;
+    // A directory `nobody` may use, with the bed's CA readable.
+    let dir = tempfile::Builder::new().prefix("ringflow-nobody").tempdir()?;
+    let open = |p: &std::path::Path, mode| {
+        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(mode))
+    };
+    open(dir.path(), 0o777)?;
+    let ca = dir.path().join("ca.pem");
+    std::fs::copy(&bed.certs.ca, &ca)?;
+    open(&ca, 0o644)?;
+    let config = |mode: &str| -> anyhow::Result<std::path::PathBuf> {
+        let text = bed
+            .meter_toml(
+                "m",
+                &["127.0.0.1:9".parse()?],
+                &format!("[sources.sockets]\nenabled = true\n[sources.sockets.bpf]\nmode = \"{mode}\"\n"),
+            )
+            .replace(&bed.certs.ca.display().to_string(), &ca.display().to_string())
+            .replace(
+                &bed.path().join("m-state").display().to_string(),
+                &dir.path().join("state").display().to_string(),
+            );
+        let path = dir.path().join(format!("{mode}.toml"));
+        std::fs::write(&path, text)?;
+        open(&path, 0o644)?;
+        Ok(path)
+    };
+    let auto = config("auto")?;
+    let out = as_nobody(&["check".as_ref(), "--config".as_ref(), auto.as_os_str()])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("source sockets: TCP connections every 1000 ms: ok, tier sock_diag")
+            && text.contains("bpf tier not used: the meter may not"),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let on = config("on")?;
+    let out = as_nobody(&["run".as_ref(), "--config".as_ref(), on.as_os_str()])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("sources.sockets.bpf.mode = \"on\", but the bpf tier cannot run: the meter may not")
+            && err.contains("CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON"),
+        "{err}"
     );
     Ok(())
 }

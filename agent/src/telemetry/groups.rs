@@ -401,7 +401,7 @@ impl SocketMetrics {
             sockets_bpf_packets_unparsed: reg(
                 r,
                 "sockets_bpf_packets_unparsed",
-                "Packets of TCP and UDP sockets whose headers the BPF programs could not read (IPv6 extension headers)",
+                "Packets of TCP and UDP sockets whose headers the BPF programs could not read (more than two IPv6 extension headers, or a fragment header)",
                 Counter::default(),
             ),
         }

@@ -43,8 +43,8 @@ pub struct SocketsConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BpfMode {
-    /// When the meter may load BPF programs (root, or CAP_BPF and CAP_NET_ADMIN); else the
-    /// sock_diag tier, with the reason logged and shown by `meter check`.
+    /// When the meter may load BPF programs (root, or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON);
+    /// else the sock_diag tier, with the reason logged and shown by `meter check`.
     Auto,
     /// Always: the meter does not start when the programs cannot be loaded, and says why.
     On,

@@ -63,8 +63,8 @@ pub enum Unavailable {
     )]
     NoCgroupV2,
     #[error(
-        "the meter may not {what} ({error}); run it as root, or with the capabilities CAP_BPF and \
-         CAP_NET_ADMIN (docs/meter.md, \"Capture tiers\")"
+        "the meter may not {what} ({error}); run it as root, or with the capabilities CAP_BPF, \
+         CAP_NET_ADMIN and CAP_PERFMON (docs/meter.md, \"Capture tiers\")"
     )]
     NotPermitted { what: &'static str, error: String },
     #[error("{what} failed: {error}")]
