@@ -34,12 +34,14 @@
 #define FLOW_INITIATOR 1      // this socket opened the flow (TCP: sent the SYN; UDP: sent first)
 #define FLOW_CLOSE_TRACKED 2  // TCP: the state callbacks tell this connection's end
 #define FLOW_ROLE_KNOWN 4     // TCP: FLOW_INITIATOR is known (saw the SYN or the establishment)
+#define FLOW_ENDED 8          // its end could not be told (ring buffer full): the next sweep ends it
 
 #define EV_CLOSED 1           // a TCP connection reached CLOSE: final counters
 #define EV_RELEASED 2         // a socket was released (closed by its process)
 
 #define EVENT_HAS_FLOW 1      // the event carries the flow's final key and counters
 #define EVENT_HAS_OWNER 2     // the event carries the owner
+#define EVENT_MORE_FLOWS 4    // the socket may have other flows still in the map
 
 // 32 bytes. TCP: remote is all zero (one peer per socket). Addresses are IPv6 or IPv4-mapped.
 struct flow_key {
@@ -333,6 +335,10 @@ static __always_inline void count(struct __sk_buff *skb, int egress)
 	// The coarse clock (a tick's resolution, a few ms) costs a fraction of the precise one.
 	__u64 now = bpf_ktime_get_coarse_ns();
 	struct flow_value *v = bpf_map_lookup_elem(&flows, &key);
+	// A TCP socket already in CLOSE (an RST sent after an abortive close) was ended: its
+	// packets start no new flow that nothing would end.
+	if (!v && p.proto == IPPROTO_TCP && sk->state == BPF_TCP_CLOSE)
+		return;
 	if (!v) {
 		struct flow_value fresh = {};
 		fresh.first_ns = now;
@@ -417,21 +423,30 @@ int rf_sock_create(struct bpf_sock *sk)
 }
 
 // Sends the end of socket `cookie`: its owner (deleted here) and, when `key` names a flow, that
-// flow's final counters (deleted here). If the ring buffer is full nothing is deleted and the
-// loss is counted: user space's sweep ends the flow later.
-static __always_inline void tell_end(__u64 cookie, __u8 kind, struct flow_key *key, int has_key)
+// flow's final counters (deleted here). `more`: the socket may have other flows in the map. If
+// the ring buffer is full the loss is counted, the owner is deleted all the same (nothing else
+// would), and the flow is marked for the next sweep to end.
+static __always_inline void tell_end(__u64 cookie, __u8 kind, struct flow_key *key, int has_key, int more)
 {
 	struct event *e = bpf_ringbuf_reserve(&events, sizeof(struct event), 0);
 	if (!e) {
 		struct stats *s = stats_here();
 		if (s)
 			s->events_lost += 1;
+		bpf_map_delete_elem(&owners, &cookie);
+		if (has_key) {
+			struct flow_value *v = bpf_map_lookup_elem(&flows, key);
+			if (v)
+				v->flags |= FLOW_ENDED;
+		}
 		return;
 	}
 	__builtin_memset(e, 0, sizeof(*e));
 	e->kind = kind;
 	e->at_ns = bpf_ktime_get_ns();
 	e->key.cookie = cookie;
+	if (more)
+		e->has |= EVENT_MORE_FLOWS;
 	struct owner *o = bpf_map_lookup_elem(&owners, &cookie);
 	if (o) {
 		__builtin_memcpy(&e->owner, o, sizeof(*o));
@@ -498,7 +513,7 @@ int rf_sock_ops(struct bpf_sock_ops *skops)
 		struct flow_key key = {};
 		key.cookie = bpf_get_socket_cookie(skops);
 		key.proto = IPPROTO_TCP;
-		tell_end(key.cookie, EV_CLOSED, &key, 1);
+		tell_end(key.cookie, EV_CLOSED, &key, 1, 0);
 	}
 	return 1;
 }
@@ -518,19 +533,21 @@ int rf_sock_release(struct bpf_sock *sk)
 			return 1;   // its state change to CLOSE tells its end, after its last packet
 		// Never established, or established before the meter: the FIN may still follow, so
 		// user space ends the flow once it is quiet.
-		tell_end(cookie, EV_RELEASED, &key, 0);
+		tell_end(cookie, EV_RELEASED, &key, 0, v != 0);
 		return 1;
 	}
 	// UDP: after its release a socket sends nothing more. Its last flow ends here; any others
 	// (an unconnected socket that talked to several peers) end at user space's next sweep.
 	struct owner *o = bpf_map_lookup_elem(&owners, &cookie);
 	int has_key = 0;
+	// Without an owner (a socket older than the meter) its flows are not known here.
+	int more = !o || o->flows > 1;
 	if (o && o->flows >= 1) {
 		__builtin_memcpy(key.remote, o->last_remote, 16);
 		key.remote_port = o->last_remote_port;
 		has_key = 1;
 	}
-	tell_end(cookie, EV_RELEASED, &key, has_key);
+	tell_end(cookie, EV_RELEASED, &key, has_key, more);
 	return 1;
 }
 

@@ -555,10 +555,8 @@ async fn a_full_flow_map_counts_what_it_missed_and_counts_nothing_twice() -> any
         metrics.sockets.sockets_bpf_packets_untracked.get() > 0,
         "the packets the full map could not count are counted"
     );
-    ringflow_tests::wait_for_meter(&metrics, Duration::from_secs(20), "every record acked", |m| {
-        m.delivery.records_acked.get() == m.records.records_generated.get()
-    })
-    .await?;
+    // Stopping delivers what the meter holds (every other test's flows keep it busy, so
+    // "everything acked" may never be seen while it runs).
     meter.stop().await?;
     let stored = collector.stored()?;
     collector.stop().await;

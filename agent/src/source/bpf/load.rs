@@ -127,8 +127,8 @@ fn unescape(s: &str) -> String {
 }
 
 /// Cgroup links (5.7: attachments that die with the process), ring buffers (5.8), the socket
-/// release hook (5.9), and the socket cookie in sock_create programs: a 5.10 LTS kernel has them.
-const OLDEST_KERNEL: aya::util::KernelVersion = aya::util::KernelVersion::new(5, 10, 0);
+/// release hook (5.9), the socket cookie in sock_create programs, and the coarse clock (5.11).
+const OLDEST_KERNEL: aya::util::KernelVersion = aya::util::KernelVersion::new(5, 11, 0);
 
 /// Loads the programs with the maps sized by `config` and attaches them to the cgroup v2 root.
 pub fn load(config: &BpfConfig) -> Result<Programs, Unavailable> {
@@ -139,8 +139,8 @@ pub fn load(config: &BpfConfig) -> Result<Programs, Unavailable> {
         return Err(Unavailable::Failed {
             what: "the bpf tier",
             error: format!(
-                "the kernel ({kernel:?}) is older than 5.10, the first with cgroup links, ring buffers \
-                 and socket release hooks together"
+                "the kernel ({kernel:?}) is older than 5.11, the first with cgroup links, ring buffers, \
+                 socket release hooks and the coarse clock the programs use"
             ),
         });
     }

@@ -96,6 +96,8 @@ pub fn run(
             return;
         }
         if stop.is_cancelled() {
+            // The ends already told first: their flows are gone from the map.
+            let _ = tier.read_ends();
             let _ = tier.sweep();
             let _ = tier.flush();
             return;
@@ -227,7 +229,7 @@ impl Tier {
     /// programs counted as lost.
     fn sweep(&mut self) -> Result<(), super::PipelineClosed> {
         let clock = clock_now();
-        let entries = self.entries();
+        let (entries, complete) = self.entries();
         let new_cookies: HashSet<u64> = entries
             .iter()
             .map(|(k, _)| k.cookie)
@@ -243,7 +245,7 @@ impl Tier {
                 .map(|o| self.owners.resolve(&o));
             self.table.set_owner(cookie, owner);
         }
-        let outcome = self.table.on_sweep(&entries, clock);
+        let outcome = self.table.on_sweep(&entries, clock, complete);
         for key in &outcome.ended {
             // Gone already (a socket's end raced the sweep) is fine.
             let _ = self.programs.flows.remove(&key.to_bytes());
@@ -259,19 +261,29 @@ impl Tier {
         self.flush()
     }
 
-    /// The flow map's entries. Deletions during the walk can make the kernel start it again, so
-    /// each key is taken once and the walk is bounded.
-    fn entries(&self) -> Vec<(FlowKey, FlowValue)> {
+    /// The flow map's entries, and whether the walk read it all. Deletions during the walk can
+    /// make the kernel start it again, so each key is taken once and the walk is bounded; an
+    /// entry that could not be read, or a walk cut short, makes it incomplete.
+    fn entries(&self) -> (Vec<(FlowKey, FlowValue)>, bool) {
         let mut seen = HashSet::new();
         let mut entries = Vec::new();
-        for item in self.programs.flows.iter().take(self.max_flows.saturating_mul(2)) {
-            let Ok((key, value)) = item else { continue };
+        let (mut steps, mut complete) = (0usize, true);
+        for item in self.programs.flows.iter() {
+            steps += 1;
+            if steps > self.max_flows.saturating_mul(2) {
+                complete = false;
+                break;
+            }
+            let Ok((key, value)) = item else {
+                complete = false;
+                continue;
+            };
             let key = FlowKey::parse(&key);
             if seen.insert(key) {
                 entries.push((key, FlowValue::parse(&value)));
             }
         }
-        entries
+        (entries, complete)
     }
 
     fn account_stats(&mut self) {

@@ -1,8 +1,9 @@
 //! The owner of a socket the BPF programs saw created: the pid, name and cgroup id they took
 //! at `socket()`, made into an [`Owner`] with a cgroup path and what the path says.
 //!
-//! Owns: the process name (the main thread's `comm` while the process lives, else the name of
-//! the thread that created the socket, as the program saw it), the cgroup path of each owner: `/proc/PID/cgroup` while the process lives (the same
+//! Owns: the process name (the main thread's `comm` while the process lives and started before
+//! the socket, so a reused pid is not taken for the creator; else the name of the thread that
+//! created the socket, as the program saw it), the cgroup path of each owner: `/proc/PID/cgroup` while the process lives (the same
 //! choice of line as the procfs owners), else the cgroup v2 directory whose inode number is the
 //! cgroup id the program read (a process that exited before the meter looked is still placed);
 //! caches by pid and cgroup id, both bounded. Must never: fail (an unknown path is empty), or
@@ -17,7 +18,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::wire::BpfOwner;
-use crate::source::owner::{Owner, cgroup_of_pid};
+use crate::source::owner::{Owner, cgroup};
 
 /// Entries each cache holds at most; a full cache is emptied and fills again.
 const CACHE_CAP: usize = 8_192;
@@ -56,14 +57,23 @@ impl OwnerResolver {
         if let Some(owner) = self.by_process.get(&key) {
             return Arc::clone(owner);
         }
-        let cgroup = cgroup_of_pid(&self.proc_root, o.pid)
+        // `/proc/PID` speaks for the socket's creator only if it started before the socket: a
+        // pid reused since names another program.
+        let process = procfs::process::Process::new_with_root(self.proc_root.join(o.pid.to_string()))
+            .ok()
+            .filter(|p| started_by(p, o.created_ns));
+        let cgroup = process
+            .as_ref()
+            .and_then(|p| p.cgroups().ok())
+            .map(|g| cgroup::choose(&g.0))
             .or_else(|| self.path_of(o.cgroup_id))
             .unwrap_or_default();
         // The program saw the creating thread's name (a runtime's worker: `tokio-runtime-w`);
         // the process's is its main thread's, while it lives.
-        let name = std::fs::read_to_string(self.proc_root.join(o.pid.to_string()).join("comm"))
-            .map(|n| n.trim_end().to_owned())
-            .unwrap_or_else(|_| o.comm.clone());
+        let name = process
+            .as_ref()
+            .and_then(|p| p.stat().ok())
+            .map_or_else(|| o.comm.clone(), |stat| stat.comm);
         let owner = Arc::new(Owner::placed(o.pid, name, cgroup));
         if self.by_process.len() >= CACHE_CAP {
             self.by_process.clear();
@@ -86,6 +96,15 @@ impl OwnerResolver {
         self.by_cgroup_id = walk(&root);
         self.by_cgroup_id.get(&id).cloned()
     }
+}
+
+/// Whether `process` started before `created_ns` (CLOCK_MONOTONIC; the process's start time
+/// counts from boot, which is the same clock on a host that has not been suspended; a second of
+/// slack covers the start time's resolution).
+fn started_by(process: &procfs::process::Process, created_ns: u64) -> bool {
+    let Ok(stat) = process.stat() else { return false };
+    let per_tick = 1_000_000_000 / procfs::ticks_per_second().max(1);
+    stat.starttime.saturating_mul(per_tick) <= created_ns.saturating_add(1_000_000_000)
 }
 
 /// Every directory of the cgroup tree at `root` by inode number (a cgroup v2 id), as a path
@@ -133,6 +152,7 @@ mod tests {
         r.proc_root = root.path().join("no-proc");
         let owner = r.resolve(&BpfOwner {
             cgroup_id: id,
+            created_ns: 0,
             pid: 4_000_000,
             uid: 0,
             comm: "nginx".into(),
@@ -146,13 +166,21 @@ mod tests {
     fn a_live_process_is_placed_by_its_proc_cgroup() {
         let me = std::process::id();
         let mut r = OwnerResolver::new(None);
+        let created_ns = {
+            let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+            t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+        };
         let owner = r.resolve(&BpfOwner {
             cgroup_id: 0,
+            created_ns,
             pid: me,
             uid: 0,
             comm: "test".into(),
         });
-        assert_eq!(Some(owner.cgroup.clone()), cgroup_of_pid(Path::new("/proc"), me));
+        let groups = procfs::process::Process::myself()
+            .and_then(|p| p.cgroups())
+            .expect("own cgroups");
+        assert_eq!(owner.cgroup, cgroup::choose(&groups.0));
         let name = std::fs::read_to_string("/proc/self/comm").expect("comm");
         assert_eq!(
             owner.process_name,

@@ -23,7 +23,8 @@ use bytes::Bytes;
 use ringflow_proto::pb;
 
 use super::wire::{
-    EndEvent, EndKind, FLOW_INITIATOR, FLOW_ROLE_KNOWN, FlowKey, FlowValue, IPPROTO_TCP, IPPROTO_UDP, addr,
+    EndEvent, EndKind, FLOW_CLOSE_TRACKED, FLOW_ENDED, FLOW_INITIATOR, FLOW_ROLE_KNOWN, FlowKey, FlowValue,
+    IPPROTO_TCP, IPPROTO_UDP, addr,
 };
 use crate::source::community_id;
 use crate::source::owner::Owner;
@@ -87,12 +88,27 @@ struct Reported {
     counters: Counters,
     /// Monotonic time up to which it was reported (its first packet's, before any report).
     until_ns: u64,
-    /// Sweeps in a row that did not list it (its end event may still be on its way).
+    /// Its map entry's first packet: an entry made again under the same key (after the flow
+    /// ended) is a new flow, counted from zero.
+    first_ns: u64,
+    /// Sweeps in a row that did not list it.
     missed: u8,
 }
 
-/// A flow missing from this many sweeps in a row was ended by an event this meter did not get
-/// (counted by the programs as `events_lost`); it is forgotten.
+impl Reported {
+    fn new(value: &FlowValue) -> Self {
+        Self {
+            counters: Counters::default(),
+            until_ns: value.first_ns,
+            first_ns: value.first_ns,
+            missed: 0,
+        }
+    }
+}
+
+/// A flow is remembered for this many complete sweeps after its entry left the map: a sweep
+/// that ended it deletes the entry, and the programs may have ended it meanwhile, telling its
+/// final counters, which count from what was reported.
 const MISSED_SWEEPS_TO_FORGET: u8 = 3;
 
 /// A released socket is remembered at least this long after its last flow was followed.
@@ -163,37 +179,34 @@ impl FlowTable {
         }
     }
 
-    /// Takes the map's entries as read at `clock`: a record for every flow that moved since it
-    /// was last reported, and the flows that ended.
-    pub fn on_sweep(&mut self, entries: &[(FlowKey, FlowValue)], clock: Clock) -> SweepOutcome {
+    /// Takes the map's entries as read at `clock` (`complete`: the walk read the whole map): a
+    /// record for every flow that moved since it was last reported, and the flows that ended.
+    pub fn on_sweep(
+        &mut self,
+        entries: &[(FlowKey, FlowValue)],
+        clock: Clock,
+        complete: bool,
+    ) -> SweepOutcome {
         let mut out = SweepOutcome::default();
-        for r in self.reported.values_mut() {
-            r.missed = r.missed.saturating_add(1);
+        if complete {
+            for r in self.reported.values_mut() {
+                r.missed = r.missed.saturating_add(1);
+            }
         }
         for (key, value) in entries {
-            if !self.reported.contains_key(key)
-                && !self.has_owner(key.cookie)
-                && !self.has_ended(key, value, clock.mono_ns)
-            {
+            let ended = self.has_ended(key, value, clock.mono_ns);
+            if !self.reported.contains_key(key) && !self.has_owner(key.cookie) && !ended {
                 // Its socket may have been released (its owner deleted) since the map was read:
                 // its end, on its way, names the owner and reports everything. Else the next
                 // sweep reports it without one.
-                self.reported.insert(
-                    *key,
-                    Reported {
-                        counters: Counters::default(),
-                        until_ns: value.first_ns,
-                        missed: 0,
-                    },
-                );
+                self.reported.insert(*key, Reported::new(value));
                 continue;
             }
-            let ended = self.has_ended(key, value, clock.mono_ns);
             if let Some(r) = self.report(key, value, clock) {
                 out.records.push(r);
             }
             if ended {
-                self.reported.remove(key);
+                // Remembered until missed (see MISSED_SWEEPS_TO_FORGET), not forgotten now.
                 out.ended.push(*key);
             }
         }
@@ -217,11 +230,13 @@ impl FlowTable {
             r
         });
         match event.kind {
-            EndKind::Released => {
+            // Only a socket with flows left to end is remembered.
+            EndKind::Released if event.more_flows => {
                 if self.released.len() < self.max_sockets.saturating_mul(2) {
                     self.released.insert(event.cookie, event.at_ns);
                 }
             }
+            EndKind::Released => {}
             EndKind::Closed => {
                 self.owners.remove(&event.cookie);
             }
@@ -230,8 +245,12 @@ impl FlowTable {
     }
 
     fn has_ended(&self, key: &FlowKey, value: &FlowValue, now: u64) -> bool {
+        if value.flags & FLOW_ENDED != 0 {
+            return true;
+        }
         let quiet_for = now.saturating_sub(value.last_ns);
-        if quiet_for >= self.idle_ns {
+        // A TCP connection whose end the programs follow ends by it, however long it idles.
+        if quiet_for >= self.idle_ns && value.flags & FLOW_CLOSE_TRACKED == 0 {
             return true;
         }
         match self.released.get(&key.cookie) {
@@ -246,11 +265,10 @@ impl FlowTable {
     /// it and something moved); remembers it as reported either way.
     fn report(&mut self, key: &FlowKey, value: &FlowValue, clock: Clock) -> Option<pb::FlowRecord> {
         let now = Counters::of(value);
-        let r = self.reported.entry(*key).or_insert(Reported {
-            counters: Counters::default(),
-            until_ns: value.first_ns,
-            missed: 0,
-        });
+        let r = self.reported.entry(*key).or_insert_with(|| Reported::new(value));
+        if r.first_ns != value.first_ns {
+            *r = Reported::new(value);
+        }
         r.missed = 0;
         let moved = now.since(&r.counters);
         if !moved.moved() {

@@ -20,6 +20,8 @@ pub const FLOW_INITIATOR: u8 = 1;
 pub const FLOW_CLOSE_TRACKED: u8 = 2;
 /// `flow.flags`: TCP: whether this end connected is known (it was seen from its handshake).
 pub const FLOW_ROLE_KNOWN: u8 = 4;
+/// `flow.flags`: its end could not be told (the ring buffer was full): the next sweep ends it.
+pub const FLOW_ENDED: u8 = 8;
 
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
@@ -119,6 +121,8 @@ impl FlowValue {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BpfOwner {
     pub cgroup_id: u64,
+    /// When the socket was created (CLOCK_MONOTONIC).
+    pub created_ns: u64,
     pub pid: u32,
     pub uid: u32,
     /// `comm`, up to its first NUL.
@@ -134,6 +138,7 @@ impl BpfOwner {
         let end = comm.iter().position(|&c| c == 0).unwrap_or(comm.len());
         Some(Self {
             cgroup_id: u64_at(b, 0),
+            created_ns: u64_at(b, 8),
             pid: u32_at(b, 16),
             uid: u32_at(b, 24),
             comm: String::from_utf8_lossy(&comm[..end]).into_owned(),
@@ -160,10 +165,13 @@ pub struct EndEvent {
     pub flow: Option<(FlowKey, FlowValue)>,
     pub owner: Option<BpfOwner>,
     pub at_ns: u64,
+    /// The socket may have other flows still in the map (they end at the next sweep).
+    pub more_flows: bool,
 }
 
 const EVENT_HAS_FLOW: u8 = 1;
 const EVENT_HAS_OWNER: u8 = 2;
+const EVENT_MORE_FLOWS: u8 = 4;
 
 impl EndEvent {
     /// `None` for bytes that are not an event of this layout.
@@ -192,6 +200,7 @@ impl EndEvent {
                 None
             },
             at_ns: u64_at(b, tail),
+            more_flows: has & EVENT_MORE_FLOWS != 0,
         })
     }
 }
@@ -319,7 +328,7 @@ mod tests {
         b[tail + 9] = EVENT_HAS_OWNER;
         let e = EndEvent::parse(&b).expect("an event");
         assert_eq!(e.kind, EndKind::Closed);
-        assert_eq!((e.cookie, e.at_ns, e.flow), (77, 99, None));
+        assert_eq!((e.cookie, e.at_ns, e.flow, e.more_flows), (77, 99, None, false));
         let owner = e.owner.expect("owner");
         assert_eq!((owner.pid, owner.comm.as_str()), (4242, "curl"));
         b[tail + 8] = 9;

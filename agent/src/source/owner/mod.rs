@@ -91,14 +91,6 @@ pub struct OwnerStats {
     pub read_errors: u64,
 }
 
-/// The cgroup path of process `pid` under `proc_root` (see [`cgroup::choose`]); `None` when it
-/// cannot be read (the process has exited).
-pub fn cgroup_of_pid(proc_root: &std::path::Path, pid: u32) -> Option<String> {
-    let process = procfs::process::Process::new_with_root(proc_root.join(pid.to_string())).ok()?;
-    let groups = process.cgroups().ok()?;
-    Some(cgroup::choose(&groups.0))
-}
-
 /// A process as last read: when, and the owner built from it.
 #[derive(Debug, Default)]
 struct ProcState {

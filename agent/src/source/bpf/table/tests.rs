@@ -38,6 +38,26 @@ fn udp(cookie: u64, local_port: u16, remote: [u8; 4], remote_port: u16) -> (Flow
     (key, value)
 }
 
+/// A TCP connection from 10.0.0.1:40000 to 192.0.2.9:443 with `flags`.
+fn tcp_to_443(cookie: u64, flags: u8) -> (FlowKey, FlowValue) {
+    let key = FlowKey {
+        cookie,
+        remote: [0; 16],
+        remote_port: 0,
+        proto: IPPROTO_TCP,
+    };
+    let value = FlowValue {
+        local: v4([10, 0, 0, 1]),
+        remote: v4([192, 0, 2, 9]),
+        local_port: 40000,
+        remote_port: 443,
+        flags,
+        first_ns: SEC,
+        ..Default::default()
+    };
+    (key, value)
+}
+
 /// A sweep of sockets whose owners are known (this process).
 fn sweep(t: &mut FlowTable, entries: &[(FlowKey, FlowValue)], at: Clock) -> SweepOutcome {
     for (k, _) in entries {
@@ -48,7 +68,7 @@ fn sweep(t: &mut FlowTable, entries: &[(FlowKey, FlowValue)], at: Clock) -> Swee
             );
         }
     }
-    t.on_sweep(entries, at)
+    t.on_sweep(entries, at, true)
 }
 
 fn moved(v: &mut FlowValue, out: u64, inn: u64, at: u64) {
@@ -79,6 +99,7 @@ fn end(kind: EndKind, flow: Option<(FlowKey, FlowValue)>, cookie: u64, at: u64) 
         flow,
         owner: None,
         at_ns: at * SEC,
+        more_flows: true,
     }
 }
 
@@ -174,20 +195,8 @@ fn released_sockets_flows_end_udp_at_once_tcp_once_quiet_and_any_flow_when_idle(
     let (b, mut vb) = udp(20, 5353, [192, 0, 2, 2], 5353);
     moved(&mut va, 1, 0, 1);
     moved(&mut vb, 1, 0, 1);
-    let tcp = FlowKey {
-        cookie: 21,
-        remote: [0; 16],
-        remote_port: 0,
-        proto: IPPROTO_TCP,
-    };
-    let mut vt = FlowValue {
-        local: v4([10, 0, 0, 1]),
-        remote: v4([192, 0, 2, 9]),
-        local_port: 40000,
-        remote_port: 443,
-        first_ns: SEC,
-        ..Default::default()
-    };
+    // Connected before the meter: no state callbacks, its role guessed.
+    let (tcp, mut vt) = tcp_to_443(21, 0);
     moved(&mut vt, 2, 2, 1);
     let (idle, mut vi) = udp(22, 6000, [192, 0, 2, 3], 6000);
     moved(&mut vi, 1, 1, 1);
@@ -211,7 +220,75 @@ fn released_sockets_flows_end_udp_at_once_tcp_once_quiet_and_any_flow_when_idle(
     );
     let out = sweep(&mut t, &[(idle, vi)], clock(200));
     assert_eq!(out.ended, vec![idle], "idle for longer than the timeout");
+    // Ended flows are remembered for a few sweeps (an end told meanwhile counts from them).
+    for s in 201..204 {
+        assert!(sweep(&mut t, &[], clock(s)).records.is_empty());
+    }
     assert!(t.is_empty());
+}
+
+#[test]
+fn a_flow_ended_by_a_sweep_and_told_by_the_programs_meanwhile_counts_once() {
+    let mut t = table();
+    let (key, mut v) = udp(60, 40000, [192, 0, 2, 7], 53);
+    moved(&mut v, 3, 0, 1);
+    assert_eq!(
+        sum_of(&sweep(&mut t, &[(key, v)], clock(2)).records),
+        (300, 3, 0, 0)
+    );
+    // Released: the sweep ends it (and deletes it), but the programs, between the map's read
+    // and the delete, ended it too with one more datagram.
+    assert!(t.on_end(&end(EndKind::Released, None, 60, 2), clock(2)).is_none());
+    let out = sweep(&mut t, &[(key, v)], clock(3));
+    assert_eq!(out.ended, vec![key]);
+    moved(&mut v, 1, 0, 3);
+    let told = t.on_end(&end(EndKind::Released, Some((key, v)), 60, 3), clock(3));
+    assert_eq!(
+        sum_of(told.as_slice()),
+        (100, 1, 0, 0),
+        "only what the sweep had not reported"
+    );
+
+    // A new entry under the same key (the flow moved after it ended) counts from zero.
+    let (_, mut again) = udp(60, 40000, [192, 0, 2, 7], 53);
+    again.first_ns = 300 * SEC;
+    moved(&mut again, 2, 0, 300);
+    assert_eq!(
+        sum_of(&sweep(&mut t, &[(key, again)], clock(301)).records),
+        (200, 2, 0, 0)
+    );
+}
+
+#[test]
+fn an_end_the_ring_could_not_carry_ends_the_flow_at_the_next_sweep_and_tracked_tcp_never_idles_out() {
+    let mut t = table();
+    let (key, mut v) = udp(70, 40000, [192, 0, 2, 7], 53);
+    moved(&mut v, 1, 0, 1);
+    v.flags |= crate::source::bpf::wire::FLOW_ENDED;
+    assert_eq!(sweep(&mut t, &[(key, v)], clock(2)).ended, vec![key]);
+
+    let (tcp, mut vt) = tcp_to_443(71, FLOW_INITIATOR | FLOW_ROLE_KNOWN | FLOW_CLOSE_TRACKED);
+    moved(&mut vt, 1, 1, 1);
+    assert!(
+        sweep(&mut t, &[(tcp, vt)], clock(1_000)).ended.is_empty(),
+        "idle, but its close will tell"
+    );
+}
+
+#[test]
+fn a_released_socket_with_no_flows_left_is_not_remembered() {
+    let mut t = table();
+    let mut e = end(EndKind::Released, None, 80, 1);
+    e.more_flows = false;
+    assert!(t.on_end(&e, clock(1)).is_none());
+    let (key, mut v) = udp(80, 40000, [192, 0, 2, 7], 53);
+    moved(&mut v, 1, 0, 1);
+    // Not taken as released: it ends when idle, not at once.
+    assert!(sweep(&mut t, &[(key, v)], clock(2)).ended.is_empty());
+}
+
+fn sum_of(records: &[pb::FlowRecord]) -> (u64, u64, u64, u64) {
+    sums(records)
 }
 
 #[test]
@@ -251,7 +328,7 @@ fn records_carry_the_owner_given_for_their_socket() {
         Some(Arc::new(Owner::placed(77, "dig".into(), "/user.slice".into()))),
     );
     assert!(t.has_owner(40));
-    let r = &t.on_sweep(&[(key, value)], clock(2)).records[0];
+    let r = &t.on_sweep(&[(key, value)], clock(2), true).records[0];
     assert_eq!(
         (r.pid, r.process_name.as_str(), r.cgroup.as_str()),
         (77, "dig", "/user.slice")
@@ -267,12 +344,13 @@ fn a_flow_first_seen_without_its_owner_waits_one_sweep_for_its_end_to_name_it() 
     t.set_owner(50, None);
     assert!(t.asked_owner(50) && !t.has_owner(50));
     assert!(
-        t.on_sweep(&[(key, value)], clock(2)).records.is_empty(),
+        t.on_sweep(&[(key, value)], clock(2), true).records.is_empty(),
         "held one sweep"
     );
     let mut ended = end(EndKind::Released, Some((key, value)), 50, 2);
     ended.owner = Some(crate::source::bpf::wire::BpfOwner {
         cgroup_id: 0,
+        created_ns: 0,
         pid: 9,
         uid: 0,
         comm: "nc".into(),
@@ -285,7 +363,7 @@ fn a_flow_first_seen_without_its_owner_waits_one_sweep_for_its_end_to_name_it() 
     let (old, mut v) = udp(51, 40001, [192, 0, 2, 8], 53);
     moved(&mut v, 1, 0, 1);
     t.set_owner(51, None);
-    assert!(t.on_sweep(&[(old, v)], clock(3)).records.is_empty());
-    let out = t.on_sweep(&[(old, v)], clock(4)).records;
+    assert!(t.on_sweep(&[(old, v)], clock(3), true).records.is_empty());
+    let out = t.on_sweep(&[(old, v)], clock(4), true).records;
     assert_eq!((out.len(), out[0].pid, out[0].bytes_from_src), (1, 0, 100));
 }
