@@ -10,7 +10,9 @@
 //   rf_sock_create          cgroup/sock_create: pid, tid, uid, cgroup id and name of the
 //                           process creating a TCP or UDP socket, into `owners`.
 //   rf_sock_ops             sockops: a TCP connection's role (which end connected) and its
-//                           end (the state change to CLOSE, after its last packet).
+//                           end (the state change to CLOSE, after its last packet); a
+//                           listener's owner by port (at listen(2)), given to each socket it
+//                           accepts.
 //   rf_sock_release         cgroup/sock_release: a UDP socket's end; a TCP socket established
 //                           before the meter started (no state callbacks) is marked released.
 // Ends go to user space through the `events` ring buffer with the final counters and the owner;
@@ -119,6 +121,15 @@ struct {
 	__type(key, __u64);
 	__type(value, struct owner);
 } owners SEC(".maps");
+
+// A listening socket's owner by its port, for the sockets it accepts: the kernel creates those,
+// so no sock_create program sees them. Sized by the meter (max_flows / 16).
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct owner);
+} listeners SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -469,11 +480,33 @@ SEC("sockops")
 int rf_sock_ops(struct bpf_sock_ops *skops)
 {
 	__u32 op = skops->op;
+	if (op == BPF_SOCK_OPS_TCP_LISTEN_CB) {
+		// listen(2), in the server's process: its owner stands for the sockets it accepts.
+		__u64 cookie = bpf_get_socket_cookie(skops);
+		__u32 port = skops->local_port;
+		struct owner *o = bpf_map_lookup_elem(&owners, &cookie);
+		if (o && bpf_map_update_elem(&listeners, &port, o, BPF_ANY)) {
+			struct stats *s = stats_here();
+			if (s)
+				s->owners_full += 1;
+		}
+		return 1;
+	}
 	if (op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB || op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB) {
 		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 		struct flow_key key = {};
 		key.cookie = bpf_get_socket_cookie(skops);
 		key.proto = IPPROTO_TCP;
+		if (op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB) {
+			// An accepted socket takes its listener's owner.
+			__u32 port = skops->local_port;
+			struct owner *l = bpf_map_lookup_elem(&listeners, &port);
+			if (l) {
+				struct owner o = *l;
+				o.flows = 0;
+				bpf_map_update_elem(&owners, &key.cookie, &o, BPF_NOEXIST);
+			}
+		}
 		__u8 role = FLOW_CLOSE_TRACKED | FLOW_ROLE_KNOWN;
 		if (op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB)
 			role |= FLOW_INITIATOR;

@@ -14,6 +14,7 @@
 //!   the client's end, with this process's pid and name (the kernel's destroy notifications
 //!   alone cannot name them).
 //! - A child process that sends and exits before the meter reads: its pid and name.
+//! - A server whose client is in another network namespace: its end is named by its listener.
 //! - `kill -9` of a meter: none of its programs or links are left.
 //! - A flow map too small for the host's flows: the packets not counted are counted as lost
 //!   and summed by the collector, nothing is counted twice, and the meter goes on.
@@ -607,6 +608,115 @@ fn check_says_which_tier_runs() -> anyhow::Result<()> {
     assert!(
         text.contains("source sockets: TCP and UDP sockets every 1000 ms: ok, tier bpf"),
         "{text}"
+    );
+    Ok(())
+}
+
+/// A network namespace joined to this one by a veth pair: `10.201.N.1` here, `10.201.N.2`
+/// there; deleted (with the pair) when dropped.
+struct PeerNamespace {
+    name: String,
+    here: std::net::Ipv4Addr,
+}
+
+impl PeerNamespace {
+    fn create() -> anyhow::Result<Self> {
+        let id = std::process::id();
+        let n = (id % 250) as u8;
+        let (name, veth) = (format!("rf-peer-{id}"), format!("rfv{id}"));
+        let this = Self {
+            name: name.clone(),
+            here: std::net::Ipv4Addr::new(10, 201, n, 1),
+        };
+        let there = format!("10.201.{n}.2/24");
+        for args in [
+            vec!["netns", "add", &name],
+            vec![
+                "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &name,
+            ],
+            vec!["addr", "add", &format!("10.201.{n}.1/24"), "dev", &veth],
+            vec!["link", "set", &veth, "up"],
+            vec!["-n", &name, "addr", "add", &there, "dev", "eth0"],
+            vec!["-n", &name, "link", "set", "eth0", "up"],
+            vec!["-n", &name, "link", "set", "lo", "up"],
+        ] {
+            let out = std::process::Command::new("ip").args(&args).output()?;
+            anyhow::ensure!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(this)
+    }
+}
+
+impl Drop for PeerNamespace {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_with_a_client_elsewhere_is_named_by_its_listener() -> anyhow::Result<()> {
+    if ringflow_tests::bpf::skip() {
+        return Ok(());
+    }
+    const STREAM: &str = "a request from another host";
+    let bed = TestBed::new()?;
+    let (collector, meter) = meter_with_bpf(&bed, "m", |_| {}).await?;
+    let peer = PeerNamespace::create()?;
+    // Listening after the meter started: listen(2) gives the listener's owner to what it accepts.
+    let listener = tokio::net::TcpListener::bind((peer.here, 0)).await?;
+    let server = listener.local_addr()?;
+    let accepted = tokio::spawn(async move {
+        let (mut conn, client) = listener.accept().await?;
+        let mut got = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut conn, &mut got).await?;
+        anyhow::Ok((got.len(), client))
+    });
+    let script = format!("printf '{STREAM}' > /dev/tcp/{}/{}", peer.here, server.port());
+    let status = tokio::process::Command::new("ip")
+        .args(["netns", "exec", &peer.name, "bash", "-c", &script])
+        .status()
+        .await?;
+    assert!(status.success(), "{script}: {status}");
+    let (got, client) = accepted.await??;
+    assert_eq!(got, STREAM.len());
+    // Both ends are reported (two network namespaces, as two hosts would): the client's by bash,
+    // the server's by this process.
+    stored_reach(&collector, server, STREAM.len() as u64, Duration::from_secs(20)).await?;
+    poll_until(
+        Duration::from_secs(20),
+        "the server's end is stored",
+        async || {
+            collector.stored().is_ok_and(|s| {
+                records_to(&s, client)
+                    .iter()
+                    .map(|r| r.bytes_from_dst)
+                    .sum::<u64>()
+                    == STREAM.len() as u64
+            })
+        },
+    )
+    .await?;
+    meter.stop().await?;
+    let stored = collector.stored()?;
+    collector.stop().await;
+    let from_server = records_to(&stored, client);
+    assert!(
+        from_server.iter().all(|r| r.pid == std::process::id()
+            && r.process_name == own_name()
+            && r.server == pb::ServerSide::Src as i32
+            && r.src_port == u32::from(server.port())),
+        "{from_server:?}"
+    );
+    let from_client = records_to(&stored, server);
+    assert!(
+        from_client.iter().all(|r| r.process_name == "bash"),
+        "{from_client:?}"
     );
     Ok(())
 }

@@ -152,6 +152,7 @@ pub fn load(config: &BpfConfig) -> Result<Programs, Unavailable> {
         .btf(None)
         .map_max_entries("flows", config.max_flows)
         .map_max_entries("owners", config.max_flows)
+        .map_max_entries("listeners", (config.max_flows / 16).max(64))
         .map_max_entries("events", config.ring_bytes)
         .load(object)
         .map_err(|e| Unavailable::of("load BPF programs", e))?;

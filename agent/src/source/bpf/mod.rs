@@ -11,10 +11,9 @@
 //!
 //! What it cannot see: sockets of other network namespaces whose cgroup is outside the one the
 //! programs attach to (the cgroup v2 root: in practice, none); packets of a flow while its map
-//! is full (counted); the owner of a socket accepted by a server (the kernel creates it, not
-//! `socket()`: the server's records are reported by the client end when both are on this host,
-//! else they carry no owner); the FIN exchange of a connection that was open before the meter
-//! started is counted, its last ACK from TIME_WAIT is not.
+//! is full (counted); the owner of a socket accepted by a listener that was listening before
+//! the meter started (accepted sockets take their listener's owner, kept at `listen(2)`); the
+//! last ACK from TIME_WAIT.
 
 pub mod load;
 pub mod owners;
