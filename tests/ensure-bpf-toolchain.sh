@@ -19,13 +19,7 @@ if have_clang && [ -f /usr/include/bpf/bpf_helpers.h ] && [ -f /usr/include/linu
 fi
 
 echo "clang or the BPF headers are missing: installing clang-14, libbpf-dev and linux-libc-dev with apt-get" >&2
-sudo=""
-if [ "$(id -u)" -ne 0 ]; then
-    sudo="sudo"
-fi
-export DEBIAN_FRONTEND=noninteractive
-$sudo apt-get update -qq
-$sudo apt-get install -y -qq clang-14 libbpf-dev linux-libc-dev >/dev/null
+"$(dirname "$0")/apt-install.sh" clang-14 libbpf-dev linux-libc-dev
 if ! have_clang || [ ! -f /usr/include/bpf/bpf_helpers.h ]; then
     echo "installing the BPF toolchain failed; install clang and libbpf-dev by hand, or set RINGFLOW_BPF_CLANG" >&2
     exit 1

@@ -11,13 +11,7 @@ if [ -n "${RINGFLOW_NATS_SERVER:-}" ] || command -v nats-server >/dev/null 2>&1 
 fi
 
 echo "nats-server not found: installing Debian's nats-server package with apt-get" >&2
-sudo=""
-if [ "$(id -u)" -ne 0 ]; then
-    sudo="sudo"
-fi
-export DEBIAN_FRONTEND=noninteractive
-$sudo apt-get update -qq
-$sudo apt-get install -y -qq nats-server >/dev/null
+"$(dirname "$0")/apt-install.sh" nats-server
 if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then
     echo "installing nats-server failed; install it by hand (apt-get install nats-server) or set RINGFLOW_NATS_SERVER" >&2
     exit 1

@@ -187,6 +187,18 @@ static __always_inline int load(struct __sk_buff *skb, const __u32 off, void *to
 	return 0;
 }
 
+// The transport header at `l4`: in place at 20 (IPv4 without options) or 40 (IPv6 without
+// extension headers), the constant offsets `load` may read in place; else copied.
+static __always_inline int load_l4(struct __sk_buff *skb, __u32 l4, void *to, const __u32 len, void **at)
+{
+	if (l4 == 20)
+		return load(skb, 20, to, len, at);
+	if (l4 == 40)
+		return load(skb, 40, to, len, at);
+	*at = to;
+	return bpf_skb_load_bytes(skb, l4, to, len) ? -1 : 0;
+}
+
 struct ipv4_header {
 	__u8 vihl, tos;
 	__u16 len, id, frag;
@@ -260,39 +272,21 @@ static __always_inline int parse(struct __sk_buff *skb, struct parsed *p)
 	}
 	if (l4 > 40 + 2 * 2048)
 		return -1;
-	// Transport header: at 20 (IPv4 without options) or 40 (IPv6) in place, else copied.
+	void *l4_at;
 	if (p->proto == IPPROTO_TCP) {
 		struct tcp_header copy, *tcp;
-		int err;
-		if (l4 == 20)
-			err = load(skb, 20, &copy, sizeof(copy), &at);
-		else if (l4 == 40)
-			err = load(skb, 40, &copy, sizeof(copy), &at);
-		else {
-			err = bpf_skb_load_bytes(skb, l4, &copy, sizeof(copy));
-			at = &copy;
-		}
-		if (err)
+		if (load_l4(skb, l4, &copy, sizeof(copy), &l4_at))
 			return -1;
-		tcp = at;
+		tcp = l4_at;
 		p->sport = bpf_ntohs(tcp->sport);
 		p->dport = bpf_ntohs(tcp->dport);
 		p->tcp_flags = tcp->flags;
 		p->headers = l4 + (tcp->doff >> 4) * 4;
 	} else if (p->proto == IPPROTO_UDP) {
 		struct udp_header copy, *udp;
-		int err;
-		if (l4 == 20)
-			err = load(skb, 20, &copy, sizeof(copy), &at);
-		else if (l4 == 40)
-			err = load(skb, 40, &copy, sizeof(copy), &at);
-		else {
-			err = bpf_skb_load_bytes(skb, l4, &copy, sizeof(copy));
-			at = &copy;
-		}
-		if (err)
+		if (load_l4(skb, l4, &copy, sizeof(copy), &l4_at))
 			return -1;
-		udp = at;
+		udp = l4_at;
 		p->sport = bpf_ntohs(udp->sport);
 		p->dport = bpf_ntohs(udp->dport);
 		p->tcp_flags = 0;

@@ -16,6 +16,7 @@ pub mod nats;
 pub mod process;
 pub mod procstat;
 pub mod raw;
+pub mod records;
 pub mod tcp_load;
 pub mod throttle;
 

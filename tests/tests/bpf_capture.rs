@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use ringflow_meter::config::{BpfMode, SocketsConfig};
 use ringflow_proto::pb;
+use ringflow_tests::records::{own_name, records_from, records_to};
 use ringflow_tests::tcp_load::{Script, ScriptServer, client_index, run_clients};
 use ringflow_tests::{RunningCollector, TestBed, poll_until, start_meter};
 use tokio::net::UdpSocket;
@@ -68,34 +69,6 @@ fn index(net: u8, addr: &[u8]) -> Option<usize> {
     }
 }
 
-fn octets(ip: IpAddr) -> Vec<u8> {
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => v4.octets().to_vec(),
-        IpAddr::V6(v6) => v6.octets().to_vec(),
-    }
-}
-
-/// Every stored record of a flow to `dst`.
-fn records_to(stored: &[pb::StoredBatch], dst: SocketAddr) -> Vec<pb::FlowRecord> {
-    let ip = octets(dst.ip());
-    stored
-        .iter()
-        .flat_map(|b| &b.records)
-        .filter(|r| r.dst_port == u32::from(dst.port()) && r.dst_addr.as_ref() == ip.as_slice())
-        .cloned()
-        .collect()
-}
-
-/// Records whose source is `end` (a server's socket, which must never report).
-fn records_from(stored: &[pb::StoredBatch], end: SocketAddr) -> usize {
-    let ip = octets(end.ip());
-    stored
-        .iter()
-        .flat_map(|b| &b.records)
-        .filter(|r| r.src_port == u32::from(end.port()) && r.src_addr.as_ref() == ip.as_slice())
-        .count()
-}
-
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct Moved {
     bytes_up: u64,
@@ -136,13 +109,6 @@ async fn stored_reach(
         let got = collector.stored().map(|s| sum(&records_to(&s, dst)));
         anyhow::anyhow!("{e}: stored {got:?}, want {want} bytes up to {dst}")
     })
-}
-
-fn own_name() -> String {
-    std::fs::read_to_string("/proc/self/comm")
-        .unwrap_or_default()
-        .trim()
-        .to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use ringflow_meter::{MeterMetrics, MeterWatch};
 use ringflow_proto::pb;
+use ringflow_tests::records::{own_name, records_from, records_to};
 use ringflow_tests::tcp_load::{Script, ScriptServer, client_index, run_clients};
 use ringflow_tests::{RunningCollector, TestBed, poll_until, start_meter};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -53,33 +54,6 @@ async fn meter_reading_sockets(
     let meter = start_meter(config).await?;
     ringflow_tests::sockets_reads_after(&meter.metrics(), 1).await?;
     Ok((collector, meter))
-}
-
-/// The stored records with `dst` as their destination (this test's server).
-fn records_to(stored: &[pb::StoredBatch], dst: std::net::SocketAddr) -> Vec<pb::FlowRecord> {
-    let ip = match dst.ip().to_canonical() {
-        std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
-        std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
-    };
-    stored
-        .iter()
-        .flat_map(|b| &b.records)
-        .filter(|r| r.dst_port == u32::from(dst.port()) && r.dst_addr.as_ref() == ip.as_slice())
-        .cloned()
-        .collect()
-}
-
-/// Records whose source is `end` (the server's socket, which must never report).
-fn records_from(stored: &[pb::StoredBatch], end: std::net::SocketAddr) -> usize {
-    let ip = match end.ip().to_canonical() {
-        std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
-        std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
-    };
-    stored
-        .iter()
-        .flat_map(|b| &b.records)
-        .filter(|r| r.src_port == u32::from(end.port()) && r.src_addr.as_ref() == ip.as_slice())
-        .count()
 }
 
 /// Bytes from and to each client (by its source address index).
@@ -161,14 +135,6 @@ async fn stored_reach(
         );
     }
     Ok(())
-}
-
-/// This process's name as the kernel has it (`/proc/self/comm`).
-fn own_name() -> String {
-    std::fs::read_to_string("/proc/self/comm")
-        .unwrap_or_default()
-        .trim()
-        .to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

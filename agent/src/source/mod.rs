@@ -102,6 +102,15 @@ pub fn spawn_all(
     }
 }
 
+/// An address as records carry it: 4 bytes for IPv4 (IPv4-mapped IPv6 addresses included), 16
+/// for IPv6.
+pub fn addr_bytes(ip: std::net::IpAddr) -> bytes::Bytes {
+    match ip.to_canonical() {
+        std::net::IpAddr::V4(v4) => bytes::Bytes::copy_from_slice(&v4.octets()),
+        std::net::IpAddr::V6(v6) => bytes::Bytes::copy_from_slice(&v6.octets()),
+    }
+}
+
 /// Records travel to the batcher in chunks, so the channel is not crossed once per record.
 pub type RecordChunk = Vec<pb::FlowRecord>;
 

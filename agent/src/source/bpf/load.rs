@@ -52,6 +52,8 @@ pub struct Programs {
 /// Why the tier cannot run here.
 #[derive(Debug, thiserror::Error)]
 pub enum Unavailable {
+    #[error("sources.sockets.bpf.mode = \"off\"")]
+    Off,
     #[error(
         "this meter was built without clang, so it carries no BPF programs; build it where clang \
          is installed (tests/ensure-bpf-toolchain.sh installs it on Debian)"

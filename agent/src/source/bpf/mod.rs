@@ -53,10 +53,7 @@ pub enum Choice {
 /// cannot be loaded; `auto` falls back to sock_diag with the reason; `off` does not try.
 pub fn choose(config: &SocketsConfig) -> Result<Choice, Unavailable> {
     match config.bpf.mode {
-        BpfMode::Off => Ok(Choice::SockDiag(Unavailable::Failed {
-            what: "the bpf tier",
-            error: "sources.sockets.bpf.mode = \"off\"".into(),
-        })),
+        BpfMode::Off => Ok(Choice::SockDiag(Unavailable::Off)),
         BpfMode::On => load::load(&config.bpf).map(|p| Choice::Bpf(Box::new(p))),
         BpfMode::Auto => Ok(match load::load(&config.bpf) {
             Ok(p) => Choice::Bpf(Box::new(p)),

@@ -26,9 +26,6 @@ const CACHE_CAP: usize = 8_192;
 /// The cgroup tree is walked again for an unknown id at most this often.
 pub const WALK_EVERY: Duration = Duration::from_secs(5);
 
-/// Directories of the cgroup v2 tree one walk visits at most.
-const WALK_CAP: usize = 100_000;
-
 pub struct OwnerResolver {
     proc_root: PathBuf,
     /// The cgroup v2 mount, when there is one.
@@ -117,7 +114,7 @@ fn walk(root: &Path) -> HashMap<u64, String> {
             continue;
         };
         out.insert(meta.ino(), path.clone());
-        if out.len() >= WALK_CAP.min(CACHE_CAP) {
+        if out.len() >= CACHE_CAP {
             break;
         }
         let Ok(entries) = std::fs::read_dir(&dir) else {

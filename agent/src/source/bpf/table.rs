@@ -16,18 +16,16 @@
 //! socket only.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use ringflow_proto::pb;
 
 use super::wire::{
     EndEvent, EndKind, FLOW_CLOSE_TRACKED, FLOW_ENDED, FLOW_INITIATOR, FLOW_ROLE_KNOWN, FlowKey, FlowValue,
     IPPROTO_TCP, IPPROTO_UDP, addr,
 };
-use crate::source::community_id;
 use crate::source::owner::Owner;
+use crate::source::{addr_bytes, community_id};
 
 /// A sweep reads the map at `mono_ns` (CLOCK_MONOTONIC, the programs' clock) and `wall_ns`.
 #[derive(Debug, Clone, Copy)]
@@ -333,13 +331,6 @@ impl Role {
             initiator,
             reports: !inside || initiator,
         }
-    }
-}
-
-fn addr_bytes(ip: IpAddr) -> Bytes {
-    match ip {
-        IpAddr::V4(v4) => Bytes::copy_from_slice(&v4.octets()),
-        IpAddr::V6(v6) => Bytes::copy_from_slice(&v6.octets()),
     }
 }
 

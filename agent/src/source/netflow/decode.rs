@@ -22,8 +22,9 @@ use netflow_parser::{AutoScopedParser, NetflowError, NetflowPacket, NetflowParse
 use ringflow_proto::pb;
 
 use super::clock::{ExportClock, InitTimes, Scope, Waiting, uptime_to_unix};
-use super::fields::{Fields, addr_bytes};
+use super::fields::Fields;
 use crate::config::NetflowConfig;
+use crate::source::addr_bytes;
 
 /// How long data waits for its template, and IPFIX records with uptime times for their
 /// exporter's init time.

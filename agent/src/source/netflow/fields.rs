@@ -6,12 +6,13 @@
 
 use std::net::IpAddr;
 
-use bytes::Bytes;
 use netflow_parser::variable_versions::ipfix::lookup::{
     IANAIPFixField as Iana, IPFixField, ReverseInformationElement as Reverse,
 };
 use netflow_parser::{FieldValue, V9Field};
 use ringflow_proto::pb;
+
+use crate::source::addr_bytes;
 
 use super::clock::{NTP_UNIX_OFFSET_SECS, RecordTimes};
 
@@ -214,12 +215,5 @@ impl Fields {
         };
         crate::source::community_id::stamp(&mut record);
         record
-    }
-}
-
-pub fn addr_bytes(ip: IpAddr) -> Bytes {
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => Bytes::copy_from_slice(&v4.octets()),
-        IpAddr::V6(v6) => Bytes::copy_from_slice(&v6.octets()),
     }
 }

@@ -15,15 +15,14 @@
 //! since the kernel tells of a socket's destruction only after removing it from its tables.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use ringflow_proto::pb;
 
 use super::ends::{Listeners, Role};
-use crate::source::community_id;
 use crate::source::owner::Owner;
+use crate::source::{addr_bytes, community_id};
 
 /// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
 pub const TCP_LISTEN: u8 = 10;
@@ -425,13 +424,6 @@ fn report(t: &mut Tracked, moved: &TcpCounters, now: u64, segments: &mut u64) ->
     *segments += moved.segments() * if t.role.inside { 2 } else { 1 };
     let since = std::mem::replace(&mut t.since_nanos, now);
     Some(record(t, moved, since.min(now), now))
-}
-
-fn addr_bytes(ip: IpAddr) -> Bytes {
-    match ip {
-        IpAddr::V4(v4) => Bytes::copy_from_slice(&v4.octets()),
-        IpAddr::V6(v6) => Bytes::copy_from_slice(&v6.octets()),
-    }
 }
 
 fn record(t: &Tracked, moved: &TcpCounters, since: u64, now: u64) -> pb::FlowRecord {
