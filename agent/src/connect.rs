@@ -27,7 +27,7 @@ use crate::config::Config;
 use crate::fleet::FleetWatch;
 use crate::selector::backoff::{self, JitterParams};
 use crate::selector::{Ended, Failure, Selector, SelectorConfig};
-use crate::session::{self, SessionContext, SessionEnd, SessionOutcome};
+use crate::session::{self, FleetView, Leave, SessionContext, SessionEnd, SessionOutcome, SessionSignals};
 use crate::telemetry::events::{CollectorChanged, Event};
 use crate::telemetry::{MeterMetrics, session_end, task};
 
@@ -74,15 +74,26 @@ struct Watching<'a> {
     /// The collector of this session.
     target: Arc<str>,
     /// The session's Welcome, with the collector's fleet view.
-    welcome_rx: oneshot::Receiver<Vec<String>>,
+    welcome_rx: oneshot::Receiver<FleetView>,
     /// The Welcome was seen (and told to the selector).
     welcomed: bool,
-    /// Tells the session to leave (to move to the first choice).
-    leave_tx: watch::Sender<Option<Instant>>,
+    /// Stalls the session saw (the collector there, its acks not).
+    stalls_rx: watch::Receiver<u32>,
+    /// Tells the session to leave (to move to the first choice, or off a stalled collector).
+    leave_tx: watch::Sender<Option<Leave>>,
     /// When to check the first choice.
     move_at: Option<Instant>,
-    /// The check under way (of which collector).
-    probe: Option<(Arc<str>, Probe<'a>)>,
+    /// The check under way (of which collector, and why).
+    probe: Option<(Arc<str>, CheckFor, Probe<'a>)>,
+}
+
+/// Why the connect loop checks that a collector answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CheckFor {
+    /// To move to the first choice.
+    Home,
+    /// To leave a stalled collector for its fallback.
+    Fallback,
 }
 
 impl<'a> Driver<'a> {
@@ -193,12 +204,18 @@ impl<'a> Driver<'a> {
         let server_name = self.config.server_name_for(target);
         let (leave_tx, leave_rx) = watch::channel(None);
         let (welcome_tx, welcome_rx) = oneshot::channel();
-        let session = session::run(ctx, addr, &server_name, leave_rx, welcome_tx);
+        let (stalls_tx, stalls_rx) = watch::channel(0);
+        let signals = SessionSignals {
+            welcome: welcome_tx,
+            stalls: stalls_tx,
+        };
+        let session = session::run(ctx, addr, &server_name, leave_rx, signals);
         tokio::pin!(session);
         let mut w = Watching {
             target: Arc::clone(target),
             welcome_rx,
             welcomed: false,
+            stalls_rx,
             leave_tx,
             move_at: None,
             probe: None,
@@ -208,11 +225,12 @@ impl<'a> Driver<'a> {
                 outcome = &mut session => break outcome,
                 view = &mut w.welcome_rx, if !w.welcomed => self.on_welcome(&mut w, view.ok()),
                 _ = self.fleet.changed() => self.on_fleet_change(&mut w),
+                Ok(()) = w.stalls_rx.changed() => self.on_stalled(&mut w),
                 _ = crate::sleep_until(w.move_at), if w.move_at.is_some() && w.probe.is_none() => {
                     self.on_move_due(&mut w);
                 }
                 reachable = until_done(&mut w.probe), if w.probe.is_some() => {
-                    self.on_home_checked(&mut w, reachable);
+                    self.on_checked(&mut w, reachable);
                 }
             }
         };
@@ -225,17 +243,43 @@ impl<'a> Driver<'a> {
     }
 
     /// The collector welcomed the session (with its fleet view, if it sent one).
-    fn on_welcome(&mut self, w: &mut Watching<'a>, view: Option<Vec<String>>) {
+    fn on_welcome(&mut self, w: &mut Watching<'a>, view: Option<FleetView>) {
         w.welcomed = true;
         self.selector.on_welcome(&w.target, Instant::now());
         self.set_connected(Some(Arc::clone(&w.target)));
         self.failures.reset();
-        if let Some(view) = view
-            && self.fleet.view.set_welcome(view)
-        {
-            self.fleet_changed();
+        if let Some(view) = view {
+            self.take_fleet_view(view);
         }
         w.move_at = self.selector.move_at();
+    }
+
+    /// A collector's fleet view: its members join the ring, and those it finds not answering
+    /// are held.
+    fn take_fleet_view(&mut self, view: FleetView) {
+        if self.fleet.view.set_welcome(view.members) {
+            self.fleet_changed();
+        }
+        if !view.not_answering.is_empty() {
+            self.selector
+                .on_not_answering(&view.not_answering, Instant::now());
+        }
+    }
+
+    /// The session's collector has not acked within the ack bound: check that the next
+    /// collector answers, then leave for it (make-before-break). With none to go to, stay.
+    fn on_stalled(&mut self, w: &mut Watching<'a>) {
+        if w.probe.is_some() {
+            return;
+        }
+        let (ctx, config) = (self.ctx, self.config);
+        w.probe = self.selector.fallback(Instant::now()).map(|next| {
+            let check: Probe<'a> = Box::pin(answers(ctx, config, Arc::clone(&next)));
+            (next, CheckFor::Fallback, check)
+        });
+        if w.probe.is_none() {
+            warn!(collector = %w.target, "the collector stopped acking and no other collector is free; staying");
+        }
     }
 
     /// DNS changed the fleet while the session runs.
@@ -243,10 +287,9 @@ impl<'a> Driver<'a> {
         self.fleet_changed();
         w.move_at = self.selector.move_at();
         // The first choice changed while it was being checked: the check is moot.
-        if w.probe
-            .as_ref()
-            .is_some_and(|(home, _)| self.selector.first().as_ref() != Some(home))
-        {
+        if w.probe.as_ref().is_some_and(|(home, why, _)| {
+            *why == CheckFor::Home && self.selector.first().as_ref() != Some(home)
+        }) {
             w.probe = None;
         }
     }
@@ -258,20 +301,30 @@ impl<'a> Driver<'a> {
         let (ctx, config) = (self.ctx, self.config);
         w.probe = self.selector.first().map(|home| {
             let check: Probe<'a> = Box::pin(answers(ctx, config, Arc::clone(&home)));
-            (home, check)
+            (home, CheckFor::Home, check)
         });
     }
 
-    /// The first choice answered (leave for it) or did not (stay; the selector says when next).
-    fn on_home_checked(&mut self, w: &mut Watching<'a>, reachable: bool) {
-        let Some((home, _)) = w.probe.take() else {
+    /// The checked collector answered (leave for it) or did not (stay: the selector says when
+    /// to check the first choice next; a fallback is held, and the next stall tries another).
+    fn on_checked(&mut self, w: &mut Watching<'a>, reachable: bool) {
+        let Some((checked, why, _)) = w.probe.take() else {
             return;
         };
-        if reachable {
-            w.leave_tx.send_replace(Some(Instant::now()));
-        } else {
-            self.selector.on_home_unreachable(&home, Instant::now());
-            w.move_at = self.selector.move_at();
+        match (why, reachable) {
+            (CheckFor::Home, true) => {
+                w.leave_tx.send_replace(Some(Leave::to_move()));
+            }
+            (CheckFor::Fallback, true) => {
+                w.leave_tx.send_replace(Some(Leave::stalled()));
+            }
+            (CheckFor::Home, false) => {
+                self.selector.on_home_unreachable(&checked, Instant::now());
+                w.move_at = self.selector.move_at();
+            }
+            (CheckFor::Fallback, false) => {
+                self.selector.on_failure_while_connected(&checked, Instant::now());
+            }
         }
     }
 
@@ -298,6 +351,10 @@ impl<'a> Driver<'a> {
                 self.selector.on_ended(Ended::Moved, now);
                 session_end::MOVED
             }
+            SessionEnd::LeftStalled => {
+                self.selector.on_ended(Ended::Stalled, now);
+                session_end::STALLED
+            }
             SessionEnd::Rejected {
                 reason,
                 retry_after,
@@ -306,9 +363,7 @@ impl<'a> Driver<'a> {
             } => {
                 // Sent elsewhere: walk a ring over the fleet the collector named, not only
                 // over what DNS said (which may be this collector alone).
-                if self.fleet.view.set_welcome(view) {
-                    self.fleet_changed();
-                }
+                self.take_fleet_view(view);
                 let label = ringflow_proto::names::reject_reason(reason);
                 MeterMetrics::inc(&self.ctx.metrics.sessions.rejects, label);
                 self.failures
@@ -320,7 +375,12 @@ impl<'a> Driver<'a> {
             SessionEnd::Failed(error) => {
                 self.failures.record(error.label(), target, &error);
                 if outcome.welcomed {
-                    self.selector.on_ended(Ended::Lost, now);
+                    let ended = if error.collector_gone() {
+                        Ended::Gone
+                    } else {
+                        Ended::Lost
+                    };
+                    self.selector.on_ended(ended, now);
                 } else {
                     self.selector.on_failure(target, Failure::Unreachable, now);
                 }
@@ -379,9 +439,9 @@ async fn answers(ctx: &SessionContext, config: &Config, collector: Arc<str>) -> 
 type Probe<'a> = std::pin::Pin<Box<dyn Future<Output = bool> + Send + 'a>>;
 
 /// The check under way, or never (for an optional branch of a `select!`).
-async fn until_done(probe: &mut Option<(Arc<str>, Probe<'_>)>) -> bool {
+async fn until_done(probe: &mut Option<(Arc<str>, CheckFor, Probe<'_>)>) -> bool {
     match probe {
-        Some((_, p)) => p.await,
+        Some((_, _, p)) => p.await,
         None => std::future::pending().await,
     }
 }

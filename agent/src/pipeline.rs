@@ -167,6 +167,7 @@ impl Pipeline {
             endpoint,
             credentials,
             connect_timeout: config.reconnect.connect_timeout(),
+            liveness: (&config.reconnect).into(),
             sealer,
             spool: spool.clone(),
             metrics,

@@ -15,12 +15,16 @@ use ringflow_proto::quic::{self, TlsError};
 const CLIENT_SOCKET_BUFFER_BYTES: usize = 1 << 20;
 
 /// A session with no packets from the collector for this long is dead (QUIC uses the lower of the
-/// two sides' idle timeouts). It bounds how long a meter sends into a collector that vanished
-/// without closing (a crash, a network partition). A collector restarted on its data directory is
-/// noticed sooner: it resets the old connection (see the collector's `reset-key`).
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Keep-alive so an idle but healthy session never reaches the idle timeout.
-pub const KEEP_ALIVE: Duration = Duration::from_secs(3);
+/// two sides' idle timeouts): three keep-alives. A meter with batches in flight notices a
+/// collector that vanished much sooner (`reconnect.silence_timeout_ms`, see
+/// [`crate::session::liveness`]); a collector restarted on its data directory resets the old
+/// connection at once (see the collector's `reset-key`).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Keep-alive so an idle but healthy session never reaches the idle timeout, and its UDP mapping
+/// in NATs and conntrack (30 s at the least in common defaults; Linux conntrack's unreplied UDP
+/// timeout is 30 s) never expires. Each one costs both ends a packet and an ACK, so it is as
+/// rare as those mappings allow.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(20);
 
 /// Client configuration: TLS 1.3 with ALPN ringflow/1, verified against `ca_file`.
 pub fn client_config(ca_file: &Path) -> Result<ClientConfig, TlsError> {

@@ -172,6 +172,7 @@ fn fleet() -> Vec<pb::FleetMember> {
         .map(|i| pb::FleetMember {
             collector_id: format!("collector-{i}"),
             address: format!("collector-{i}.example.net:4433"),
+            not_answering: i == 3,
         })
         .collect()
 }

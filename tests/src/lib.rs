@@ -19,6 +19,7 @@ pub mod raw;
 pub mod records;
 pub mod tcp_load;
 pub mod throttle;
+pub mod wedge;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -251,12 +252,11 @@ admin.listen = "127.0.0.1:0"
         Ok(ringflow_meter::Config::parse(&text)?)
     }
 
-    /// The `[fleet]` table for a collector at `advertise` in a fleet of `members`, plus a short
-    /// idle timeout so meters notice a dead collector within seconds.
+    /// The `[fleet]` table for a collector at `advertise` in a fleet of `members`.
     pub fn collector_fleet_extra(advertise: SocketAddr, members: &[SocketAddr]) -> String {
         let list: Vec<String> = members.iter().map(|m| format!("\"{m}\"")).collect();
         format!(
-            "[fleet]\nadvertise = \"{advertise}\"\nmembers = [{}]\n[limits]\nidle_timeout_ms = 3000\n",
+            "[fleet]\nadvertise = \"{advertise}\"\nmembers = [{}]\n",
             list.join(", ")
         )
     }

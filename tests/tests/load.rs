@@ -14,6 +14,7 @@ use ringflow_tests::nats::NatsServer;
 use ringflow_tests::process::{CollectorProcess, free_udp_addr};
 use ringflow_tests::raw::{RawHello, RawSession};
 use ringflow_tests::throttle::ThrottledProxy;
+use ringflow_tests::wedge::DataPlaneWedge;
 use ringflow_tests::{
     ORG, TestBed, http_get, on_own_runtime, poll_until, records_acked, start_meter, stop_all, summarize,
     synthetic,
@@ -510,18 +511,7 @@ async fn a_wedged_data_plane_does_not_hold_up_the_control_plane() -> anyhow::Res
     .await?;
 
     // Block every data-plane thread (tasks that never yield), and know they all are.
-    let (started_tx, mut started_rx) = tokio::sync::mpsc::channel(DATA_THREADS);
-    let release = Arc::new(std::sync::Barrier::new(DATA_THREADS + 1));
-    for _ in 0..DATA_THREADS {
-        let (started_tx, release) = (started_tx.clone(), Arc::clone(&release));
-        collector.data_runtime.spawn(async move {
-            let _ = started_tx.try_send(());
-            release.wait();
-        });
-    }
-    for _ in 0..DATA_THREADS {
-        started_rx.recv().await;
-    }
+    let wedge = DataPlaneWedge::on(&collector, DATA_THREADS).await;
     let wedged_at = Instant::now();
     let acked_at_wedge = meter.metrics().delivery.records_acked.get();
     // The probe runs on a runtime of its own, so its deadline holds whatever the collector's
@@ -539,7 +529,7 @@ async fn a_wedged_data_plane_does_not_hold_up_the_control_plane() -> anyhow::Res
     let took = wedged_at.elapsed();
     let acked_during = meter.metrics().delivery.records_acked.get() - acked_at_wedge;
     // Let the data plane go again.
-    tokio::task::block_in_place(|| release.wait());
+    wedge.release();
     eprintln!(
         "data plane wedged: the probe (a new meter's Hello, then /healthz) ended after {took:.1?}; acks during the wedge {acked_during}"
     );

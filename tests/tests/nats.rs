@@ -296,7 +296,7 @@ async fn a_killed_collectors_meters_resend_elsewhere_and_the_stream_keeps_one_co
     let bed = TestBed::new()?;
     let nats = NatsServer::start(&bed.path().join("nats")).await?;
     let binary = std::path::Path::new(COLLECTOR_BIN);
-    let extra = format!("{}[limits]\nidle_timeout_ms = 3000\n", nats.sink_toml(STREAM));
+    let extra = nats.sink_toml(STREAM);
     let addrs = [free_udp_addr()?, free_udp_addr()?];
     let mut collectors = vec![
         CollectorProcess::start(binary, &bed, "c0", addrs[0], &extra).await?,

@@ -29,6 +29,18 @@ pub struct ReconnectConfig {
     /// When this meter's first choice is not the collector it is connected to (after a failover,
     /// or a fleet change), it moves at a uniform random moment within this window.
     pub rebalance_window_ms: u64,
+    /// With something written and unanswered, not one packet from the collector for this long
+    /// (or three probe timeouts of a longer path) means it is gone: the session ends and the
+    /// meter moves on. See `docs/meter.md`, "Failure detection".
+    pub silence_timeout_ms: u64,
+    /// A batch unacked for longer than the ack bound (four times the usual worst ack latency of
+    /// the session, kept within these two) means the collector stalled: the meter moves to the
+    /// next collector once that one answers, make-before-break.
+    pub ack_timeout_min_ms: u64,
+    pub ack_timeout_max_ms: u64,
+    /// A collector that went silent, stalled, did not answer, or that the fleet view says is
+    /// not answering is not dialled again for this long while another collector is free.
+    pub dead_hold_ms: u64,
 }
 
 impl Default for ReconnectConfig {
@@ -50,6 +62,15 @@ impl Default for ReconnectConfig {
             healthy_after_ms: 30_000,
             // A fleet change moves its meters over a minute, not in one instant.
             rebalance_window_ms: 60_000,
+            // A live collector answers a write within an RTT and 25 ms; a second is forty
+            // loopback-to-continent RTTs, and a starved collector's QUIC stack still answers.
+            silence_timeout_ms: 1_000,
+            // A group commit or a sink's hiccup lasts well under this...
+            ack_timeout_min_ms: 5_000,
+            // ...and a meter waits at most this long on a collector that stopped acking.
+            ack_timeout_max_ms: 30_000,
+            // Long enough for the fleet to settle without it; DNS may still name it meanwhile.
+            dead_hold_ms: 30_000,
         }
     }
 }
@@ -88,6 +109,25 @@ impl ReconnectConfig {
             0,
             86_400_000,
         )?;
+        check_range(
+            "reconnect.silence_timeout_ms",
+            self.silence_timeout_ms,
+            100,
+            600_000,
+        )?;
+        check_range(
+            "reconnect.ack_timeout_min_ms",
+            self.ack_timeout_min_ms,
+            100,
+            3_600_000,
+        )?;
+        check_range(
+            "reconnect.ack_timeout_max_ms",
+            self.ack_timeout_max_ms,
+            self.ack_timeout_min_ms,
+            3_600_000,
+        )?;
+        check_range("reconnect.dead_hold_ms", self.dead_hold_ms, 0, 3_600_000)?;
         Ok(())
     }
 }

@@ -20,6 +20,14 @@
 //!   that accepts and drops meters cannot make them flap at full speed. When a healthy session
 //!   is lost, the meter waits the backoff's first delay before dialling again, so the meters of a
 //!   crashed collector do not all come back in the same instant.
+//! - **Gone.** A collector that went silent (see [`crate::session::liveness`]), stalled, did not
+//!   answer a dial, or that a collector's fleet view says is not answering its peers is on a
+//!   *soft hold* for `dead_hold`, whatever DNS says: it is not dialled while another collector
+//!   is free. A silent collector's meters step to their next collector after `[0, step_delay)`
+//!   (no backoff: the failure was that collector's, not the fleet's); a stalled one's meters
+//!   move at once, to the next collector that already answered them. When every collector is
+//!   held, soft holds are ignored and the backoff paces the meter: a whole fleet restarting is
+//!   not kept waiting for `dead_hold`.
 //! - **Drain.** A draining collector's meters move to their next collector at a uniform random
 //!   moment within the window the collector names, and leave it alone for that window.
 //! - **Rebalance.** While connected to a collector that is not its first choice (after a walk, or
@@ -55,6 +63,8 @@ pub struct SelectorConfig {
     pub rebalance_window: Duration,
     /// The longest `retry_after` honoured; a longer hint is cut to this.
     pub max_hold: Duration,
+    /// How long a gone collector is on soft hold.
+    pub dead_hold: Duration,
 }
 
 impl From<&crate::config::ReconnectConfig> for SelectorConfig {
@@ -67,6 +77,7 @@ impl From<&crate::config::ReconnectConfig> for SelectorConfig {
             healthy_after: ms(r.healthy_after_ms),
             rebalance_window: ms(r.rebalance_window_ms),
             max_hold: ms(r.max_delay_ms),
+            dead_hold: ms(r.dead_hold_ms),
         }
     }
 }
@@ -99,6 +110,20 @@ pub enum Ended {
     Drained { within: Duration },
     /// The meter left it to move to a better collector ([`Selector::move_at`]).
     Moved,
+    /// The collector is gone: silent after a write, or the QUIC idle timeout.
+    Gone,
+    /// The collector stopped acking and the meter left it for [`Selector::fallback`], which
+    /// answered.
+    Stalled,
+}
+
+/// A collector not to be dialled before `until`. A soft hold (a collector that seems gone)
+/// counts only while another collector is free.
+#[derive(Debug, Clone)]
+struct Hold {
+    target: Arc<str>,
+    until: Instant,
+    soft: bool,
 }
 
 pub struct Selector<B, R> {
@@ -111,8 +136,8 @@ pub struct Selector<B, R> {
     splay_until: Instant,
     /// Collectors tried (and failed) in the current round.
     tried: Vec<Arc<str>>,
-    /// Collectors not to be dialled before an instant (`retry_after`, drains).
-    holds: Vec<(Arc<str>, Instant)>,
+    /// Collectors not to be dialled before an instant (`retry_after`, drains, gone ones).
+    holds: Vec<Hold>,
     /// The welcomed session, and since when.
     session: Option<(Arc<str>, Instant)>,
     /// While in a session: when to leave it for a better collector.
@@ -225,11 +250,12 @@ impl<B: Backoff, R: Rng> Selector<B, R> {
     pub fn on_failure(&mut self, target: &Arc<str>, failure: Failure, now: Instant) {
         self.session = None;
         self.move_at = None;
-        if let Failure::Refused {
-            retry_after: Some(floor),
-        } = failure
-        {
-            self.hold(target, now + floor.min(self.config.max_hold));
+        match failure {
+            Failure::Refused {
+                retry_after: Some(floor),
+            } => self.hold(target, now + floor.min(self.config.max_hold), false),
+            Failure::Refused { retry_after: None } => {}
+            Failure::Unreachable => self.hold(target, now + self.config.dead_hold, true),
         }
         if std::mem::take(&mut self.returning) && self.first().as_ref() == Some(target) {
             self.home_missed(target);
@@ -237,6 +263,43 @@ impl<B: Backoff, R: Rng> Selector<B, R> {
         self.tried.push(Arc::clone(target));
         let paced = matches!(failure, Failure::Refused { .. });
         self.step(now, paced);
+    }
+
+    /// The collectors a collector's fleet view says are not answering its peers: soft holds.
+    pub fn on_not_answering<S: AsRef<str>>(&mut self, collectors: &[S], now: Instant) {
+        for c in collectors {
+            if let Some(member) = self.ring.members().iter().find(|m| ***m == *c.as_ref()).cloned() {
+                self.hold(&member, now + self.config.dead_hold, true);
+            }
+        }
+        // The pending attempt may be at one of them.
+        if self.session.is_none()
+            && let Some(next) = self.next.as_ref()
+            && self.hold_until(&next.target, now) > now
+        {
+            let at = next.at;
+            self.next = self
+                .next_untried(now)
+                .map(|t| (t, at))
+                .or_else(|| self.round_start(now).map(|(t, free)| (t, at.max(free))))
+                .map(|(target, at)| Attempt { target, at });
+        }
+    }
+
+    /// While in a session, `target` did not answer a check (a stalled collector's fallback):
+    /// held like any collector that did not answer.
+    pub fn on_failure_while_connected(&mut self, target: &Arc<str>, now: Instant) {
+        self.hold(target, now + self.config.dead_hold, true);
+    }
+
+    /// While in a session with a collector that stopped acking: the collector to move to (the
+    /// next in ring order, not tried in this round, not on hold). The driver checks that it
+    /// answers before leaving ([`Ended::Stalled`]).
+    pub fn fallback(&self, now: Instant) -> Option<Arc<str>> {
+        let current = self.connected_to()?;
+        self.ring
+            .walk(&self.meter_id)
+            .find(|c| c != current && !self.tried.contains(c) && self.hold_until(c, now) <= now)
     }
 
     /// The driver is checking that the first choice answers before leaving for it (see
@@ -293,9 +356,15 @@ impl<B: Backoff, R: Rng> Selector<B, R> {
                     target,
                 });
             }
+            Ended::Gone | Ended::Stalled => {
+                self.hold(&target, now + self.config.dead_hold, true);
+                self.tried.push(target);
+                // Stalled: the fallback answered a moment ago; dial it at once.
+                self.step(now, ended == Ended::Stalled);
+            }
             Ended::Drained { within } => {
                 let until = now + within;
-                self.hold(&target, until);
+                self.hold(&target, until, false);
                 self.tried.push(Arc::clone(&target));
                 let at = now + self.jitter(within);
                 self.next = match self.next_untried(now) {
@@ -385,17 +454,35 @@ impl<B: Backoff, R: Rng> Selector<B, R> {
             .walk(&self.meter_id)
             .find(|c| !self.tried.contains(c) && self.hold_until(c, now) <= now)
     }
-    fn hold(&mut self, target: &Arc<str>, until: Instant) {
-        self.holds.retain(|(t, _)| t != target && self.ring.contains(t));
-        self.holds.push((Arc::clone(target), until));
+    fn hold(&mut self, target: &Arc<str>, until: Instant, soft: bool) {
+        self.holds
+            .retain(|h| !(h.target == *target && h.soft == soft) && self.ring.contains(&h.target));
+        self.holds.push(Hold {
+            target: Arc::clone(target),
+            until,
+            soft,
+        });
     }
 
-    /// When `target` may be dialled again (`now` if it is not on hold).
+    /// When `target` may be dialled again (`now` if it is not on hold). Soft holds count only
+    /// while some collector is free of every hold.
     fn hold_until(&self, target: &str, now: Instant) -> Instant {
+        let soft = self.holds.iter().any(|h| h.soft && h.until > now)
+            && self
+                .ring
+                .members()
+                .iter()
+                .any(|c| self.hold_until_counting(c, now, true) <= now);
+        self.hold_until_counting(target, now, soft)
+    }
+
+    /// When `target` is free of hard holds, and of soft ones if `soft`.
+    fn hold_until_counting(&self, target: &str, now: Instant, soft: bool) -> Instant {
         self.holds
             .iter()
-            .find(|(t, _)| &**t == target)
-            .map_or(now, |(_, until)| (*until).max(now))
+            .filter(|h| &*h.target == target && (soft || !h.soft))
+            .map(|h| h.until)
+            .fold(now, Instant::max)
     }
 
     fn jitter(&mut self, max: Duration) -> Duration {

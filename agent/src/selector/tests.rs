@@ -10,6 +10,7 @@ const CONFIG: SelectorConfig = SelectorConfig {
     healthy_after: Duration::from_secs(30),
     rebalance_window: Duration::from_secs(60),
     max_hold: Duration::from_secs(120),
+    dead_hold: Duration::from_secs(30),
 };
 
 const JITTER: JitterParams = JitterParams {
@@ -342,5 +343,106 @@ fn an_end_without_a_known_session_is_not_redialled_at_once() {
     assert!(
         a.target != first || a.at > later,
         "not the same collector at once"
+    );
+}
+
+/// Welcomed by the first choice at `at`, as the driver would tell it.
+fn welcomed_home(s: &mut Selector<Seeded, StdRng>, at: Instant) -> Arc<str> {
+    let home = s.first().unwrap();
+    s.on_welcome(&home, at);
+    home
+}
+
+#[test]
+fn a_gone_collector_is_left_for_the_next_within_a_step_and_not_dialled_again_while_held() {
+    let t0 = Instant::now();
+    let r = ring(4);
+    let order: Vec<_> = r.walk("m1").collect();
+    let mut s = selector("m1", r.clone(), t0);
+    let home = welcomed_home(&mut s, t0 + Duration::from_secs(60));
+    let died = t0 + Duration::from_secs(120);
+    s.on_ended(Ended::Gone, died);
+    let a = s.next_attempt().unwrap().clone();
+    assert_eq!(a.target, order[1], "the next on the ring");
+    assert!(a.at <= died + CONFIG.step_delay, "no backoff: within a step");
+    s.on_welcome(&a.target, a.at);
+    // DNS still names the dead one and the fleet view changes: it is not the move target while
+    // held, and once the hold ends the meter goes home within the rebalance window.
+    s.on_fleet(r.clone(), a.at + Duration::from_secs(1));
+    let move_at = s.move_at().unwrap();
+    assert!(move_at >= died + CONFIG.dead_hold, "{:?}", move_at - died);
+    assert_eq!(s.first(), Some(home));
+}
+
+#[test]
+fn an_unanswered_dial_holds_that_collector_while_others_are_free() {
+    let t0 = Instant::now();
+    let r = ring(3);
+    let order: Vec<_> = r.walk("m1").collect();
+    let mut s = selector("m1", r.clone(), t0);
+    let now = t0 + CONFIG.splay;
+    s.on_failure(&order[0], Failure::Unreachable, now);
+    let a = s.next_attempt().unwrap().clone();
+    assert_eq!(a.target, order[1]);
+    s.on_welcome(&a.target, a.at);
+    // That session is lost young: the next round does not start at the held first choice.
+    s.on_ended(Ended::Lost, a.at + Duration::from_secs(1));
+    let b = s.next_attempt().unwrap().clone();
+    assert_eq!(b.target, order[2]);
+}
+
+#[test]
+fn when_every_collector_is_held_as_gone_the_backoff_paces_and_holds_are_ignored() {
+    let t0 = Instant::now();
+    let r = ring(2);
+    let order: Vec<_> = r.walk("m1").collect();
+    let mut s = selector("m1", r.clone(), t0);
+    let mut now = t0 + CONFIG.splay;
+    s.on_failure(&order[0], Failure::Unreachable, now);
+    now += CONFIG.step_delay;
+    s.on_failure(&order[1], Failure::Unreachable, now);
+    // A whole fleet restarting: the meter does not wait 30 s for a hold to end.
+    let a = s.next_attempt().unwrap().clone();
+    assert_eq!(a.target, order[0]);
+    assert!(a.at <= now + JITTER.ceiling(0), "{:?}", a.at - now);
+}
+
+#[test]
+fn collectors_the_fleet_view_says_are_not_answering_are_skipped() {
+    let t0 = Instant::now();
+    let r = ring(3);
+    let order: Vec<_> = r.walk("m1").collect();
+    let mut s = selector("m1", r.clone(), t0);
+    s.on_not_answering(&[order[0].to_string()], t0);
+    assert_eq!(
+        s.next_attempt().unwrap().target,
+        order[1],
+        "the pending attempt moved"
+    );
+    // A name not on the ring is ignored.
+    s.on_not_answering(&["10.9.9.9:1".to_owned()], t0);
+    assert_eq!(s.next_attempt().unwrap().target, order[1]);
+}
+
+#[test]
+fn a_stalled_collector_is_left_at_once_for_its_fallback_which_is_the_next_free_one() {
+    let t0 = Instant::now();
+    let r = ring(3);
+    let order: Vec<_> = r.walk("m1").collect();
+    let mut s = selector("m1", r.clone(), t0);
+    assert_eq!(s.fallback(t0), None, "not in a session");
+    welcomed_home(&mut s, t0);
+    let now = t0 + Duration::from_secs(5);
+    assert_eq!(s.fallback(now), Some(order[1].clone()));
+    // The fallback did not answer: the next stall tries the one after.
+    s.on_failure_while_connected(&order[1], now);
+    assert_eq!(s.fallback(now), Some(order[2].clone()));
+    s.on_ended(Ended::Stalled, now);
+    assert_eq!(
+        s.next_attempt(),
+        Some(&Attempt {
+            target: order[2].clone(),
+            at: now
+        })
     );
 }

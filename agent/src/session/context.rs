@@ -46,6 +46,8 @@ pub struct SessionContext {
     /// Time allowed to connect and be welcomed (`reconnect.connect_timeout_ms`), for sessions
     /// and for the connect loop's check that a first choice answers.
     pub connect_timeout: Duration,
+    /// The failure detector's bounds (`[reconnect]`), for every session.
+    pub liveness: super::liveness::LivenessConfig,
     /// Numbers and spools batches; the session re-seals through it what a collector's limits
     /// do not allow. Shared with the batcher, so seqs are handed out in one order.
     pub sealer: Arc<Sealer>,

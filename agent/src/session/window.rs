@@ -51,6 +51,11 @@ impl Window {
         self.in_flight.is_empty()
     }
 
+    /// When the oldest batch in flight was sent.
+    pub fn oldest_sent(&self) -> Option<Instant> {
+        self.in_flight.front().map(|b| b.sent_at)
+    }
+
     pub fn in_flight(&self) -> usize {
         self.in_flight.len()
     }

@@ -86,6 +86,8 @@ pub mod session_end {
     pub const DRAINED: &str = "drained";
     /// The meter left to move to its first choice.
     pub const MOVED: &str = "moved";
+    /// The meter left a collector that stopped acking, for one that answered.
+    pub const STALLED: &str = "stalled";
     /// The collector answered `Reject`.
     pub const REJECTED: &str = "rejected";
 }

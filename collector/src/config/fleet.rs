@@ -58,12 +58,14 @@ impl FleetConfig {
             .map(|m| pb::FleetMember {
                 collector_id: String::new(),
                 address: m.clone(),
+                not_answering: false,
             })
             .collect();
         if let Some(own) = &self.advertise {
             view.push(pb::FleetMember {
                 collector_id: collector_id.to_owned(),
                 address: own.clone(),
+                not_answering: false,
             });
         }
         view

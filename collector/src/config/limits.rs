@@ -27,9 +27,11 @@ pub struct LimitsConfig {
     pub handshake_timeout_ms: u64,
     /// Time a new connection has to send `Hello`. Default 5 s.
     pub hello_timeout_ms: u64,
-    /// A connection with no traffic for this long is closed. Default 30 s.
+    /// A connection with no traffic for this long is closed (QUIC takes the lower of this and
+    /// the meter's 60 s). Default 60 s: three of the meters' 20 s keep-alives.
     pub idle_timeout_ms: u64,
-    /// Heartbeat interval suggested to meters in `Welcome`. Default 10 s.
+    /// Heartbeat interval suggested to meters in `Welcome`; 0 (the default): no heartbeats, the
+    /// QUIC keep-alive alone keeps an idle session (and its NAT mapping) alive.
     pub heartbeat_interval_ms: u32,
     /// Batch size and age suggested to meters in `Welcome`. Defaults 1,000 records, 1 s.
     pub batch_hint_records: u32,
@@ -52,9 +54,10 @@ impl Default for LimitsConfig {
             max_field_bytes: 64,
             handshake_timeout_ms: 10_000,
             hello_timeout_ms: 5_000,
-            // Three heartbeats: a live meter is never idle this long.
-            idle_timeout_ms: 30_000,
-            heartbeat_interval_ms: 10_000,
+            // Three of the meters' keep-alives: a live meter is never idle this long.
+            idle_timeout_ms: 60_000,
+            // The keep-alive already proves the path; a heartbeat would only wake both sides.
+            heartbeat_interval_ms: 0,
             batch_hint_records: 1_000,
             batch_hint_max_age_ms: 1_000,
             // One maximum frame (1 MiB) and a quarter more, so a full frame always fits.

@@ -65,6 +65,9 @@ pub struct FleetLoadView {
     demand_share: Option<f64>,
     /// Rounds so far (which peers the last round polled).
     round: u64,
+    /// Hosts of `fleet.members` none of whose addresses answered the last polls: the poll
+    /// loop sets them; every `Welcome` marks those members `not_answering`.
+    silent_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -88,7 +91,17 @@ impl FleetLoadView {
             hellos_at_round: 0,
             demand_share: None,
             round: 0,
+            silent_hosts: Vec::new(),
         }
+    }
+
+    /// The member hosts the poll loop finds not answering.
+    pub fn set_silent_hosts(&mut self, hosts: Vec<String>) {
+        self.silent_hosts = hosts;
+    }
+
+    pub fn silent_hosts(&self) -> &[String] {
+        &self.silent_hosts
     }
 
     /// `Hello`s judged here since start (what this collector reports to its peers).

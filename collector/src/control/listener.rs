@@ -153,6 +153,8 @@ pub fn server_config(crypto: quinn::crypto::rustls::QuicServerConfig, limits: &L
         quinn::IdleTimeout::try_from(Duration::from_millis(limits.idle_timeout_ms))
             .unwrap_or(quinn::IdleTimeout::from(VarInt::from_u32(30_000))),
     ));
+    // Meters send no datagrams: no buffer is kept for them.
+    transport.datagram_receive_buffer_size(None);
     let mut server = ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(Arc::new(transport));
     server

@@ -280,6 +280,8 @@ pub async fn serve_data_stream(
         let _ = reader.get_mut().stop(code.varint());
         let _ = send.reset(code.varint());
     };
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
     loop {
         if !reading && in_flight.is_empty() {
             // The meter finished its side and everything it sent is settled.
@@ -288,7 +290,7 @@ pub async fn serve_data_stream(
         }
         tokio::select! {
             biased;
-            _ = stop.cancelled() => {
+            _ = &mut stopped => {
                 close(&mut send, &mut reader, StreamCode::ShuttingDown);
                 return StreamEnd::Stopped;
             }

@@ -166,6 +166,10 @@ struct SimArgs {
     /// Collectors killed at once in crash-one (e.g. 20 of 200: losing 10% of the fleet).
     #[arg(long, value_name = "N", default_value_t = 1)]
     crash: usize,
+    /// The meters' `batch.max_age_ms`: a meter finds a dead collector silent only after its
+    /// next write, so this bounds failover (default: the scenario's, as `herd run`).
+    #[arg(long = "batch-age-ms", value_name = "MS")]
+    sim_batch_age_ms: Option<u64>,
     /// Collectors listen on 127.0.0.{2,3,..}:PORT; a live run's port (timeline.json `addresses`)
     /// puts every meter on the same collectors as in that run.
     #[arg(long, value_name = "PORT", default_value_t = 4433)]
@@ -454,6 +458,7 @@ fn sim_options(a: &SimArgs) -> anyhow::Result<super::sim::SimOptions> {
         epsilon: a.epsilon,
         poll_interval: Duration::from_millis(a.poll_ms),
         rebalance_window: c.rebalance_window(),
+        batch_age: Duration::from_millis(a.sim_batch_age_ms.unwrap_or(c.scenario.batch_age_ms())),
         dns_ttl: c.dns_ttl(),
         ablations: super::sim::Ablations {
             no_jitter: a.no_jitter,

@@ -41,6 +41,9 @@ use crate::telemetry::{CollectorMetrics, LogThrottle, PeerPollFailed, Task};
 
 /// A peer silent for this many intervals is forgotten.
 const FORGET_AFTER_ROUNDS: u32 = 3;
+/// A member host none of whose addresses answered this many rounds in a row is told to meters
+/// as not answering (one failed poll may be a lost packet).
+const SILENT_AFTER_ROUNDS: u32 = 2;
 
 /// The fleet's load as this collector sees it. The poll loop writes the peers' answers into it
 /// every round; every `Hello` counts itself in it and reads the estimate; `/load` reads its
@@ -123,7 +126,7 @@ impl PollPlan {
 }
 
 /// The host part of `host:port` or `[v6]:port`.
-fn host_of(address: &str) -> Option<&str> {
+pub(crate) fn host_of(address: &str) -> Option<&str> {
     let (host, _port) = address.rsplit_once(':')?;
     let host = host
         .strip_prefix('[')
@@ -184,6 +187,8 @@ pub struct Poller {
     resolved: HashMap<String, Vec<IpAddr>>,
     /// Peers that answered the last round, for a log line when it changes.
     answering: usize,
+    /// Consecutive rounds each peer address failed to answer (absent: it answered).
+    misses: HashMap<IpAddr, u32>,
     /// Throttles the log lines of peers that fail or hosts that do not resolve, per key.
     log: LogThrottle,
 }
@@ -210,6 +215,7 @@ impl Poller {
             myself,
             resolved: HashMap::new(),
             answering: 0,
+            misses: HashMap::new(),
             log: LogThrottle::new(Duration::from_secs(60), 64),
         };
         (poller, view)
@@ -249,6 +255,12 @@ impl Poller {
         let mut answers: Vec<(String, Option<PeerLoad>)> = Vec::with_capacity(peers.len());
         let mut ids: HashSet<String> = HashSet::new();
         for (peer, result) in peers.iter().zip(results) {
+            match &result {
+                Ok(_) => self.misses.remove(&peer.ip()),
+                Err(_) => self
+                    .misses
+                    .insert(peer.ip(), self.misses.get(&peer.ip()).map_or(1, |m| m + 1)),
+            };
             match result {
                 Ok(report) if report.collector == *self.plan.collector_id => {
                     info!(%peer, "bounded load: this address is this collector; not polling it again");
@@ -278,9 +290,11 @@ impl Poller {
         }
         let answered = answers.iter().filter(|(_, s)| s.is_some()).count();
         let own = self.load.sessions() as u64;
+        let silent = self.silent_hosts();
         let estimate = {
             let mut view = self.view.lock().unwrap_or_else(|p| p.into_inner());
             view.on_round(own, &answers, Instant::now());
+            view.set_silent_hosts(silent);
             view.estimate(own)
         };
         let mean = estimate.map_or(own as f64, |f| f.sessions as f64 / f.collectors.max(1) as f64);
@@ -294,6 +308,22 @@ impl Poller {
             );
             self.answering = answered;
         }
+    }
+
+    /// Member hosts with addresses, none of which answered the last [`SILENT_AFTER_ROUNDS`]
+    /// rounds.
+    fn silent_hosts(&self) -> Vec<String> {
+        let silent = |ip: &IpAddr| self.misses.get(ip).is_some_and(|m| *m >= SILENT_AFTER_ROUNDS);
+        self.plan
+            .member_hosts
+            .iter()
+            .filter(|host| {
+                self.resolved
+                    .get(*host)
+                    .is_some_and(|ips| !ips.is_empty() && ips.iter().all(silent))
+            })
+            .cloned()
+            .collect()
     }
 
     /// This round's peers. Lookups run at once, each within `timeout`.

@@ -303,6 +303,10 @@ async fn a_round_counts_answering_peers_and_leaves_out_itself_and_drainers() {
     assert_eq!(metrics.fleet.fleet_poll_failures.get(), 1, "127.0.0.5 refused");
     assert_eq!(metrics.fleet.fleet_mean_sessions.get(), 20.0);
     assert!(
+        view.lock().unwrap().silent_hosts().is_empty(),
+        "one failed poll is not yet silence"
+    );
+    assert!(
         poller
             .myself
             .seen
@@ -315,6 +319,9 @@ async fn a_round_counts_answering_peers_and_leaves_out_itself_and_drainers() {
     assert_eq!((fleet.collectors, fleet.sessions), (2, 40));
     assert_eq!(metrics.fleet.fleet_poll_failures.get(), 2);
     assert_eq!(metrics.fleet.fleet_peers.get(), 1);
+    // Two rounds without an answer: 127.0.0.5 is told to meters as not answering; a drainer
+    // answers, so it is not.
+    assert_eq!(view.lock().unwrap().silent_hosts(), ["127.0.0.5"]);
     // Itself is not asked again.
     let peers = poller.peers(Duration::from_secs(1)).await;
     assert_eq!(peers.len(), 3, "{peers:?}");

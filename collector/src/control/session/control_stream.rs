@@ -36,14 +36,19 @@ pub(super) async fn run(
     span: &tracing::Span,
 ) -> SessionEnd {
     let mut drain_sent = false;
+    // Made once: each wake of this loop polls them, never rebuilds them.
+    let hard_stop = shared.hard_stop.cancelled();
+    let draining = shared.draining.cancelled();
+    let accepted = conn.accept_bi();
+    tokio::pin!(hard_stop, draining, accepted);
     loop {
         tokio::select! {
             biased;
-            _ = shared.hard_stop.cancelled() => {
+            _ = &mut hard_stop => {
                 ConnectionCode::ShuttingDown.close(conn);
                 return SessionEnd::Shutdown;
             }
-            _ = shared.draining.cancelled(), if !drain_sent => {
+            _ = &mut draining, if !drain_sent => {
                 drain_sent = true;
                 if send_drain(&mut ctl.send, shared.drain_window_ms).await.is_err() {
                     return lost(conn.close_reason().as_ref());
@@ -73,8 +78,11 @@ pub(super) async fn run(
                 }
                 Err(error) => return lost(error.connection_lost()),
             },
-            stream = conn.accept_bi() => match stream {
-                Ok((send, recv)) => streams::hand_off(send, recv, shared, streams, span),
+            stream = &mut accepted => match stream {
+                Ok((send, recv)) => {
+                    accepted.set(conn.accept_bi());
+                    streams::hand_off(send, recv, shared, streams, span)
+                }
                 Err(error) => return lost(Some(&error)),
             },
         }

@@ -291,7 +291,7 @@ pub(super) async fn refuse(
     // A meter sent elsewhere (authenticated: these reasons come after auth) learns the
     // fleet, or with a DNS naming only this collector it would only ever come back here.
     let fleet = match rejection.reason {
-        pb::RejectReason::Overloaded | pb::RejectReason::SinkUnavailable => shared.fleet_view.clone(),
+        pb::RejectReason::Overloaded | pb::RejectReason::SinkUnavailable => shared.fleet_view_now(),
         _ => Vec::new(),
     };
     let reject = control(pb::control_frame::Msg::Reject(pb::Reject {
@@ -315,7 +315,7 @@ pub(super) async fn welcome(shared: &Shared, ctl_send: &mut SendStream, session_
         session_id: session_id.to_owned(),
         collector_id: shared.collector_id.to_string(),
         limits: Some(shared.welcome_limits),
-        fleet: shared.fleet_view.clone(),
+        fleet: shared.fleet_view_now(),
     }));
     ctl_send.write_chunk(welcome).await.is_ok()
 }

@@ -59,6 +59,7 @@ pub struct Shared {
     pub welcome_limits: pb::Limits,
     /// The fleet view every `Welcome` carries, and every `Reject` that sends an authenticated
     /// meter elsewhere (overloaded, sink unavailable), so a meter learns the other collectors.
+    /// Sent as [`Shared::fleet_view_now`] says (with the members not answering marked).
     pub fleet_view: Vec<pb::FleetMember>,
     /// The frame limits the data plane enforces; copied into each session's stream context.
     pub data_limits: DataLimits,
@@ -101,6 +102,23 @@ pub struct Shared {
     pub hard_stop: CancellationToken,
     /// Where the sessions spawn their data streams; the lifecycle waits on its tracker at stop.
     pub data_plane: DataPlane,
+}
+
+impl Shared {
+    /// The fleet view to send now: members whose host the peer poll finds not answering are
+    /// marked, so a meter does not dial them.
+    pub fn fleet_view_now(&self) -> Vec<pb::FleetMember> {
+        let mut view = self.fleet_view.clone();
+        if let Some(load) = &self.fleet_load {
+            let load = load.lock().unwrap_or_else(|p| p.into_inner());
+            let silent = load.silent_hosts();
+            for member in view.iter_mut().filter(|_| !silent.is_empty()) {
+                member.not_answering = crate::control::fleet_poll::host_of(&member.address)
+                    .is_some_and(|host| silent.iter().any(|s| s == host));
+            }
+        }
+        view
+    }
 }
 
 /// A welcomed session's place in the load counters (and its `tasks_active{task="session"}`),

@@ -63,8 +63,12 @@ pub struct Model {
     pub jitter_on: bool,
     /// The meters' connect timeout (an attempt at a collector that is down fails after it).
     pub connect_timeout: Duration,
-    /// The meters' QUIC idle timeout.
-    pub idle_timeout: Duration,
+    /// The meters' batch cadence (`batch.max_age_ms`): a meter writes to its collector within
+    /// this long, and finds a dead collector silent only after a write.
+    pub batch_age: Duration,
+    /// From a write to a dead collector to the session's end: the silence bound and its
+    /// confirmation ([`ringflow_meter::session::liveness`]).
+    pub silence_detect: Duration,
     /// The collectors' drain window, and how long a restart takes.
     pub drain_window: Duration,
     pub restart_time: Duration,
@@ -206,8 +210,8 @@ enum Ev {
         epoch: u32,
         how: How,
     },
-    /// The meter notices its session with `c` is gone (idle timeout).
-    Lost {
+    /// The meter finds `c` silent after a write (it died).
+    Gone {
         m: u32,
         c: C,
     },
@@ -568,7 +572,7 @@ impl<'w> Engine<'w> {
             }
             Ev::ProbeAnswer { m, c, reachable } => self.probe_answer(m, c, reachable),
             Ev::Outcome { m, c, epoch, how } => self.outcome(m, c, epoch, how),
-            Ev::Lost { m, c } => self.session_over(m, c, Ended::Lost),
+            Ev::Gone { m, c } => self.session_over(m, c, Ended::Gone),
             Ev::Drained { m, c } => {
                 let within = self.model.drain_window;
                 self.session_over(m, c, Ended::Drained { within });
@@ -867,7 +871,7 @@ impl<'w> Engine<'w> {
         meter.session = None;
         meter.probing = None;
         self.connected -= 1;
-        if !matches!(ended, Ended::Lost) {
+        if !matches!(ended, Ended::Gone) {
             let col = &mut self.collectors[c as usize];
             col.sessions = col.sessions.saturating_sub(1);
         }
@@ -915,7 +919,8 @@ impl<'w> Engine<'w> {
         }
     }
 
-    /// Collector `c` stops; in-flight work to it is lost, its meters notice by idle timeout.
+    /// Collector `c` stops; in-flight work to it is lost. Each of its meters writes within its
+    /// batch cadence (at a uniform moment of it) and finds the collector silent after that.
     fn kill(&mut self, c: C) {
         let col = &mut self.collectors[c as usize];
         col.up = false;
@@ -924,7 +929,8 @@ impl<'w> Engine<'w> {
         col.handshakes = 0;
         for m in 0..self.meters.len() {
             if self.meters[m].session == Some(c) {
-                self.after(self.model.idle_timeout, Ev::Lost { m: m as u32, c });
+                let write = self.uniform(self.model.batch_age);
+                self.after(write + self.model.silence_detect, Ev::Gone { m: m as u32, c });
             }
         }
     }

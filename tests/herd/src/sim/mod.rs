@@ -111,6 +111,8 @@ pub struct SimOptions {
     pub poll_interval: Duration,
     /// The meters' `reconnect.rebalance_window_ms`.
     pub rebalance_window: Duration,
+    /// The meters' `batch.max_age_ms` (how soon a meter writes to a collector that died).
+    pub batch_age: Duration,
     pub dns_ttl: Duration,
     pub ablations: Ablations,
 }
@@ -159,7 +161,13 @@ impl SimOptions {
             jitter: ringflow_meter::selector::backoff::JitterParams::from(&reconnect),
             jitter_on: !self.ablations.no_jitter,
             connect_timeout: reconnect.connect_timeout(),
-            idle_timeout: ringflow_meter::transport::IDLE_TIMEOUT,
+            batch_age: self.batch_age,
+            silence_detect: {
+                let liveness = ringflow_meter::session::liveness::LivenessConfig::from(&reconnect);
+                let bound =
+                    ringflow_meter::session::liveness::Liveness::new(liveness).silence_bound(self.rtt);
+                bound + bound / 8
+            },
             drain_window: Duration::from_millis(shutdown.drain_window_ms.into()),
             restart_time: RESTART_TIME,
             dns_ttl: self.dns_ttl,
