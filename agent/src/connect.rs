@@ -381,6 +381,8 @@ impl<'a> Driver<'a> {
                         Ended::Lost
                     };
                     self.selector.on_ended(ended, now);
+                } else if error.collector_gone() {
+                    self.selector.on_failure(target, Failure::NoAnswer, now);
                 } else {
                     self.selector.on_failure(target, Failure::Unreachable, now);
                 }

@@ -21,7 +21,7 @@
 //!   is lost, the meter waits the backoff's first delay before dialling again, so the meters of a
 //!   crashed collector do not all come back in the same instant.
 //! - **Gone.** A collector that went silent (see [`crate::session::liveness`]), stalled, did not
-//!   answer a dial, or that a collector's fleet view says is not answering its peers is on a
+//!   answer a dial at all (no handshake), or that a collector's fleet view says is not answering its peers is on a
 //!   *soft hold* for `dead_hold`, whatever DNS says: it is not dialled while another collector
 //!   is free. A silent collector's meters step to their next collector after `[0, step_delay)`
 //!   (no backoff: the failure was that collector's, not the fleet's); a stalled one's meters
@@ -95,7 +95,10 @@ pub struct Attempt {
 /// Why an attempt failed before the collector welcomed the meter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
-    /// No answer, a handshake error, a timeout.
+    /// Not one packet back: the handshake timed out. The collector is held as gone.
+    NoAnswer,
+    /// It answered, but no session came of it: a refused or closed connection, a handshake
+    /// error, a slow `Welcome`, a name that did not resolve.
     Unreachable,
     /// The collector said `Reject`, with an optional floor before trying it again.
     Refused { retry_after: Option<Duration> },
@@ -254,8 +257,8 @@ impl<B: Backoff, R: Rng> Selector<B, R> {
             Failure::Refused {
                 retry_after: Some(floor),
             } => self.hold(target, now + floor.min(self.config.max_hold), false),
-            Failure::Refused { retry_after: None } => {}
-            Failure::Unreachable => self.hold(target, now + self.config.dead_hold, true),
+            Failure::Refused { retry_after: None } | Failure::Unreachable => {}
+            Failure::NoAnswer => self.hold(target, now + self.config.dead_hold, true),
         }
         if std::mem::take(&mut self.returning) && self.first().as_ref() == Some(target) {
             self.home_missed(target);

@@ -375,13 +375,13 @@ fn a_gone_collector_is_left_for_the_next_within_a_step_and_not_dialled_again_whi
 }
 
 #[test]
-fn an_unanswered_dial_holds_that_collector_while_others_are_free() {
+fn an_unanswered_dial_holds_that_collector_while_others_are_free_and_a_refused_one_does_not() {
     let t0 = Instant::now();
     let r = ring(3);
     let order: Vec<_> = r.walk("m1").collect();
     let mut s = selector("m1", r.clone(), t0);
     let now = t0 + CONFIG.splay;
-    s.on_failure(&order[0], Failure::Unreachable, now);
+    s.on_failure(&order[0], Failure::NoAnswer, now);
     let a = s.next_attempt().unwrap().clone();
     assert_eq!(a.target, order[1]);
     s.on_welcome(&a.target, a.at);
@@ -389,6 +389,14 @@ fn an_unanswered_dial_holds_that_collector_while_others_are_free() {
     s.on_ended(Ended::Lost, a.at + Duration::from_secs(1));
     let b = s.next_attempt().unwrap().clone();
     assert_eq!(b.target, order[2]);
+    // A refusal is an answer: the collector is there (shedding load), and is not held.
+    let mut s = selector("m1", r.clone(), t0);
+    s.on_failure(&order[0], Failure::Unreachable, now);
+    s.on_failure(&order[1], Failure::Unreachable, now);
+    s.on_failure(&order[2], Failure::Unreachable, now);
+    assert_eq!(s.next_attempt().unwrap().target, order[0]);
+    s.on_failure(&order[0], Failure::Unreachable, now);
+    assert_eq!(s.next_attempt().unwrap().target, order[1], "the walk as before");
 }
 
 #[test]
@@ -398,9 +406,9 @@ fn when_every_collector_is_held_as_gone_the_backoff_paces_and_holds_are_ignored(
     let order: Vec<_> = r.walk("m1").collect();
     let mut s = selector("m1", r.clone(), t0);
     let mut now = t0 + CONFIG.splay;
-    s.on_failure(&order[0], Failure::Unreachable, now);
+    s.on_failure(&order[0], Failure::NoAnswer, now);
     now += CONFIG.step_delay;
-    s.on_failure(&order[1], Failure::Unreachable, now);
+    s.on_failure(&order[1], Failure::NoAnswer, now);
     // A whole fleet restarting: the meter does not wait 30 s for a hold to end.
     let a = s.next_attempt().unwrap().clone();
     assert_eq!(a.target, order[0]);

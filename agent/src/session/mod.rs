@@ -99,6 +99,9 @@ pub enum SessionError {
     Connection(#[from] quinn::ConnectionError),
     #[error("no Welcome within {0:?}")]
     Timeout(Duration),
+    /// Not even the QUIC handshake completed in the connect timeout.
+    #[error("no answer to the handshake within {0:?}")]
+    NoAnswer(Duration),
     #[error(transparent)]
     Frame(#[from] FrameError),
     #[error("write failed: {0}")]
@@ -118,9 +121,11 @@ pub enum SessionError {
 }
 
 impl SessionError {
-    /// The collector is gone (silent, or the QUIC idle timeout): not one to dial again soon.
+    /// The collector is gone (silent, no answer to a handshake, or the QUIC idle timeout): not
+    /// one to dial again soon. A collector that refused, closed or reset the connection, or was
+    /// slow to say `Welcome`, answered: it is there.
     pub fn collector_gone(&self) -> bool {
-        matches!(self, SessionError::Silent(_))
+        matches!(self, SessionError::Silent(_) | SessionError::NoAnswer(_))
             || matches!(self.connection_error(), Some(quinn::ConnectionError::TimedOut))
     }
 
@@ -150,7 +155,7 @@ impl SessionError {
         }
         match self {
             SessionError::Connect(_) => "connect",
-            SessionError::Timeout(_) => "timeout",
+            SessionError::Timeout(_) | SessionError::NoAnswer(_) => "timeout",
             SessionError::StreamClosed { .. } => "stream_closed",
             SessionError::Protocol(_) | SessionError::Window(_) => "protocol",
             SessionError::Spool(_) => "spool",
@@ -228,8 +233,11 @@ pub async fn run(
         software_version: env!("CARGO_PKG_VERSION").to_owned(),
         last_acked_seq: ctx.last_acked.load(Ordering::Relaxed),
     }));
+    // Whether the collector completed the handshake: a timeout before it means no answer at all.
+    let handshaken = std::sync::atomic::AtomicBool::new(false);
     let setup = async {
         let conn = connecting.await?;
+        handshaken.store(true, Ordering::Relaxed);
         let (mut ctl_send, ctl_recv) = conn.open_bi().await?;
         ctl_send.write_chunk(hello).await?;
         let mut ctl = FrameReader::new(ctl_recv, MAX_COLLECTOR_CONTROL_FRAME_BYTES);
@@ -240,6 +248,9 @@ pub async fn run(
         r = tokio::time::timeout(ctx.connect_timeout, setup) => match r {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return ended(SessionEnd::Failed(e), false),
+            Err(_) if !handshaken.load(Ordering::Relaxed) => {
+                return ended(SessionEnd::Failed(SessionError::NoAnswer(ctx.connect_timeout)), false);
+            }
             Err(_) => return ended(SessionEnd::Failed(SessionError::Timeout(ctx.connect_timeout)), false),
         },
         // Shutting down and the grace period ran out before a collector took the spool.

@@ -793,7 +793,7 @@ impl<'w> Engine<'w> {
             // Welcomed by a collector that died meanwhile: as good as no answer.
             How::Welcome | How::Unreachable => {
                 if let Some(s) = self.selector(m) {
-                    s.on_failure(&addr, Failure::Unreachable, now);
+                    s.on_failure(&addr, Failure::NoAnswer, now);
                 }
             }
             How::Rejected {
