@@ -234,6 +234,12 @@ impl Population {
             .collect()
     }
 
+    /// What can be watched of every started meter: its progress signal, its current collector.
+    pub fn watches(&self) -> Vec<MeterWatch> {
+        let metrics = self.metrics.read().unwrap_or_else(|p| p.into_inner());
+        metrics.iter().flatten().cloned().collect()
+    }
+
     /// Stops every meter (all at once; each flushes within its grace period).
     pub async fn stop(&self) -> anyhow::Result<()> {
         let meters = std::mem::take(&mut *self.meters.lock().unwrap_or_else(|p| p.into_inner()));
