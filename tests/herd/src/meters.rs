@@ -234,10 +234,20 @@ impl Population {
             .collect()
     }
 
-    /// What can be watched of every started meter: its progress signal, its current collector.
-    pub fn watches(&self) -> Vec<MeterWatch> {
+    /// The id of meter `index`.
+    pub fn id(&self, index: usize) -> String {
+        meter_id(self.seed, index)
+    }
+
+    /// What can be watched of every started meter (its progress signal, its current
+    /// collector), by index.
+    pub fn watches(&self) -> Vec<(usize, MeterWatch)> {
         let metrics = self.metrics.read().unwrap_or_else(|p| p.into_inner());
-        metrics.iter().flatten().cloned().collect()
+        metrics
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| Some((i, m.clone()?)))
+            .collect()
     }
 
     /// Stops every meter (all at once; each flushes within its grace period).

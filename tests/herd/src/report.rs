@@ -11,7 +11,7 @@ use serde::Serialize;
 
 /// The top-level keys of every `report.json`, live or simulated (docs/herd.md's table
 /// documents each; `tests/docs.rs` checks it does).
-pub const KEYS: [&str; 27] = [
+pub const KEYS: [&str; 28] = [
     "scenario",
     "mode",
     "meters",
@@ -34,6 +34,7 @@ pub const KEYS: [&str; 27] = [
     "failover_meters",
     "failover_unmoved",
     "moved_from_live",
+    "failover_exceptions",
     "ack_latency_ms",
     "collector_crashes",
     "verdict",
@@ -54,6 +55,24 @@ pub struct AckLatency {
     /// How many acks each of the two phase figures is based on.
     pub acks_before_herd: u64,
     pub acks_during_herd: u64,
+}
+
+/// The most meters `failover_exceptions` names (the counts are in `failover_unmoved` and
+/// `moved_from_live`).
+pub const MAX_FAILOVER_EXCEPTIONS: usize = 20;
+
+/// A meter the failover checks name: one of the killed collector's that no other collector
+/// welcomed, or one of a running collector's that another one did.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailoverException {
+    /// The meter's id.
+    pub meter: String,
+    /// Its collector at the kill (`c1`, ...).
+    pub from: String,
+    /// The collector that welcomed it next (null: none did by the end of the run).
+    pub to: Option<String>,
+    /// From the kill to that welcome, seconds.
+    pub after_s: Option<f64>,
 }
 
 /// What passes.
@@ -127,8 +146,12 @@ pub struct Report {
     /// Of those, meters no other collector had welcomed by the end of the run.
     pub failover_unmoved: Option<usize>,
     /// Meters connected at the kill to a collector that was not killed, and later to another
-    /// one (a live collector's meter must stay).
+    /// one than their first choice on the ring (a live collector's meter must stay; going home
+    /// is the herd's rebalancing finishing).
     pub moved_from_live: Option<usize>,
+    /// The meters behind `failover_unmoved` and `moved_from_live`, at most
+    /// [`MAX_FAILOVER_EXCEPTIONS`].
+    pub failover_exceptions: Vec<FailoverException>,
     pub ack_latency_ms: AckLatency,
     pub collector_crashes: u32,
     /// Most resident memory any collector had, bytes.
@@ -142,6 +165,16 @@ pub struct Report {
     /// Why the verdict is "fail" (empty on "pass").
     pub failures: Vec<String>,
     pub thresholds: Thresholds,
+}
+
+impl FailoverException {
+    /// `herd-1-000004 of c1: never welcomed elsewhere`, `herd-1-000123 of c2: to c3 after 7.10 s`.
+    fn text(&self) -> String {
+        match (&self.to, self.after_s) {
+            (Some(to), Some(after)) => format!("{} of {}: to {to} after {after:.2} s", self.meter, self.from),
+            _ => format!("{} of {}: never welcomed elsewhere", self.meter, self.from),
+        }
+    }
 }
 
 impl Report {
@@ -229,14 +262,14 @@ impl Report {
             && unmoved > limit
         {
             failures.push(format!(
-                "{unmoved} of the killed collector's {meters} meters were never welcomed elsewhere (at most {limit} may be)"
+                "of the killed collector's {meters} meters, {unmoved} never welcomed elsewhere (at most {limit} may be)"
             ));
         }
         if let (Some(limit), Some(moved)) = (t.moved_from_live, self.moved_from_live)
             && moved > limit
         {
             failures.push(format!(
-                "{moved} meters of collectors still running moved to another (at most {limit} may)"
+                "meters of collectors still running that moved to another: {moved} (at most {limit} may)"
             ));
         }
     }
@@ -346,6 +379,14 @@ impl Report {
         for (k, v) in rows {
             let _ = writeln!(md, "| {k} | {v} |");
         }
+        if !self.failover_exceptions.is_empty() {
+            let list: Vec<String> = self
+                .failover_exceptions
+                .iter()
+                .map(FailoverException::text)
+                .collect();
+            let _ = writeln!(md, "\nFailover exceptions: {}.", list.join("; "));
+        }
         if !self.refusals.is_empty() {
             let list: Vec<String> = self.refusals.iter().map(|(k, v)| format!("{k} {v}")).collect();
             let _ = writeln!(md, "\nRefusals and rejects: {}.", list.join(", "));
@@ -397,6 +438,7 @@ mod tests {
             failover_meters: Some(50),
             failover_unmoved: Some(0),
             moved_from_live: Some(0),
+            failover_exceptions: Vec::new(),
             ack_latency_ms: AckLatency {
                 p99_before_herd: Some(2.0),
                 p99_during_herd: Some(3.0),
@@ -489,5 +531,26 @@ mod tests {
         assert!(md.contains("1.00 s / 3.25 s (limit 3.0 s)"), "{md}");
         assert!(md.contains("(at most 3.0 s passes)"), "{md}");
         assert!(md.contains("| 0 of 50 |"), "{md}");
+        r.failover_exceptions = vec![
+            FailoverException {
+                meter: "herd-1-000004".into(),
+                from: "c1".into(),
+                to: None,
+                after_s: None,
+            },
+            FailoverException {
+                meter: "herd-1-000123".into(),
+                from: "c2".into(),
+                to: Some("c3".into()),
+                after_s: Some(7.1),
+            },
+        ];
+        let md = r.markdown();
+        assert!(
+            md.contains(
+                "herd-1-000004 of c1: never welcomed elsewhere; herd-1-000123 of c2: to c3 after 7.10 s."
+            ),
+            "{md}"
+        );
     }
 }

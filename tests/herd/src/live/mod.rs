@@ -223,8 +223,12 @@ impl Live {
             match action {
                 Action::Herd => self.let_the_herd_go(),
                 Action::KillCollector(i) => {
-                    let killed = self.fleet.addrs()[i].to_string();
-                    self.failover = Some(FailoverWatch::arm(&self.population, &killed));
+                    let named: Vec<String> = self.fleet.addrs()[..options.collectors]
+                        .iter()
+                        .map(|a| a.to_string())
+                        .collect();
+                    let watch = FailoverWatch::arm(&self.population, &named[i], &named);
+                    self.failover = Some(watch);
                     self.fleet.kill(i);
                     self.event(format!("c{} killed", i + 1));
                 }

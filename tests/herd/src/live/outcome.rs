@@ -17,7 +17,7 @@ use super::sampler::{Accumulated, peak_per_second};
 use crate::acks::AckBook;
 use crate::fleet::{Fleet, SinkKind};
 use crate::meters::{Population, meter_id};
-use crate::report::{AckLatency, Report, Thresholds};
+use crate::report::{AckLatency, FailoverException, MAX_FAILOVER_EXCEPTIONS, Report, Thresholds};
 use crate::scenario::{FAILOVER_MAX_S, Scenario, balance_threshold};
 use crate::timeline::Timeline;
 
@@ -97,9 +97,10 @@ pub(super) fn judge(
         moved_fraction,
         failover_max_s: failover.and_then(Failover::max_s),
         failover_p50_s: failover.and_then(Failover::p50_s),
-        failover_meters: failover.map(|f| f.of_killed.len()),
+        failover_meters: failover.map(Failover::killed_meters),
         failover_unmoved: failover.map(Failover::unmoved),
-        moved_from_live: failover.map(|f| f.moved_from_live),
+        moved_from_live: failover.map(Failover::moved_from_live),
+        failover_exceptions: failover.map_or_else(Vec::new, |f| failover_exceptions(f, fleet, options.seed)),
         ack_latency_ms: AckLatency {
             p50: acks.all.p50,
             p99: acks.all.p99,
@@ -125,6 +126,34 @@ pub(super) fn judge(
     report.judge();
     write(options, &report, &ended.timeline)?;
     Ok(report)
+}
+
+/// The meters the failover checks name, their collectors by label (`c1`, ...).
+fn failover_exceptions(failover: &Failover, fleet: &Fleet, seed: u64) -> Vec<FailoverException> {
+    let labels: Vec<(String, String)> = fleet
+        .addrs()
+        .iter()
+        .map(|a| a.to_string())
+        .zip(fleet.names())
+        .collect();
+    let label = |addr: &str| {
+        labels
+            .iter()
+            .find(|(a, _)| a == addr)
+            .map_or_else(|| addr.to_owned(), |(_, name)| name.clone())
+    };
+    failover
+        .meters
+        .iter()
+        .filter(|w| w.is_exception())
+        .take(MAX_FAILOVER_EXCEPTIONS)
+        .map(|w| FailoverException {
+            meter: meter_id(seed, w.meter),
+            from: label(&w.from),
+            to: w.welcomed.as_ref().map(|(by, _)| label(by)),
+            after_s: w.welcomed.as_ref().map(|(_, after)| after.as_secs_f64()),
+        })
+        .collect()
 }
 
 /// Records acked to a meter but not in the sink, batch by batch (each acked batch once).
