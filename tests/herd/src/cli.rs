@@ -206,8 +206,10 @@ struct RunArgs {
     rate: u64,
     /// The meters' `batch.max_age_ms`: with --rate, how many batches per second the fleet
     /// acks (the steady load: about 150 µs of this machine's CPU per batch, both sides).
-    #[arg(long, value_name = "MS", default_value_t = 5_000)]
-    batch_age_ms: u64,
+    /// Default by scenario: crash-one 1,000 (a meter learns that its collector died when it
+    /// next sends a batch, so the batch age bounds the failover measured), the others 5,000.
+    #[arg(long, value_name = "MS")]
+    batch_age_ms: Option<u64>,
     /// Each collector's `admission.accept_rate` (and `accept_burst`); default: the collector's
     /// default (1,000/s, measured for a 2-core machine of its own) divided by the collectors
     /// sharing this machine.
@@ -488,7 +490,9 @@ fn options(a: RunArgs) -> anyhow::Result<RunOptions> {
         first_wave: c.first_wave,
         shape: MeterShape {
             records_per_second: a.rate,
-            batch_age: Duration::from_millis(a.batch_age_ms),
+            batch_age: a
+                .batch_age_ms
+                .map_or(c.scenario.batch_age(), Duration::from_millis),
             rebalance_window: c.rebalance_window(),
             grace: Duration::from_secs(5),
         },

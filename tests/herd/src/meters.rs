@@ -234,6 +234,22 @@ impl Population {
             .collect()
     }
 
+    /// The id of meter `index`.
+    pub fn id(&self, index: usize) -> String {
+        meter_id(self.seed, index)
+    }
+
+    /// What can be watched of every started meter (its progress signal, its current
+    /// collector), by index.
+    pub fn watches(&self) -> Vec<(usize, MeterWatch)> {
+        let metrics = self.metrics.read().unwrap_or_else(|p| p.into_inner());
+        metrics
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| Some((i, m.clone()?)))
+            .collect()
+    }
+
     /// Stops every meter (all at once; each flushes within its grace period).
     pub async fn stop(&self) -> anyhow::Result<()> {
         let meters = std::mem::take(&mut *self.meters.lock().unwrap_or_else(|p| p.into_inner()));

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 /// The top-level keys of every `report.json`, live or simulated (docs/herd.md's table
 /// documents each; `tests/docs.rs` checks it does).
-pub const KEYS: [&str; 22] = [
+pub const KEYS: [&str; 28] = [
     "scenario",
     "mode",
     "meters",
@@ -29,6 +29,12 @@ pub const KEYS: [&str; 22] = [
     "sessions_max_over_mean",
     "meters_connected_at_end",
     "moved_fraction",
+    "failover_max_s",
+    "failover_p50_s",
+    "failover_meters",
+    "failover_unmoved",
+    "moved_from_live",
+    "failover_exceptions",
     "ack_latency_ms",
     "collector_crashes",
     "verdict",
@@ -49,6 +55,24 @@ pub struct AckLatency {
     /// How many acks each of the two phase figures is based on.
     pub acks_before_herd: u64,
     pub acks_during_herd: u64,
+}
+
+/// The most meters `failover_exceptions` names (the counts are in `failover_unmoved` and
+/// `moved_from_live`).
+pub const MAX_FAILOVER_EXCEPTIONS: usize = 20;
+
+/// A meter the failover checks name: one of the killed collector's that no other collector
+/// welcomed, or one of a running collector's that another one did.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailoverException {
+    /// The meter's id.
+    pub meter: String,
+    /// Its collector at the kill (`c1`, ...).
+    pub from: String,
+    /// The collector that welcomed it next (null: none did by the end of the run).
+    pub to: Option<String>,
+    /// From the kill to that welcome, seconds.
+    pub after_s: Option<f64>,
 }
 
 /// What passes.
@@ -78,6 +102,13 @@ pub struct Thresholds {
     /// Longest `time_to_all_connected_s` that passes (null: not judged; `herd sim`: 1.25 × N /
     /// capacity).
     pub time_to_all_connected_max_s: Option<f64>,
+    /// Longest `failover_max_s` that passes (null: failover not judged; a live crash-one judges
+    /// it, see `scenario::FAILOVER_MAX_S`).
+    pub failover_max_s: Option<f64>,
+    /// Highest `failover_unmoved` that passes (null: not judged).
+    pub failover_unmoved: Option<usize>,
+    /// Highest `moved_from_live` that passes (null: not judged).
+    pub moved_from_live: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -103,6 +134,24 @@ pub struct Report {
     /// Meters with a session at the end of the run.
     pub meters_connected_at_end: usize,
     pub moved_fraction: Option<f64>,
+    /// From the kill until the slowest of the killed collector's meters was welcomed by
+    /// another collector, seconds, of those that were (null: no collector killed, none of its
+    /// meters welcomed elsewhere, or not measured: `herd sim`).
+    pub failover_max_s: Option<f64>,
+    /// The same, the median meter.
+    pub failover_p50_s: Option<f64>,
+    /// Meters connected to the killed collector when it was killed (null: none killed, or not
+    /// measured).
+    pub failover_meters: Option<usize>,
+    /// Of those, meters no other collector had welcomed by the end of the run.
+    pub failover_unmoved: Option<usize>,
+    /// Meters connected at the kill to a collector that was not killed, and later to another
+    /// one than their first choice on the ring (a live collector's meter must stay; going home
+    /// is the herd's rebalancing finishing).
+    pub moved_from_live: Option<usize>,
+    /// The meters behind `failover_unmoved` and `moved_from_live`, at most
+    /// [`MAX_FAILOVER_EXCEPTIONS`].
+    pub failover_exceptions: Vec<FailoverException>,
     pub ack_latency_ms: AckLatency,
     pub collector_crashes: u32,
     /// Most resident memory any collector had, bytes.
@@ -116,6 +165,16 @@ pub struct Report {
     /// Why the verdict is "fail" (empty on "pass").
     pub failures: Vec<String>,
     pub thresholds: Thresholds,
+}
+
+impl FailoverException {
+    /// `herd-1-000004 of c1: never welcomed elsewhere`, `herd-1-000123 of c2: to c3 after 7.10 s`.
+    fn text(&self) -> String {
+        match (&self.to, self.after_s) {
+            (Some(to), Some(after)) => format!("{} of {}: to {to} after {after:.2} s", self.meter, self.from),
+            _ => format!("{} of {}: never welcomed elsewhere", self.meter, self.from),
+        }
+    }
 }
 
 impl Report {
@@ -171,6 +230,7 @@ impl Report {
                 "every meter connected after {took:.2} s (at most {limit:.2} s passes)"
             ));
         }
+        self.judge_failover(&mut failures);
         if let Some((lo, hi)) = t.moved_fraction {
             match self.moved_fraction {
                 Some(m) if (lo..=hi).contains(&m) => {}
@@ -180,6 +240,38 @@ impl Report {
         }
         self.verdict = if failures.is_empty() { "pass" } else { "fail" }.to_owned();
         self.failures = failures;
+    }
+
+    /// The failover checks: the killed collector's meters welcomed elsewhere soon enough, all
+    /// of them, and no other meter moved.
+    fn judge_failover(&self, failures: &mut Vec<String>) {
+        let t = &self.thresholds;
+        let meters = self.failover_meters.unwrap_or(0);
+        if t.failover_max_s.is_some() && meters == 0 {
+            failures.push("failover not measured: the killed collector had no meters".to_owned());
+            return;
+        }
+        if let (Some(limit), Some(took)) = (t.failover_max_s, self.failover_max_s)
+            && took > limit
+        {
+            failures.push(format!(
+                "the slowest of the killed collector's meters was welcomed elsewhere {took:.2} s after the kill (at most {limit:.1} s passes)"
+            ));
+        }
+        if let (Some(limit), Some(unmoved)) = (t.failover_unmoved, self.failover_unmoved)
+            && unmoved > limit
+        {
+            failures.push(format!(
+                "of the killed collector's {meters} meters, {unmoved} never welcomed elsewhere (at most {limit} may be)"
+            ));
+        }
+        if let (Some(limit), Some(moved)) = (t.moved_from_live, self.moved_from_live)
+            && moved > limit
+        {
+            failures.push(format!(
+                "meters of collectors still running that moved to another: {moved} (at most {limit} may)"
+            ));
+        }
     }
 
     pub fn passed(&self) -> bool {
@@ -209,7 +301,7 @@ impl Report {
             md.push('\n');
         }
         let l = &self.ack_latency_ms;
-        let rows = [
+        let mut rows = vec![
             (
                 "records sent / acked / stored",
                 format!(
@@ -259,9 +351,41 @@ impl Report {
                 self.collector_scrapes_missed.to_string(),
             ),
         ];
+        if let Some(meters) = self.failover_meters {
+            let limit = self
+                .thresholds
+                .failover_max_s
+                .map_or(String::new(), |l| format!(" (limit {l:.1} s)"));
+            rows.extend([
+                (
+                    "failover p50 / max, kill to welcomed elsewhere",
+                    format!(
+                        "{} / {}{limit}",
+                        opt(self.failover_p50_s, " s"),
+                        opt(self.failover_max_s, " s")
+                    ),
+                ),
+                (
+                    "killed collector's meters never welcomed elsewhere",
+                    format!("{} of {meters}", self.failover_unmoved.unwrap_or(0)),
+                ),
+                (
+                    "meters of running collectors that moved",
+                    self.moved_from_live.unwrap_or(0).to_string(),
+                ),
+            ]);
+        }
         let _ = writeln!(md, "| figure | value |\n|---|---|");
         for (k, v) in rows {
             let _ = writeln!(md, "| {k} | {v} |");
+        }
+        if !self.failover_exceptions.is_empty() {
+            let list: Vec<String> = self
+                .failover_exceptions
+                .iter()
+                .map(FailoverException::text)
+                .collect();
+            let _ = writeln!(md, "\nFailover exceptions: {}.", list.join("; "));
         }
         if !self.refusals.is_empty() {
             let list: Vec<String> = self.refusals.iter().map(|(k, v)| format!("{k} {v}")).collect();
@@ -309,6 +433,12 @@ mod tests {
             sessions_max_over_mean: Some(1.05),
             meters_connected_at_end: 100,
             moved_fraction: None,
+            failover_max_s: Some(2.0),
+            failover_p50_s: Some(1.0),
+            failover_meters: Some(50),
+            failover_unmoved: Some(0),
+            moved_from_live: Some(0),
+            failover_exceptions: Vec::new(),
             ack_latency_ms: AckLatency {
                 p99_before_herd: Some(2.0),
                 p99_during_herd: Some(3.0),
@@ -332,6 +462,9 @@ mod tests {
                 min_connected_at_end: 99,
                 peak_attempts_over_capacity: Some(1.5),
                 time_to_all_connected_max_s: Some(2.0),
+                failover_max_s: Some(3.0),
+                failover_unmoved: Some(0),
+                moved_from_live: Some(0),
             },
         }
     }
@@ -341,7 +474,7 @@ mod tests {
         let mut r = passing();
         r.judge();
         assert!(r.passed(), "{:?}", r.failures);
-        let breaks: [fn(&mut Report); 9] = [
+        let breaks: [fn(&mut Report); 13] = [
             |r| r.peak_attempts_per_s = 1_600.0,
             |r| r.time_to_all_connected_s = Some(2.5),
             |r| r.meters_connected_at_end = 98,
@@ -353,6 +486,13 @@ mod tests {
             |r| {
                 r.thresholds.moved_fraction = Some((0.2, 0.3));
                 r.moved_fraction = Some(0.5);
+            },
+            |r| r.failover_max_s = Some(3.5),
+            |r| r.failover_unmoved = Some(1),
+            |r| r.moved_from_live = Some(1),
+            |r| {
+                r.failover_meters = Some(0);
+                r.failover_max_s = None;
             },
         ];
         for (i, b) in breaks.iter().enumerate() {
@@ -371,5 +511,46 @@ mod tests {
         thin.ack_latency_ms.p99_during_herd = Some(100.0);
         thin.judge();
         assert!(thin.passed(), "a thin baseline is not compared");
+        let mut unjudged = passing();
+        unjudged.thresholds.failover_max_s = None;
+        unjudged.thresholds.failover_unmoved = None;
+        unjudged.thresholds.moved_from_live = None;
+        unjudged.failover_max_s = Some(30.0);
+        unjudged.failover_unmoved = Some(5);
+        unjudged.moved_from_live = Some(5);
+        unjudged.judge();
+        assert!(unjudged.passed(), "failover is judged only where asked");
+    }
+
+    #[test]
+    fn the_text_report_shows_the_failover_and_its_limit() {
+        let mut r = passing();
+        r.failover_max_s = Some(3.25);
+        r.judge();
+        let md = r.markdown();
+        assert!(md.contains("1.00 s / 3.25 s (limit 3.0 s)"), "{md}");
+        assert!(md.contains("(at most 3.0 s passes)"), "{md}");
+        assert!(md.contains("| 0 of 50 |"), "{md}");
+        r.failover_exceptions = vec![
+            FailoverException {
+                meter: "herd-1-000004".into(),
+                from: "c1".into(),
+                to: None,
+                after_s: None,
+            },
+            FailoverException {
+                meter: "herd-1-000123".into(),
+                from: "c2".into(),
+                to: Some("c3".into()),
+                after_s: Some(7.1),
+            },
+        ];
+        let md = r.markdown();
+        assert!(
+            md.contains(
+                "herd-1-000004 of c1: never welcomed elsewhere; herd-1-000123 of c2: to c3 after 7.10 s."
+            ),
+            "{md}"
+        );
     }
 }

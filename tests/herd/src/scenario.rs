@@ -87,6 +87,23 @@ impl Scenario {
         self == Scenario::AddCollector
     }
 
+    /// Whether failover is judged (a collector is killed): how soon the killed collector's
+    /// meters are welcomed elsewhere, and that no other meter moves.
+    pub fn judges_failover(self) -> bool {
+        self == Scenario::CrashOne
+    }
+
+    /// The meters' `batch.max_age_ms` when `--batch-age-ms` does not say: 1 s for crash-one, as
+    /// a meter learns that its collector died when it next sends a batch, so the batch age
+    /// bounds the failover measured; 5 s for the others (the steady load: about 150 µs of this
+    /// machine's CPU per batch, both sides).
+    pub fn batch_age(self) -> Duration {
+        match self {
+            Scenario::CrashOne => Duration::from_millis(1_000),
+            _ => Duration::from_millis(5_000),
+        }
+    }
+
     /// The sessions' max/mean that passes at the end (before sampling noise, see
     /// [`balance_threshold`]).
     pub fn max_over_mean(self) -> f64 {
@@ -118,6 +135,11 @@ impl Scenario {
         }
     }
 }
+
+/// The longest a killed collector's slowest meter may take, from the kill until another
+/// collector welcomes it (`failover_max_s`), for a live crash-one to pass: issue 26's "failover
+/// in seconds", with the meters closing a batch every second ([`Scenario::batch_age`]).
+pub const FAILOVER_MAX_S: f64 = 3.0;
 
 /// The sessions' max/mean at which a fleet of `collectors` holding `meters` counts as balanced:
 /// the scenario's figure, or, when larger, three standard deviations of the noise of hashing

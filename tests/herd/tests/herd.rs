@@ -75,6 +75,10 @@ fn u(report: &Value, key: &str) -> u64 {
     report[key].as_u64().unwrap_or(u64::MAX)
 }
 
+fn f(report: &Value, key: &str) -> f64 {
+    report[key].as_f64().unwrap_or(f64::NAN)
+}
+
 /// Passed, nothing acked was lost, every meter connected, and the records add up.
 fn assert_pass(code: i32, report: &Value) {
     assert_eq!(
@@ -82,6 +86,23 @@ fn assert_pass(code: i32, report: &Value) {
         (0, &Value::from("pass")),
         "{report:#}"
     );
+    assert_sound(report);
+}
+
+/// As [`assert_pass`], except that the failover may have been slower than the verdict's limit
+/// (then that is the one failure): how fast it is depends on the machine.
+fn assert_pass_but_failover_time(code: i32, report: &Value) {
+    let slow = f(report, "failover_max_s") > f(&report["thresholds"], "failover_max_s");
+    assert_eq!(
+        (code, report["failures"].as_array().map(Vec::len)),
+        (i32::from(slow), Some(usize::from(slow))),
+        "{report:#}"
+    );
+    assert_sound(report);
+}
+
+/// Nothing acked was lost, no collector crashed, every meter connected, and the records add up.
+fn assert_sound(report: &Value) {
     assert_eq!(u(report, "records_lost"), 0);
     assert_eq!(u(report, "collector_crashes"), 0);
     assert!(report["time_to_all_connected_s"].is_number(), "{report:#}");
@@ -96,6 +117,10 @@ async fn cold_start() -> anyhow::Result<()> {
     assert!(r["handshake_capacity_per_s"].as_f64().unwrap_or(0.0) > 0.0);
     assert!(r["peak_attempts_per_s"].as_f64().unwrap_or(0.0) > 0.0);
     assert!(r["moved_fraction"].is_null());
+    assert!(
+        r["failover_max_s"].is_null() && r["failover_meters"].is_null(),
+        "{r:#}"
+    );
     Ok(())
 }
 
@@ -104,8 +129,15 @@ async fn crash_one() -> anyhow::Result<()> {
     // Killed at 30 s; its meters notice within the 10 s idle timeout, try it once more (10 s
     // connect timeout: DNS still names it), then walk the ring: all back well before 60 s.
     let (code, r) = herd("crash-one", 300, 3, 60, &[]).await?;
-    assert_pass(code, &r);
+    assert_pass_but_failover_time(code, &r);
     assert_eq!(u(&r, "meters_connected_at_end"), 300, "{r:#}");
+    // The failover figures: c1 had meters, all were welcomed elsewhere, no other meter moved.
+    // How fast is not asserted: it depends on the machine (`herd run` judges it).
+    assert!(u(&r, "failover_meters") > 0, "{r:#}");
+    assert_eq!(u(&r, "failover_unmoved"), 0, "{r:#}");
+    assert_eq!(u(&r, "moved_from_live"), 0, "{r:#}");
+    let (p50, max) = (f(&r, "failover_p50_s"), f(&r, "failover_max_s"));
+    assert!(0.0 < p50 && p50 <= max && max < 30.0, "{r:#}");
     Ok(())
 }
 

@@ -3,9 +3,11 @@
 //!
 //! Owns: the run's clock (plan actions at their offsets, the phases of the latency comparison)
 //! and the order of a run: fleet, capacity probe, meters and sampler, the plan, the stop, the
-//! verdict. The sampler is in [`sampler`], the verdict in [`outcome`]. Must never: run past its
+//! verdict. The sampler is in [`sampler`], the watch of a killed collector's meters in
+//! [`failover`], the verdict in [`outcome`]. Must never: run past its
 //! duration plus the stop bounds, or leave a process behind (every child is killed when dropped).
 
+mod failover;
 mod outcome;
 mod sampler;
 
@@ -27,6 +29,7 @@ use crate::timeline::{Event, Timeline};
 use ringflow_tests::TestBed;
 use ringflow_tests::process::CollectorCommand;
 
+use failover::FailoverWatch;
 use outcome::Ended;
 pub use sampler::peak_per_second;
 use sampler::{Accumulated, Clock, lock, sample};
@@ -142,6 +145,8 @@ struct Live {
     sampler: JoinHandle<(Timeline, Accumulated)>,
     /// Tasks starting meters (the first wave, the herd): each must succeed.
     starts: JoinSet<anyhow::Result<()>>,
+    /// The meters' failover from the collector the plan killed, watched from the kill on.
+    failover: Option<FailoverWatch>,
 }
 
 impl Live {
@@ -187,6 +192,7 @@ impl Live {
             stop_sampling,
             sampler,
             starts: JoinSet::new(),
+            failover: None,
         })
     }
 
@@ -217,6 +223,12 @@ impl Live {
             match action {
                 Action::Herd => self.let_the_herd_go(),
                 Action::KillCollector(i) => {
+                    let named: Vec<String> = self.fleet.addrs()[..options.collectors]
+                        .iter()
+                        .map(|a| a.to_string())
+                        .collect();
+                    let watch = FailoverWatch::arm(&self.population, &named[i], &named);
+                    self.failover = Some(watch);
                     self.fleet.kill(i);
                     self.event(format!("c{} killed", i + 1));
                 }
@@ -283,6 +295,10 @@ impl Live {
             started??;
         }
         let at_end = self.population.connections();
+        let failover = match self.failover.take() {
+            Some(watch) => Some(watch.finish().await?),
+            None => None,
+        };
         self.stop_sampling.cancel();
         let (timeline, acc) = self.sampler.await?;
         self.progress.finish_and_clear();
@@ -293,6 +309,7 @@ impl Live {
             timeline,
             acc,
             at_end,
+            failover,
             stored,
             population: self.population,
             book: self.book,

@@ -1,6 +1,6 @@
 //! The verdict of a live run: what was lost, how evenly the collectors ended up loaded, how the
-//! ack latency fared before and during the herd, written out as `report.json`, `report.md`,
-//! `timeline.json` and the charts.
+//! ack latency fared before and during the herd, how soon a killed collector's meters were
+//! welcomed elsewhere, written out as `report.json`, `report.md`, `timeline.json` and the charts.
 //!
 //! Must never: count a batch that was acked twice (a resend after failover) as lost twice, or
 //! judge a collector that is down as holding no sessions.
@@ -12,12 +12,13 @@ use ringflow_proto::pb;
 use tokio::time::Instant;
 
 use super::RunOptions;
+use super::failover::Failover;
 use super::sampler::{Accumulated, peak_per_second};
 use crate::acks::AckBook;
 use crate::fleet::{Fleet, SinkKind};
 use crate::meters::{Population, meter_id};
-use crate::report::{AckLatency, Report, Thresholds};
-use crate::scenario::{Scenario, balance_threshold};
+use crate::report::{AckLatency, FailoverException, MAX_FAILOVER_EXCEPTIONS, Report, Thresholds};
+use crate::scenario::{FAILOVER_MAX_S, Scenario, balance_threshold};
 use crate::timeline::Timeline;
 
 /// Acks the first wave needs before the herd for the latency comparison to be judged.
@@ -29,6 +30,8 @@ pub(super) struct Ended {
     pub(super) acc: Accumulated,
     /// Each meter's collector when the run's duration was up (`None`: not connected).
     pub(super) at_end: Vec<Option<Arc<str>>>,
+    /// What the watch of the killed collector's meters saw (`None`: no collector was killed).
+    pub(super) failover: Option<Failover>,
     /// Every batch the fleet's sink holds.
     pub(super) stored: Vec<pb::StoredBatch>,
     pub(super) population: Arc<Population>,
@@ -64,6 +67,7 @@ pub(super) fn judge(
         moved as f64 / connected_at_end.max(1) as f64
     });
     let acks = ended.book.summary();
+    let failover = ended.failover.as_ref();
     let mut report = Report {
         scenario: scenario.name().to_owned(),
         mode: "live".to_owned(),
@@ -91,6 +95,12 @@ pub(super) fn judge(
         sessions_max_over_mean: max_over_mean(&live),
         meters_connected_at_end: connected_at_end,
         moved_fraction,
+        failover_max_s: failover.and_then(Failover::max_s),
+        failover_p50_s: failover.and_then(Failover::p50_s),
+        failover_meters: failover.map(Failover::killed_meters),
+        failover_unmoved: failover.map(Failover::unmoved),
+        moved_from_live: failover.map(Failover::moved_from_live),
+        failover_exceptions: failover.map_or_else(Vec::new, |f| failover_exceptions(f, fleet, options.seed)),
         ack_latency_ms: AckLatency {
             p50: acks.all.p50,
             p99: acks.all.p99,
@@ -116,6 +126,34 @@ pub(super) fn judge(
     report.judge();
     write(options, &report, &ended.timeline)?;
     Ok(report)
+}
+
+/// The meters the failover checks name, their collectors by label (`c1`, ...).
+fn failover_exceptions(failover: &Failover, fleet: &Fleet, seed: u64) -> Vec<FailoverException> {
+    let labels: Vec<(String, String)> = fleet
+        .addrs()
+        .iter()
+        .map(|a| a.to_string())
+        .zip(fleet.names())
+        .collect();
+    let label = |addr: &str| {
+        labels
+            .iter()
+            .find(|(a, _)| a == addr)
+            .map_or_else(|| addr.to_owned(), |(_, name)| name.clone())
+    };
+    failover
+        .meters
+        .iter()
+        .filter(|w| w.is_exception())
+        .take(MAX_FAILOVER_EXCEPTIONS)
+        .map(|w| FailoverException {
+            meter: meter_id(seed, w.meter),
+            from: label(&w.from),
+            to: w.welcomed.as_ref().map(|(by, _)| label(by)),
+            after_s: w.welcomed.as_ref().map(|(_, after)| after.as_secs_f64()),
+        })
+        .collect()
 }
 
 /// Records acked to a meter but not in the sink, batch by batch (each acked batch once).
@@ -178,6 +216,9 @@ fn thresholds(scenario: Scenario, meters: usize, collectors: usize, live: usize)
         min_connected_at_end: (meters as f64 * 0.99).floor() as usize,
         peak_attempts_over_capacity: None,
         time_to_all_connected_max_s: None,
+        failover_max_s: scenario.judges_failover().then_some(FAILOVER_MAX_S),
+        failover_unmoved: scenario.judges_failover().then_some(0),
+        moved_from_live: scenario.judges_failover().then_some(0),
     }
 }
 

@@ -279,6 +279,13 @@ fn report(o: &SimOptions, outcome: &Outcome) -> Report {
         sessions_max_over_mean: max_over_mean,
         meters_connected_at_end: connected as usize,
         moved_fraction: added.map(|a| per_collector[a] as f64 / connected.max(1) as f64),
+        // Failover is measured live only (the meters' own signal of a new collector).
+        failover_max_s: None,
+        failover_p50_s: None,
+        failover_meters: None,
+        failover_unmoved: None,
+        moved_from_live: None,
+        failover_exceptions: Vec::new(),
         ack_latency_ms: AckLatency::default(),
         collector_crashes: 0,
         collector_rss_max_bytes: 0,
@@ -297,6 +304,9 @@ fn report(o: &SimOptions, outcome: &Outcome) -> Report {
             min_connected_at_end: (o.meters as f64 * 0.99).floor() as usize,
             peak_attempts_over_capacity: capacity_bounds.then_some(PEAK_OVER_CAPACITY),
             time_to_all_connected_max_s: capacity_bounds.then(|| TIME_OVER_IDEAL * o.ideal_time_s()),
+            failover_max_s: None,
+            failover_unmoved: None,
+            moved_from_live: None,
         },
     };
     report.judge();
