@@ -87,6 +87,12 @@ struct BenchArgs {
 struct ScenarioArgs {
     #[arg(long, value_enum)]
     scenario: Scenario,
+    /// The meters' `batch.max_age_ms`: with `run --rate`, how many batches per second the fleet
+    /// acks (the steady load: about 150 µs of this machine's CPU per batch, both sides).
+    /// Default by scenario: crash-one 1,000 (a meter learns that its collector died when it
+    /// next sends a batch, so the batch age bounds the failover measured), the others 5,000.
+    #[arg(long, value_name = "MS")]
+    batch_age_ms: Option<u64>,
     /// Meters (`run`: real agent library, shared UDP sockets, spools in memory).
     #[arg(long, value_name = "N")]
     meters: usize,
@@ -129,6 +135,11 @@ impl ScenarioArgs {
         Duration::from_secs(self.duration)
     }
 
+    fn batch_age(&self) -> Duration {
+        self.batch_age_ms
+            .map_or(self.scenario.batch_age(), Duration::from_millis)
+    }
+
     fn rebalance_window(&self) -> Duration {
         self.rebalance_window_ms
             .map_or(self.duration() / 5, Duration::from_millis)
@@ -166,10 +177,6 @@ struct SimArgs {
     /// Collectors killed at once in crash-one (e.g. 20 of 200: losing 10% of the fleet).
     #[arg(long, value_name = "N", default_value_t = 1)]
     crash: usize,
-    /// The meters' `batch.max_age_ms`: a meter finds a dead collector silent only after its
-    /// next write, so this bounds failover (default: the scenario's, as `herd run`).
-    #[arg(long = "batch-age-ms", value_name = "MS")]
-    sim_batch_age_ms: Option<u64>,
     /// Collectors listen on 127.0.0.{2,3,..}:PORT; a live run's port (timeline.json `addresses`)
     /// puts every meter on the same collectors as in that run.
     #[arg(long, value_name = "PORT", default_value_t = 4433)]
@@ -204,12 +211,6 @@ struct RunArgs {
     /// Synthetic records per second per meter.
     #[arg(long, value_name = "N", default_value_t = 1)]
     rate: u64,
-    /// The meters' `batch.max_age_ms`: with --rate, how many batches per second the fleet
-    /// acks (the steady load: about 150 µs of this machine's CPU per batch, both sides).
-    /// Default by scenario: crash-one 1,000 (a meter learns that its collector died when it
-    /// next sends a batch, so the batch age bounds the failover measured), the others 5,000.
-    #[arg(long, value_name = "MS")]
-    batch_age_ms: Option<u64>,
     /// Each collector's `admission.accept_rate` (and `accept_burst`); default: the collector's
     /// default (1,000/s, measured for a 2-core machine of its own) divided by the collectors
     /// sharing this machine.
@@ -460,7 +461,7 @@ fn sim_options(a: &SimArgs) -> anyhow::Result<super::sim::SimOptions> {
         epsilon: a.epsilon,
         poll_interval: Duration::from_millis(a.poll_ms),
         rebalance_window: c.rebalance_window(),
-        batch_age: Duration::from_millis(a.sim_batch_age_ms.unwrap_or(c.scenario.batch_age_ms())),
+        batch_age: c.batch_age(),
         dns_ttl: c.dns_ttl(),
         ablations: super::sim::Ablations {
             no_jitter: a.no_jitter,
@@ -490,9 +491,7 @@ fn options(a: RunArgs) -> anyhow::Result<RunOptions> {
         first_wave: c.first_wave,
         shape: MeterShape {
             records_per_second: a.rate,
-            batch_age: a
-                .batch_age_ms
-                .map_or(c.scenario.batch_age(), Duration::from_millis),
+            batch_age: c.batch_age(),
             rebalance_window: c.rebalance_window(),
             grace: Duration::from_secs(5),
         },

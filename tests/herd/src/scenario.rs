@@ -55,16 +55,6 @@ pub struct Plan {
 }
 
 impl Scenario {
-    /// The meters' default `batch.max_age_ms` in this scenario. crash-one: 1 s, since a meter
-    /// finds its dead collector silent only after its next write, so the batch cadence bounds
-    /// failover; elsewhere 5 s (the steady load costs a fifth).
-    pub fn batch_age_ms(self) -> u64 {
-        match self {
-            Scenario::CrashOne => 1_000,
-            _ => 5_000,
-        }
-    }
-
     pub fn name(self) -> &'static str {
         match self {
             Scenario::ColdStart => "cold-start",
