@@ -616,6 +616,14 @@ impl BenchReport {
             );
             let _ = writeln!(
                 out,
+                "| hold: CPU with no session held (taken out of the idle figures), and idle in all | collector {:.2}% and {:.2}% of a core, raw quinn {:.2}% and {:.2}% |",
+                100.0 * f(ours, "baseline_cpu_share"),
+                100.0 * f(ours, "idle_cpu_share"),
+                100.0 * f(raw, "baseline_cpu_share"),
+                100.0 * f(raw, "idle_cpu_share"),
+            );
+            let _ = writeln!(
+                out,
                 "| hold: wakeups (voluntary context switches) per idle session-second | collector {:.3}, raw quinn {:.3} |",
                 f(ours, "idle_wakeups_per_session_sec"),
                 f(raw, "idle_wakeups_per_session_sec"),
@@ -699,6 +707,9 @@ fn held_section(key: &'static str, held: &Held) -> Section {
     let resolution = if held.precise() { 1e-9 } else { 0.01 };
     Section::new(key)
         .with("sessions", held.sessions)
+        .with("baseline_seconds", held.baseline.seconds)
+        .with("baseline_cpu_share", held.baseline.cpu / held.baseline.seconds)
+        .with("idle_cpu_share", held.idle.cpu / held.idle.seconds)
         .with("idle_seconds", held.idle.seconds)
         .with("busy_seconds", held.busy.seconds)
         .with("idle_us_per_session_sec", held.idle_us_per_session_sec())
@@ -809,6 +820,12 @@ mod tests {
             sessions: 10,
             rss_before: 0,
             rss_after,
+            baseline: ringflow_tests::procstat::ThreadsUse {
+                cpu: 0.0,
+                precise: true,
+                voluntary_switches: 0,
+                seconds: 1.0,
+            },
             idle: used(idle),
             busy: used(busy),
             exchanges: 100,

@@ -50,7 +50,9 @@ pub struct Held {
     /// Resident memory before the sessions were opened, and after the idle window.
     pub rss_before: u64,
     pub rss_after: u64,
-    /// The idle window, and the busy one (each session exchanging once a second).
+    /// A window with no session held (the server's own background work), the idle window, and
+    /// the busy one (each session exchanging once a second).
+    pub baseline: ThreadsUse,
     pub idle: ThreadsUse,
     pub busy: ThreadsUse,
     /// Exchanges answered in the busy window: batches acked, or messages echoed.
@@ -60,15 +62,18 @@ pub struct Held {
 }
 
 impl Held {
-    /// CPU microseconds per idle session per second.
+    /// CPU microseconds per idle session per second: the idle window's CPU less what the server
+    /// used with no session over as long.
     pub fn idle_us_per_session_sec(&self) -> f64 {
-        self.idle.cpu / (self.sessions as f64 * self.idle.seconds) * 1e6
+        let own = self.baseline.cpu / self.baseline.seconds * self.idle.seconds;
+        (self.idle.cpu - own).max(0.0) / (self.sessions as f64 * self.idle.seconds) * 1e6
     }
 
     /// Voluntary context switches (a thread sleeping until something wakes it) per idle session
-    /// per second.
+    /// per second, the server's own (with no session) taken out as for CPU.
     pub fn idle_wakeups_per_session_sec(&self) -> f64 {
-        self.idle.voluntary_switches as f64 / (self.sessions as f64 * self.idle.seconds)
+        let own = self.baseline.voluntary_switches as f64 / self.baseline.seconds * self.idle.seconds;
+        (self.idle.voluntary_switches as f64 - own).max(0.0) / (self.sessions as f64 * self.idle.seconds)
     }
 
     /// CPU microseconds per exchange: the busy window's CPU less what the idle sessions cost over
@@ -86,9 +91,9 @@ impl Held {
         self.rss_after.saturating_sub(self.rss_before) as f64 / self.sessions as f64
     }
 
-    /// Whether both windows' CPU came from the threads' nanosecond clocks.
+    /// Whether every window's CPU came from the threads' nanosecond clocks.
     pub fn precise(&self) -> bool {
-        self.idle.precise && self.busy.precise
+        self.baseline.precise && self.idle.precise && self.busy.precise
     }
 }
 
@@ -120,6 +125,10 @@ pub async fn hold(programs: &Programs, bed: &TestBed, sizes: &Sizes) -> anyhow::
     sessions::warm_up(&ours_client, bed, &collector).await?;
     raw::warm_up(&raw_client, echo_addr, &message).await?;
     let rss_before = (collector.process.rss_bytes()?, echo.rss_bytes()?);
+    // What each server does with no session held, over a window as long as a warm-up.
+    let marks = (ThreadsMark::now(servers.ours)?, ThreadsMark::now(servers.raw)?);
+    tokio::time::sleep(sizes.hold_warm_up).await;
+    let baseline = (marks.0.since()?, marks.1.since()?);
     let held_sessions = sessions::open_sessions(&ours_client, bed, &collector, n, "hold").await?;
     let held_conns = raw::open(&raw_client, echo_addr, n, &message).await?;
     let cadence = held_sessions
@@ -194,18 +203,19 @@ pub async fn hold(programs: &Programs, bed: &TestBed, sizes: &Sizes) -> anyhow::
     collector.terminate().await?;
     echo.terminate().await?;
 
-    let held = |(rss_before, rss_after), idle, (busy, exchanges, missed)| Held {
+    let held = |(rss_before, rss_after), (baseline, idle), (busy, exchanges, missed)| Held {
         sessions: n,
         rss_before,
         rss_after,
+        baseline,
         idle,
         busy,
         exchanges,
         missed,
     };
     Ok(HoldCost {
-        ours: held((rss_before.0, rss_after.0), idle.0, ours_busy),
-        raw: held((rss_before.1, rss_after.1), idle.1, raw_busy),
+        ours: held((rss_before.0, rss_after.0), (baseline.0, idle.0), ours_busy),
+        raw: held((rss_before.1, rss_after.1), (baseline.1, idle.1), raw_busy),
         cadence,
         batch_bytes: message.len(),
     })
