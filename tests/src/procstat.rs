@@ -1,6 +1,8 @@
-//! What the kernel says a process has used: CPU time and resident memory, from `/proc`.
+//! What the kernel says a process has used: CPU time, resident memory and context switches,
+//! from `/proc`.
 //!
-//! Owns: reading `/proc/PID/stat` and `/proc/PID/status`. Must never: interpret the figures.
+//! Owns: reading `/proc/PID/stat`, `/proc/PID/status` and its threads' `schedstat` and `status`.
+//! Must never: interpret the figures.
 
 use anyhow::Context;
 use tokio::time::Instant;
@@ -92,6 +94,102 @@ impl CpuMarks {
     }
 }
 
+/// What a process's threads have used, read from `/proc/PID/task/TID/{schedstat,status}`: CPU
+/// time to the nanosecond and voluntary context switches (each one a thread going to sleep until
+/// something wakes it). A thread that exits takes its figures with it, so two readings compare
+/// only while every thread of the first is still alive; [`ThreadsMark::since`] falls back to
+/// [`CpuMark`]'s whole-process clock (10 ms ticks, exited threads included) when one is gone.
+#[derive(Debug, Clone)]
+pub struct ThreadsMark {
+    whole: CpuMark,
+    threads: std::collections::BTreeMap<u32, ThreadUse>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct ThreadUse {
+    cpu_nanos: u64,
+    voluntary_switches: u64,
+}
+
+/// What a process used between a [`ThreadsMark`] and now.
+#[derive(Debug, Clone, Copy)]
+pub struct ThreadsUse {
+    /// CPU seconds: from the threads' nanosecond clocks when `precise`, else from 10 ms ticks.
+    pub cpu: f64,
+    /// Whether every thread of the first reading was still alive at the second.
+    pub precise: bool,
+    /// Voluntary context switches of the threads alive at the second reading.
+    pub voluntary_switches: u64,
+    /// Wall-clock seconds between the readings.
+    pub seconds: f64,
+}
+
+impl ThreadsMark {
+    pub fn now(pid: u32) -> anyhow::Result<Self> {
+        Ok(Self {
+            threads: threads_use(pid)?,
+            whole: CpuMark::now(pid)?,
+        })
+    }
+
+    /// What the process used since this mark.
+    pub fn since(&self) -> anyhow::Result<ThreadsUse> {
+        let now = threads_use(self.whole.pid)?;
+        let (whole, seconds) = self.whole.since()?;
+        let precise = self.threads.keys().all(|tid| now.contains_key(tid));
+        let mut cpu_nanos = 0u64;
+        let mut voluntary_switches = 0u64;
+        for (tid, used) in &now {
+            let before = self.threads.get(tid).copied().unwrap_or_default();
+            cpu_nanos += used.cpu_nanos.saturating_sub(before.cpu_nanos);
+            voluntary_switches += used.voluntary_switches.saturating_sub(before.voluntary_switches);
+        }
+        Ok(ThreadsUse {
+            cpu: if precise { cpu_nanos as f64 / 1e9 } else { whole },
+            precise,
+            voluntary_switches,
+            seconds,
+        })
+    }
+}
+
+/// Each live thread's CPU nanoseconds and voluntary context switches. A thread that exits while
+/// it is read is left out.
+fn threads_use(pid: u32) -> anyhow::Result<std::collections::BTreeMap<u32, ThreadUse>> {
+    let dir = format!("/proc/{pid}/task");
+    let mut threads = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        let entry = entry?;
+        let Some(tid) = entry.file_name().to_str().and_then(|t| t.parse::<u32>().ok()) else {
+            continue;
+        };
+        let (Ok(schedstat), Ok(status)) = (
+            std::fs::read_to_string(entry.path().join("schedstat")),
+            std::fs::read_to_string(entry.path().join("status")),
+        ) else {
+            continue;
+        };
+        let cpu_nanos = schedstat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("no run time in {dir}/{tid}/schedstat"))?;
+        let voluntary_switches = status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse().ok())
+            .with_context(|| format!("no voluntary_ctxt_switches in {dir}/{tid}/status"))?;
+        threads.insert(
+            tid,
+            ThreadUse {
+                cpu_nanos,
+                voluntary_switches,
+            },
+        );
+    }
+    Ok(threads)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,6 +208,16 @@ mod tests {
         std::hint::black_box(x);
         assert!(cpu_seconds(pid).expect("stat") > before);
         let rss = status_bytes(pid, "VmRSS").expect("rss");
+        let mark = ThreadsMark::now(pid).expect("threads");
+        let started = Instant::now();
+        while started.elapsed() < until {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        }
+        std::hint::black_box(x);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let used = mark.since().expect("threads since");
+        assert!(used.cpu >= 0.05 && used.cpu < 5.0, "{used:?}");
+        assert!(used.seconds >= 0.06, "{used:?}");
         let peak = status_bytes(pid, "VmHWM").expect("hwm");
         assert!(rss > 0 && peak >= rss);
     }

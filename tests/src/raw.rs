@@ -15,7 +15,7 @@ pub struct RawSession {
     pub conn: Connection,
     pub welcome: pb::Welcome,
     _endpoint: Endpoint,
-    _control: (SendStream, FrameReader<RecvStream>),
+    control: (SendStream, FrameReader<RecvStream>),
 }
 
 /// The collector's answer to a raw Hello.
@@ -96,11 +96,17 @@ impl RawSession {
                 conn,
                 welcome,
                 _endpoint: endpoint.clone(),
-                _control: (send, reader),
+                control: (send, reader),
             }))),
             Some(pb::control_frame::Msg::Reject(reject)) => Ok(RawHello::Rejected(reject)),
             other => anyhow::bail!("expected Welcome or Reject, got {other:?}"),
         }
+    }
+
+    /// The session's control stream (its send half and the collector's frames), for a client that
+    /// keeps the session alive as a meter does: heartbeats out, the collector's answers read.
+    pub fn control(&mut self) -> (&mut SendStream, &mut FrameReader<RecvStream>) {
+        (&mut self.control.0, &mut self.control.1)
     }
 
     /// Opens a data stream and writes `bytes` on it as they are.

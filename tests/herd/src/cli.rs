@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use super::bench::e2e::Programs;
+use super::bench::hold::echo_server;
 use super::bench::{BenchOptions, Part, Sizes};
 use super::fleet::SinkKind;
 use super::live::{RunOptions, run};
@@ -45,9 +46,10 @@ enum Command {
     Sim(SimArgs),
     /// Measure ringflow beside its ceilings in one run: end to end into the file sink and into
     /// JetStream beside raw quinn bulk transfer and direct JetStream publishes, new sessions per
-    /// second beside raw quinn handshakes, memory per idle session, the meter's CPU and memory at
-    /// 1,000 flows/s, codec and file sink throughput. Prints a table; writes bench.json and
-    /// bench.md to DIR. Build with --release.
+    /// second beside raw quinn handshakes, memory per idle session, the CPU and memory of held
+    /// sessions (idle, and a small batch a second) beside raw quinn connections, the meter's CPU
+    /// and memory at 1,000 flows/s, codec and file sink throughput. Prints a table; writes
+    /// bench.json and bench.md to DIR. Build with --release.
     Bench(BenchArgs),
 }
 
@@ -72,6 +74,9 @@ struct BenchArgs {
     /// Idle sessions held for the memory figure (default 10,000; --quick 500).
     #[arg(long, value_name = "N")]
     idle_sessions: Option<usize>,
+    /// Sessions the hold part holds, ringflow's and raw quinn's each (default 5,000; --quick 300).
+    #[arg(long, value_name = "N")]
+    hold_sessions: Option<usize>,
     /// The throughput collectors' `limits.max_unacked_batches`: how many batches one data
     /// stream may have unacked (default: the collector's default, 32).
     #[arg(long, value_name = "N")]
@@ -234,6 +239,9 @@ pub fn main() -> ExitCode {
     if args.get(1).is_some_and(|a| a == METER_SUBCOMMAND) {
         return ringflow_meter::cli::main_with_args(args.into_iter().skip(1));
     }
+    if args.get(1).is_some_and(|a| a == echo_server::SUBCOMMAND) {
+        return echo_server::main_with_args(args.into_iter().skip(1));
+    }
     let command = args
         .iter()
         .map(|a| a.to_string_lossy())
@@ -357,6 +365,13 @@ fn bench_options(a: BenchArgs, command: String) -> anyhow::Result<BenchOptions> 
         );
         sizes.idle_sessions = n;
     }
+    if let Some(n) = a.hold_sessions {
+        anyhow::ensure!(
+            (1..=50_000).contains(&n),
+            "--hold-sessions must be between 1 and 50000"
+        );
+        sizes.hold_sessions = n;
+    }
     let herd = std::env::current_exe()?;
     let parts = if a.only.is_empty() {
         <Part as clap::ValueEnum>::value_variants().to_vec()
@@ -386,6 +401,7 @@ fn bench_options(a: BenchArgs, command: String) -> anyhow::Result<BenchOptions> 
             },
             meter,
             meter_leading_args,
+            herd,
             logs,
         },
         work_parent: a.work_dir.unwrap_or_else(std::env::temp_dir),

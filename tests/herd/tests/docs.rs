@@ -83,6 +83,7 @@ fn benchmarks_md_documents_every_bench_key() {
         "--records",
         "--repeat",
         "--idle-sessions",
+        "--hold-sessions",
         "--max-unacked",
         "--work-dir",
     ] {

@@ -6,6 +6,7 @@
 //! never: decide what the figures mean (the report does).
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -82,11 +83,7 @@ impl Transfer {
 /// connection windows, `limits` defaults) and socket buffers. On each bidirectional stream it
 /// reads to the end, counting bytes, then answers with the count (8 bytes) and finishes.
 pub fn raw_quinn_server(bed: &TestBed) -> anyhow::Result<Endpoint> {
-    let chain = quic::load_certificates("server certificate", &bed.certs.server_cert)?;
-    let key = quic::load_private_key("server key", &bed.certs.server_key)?;
-    let crypto = quic::server_crypto(chain, key)?;
-    let limits = ringflow_collector::config::LimitsConfig::default();
-    let config = ringflow_collector::control::listener::server_config(crypto, &limits);
+    let config = collector_server_config(&bed.certs.server_cert, &bed.certs.server_key)?;
     let socket = quic::bind_udp(SocketAddr::from(([127, 0, 0, 1], 0)), quic::SOCKET_BUFFER_BYTES)?;
     let endpoint = Endpoint::new(
         quinn::EndpointConfig::default(),
@@ -115,6 +112,19 @@ pub fn raw_quinn_server(bed: &TestBed) -> anyhow::Result<Endpoint> {
         }
     });
     Ok(endpoint)
+}
+
+/// A collector's QUIC server configuration with the default `[limits]` (stream counts, windows,
+/// idle timeout: `ringflow_collector::control::listener::server_config`), serving the certificate
+/// and key at these paths: what every raw quinn ceiling runs with.
+pub fn collector_server_config(cert: &Path, key: &Path) -> anyhow::Result<quinn::ServerConfig> {
+    let chain = quic::load_certificates("server certificate", cert)?;
+    let key = quic::load_private_key("server key", key)?;
+    let crypto = quic::server_crypto(chain, key)?;
+    let limits = ringflow_collector::config::LimitsConfig::default();
+    Ok(ringflow_collector::control::listener::server_config(
+        crypto, &limits,
+    ))
 }
 
 /// The workload's bytes over one stream to a [`raw_quinn_server`], timed from opening the stream

@@ -36,6 +36,8 @@ pub struct Programs {
     pub meter: PathBuf,
     /// Arguments before the meter's own (`["meter"]` for `herd meter`).
     pub meter_leading_args: Vec<std::ffi::OsString>,
+    /// `herd` itself, which runs the raw quinn echo server as `herd quinn-echo ...`.
+    pub herd: PathBuf,
     pub logs: PathBuf,
 }
 

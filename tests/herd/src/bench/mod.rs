@@ -3,11 +3,13 @@
 //!
 //! Modules: `bulk` (the workload, raw quinn bulk, the windowed ringflow sender), `e2e` (meter and
 //! collector processes, the direct JetStream publisher), `sessions` (session rate, idle
-//! sessions), `meter_cost` (a meter's CPU and memory at 1,000 flows/s), `pieces` (codec, judge,
-//! file sink), `report` (bench.json, the table, the targets). This module runs them in order.
+//! sessions), `hold` (the CPU and memory of idle and lightly loaded sessions beside raw quinn's),
+//! `meter_cost` (a meter's CPU and memory at 1,000 flows/s), `pieces` (codec, judge, file sink),
+//! `report` (bench.json, the table, the targets). This module runs them in order.
 
 pub mod bulk;
 pub mod e2e;
+pub mod hold;
 pub mod meter_cost;
 pub mod pieces;
 pub mod report;
@@ -41,6 +43,9 @@ pub enum Part {
     Sessions,
     /// Collector memory per idle session.
     Idle,
+    /// Collector CPU per idle session-second, per small batch, and memory per idle session,
+    /// beside raw quinn holding as many connections.
+    Hold,
     /// The meter's CPU and memory at 1,000 flows/s (synthetic and sockets sources).
     Meter,
     /// Codec, frame judge and file sink on their own.
@@ -59,6 +64,12 @@ pub struct Sizes {
     pub session_concurrency: usize,
     /// Idle sessions held.
     pub idle_sessions: usize,
+    /// Sessions the hold holds on each side (ringflow and raw quinn).
+    pub hold_sessions: usize,
+    /// The hold's measured windows (the idle one rounded up to whole keep-alive periods), and
+    /// the warm-up before each.
+    pub hold_window: Duration,
+    pub hold_warm_up: Duration,
     /// Seconds each meter is measured (after 3 s of warm-up).
     pub meter_seconds: u64,
     /// Time each codec loop runs.
@@ -76,6 +87,9 @@ impl Sizes {
             sessions: 3_000,
             session_concurrency: 64,
             idle_sessions: 10_000,
+            hold_sessions: 5_000,
+            hold_window: Duration::from_secs(15),
+            hold_warm_up: Duration::from_secs(5),
             meter_seconds: 20,
             codec_budget: Duration::from_secs(2),
             max_unacked: None,
@@ -90,6 +104,9 @@ impl Sizes {
             sessions: 200,
             session_concurrency: 16,
             idle_sessions: 500,
+            hold_sessions: 300,
+            hold_window: Duration::from_secs(3),
+            hold_warm_up: Duration::from_secs(1),
             meter_seconds: 2,
             codec_budget: Duration::from_millis(200),
             max_unacked: None,
@@ -136,6 +153,14 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
     if wants(Part::Sessions) || wants(Part::Idle) {
         eprintln!("herd bench: sessions");
         sessions_part(&options, &bed, &mut report).await?;
+    }
+    if wants(Part::Hold) {
+        eprintln!(
+            "herd bench: {} held sessions, idle and with a small batch a second, beside raw quinn",
+            sizes.hold_sessions
+        );
+        let cost = hold::hold(&options.programs, &bed, sizes).await?;
+        report.hold(&cost);
     }
     if wants(Part::Meter) {
         eprintln!("herd bench: meter cost at 1,000 flows/s");

@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use super::bulk::Transfer;
 use super::e2e::Run;
+use super::hold::{Held, HoldCost};
 use super::meter_cost::MeterCost;
 use super::pieces::CodecRates;
 use super::sessions::IdleCost;
@@ -27,6 +28,8 @@ pub const SECTIONS: &[&str] = &[
     "jetstream_e2e",
     "sessions",
     "idle_sessions",
+    "hold",
+    "hold_raw_quinn",
     "meter_synthetic",
     "meter_sockets",
     "codec",
@@ -40,6 +43,9 @@ pub const RATIOS: &[&str] = &[
     "jetstream_ingest_vs_direct",
     "jetstream_e2e_vs_direct",
     "sessions_vs_raw_handshakes",
+    "idle_cpu_vs_raw_quinn",
+    "batch_cpu_vs_raw_echo",
+    "idle_memory_vs_raw_quinn",
 ];
 
 /// Every target: (key, what, goal, at least (else at most)).
@@ -72,6 +78,36 @@ pub const TARGETS: &[(&str, &str, f64, bool)] = &[
         "idle_bytes_per_session",
         "collector memory per idle session (bytes)",
         65_536.0,
+        false,
+    ),
+    (
+        "hold_idle_us_per_session_sec",
+        "collector CPU per idle session-second (µs)",
+        5.0,
+        false,
+    ),
+    (
+        "idle_cpu_vs_raw_quinn",
+        "collector CPU per idle session-second / raw quinn's",
+        2.0,
+        false,
+    ),
+    (
+        "hold_us_per_batch",
+        "collector CPU per 10-record batch, one a second per session (µs)",
+        25.0,
+        false,
+    ),
+    (
+        "batch_cpu_vs_raw_echo",
+        "collector CPU per 10-record batch / raw quinn's per echo of it",
+        3.0,
+        false,
+    ),
+    (
+        "hold_bytes_per_idle_session",
+        "collector memory per idle session, held with raw quinn's beside (bytes)",
+        24_576.0,
         false,
     ),
     (
@@ -297,6 +333,20 @@ impl BenchReport {
         );
     }
 
+    /// The hold's two sections: `hold` (the collector) and `hold_raw_quinn`, with the same
+    /// fields; `hold` also has the settings the sessions kept alive with.
+    pub fn hold(&mut self, cost: &HoldCost) {
+        let ms = |d: std::time::Duration| d.as_millis() as u64;
+        let ours = held_section("hold", &cost.ours)
+            .with("keep_alive_ms", ms(cost.cadence.keep_alive))
+            .with("heartbeat_interval_ms", ms(cost.cadence.heartbeat))
+            .with("idle_timeout_ms", ms(cost.cadence.idle_timeout))
+            .with("records_per_batch", super::hold::ours::RECORDS_PER_SMALL_BATCH)
+            .with("batch_bytes", cost.batch_bytes);
+        self.add(ours);
+        self.add(held_section("hold_raw_quinn", &cost.raw));
+    }
+
     pub fn meter(&mut self, key: &'static str, cost: &MeterCost) {
         let mib = |b: u64| b as f64 / (1 << 20) as f64;
         self.add(
@@ -348,8 +398,19 @@ impl BenchReport {
                 self.figure("sessions", "raw_quinn_per_sec"),
             ),
         ];
-        for (key, ours, ceiling) in pairs {
-            if let (Some(ours), Some(ceiling)) = (ours, ceiling) {
+        let held = |r: &Self, name: &str| (r.figure("hold", name), r.figure("hold_raw_quinn", name));
+        let held_pairs = [
+            ("idle_cpu_vs_raw_quinn", held(self, "idle_us_per_session_sec")),
+            ("batch_cpu_vs_raw_echo", held(self, "us_per_batch")),
+            ("idle_memory_vs_raw_quinn", held(self, "bytes_per_idle_session")),
+        ];
+        let all = pairs
+            .into_iter()
+            .chain(held_pairs.into_iter().map(|(key, (ours, raw))| (key, ours, raw)));
+        for (key, ours, ceiling) in all {
+            if let (Some(ours), Some(ceiling)) = (ours, ceiling)
+                && ceiling > 0.0
+            {
                 self.ratios.insert(key, ours / ceiling);
             }
         }
@@ -378,6 +439,9 @@ impl BenchReport {
         match key {
             "records_per_collector_cpu_sec" => self.figure("file_e2e", key),
             "idle_bytes_per_session" => self.figure("idle_sessions", "bytes_per_session"),
+            "hold_idle_us_per_session_sec" => self.figure("hold", "idle_us_per_session_sec"),
+            "hold_us_per_batch" => self.figure("hold", "us_per_batch"),
+            "hold_bytes_per_idle_session" => self.figure("hold", "bytes_per_idle_session"),
             _ => {
                 if let Some(ratio) = self.ratios.get(key) {
                     return Some(*ratio);
@@ -461,7 +525,38 @@ impl BenchReport {
                 ratio("sessions_vs_raw_handshakes"),
             ),
         ];
-        for (what, ours, ceiling, ratio) in rows {
+        let held = |name: &str, unit: &dyn Fn(f64) -> String| {
+            (
+                self.figure("hold", name).map(unit),
+                self.figure("hold_raw_quinn", name).map(unit),
+            )
+        };
+        let us = |v: f64| format!("{v:.2} µs");
+        let kib = |v: f64| format!("{:.1} KiB", v / 1024.0);
+        let (idle_ours, idle_raw) = held("idle_us_per_session_sec", &us);
+        let (batch_ours, batch_raw) = held("us_per_batch", &us);
+        let (mem_ours, mem_raw) = held("bytes_per_idle_session", &kib);
+        let held_rows = [
+            (
+                "idle session: collector CPU per session-second (hold)",
+                idle_ours,
+                idle_raw.map(|r| format!("raw quinn idle connection: {r}")),
+                ratio("idle_cpu_vs_raw_quinn"),
+            ),
+            (
+                "10-record batch a second per session: collector CPU per batch (hold)",
+                batch_ours,
+                batch_raw.map(|r| format!("raw quinn echo of the same bytes: {r}")),
+                ratio("batch_cpu_vs_raw_echo"),
+            ),
+            (
+                "memory per idle session (hold)",
+                mem_ours,
+                mem_raw.map(|r| format!("raw quinn idle connection: {r}")),
+                ratio("idle_memory_vs_raw_quinn"),
+            ),
+        ];
+        for (what, ours, ceiling, ratio) in rows.into_iter().chain(held_rows) {
             if let Some(ours) = ours {
                 let _ = writeln!(
                     out,
@@ -504,6 +599,42 @@ impl BenchReport {
                 "| collector memory per idle session ({} sessions) | {:.1} KiB |",
                 self.figure("idle_sessions", "sessions").unwrap_or(0.0),
                 b / 1024.0
+            );
+        }
+        if let (Some(ours), Some(raw)) = (self.section("hold"), self.section("hold_raw_quinn")) {
+            let f = |s: &Section, name: &str| s.number(name).unwrap_or(f64::NAN);
+            let _ = writeln!(
+                out,
+                "| hold: what ran | {:.0} sessions each; keep-alive {:.0} ms, heartbeat {:.0} ms (0: none), idle timeout {:.0} ms; {:.0}-byte batches; windows {:.0} s idle, {:.0} s busy |",
+                f(ours, "sessions"),
+                f(ours, "keep_alive_ms"),
+                f(ours, "heartbeat_interval_ms"),
+                f(ours, "idle_timeout_ms"),
+                f(ours, "batch_bytes"),
+                f(ours, "idle_seconds"),
+                f(ours, "busy_seconds"),
+            );
+            let _ = writeln!(
+                out,
+                "| hold: CPU with no session held (taken out of the idle figures), and idle in all | collector {:.2}% and {:.2}% of a core, raw quinn {:.2}% and {:.2}% |",
+                100.0 * f(ours, "baseline_cpu_share"),
+                100.0 * f(ours, "idle_cpu_share"),
+                100.0 * f(raw, "baseline_cpu_share"),
+                100.0 * f(raw, "idle_cpu_share"),
+            );
+            let _ = writeln!(
+                out,
+                "| hold: wakeups (voluntary context switches) per idle session-second | collector {:.3}, raw quinn {:.3} |",
+                f(ours, "idle_wakeups_per_session_sec"),
+                f(raw, "idle_wakeups_per_session_sec"),
+            );
+            let _ = writeln!(
+                out,
+                "| hold: exchanges answered per second in the busy window (missed turns) | collector {:.0} ({:.0}), raw quinn {:.0} ({:.0}) |",
+                f(ours, "batches_per_sec"),
+                f(ours, "missed_batches"),
+                f(raw, "batches_per_sec"),
+                f(raw, "missed_batches"),
             );
         }
         for (key, label) in [("meter_synthetic", "synthetic"), ("meter_sockets", "sockets")] {
@@ -569,6 +700,31 @@ impl BenchReport {
         std::fs::write(dir.join("bench.md"), self.markdown())?;
         Ok(())
     }
+}
+
+/// One server's figures in the hold.
+fn held_section(key: &'static str, held: &Held) -> Section {
+    let resolution = if held.precise() { 1e-9 } else { 0.01 };
+    Section::new(key)
+        .with("sessions", held.sessions)
+        .with("baseline_seconds", held.baseline.seconds)
+        .with("baseline_cpu_share", held.baseline.cpu / held.baseline.seconds)
+        .with("idle_cpu_share", held.idle.cpu / held.idle.seconds)
+        .with("idle_seconds", held.idle.seconds)
+        .with("busy_seconds", held.busy.seconds)
+        .with("idle_us_per_session_sec", held.idle_us_per_session_sec())
+        .with(
+            "idle_wakeups_per_session_sec",
+            held.idle_wakeups_per_session_sec(),
+        )
+        .with("us_per_batch", held.us_per_exchange())
+        .with("batches", held.exchanges)
+        .with("batches_per_sec", held.exchanges_per_sec())
+        .with("missed_batches", held.missed)
+        .with("rss_before_bytes", held.rss_before)
+        .with("rss_after_bytes", held.rss_after)
+        .with("bytes_per_idle_session", held.bytes_per_idle_session())
+        .with("cpu_resolution_sec", resolution)
 }
 
 /// 1234567.8 → "1,234,568".
@@ -654,6 +810,38 @@ mod tests {
         };
         report.meter("meter_synthetic", &cost);
         report.meter("meter_sockets", &cost);
+        let used = |cpu| ringflow_tests::procstat::ThreadsUse {
+            cpu,
+            precise: true,
+            voluntary_switches: 100,
+            seconds: 10.0,
+        };
+        let held = |idle, busy, rss_after| Held {
+            sessions: 10,
+            rss_before: 0,
+            rss_after,
+            baseline: ringflow_tests::procstat::ThreadsUse {
+                cpu: 0.0,
+                precise: true,
+                voluntary_switches: 0,
+                seconds: 1.0,
+            },
+            idle: used(idle),
+            busy: used(busy),
+            exchanges: 100,
+            missed: 0,
+        };
+        let second = std::time::Duration::from_secs(1);
+        report.hold(&HoldCost {
+            ours: held(0.0004, 0.0024, 20 << 10),
+            raw: held(0.0002, 0.0012, 10 << 10),
+            cadence: super::super::hold::cadence::Cadence {
+                keep_alive: second,
+                idle_timeout: second * 10,
+                heartbeat: second * 10,
+            },
+            batch_bytes: 600,
+        });
         report.conclude();
         assert_eq!(report.targets.len(), TARGETS.len(), "{:?}", report.targets);
         assert_eq!(report.ratios.len(), RATIOS.len());
@@ -673,6 +861,14 @@ mod tests {
         assert_eq!(by_key("idle_bytes_per_session").measured, 1024.0);
         assert!(by_key("meter_sockets_cpu_share").met);
         assert_eq!(by_key("meter_synthetic_rss_mib").measured, 10.0);
+        let close = |key: &str, v: f64| (by_key(key).measured - v).abs() < 1e-9;
+        assert!(close("hold_idle_us_per_session_sec", 4.0));
+        assert!(close("idle_cpu_vs_raw_quinn", 2.0));
+        assert!(close("hold_us_per_batch", 20.0) && by_key("hold_us_per_batch").met);
+        assert!(close("batch_cpu_vs_raw_echo", 2.0));
+        assert!(close("hold_bytes_per_idle_session", 2048.0));
+        assert!((report.ratios["idle_memory_vs_raw_quinn"] - 2.0).abs() < 1e-9);
+        assert_eq!(report.figure("hold", "idle_wakeups_per_session_sec"), Some(1.0));
         let json = serde_json::to_value(&report).expect("json");
         for key in SECTIONS.iter().filter(|k| !["codec", "file_sink"].contains(k)) {
             assert!(json["results"].get(key).is_some(), "no results.{key}");

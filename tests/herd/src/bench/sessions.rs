@@ -77,50 +77,10 @@ pub async fn idle_sessions(
     n: usize,
 ) -> anyhow::Result<IdleCost> {
     let endpoint = RawSession::endpoint_at(bed, std::net::Ipv4Addr::LOCALHOST.into(), None)?;
-    for i in 0..64 {
-        if let RawHello::Welcomed(s) =
-            RawSession::hello_on(&endpoint, collector.addr, ORG, &format!("warm-{i}"), &bed.token).await?
-        {
-            s.conn.close(0u32.into(), b"");
-        }
-    }
-    let admin = collector.admin_addr;
-    let sessions_open = async move || -> usize {
-        match http_get(admin, "/metrics").await {
-            Ok((_, body)) => metric_value(&body, "ringflow_collector_connections{state=\"session\"}")
-                .unwrap_or(0.0) as usize,
-            Err(_) => usize::MAX,
-        }
-    };
-    poll_until(Duration::from_secs(30), "warm-up sessions closed", async || {
-        sessions_open().await == 0
-    })
-    .await?;
+    warm_up(&endpoint, bed, collector).await?;
     let rss_before = collector.process.rss_bytes()?;
-    let held = Arc::new(Mutex::new(Vec::with_capacity(n)));
-    let token: Arc<str> = bed.token.as_str().into();
-    let addr = collector.addr;
-    measure(n, 64, |i| {
-        let (endpoint, token, held) = (endpoint.clone(), Arc::clone(&token), Arc::clone(&held));
-        async move {
-            match RawSession::hello_on(&endpoint, addr, ORG, &format!("idle-{i:05}"), &token).await? {
-                RawHello::Welcomed(s) => {
-                    held.lock().unwrap_or_else(|p| p.into_inner()).push(s);
-                    Ok(())
-                }
-                RawHello::Rejected(r) => anyhow::bail!("idle session {i} rejected: {r:?}"),
-            }
-        }
-    })
-    .await?;
-    poll_until(
-        Duration::from_secs(60),
-        "every idle session counted",
-        async || sessions_open().await == n,
-    )
-    .await?;
+    let held = open_sessions(&endpoint, bed, collector, n, "idle").await?;
     let rss_after = collector.process.rss_bytes()?;
-    let held = std::mem::take(&mut *held.lock().unwrap_or_else(|p| p.into_inner()));
     for s in &held {
         s.conn.close(0u32.into(), b"");
     }
@@ -130,4 +90,73 @@ pub async fn idle_sessions(
         rss_before,
         rss_after,
     })
+}
+
+/// Opens and closes 64 sessions to `collector` from `endpoint`, and waits until it counts none:
+/// what the first sessions allocate once (pools, tables) is then not charged to those measured.
+pub async fn warm_up(endpoint: &Endpoint, bed: &TestBed, collector: &CollectorProcess) -> anyhow::Result<()> {
+    for i in 0..64 {
+        if let RawHello::Welcomed(s) =
+            RawSession::hello_on(endpoint, collector.addr, ORG, &format!("warm-{i}"), &bed.token).await?
+        {
+            s.conn.close(0u32.into(), b"");
+        }
+    }
+    let admin = collector.admin_addr;
+    poll_until(Duration::from_secs(30), "warm-up sessions closed", async || {
+        sessions_open(admin).await == 0
+    })
+    .await
+}
+
+/// Opens `n` sessions (meters `PREFIX-00000`, ...) to `collector` from `endpoint`, 64 at once,
+/// and returns them once the collector counts all of them as sessions.
+pub async fn open_sessions(
+    endpoint: &Endpoint,
+    bed: &TestBed,
+    collector: &CollectorProcess,
+    n: usize,
+    prefix: &str,
+) -> anyhow::Result<Vec<Box<RawSession>>> {
+    let held = Arc::new(Mutex::new(Vec::with_capacity(n)));
+    let token: Arc<str> = bed.token.as_str().into();
+    let prefix: Arc<str> = prefix.into();
+    let addr = collector.addr;
+    measure(n, 64, |i| {
+        let (endpoint, token, held, prefix) = (
+            endpoint.clone(),
+            Arc::clone(&token),
+            Arc::clone(&held),
+            Arc::clone(&prefix),
+        );
+        async move {
+            match RawSession::hello_on(&endpoint, addr, ORG, &format!("{prefix}-{i:05}"), &token).await? {
+                RawHello::Welcomed(s) => {
+                    held.lock().unwrap_or_else(|p| p.into_inner()).push(s);
+                    Ok(())
+                }
+                RawHello::Rejected(r) => anyhow::bail!("{prefix} session {i} rejected: {r:?}"),
+            }
+        }
+    })
+    .await?;
+    let admin = collector.admin_addr;
+    poll_until(Duration::from_secs(60), "every session counted", async || {
+        sessions_open(admin).await == n
+    })
+    .await?;
+    Ok(std::mem::take(
+        &mut *held.lock().unwrap_or_else(|p| p.into_inner()),
+    ))
+}
+
+/// The sessions the collector at `admin` counts (`connections{state="session"}`); `usize::MAX`
+/// when it does not answer.
+pub async fn sessions_open(admin: SocketAddr) -> usize {
+    match http_get(admin, "/metrics").await {
+        Ok((_, body)) => {
+            metric_value(&body, "ringflow_collector_connections{state=\"session\"}").unwrap_or(0.0) as usize
+        }
+        Err(_) => usize::MAX,
+    }
 }
