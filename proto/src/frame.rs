@@ -33,6 +33,10 @@ pub const MAX_COLLECTOR_CONTROL_FRAME_BYTES: usize = 256 * 1024;
 
 /// How much [`FrameReader`] asks the stream for at a time when the buffer is full.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// What a [`FrameReader`] with no buffer asks for first: a control message or a small batch. A
+/// stream that sends more grows to [`READ_CHUNK_BYTES`] (a frame's announced length is reserved
+/// whole), so an idle session's two readers hold a little memory each instead of 64 KiB.
+const FIRST_READ_BYTES: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
@@ -217,7 +221,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 return Ok(Some(frame));
             }
             if self.buf.len() == self.buf.capacity() {
-                self.buf.reserve(READ_CHUNK_BYTES);
+                let chunk = if self.buf.capacity() == 0 {
+                    FIRST_READ_BYTES
+                } else {
+                    READ_CHUNK_BYTES
+                };
+                self.buf.reserve(chunk);
             }
             if self.io.read_buf(&mut self.buf).await? == 0 {
                 return self.codec.decode_eof(&mut self.buf);
