@@ -23,8 +23,9 @@
 //! - **Gone.** A collector that went silent (see [`crate::session::liveness`]), stalled, did not
 //!   answer a dial at all (no handshake), or that a collector's fleet view says is not answering its peers is on a
 //!   *soft hold* for `dead_hold`, whatever DNS says: it is not dialled while another collector
-//!   is free. A silent collector's meters step to their next collector after `[0, step_delay)`
-//!   (no backoff: the failure was that collector's, not the fleet's); a stalled one's meters
+//!   is free. A silent collector's meters step to their next collector after
+//!   `[0, step_delay / 4)`: they found it silent at their own next writes, already spread over
+//!   their batch cadence (no backoff: the failure was that collector's, not the fleet's); a stalled one's meters
 //!   move at once, to the next collector that already answered them. When every collector is
 //!   held, soft holds are ignored and the backoff paces the meter: a whole fleet restarting is
 //!   not kept waiting for `dead_hold`.
@@ -81,6 +82,10 @@ impl From<&crate::config::ReconnectConfig> for SelectorConfig {
         }
     }
 }
+
+/// After a collector is found gone, its meters step to the next within `step_delay` divided by
+/// this.
+const GONE_STEP_DIVISOR: u32 = 4;
 
 /// Doublings of the rebalance window after failed returns home, at most.
 const MAX_HOME_DOUBLINGS: u32 = 6;
@@ -265,7 +270,14 @@ impl<B: Backoff, R: Rng> Selector<B, R> {
         }
         self.tried.push(Arc::clone(target));
         let paced = matches!(failure, Failure::Refused { .. });
-        self.step(now, paced);
+        self.step(
+            now,
+            if paced {
+                Duration::ZERO
+            } else {
+                self.config.step_delay
+            },
+        );
     }
 
     /// The collectors a collector's fleet view says are not answering its peers: soft holds.
@@ -342,7 +354,7 @@ impl<B: Backoff, R: Rng> Selector<B, R> {
         let Some((target, since)) = self.session.take() else {
             // Not known to be in a session (the driver missed the Welcome): treat it as a failed
             // attempt rather than leave a stale attempt to be made at once.
-            self.step(now, false);
+            self.step(now, self.config.step_delay);
             return;
         };
         let healthy = now.duration_since(since) >= self.config.healthy_after;
@@ -362,8 +374,14 @@ impl<B: Backoff, R: Rng> Selector<B, R> {
             Ended::Gone | Ended::Stalled => {
                 self.hold(&target, now + self.config.dead_hold, true);
                 self.tried.push(target);
-                // Stalled: the fallback answered a moment ago; dial it at once.
-                self.step(now, ended == Ended::Stalled);
+                // Stalled: the fallback answered a moment ago; dial it at once. Gone: the
+                // meters of a dead collector find it silent at their own next writes, spread
+                // over their batch cadence already; a quarter step adds the rest.
+                let spread = match ended {
+                    Ended::Stalled => Duration::ZERO,
+                    _ => self.config.step_delay / GONE_STEP_DIVISOR,
+                };
+                self.step(now, spread);
             }
             Ended::Drained { within } => {
                 let until = now + within;
@@ -394,20 +412,16 @@ impl<B: Backoff, R: Rng> Selector<B, R> {
             // A session that died young is a failure of that collector.
             Ended::Lost => {
                 self.tried.push(target);
-                self.step(now, false);
+                self.step(now, self.config.step_delay);
             }
         }
     }
 
-    /// After a failure: the next collector of this round (at once if the failure was `paced`
-    /// already, else after a random step delay), or the next round after a backoff.
-    fn step(&mut self, now: Instant, paced: bool) {
+    /// After a failure: the next collector of this round after a random delay in `[0, spread)`
+    /// (zero when the failure was paced already), or the next round after a backoff.
+    fn step(&mut self, now: Instant, spread: Duration) {
         if let Some(target) = self.next_untried(now) {
-            let at = if paced {
-                now
-            } else {
-                now + self.jitter(self.config.step_delay)
-            };
+            let at = now + self.jitter(spread);
             self.next = Some(Attempt { target, at });
             return;
         }

@@ -364,7 +364,10 @@ fn a_gone_collector_is_left_for_the_next_within_a_step_and_not_dialled_again_whi
     s.on_ended(Ended::Gone, died);
     let a = s.next_attempt().unwrap().clone();
     assert_eq!(a.target, order[1], "the next on the ring");
-    assert!(a.at <= died + CONFIG.step_delay, "no backoff: within a step");
+    assert!(
+        a.at <= died + CONFIG.step_delay / 4,
+        "no backoff: within a quarter step"
+    );
     s.on_welcome(&a.target, a.at);
     // DNS still names the dead one and the fleet view changes: it is not the move target while
     // held, and once the hold ends the meter goes home within the rebalance window.

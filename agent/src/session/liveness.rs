@@ -73,6 +73,9 @@ pub struct Liveness {
     /// The earliest write not yet followed by a packet from the collector, and the count of
     /// packets received when it was made.
     unanswered: Option<(Instant, u64)>,
+    /// The latest write, and the count of packets received when it was made: watched next when
+    /// the earlier one turns out answered.
+    latest: Option<(Instant, u64)>,
     /// Silence was seen once; it is confirmed at this instant.
     confirm_at: Option<Instant>,
     /// RFC 6298's estimator over this session's ack latencies.
@@ -89,6 +92,7 @@ impl Liveness {
         Liveness {
             config,
             unanswered: None,
+            latest: None,
             confirm_at: None,
             ack_srtt: None,
             ack_rttvar: Duration::ZERO,
@@ -114,9 +118,10 @@ impl Liveness {
     /// `received` packets. True when this write starts a silence watch (none was running).
     pub fn on_write(&mut self, now: Instant, received: u64) -> bool {
         self.probe_asked = false;
+        self.latest = Some((now, received));
         let starts = self.unanswered.is_none();
         if starts {
-            self.unanswered = Some((now, received));
+            self.unanswered = self.latest;
         }
         starts
     }
@@ -171,12 +176,16 @@ impl Liveness {
         rtt: Duration,
     ) -> Verdict {
         let bound = self.silence_bound(rtt);
-        if let Some((since, seen)) = self.unanswered {
-            if received != seen {
-                // Something came back after that write: the collector is there.
-                self.unanswered = None;
-                self.confirm_at = None;
-            } else if now >= since + bound {
+        if let Some((since, seen)) = self.unanswered
+            && received != seen
+        {
+            // Something came back after that write: the collector was there. A later write
+            // after which nothing came back is watched from its own instant.
+            self.unanswered = self.latest.filter(|&(at, r)| r == received && at > since);
+            self.confirm_at = None;
+        }
+        if let Some((since, _)) = self.unanswered {
+            if now >= since + bound {
                 match self.confirm_at {
                     Some(at) if now >= at => return Verdict::Silent(now - since),
                     Some(_) => {}

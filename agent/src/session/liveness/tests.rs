@@ -147,3 +147,33 @@ fn nothing_in_flight_and_nothing_written_needs_no_check() {
     assert_eq!(l.check(t0 + ms(1_000), 1, None, RTT), Verdict::Fine);
     assert_eq!(l.next_check(None, RTT), None, "answered, nothing in flight");
 }
+
+#[test]
+fn a_write_made_while_an_earlier_one_was_watched_is_watched_from_its_own_instant() {
+    // A batch at 0 is answered at 5 ms; the collector dies at 500 ms; the next batch goes out
+    // at 900 ms, while the first write's watch still runs (it ends at its check, at 1 s).
+    let t0 = Instant::now();
+    let mut l = Liveness::new(config());
+    assert!(l.on_write(t0, 10));
+    assert!(!l.on_write(t0 + ms(900), 11), "a watch runs already");
+    // At 1 s: the first write was answered, the second not: watched from 900 ms.
+    assert_eq!(
+        l.check(t0 + ms(1_000), 11, Some(t0 + ms(900)), RTT),
+        Verdict::Fine
+    );
+    assert_eq!(l.next_check(Some(t0 + ms(900)), RTT), Some(t0 + ms(1_900)));
+    assert_eq!(
+        l.check(t0 + ms(1_900), 11, Some(t0 + ms(900)), RTT),
+        Verdict::Fine
+    );
+    assert_eq!(
+        l.check(t0 + ms(2_025), 11, Some(t0 + ms(900)), RTT),
+        Verdict::Silent(ms(1_125))
+    );
+    // Had something come after the second write too, nothing would be watched.
+    let mut l = Liveness::new(config());
+    l.on_write(t0, 10);
+    l.on_write(t0 + ms(900), 11);
+    assert_eq!(l.check(t0 + ms(1_000), 12, None, RTT), Verdict::Fine);
+    assert_eq!(l.next_check(None, RTT), None);
+}
