@@ -94,8 +94,9 @@ struct ScenarioArgs {
     scenario: Scenario,
     /// The meters' `batch.max_age_ms`: with `run --rate`, how many batches per second the fleet
     /// acks (the steady load: about 150 µs of this machine's CPU per batch, both sides).
-    /// Default by scenario: crash-one 1,000 (a meter learns that its collector died when it
-    /// next sends a batch, so the batch age bounds the failover measured), the others 5,000.
+    /// Default by scenario: crash-one 500 (a meter learns that its collector died when it next
+    /// sends a batch, so its cadence bounds the failover measured; at 1 record/s, one batch a
+    /// second), the others 5,000.
     #[arg(long, value_name = "MS")]
     batch_age_ms: Option<u64>,
     /// Meters (`run`: real agent library, shared UDP sockets, spools in memory).

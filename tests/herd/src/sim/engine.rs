@@ -63,9 +63,9 @@ pub struct Model {
     pub jitter_on: bool,
     /// The meters' connect timeout (an attempt at a collector that is down fails after it).
     pub connect_timeout: Duration,
-    /// The meters' batch cadence (`batch.max_age_ms`): a meter writes to its collector within
-    /// this long, and finds a dead collector silent only after a write.
-    pub batch_age: Duration,
+    /// How often a meter writes a batch: a meter finds a dead collector silent only after a
+    /// write, at a uniform moment of this.
+    pub write_every: Duration,
     /// From a write to a dead collector to the session's end: the silence bound and its
     /// confirmation ([`ringflow_meter::session::liveness`]).
     pub silence_detect: Duration,
@@ -929,7 +929,7 @@ impl<'w> Engine<'w> {
         col.handshakes = 0;
         for m in 0..self.meters.len() {
             if self.meters[m].session == Some(c) {
-                let write = self.uniform(self.model.batch_age);
+                let write = self.uniform(self.model.write_every);
                 self.after(write + self.model.silence_detect, Ev::Gone { m: m as u32, c });
             }
         }

@@ -161,7 +161,9 @@ impl SimOptions {
             jitter: ringflow_meter::selector::backoff::JitterParams::from(&reconnect),
             jitter_on: !self.ablations.no_jitter,
             connect_timeout: reconnect.connect_timeout(),
-            batch_age: self.batch_age,
+            // `herd run`'s meters make 1 record a second: a batch each `batch_age`, but not more
+            // often than a record comes.
+            write_every: self.batch_age.max(Duration::from_secs(1)),
             silence_detect: {
                 let liveness = ringflow_meter::session::liveness::LivenessConfig::from(&reconnect);
                 let bound =
