@@ -184,15 +184,15 @@ impl Liveness {
             self.unanswered = self.latest.filter(|&(at, r)| r == received && at > since);
             self.confirm_at = None;
         }
-        if let Some((since, _)) = self.unanswered {
-            if now >= since + bound {
-                match self.confirm_at {
-                    Some(at) if now >= at => return Verdict::Silent(now - since),
-                    Some(_) => {}
-                    None => self.confirm_at = Some(now + bound / 8),
-                }
-                return Verdict::Fine;
+        if let Some((since, _)) = self.unanswered
+            && now >= since + bound
+        {
+            match self.confirm_at {
+                Some(at) if now >= at => return Verdict::Silent(now - since),
+                Some(_) => {}
+                None => self.confirm_at = Some(now + bound / 8),
             }
+            return Verdict::Fine;
         }
         let Some(sent) = oldest_sent else {
             return Verdict::Fine;
