@@ -316,6 +316,7 @@ impl<'a> Driver<'a> {
                 w.leave_tx.send_replace(Some(Leave::to_move()));
             }
             (CheckFor::Fallback, true) => {
+                self.selector.on_fallback_answered(&checked);
                 w.leave_tx.send_replace(Some(Leave::stalled()));
             }
             (CheckFor::Home, false) => {

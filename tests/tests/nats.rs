@@ -259,9 +259,29 @@ async fn a_nats_outage_holds_acks_and_loses_and_duplicates_nothing() -> anyhow::
         peak_spooled > 2 * QUEUE,
         "meters kept the rest: {peak_spooled} batches spooled"
     );
+    let ends: Vec<(&str, u64)> = [
+        "silent",
+        "stalled",
+        "timeout",
+        "closed_by_collector",
+        "stream_closed",
+        "stream",
+        "protocol",
+    ]
+    .into_iter()
+    .map(|r| {
+        let n = meters
+            .iter()
+            .map(|m| ringflow_meter::MeterMetrics::count(&m.metrics().metrics().sessions.session_ends, r))
+            .sum();
+        (r, n)
+    })
+    .filter(|(_, n)| *n > 0)
+    .collect();
     assert!(
         collector.metrics.sessions.sessions_active.get() >= METERS as i64,
-        "sessions kept"
+        "sessions kept: {} active; the meters' session ends {ends:?}",
+        collector.metrics.sessions.sessions_active.get()
     );
 
     nats.restart().await?;

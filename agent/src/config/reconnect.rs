@@ -38,8 +38,8 @@ pub struct ReconnectConfig {
     /// next collector once that one answers, make-before-break.
     pub ack_timeout_min_ms: u64,
     pub ack_timeout_max_ms: u64,
-    /// A collector that went silent, stalled, did not answer, or that the fleet view says is
-    /// not answering is not dialled again for this long while another collector is free.
+    /// A collector that went silent, stalled, did not answer a dial at all, or that the fleet
+    /// view says is not answering is not dialled again for this long while another collector is free.
     pub dead_hold_ms: u64,
 }
 

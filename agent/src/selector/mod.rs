@@ -41,6 +41,7 @@
 
 pub mod backoff;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -125,13 +126,12 @@ pub enum Ended {
     Stalled,
 }
 
-/// A collector not to be dialled before `until`. A soft hold (a collector that seems gone)
-/// counts only while another collector is free.
-#[derive(Debug, Clone)]
+/// When a collector may be dialled again. A soft hold (a collector that seems gone) counts only
+/// while another collector is free; a hard one (`retry_after`, a drain) always.
+#[derive(Debug, Clone, Copy, Default)]
 struct Hold {
-    target: Arc<str>,
-    until: Instant,
-    soft: bool,
+    hard: Option<Instant>,
+    soft: Option<Instant>,
 }
 
 pub struct Selector<B, R> {
@@ -145,7 +145,9 @@ pub struct Selector<B, R> {
     /// Collectors tried (and failed) in the current round.
     tried: Vec<Arc<str>>,
     /// Collectors not to be dialled before an instant (`retry_after`, drains, gone ones).
-    holds: Vec<Hold>,
+    holds: HashMap<Arc<str>, Hold>,
+    /// The collector a stalled session checked and is leaving for ([`Ended::Stalled`]).
+    leaving_for: Option<Arc<str>>,
     /// The welcomed session, and since when.
     session: Option<(Arc<str>, Instant)>,
     /// While in a session: when to leave it for a better collector.
@@ -174,7 +176,8 @@ impl<B: Backoff, R: Rng> Selector<B, R> {
             rng,
             splay_until: now,
             tried: Vec::new(),
-            holds: Vec::new(),
+            holds: HashMap::new(),
+            leaving_for: None,
             session: None,
             move_at: None,
             next: None,
@@ -244,6 +247,7 @@ impl<B: Backoff, R: Rng> Selector<B, R> {
     /// The collector welcomed the meter.
     pub fn on_welcome(&mut self, target: &Arc<str>, now: Instant) {
         self.next = None;
+        self.leaving_for = None;
         self.returning = false;
         self.session = Some((Arc::clone(target), now));
         if self.first().as_ref() == Some(target) {
@@ -287,6 +291,10 @@ impl<B: Backoff, R: Rng> Selector<B, R> {
                 self.hold(&member, now + self.config.dead_hold, true);
             }
         }
+        // While in a session: not back home before its hold ends.
+        if let (Some(at), Some(first)) = (self.move_at, self.first()) {
+            self.move_at = Some(at.max(self.hold_until(&first, now)));
+        }
         // The pending attempt may be at one of them.
         if self.session.is_none()
             && let Some(next) = self.next.as_ref()
@@ -308,13 +316,19 @@ impl<B: Backoff, R: Rng> Selector<B, R> {
     }
 
     /// While in a session with a collector that stopped acking: the collector to move to (the
-    /// next in ring order, not tried in this round, not on hold). The driver checks that it
-    /// answers before leaving ([`Ended::Stalled`]).
+    /// next in ring order, not on hold; the driver checks that it answers before leaving, so
+    /// the failures of an earlier round do not count).
     pub fn fallback(&self, now: Instant) -> Option<Arc<str>> {
         let current = self.connected_to()?;
         self.ring
             .walk(&self.meter_id)
-            .find(|c| c != current && !self.tried.contains(c) && self.hold_until(c, now) <= now)
+            .find(|c| c != current && self.hold_until(c, now) <= now)
+    }
+
+    /// The stalled session's fallback answered: the session leaves for it
+    /// ([`Ended::Stalled`] dials it at once).
+    pub fn on_fallback_answered(&mut self, target: &Arc<str>) {
+        self.leaving_for = Some(Arc::clone(target));
     }
 
     /// The driver is checking that the first choice answers before leaving for it (see
@@ -366,17 +380,29 @@ impl<B: Backoff, R: Rng> Selector<B, R> {
             Ended::Moved => {
                 self.tried.clear();
                 self.returning = true;
-                self.next = self.first().map(|target| Attempt {
-                    at: self.hold_until(&target, now),
-                    target,
+                self.next = self.first().map(|target| {
+                    // It answered the check just made: whatever said it was gone is old news.
+                    if let Some(hold) = self.holds.get_mut(&target) {
+                        hold.soft = None;
+                    }
+                    Attempt {
+                        at: self.hold_until(&target, now),
+                        target,
+                    }
                 });
             }
             Ended::Gone | Ended::Stalled => {
                 self.hold(&target, now + self.config.dead_hold, true);
                 self.tried.push(target);
-                // Stalled: the fallback answered a moment ago; dial it at once. Gone: the
-                // meters of a dead collector find it silent at their own next writes, spread
-                // over their batch cadence already; a quarter step adds the rest.
+                if ended == Ended::Stalled
+                    && let Some(to) = self.leaving_for.take()
+                {
+                    // It answered a moment ago: dial it at once.
+                    self.next = Some(Attempt { target: to, at: now });
+                    return;
+                }
+                // Gone: the meters of a dead collector find it silent at their own next writes,
+                // spread over their batch cadence already; a quarter step adds the rest.
                 let spread = match ended {
                     Ended::Stalled => Duration::ZERO,
                     _ => self.config.step_delay / GONE_STEP_DIVISOR,
@@ -472,19 +498,20 @@ impl<B: Backoff, R: Rng> Selector<B, R> {
             .find(|c| !self.tried.contains(c) && self.hold_until(c, now) <= now)
     }
     fn hold(&mut self, target: &Arc<str>, until: Instant, soft: bool) {
-        self.holds
-            .retain(|h| !(h.target == *target && h.soft == soft) && self.ring.contains(&h.target));
-        self.holds.push(Hold {
-            target: Arc::clone(target),
-            until,
-            soft,
-        });
+        let ring = &self.ring;
+        self.holds.retain(|t, _| ring.contains(t));
+        let hold = self.holds.entry(Arc::clone(target)).or_default();
+        if soft {
+            hold.soft = Some(until);
+        } else {
+            hold.hard = Some(until);
+        }
     }
 
     /// When `target` may be dialled again (`now` if it is not on hold). Soft holds count only
     /// while some collector is free of every hold.
     fn hold_until(&self, target: &str, now: Instant) -> Instant {
-        let soft = self.holds.iter().any(|h| h.soft && h.until > now)
+        let soft = self.holds.values().any(|h| h.soft.is_some_and(|s| s > now))
             && self
                 .ring
                 .members()
@@ -495,11 +522,10 @@ impl<B: Backoff, R: Rng> Selector<B, R> {
 
     /// When `target` is free of hard holds, and of soft ones if `soft`.
     fn hold_until_counting(&self, target: &str, now: Instant, soft: bool) -> Instant {
-        self.holds
-            .iter()
-            .filter(|h| &*h.target == target && (soft || !h.soft))
-            .map(|h| h.until)
-            .fold(now, Instant::max)
+        self.holds.get(target).map_or(now, |h| {
+            let soft = if soft { h.soft } else { None };
+            [h.hard, soft].into_iter().flatten().fold(now, Instant::max)
+        })
     }
 
     fn jitter(&mut self, max: Duration) -> Duration {

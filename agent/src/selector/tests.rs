@@ -457,3 +457,60 @@ fn a_stalled_collector_is_left_at_once_for_its_fallback_which_is_the_next_free_o
         })
     );
 }
+
+#[test]
+fn a_stall_falls_back_even_to_a_collector_that_failed_before_this_session_and_dials_the_one_checked() {
+    let t0 = Instant::now();
+    let r = ring(3);
+    let order: Vec<_> = r.walk("m1").collect();
+    let mut s = selector("m1", r.clone(), t0);
+    // The first choice failed (it answered: a refusal), then the second welcomed the meter.
+    s.on_failure(&order[0], Failure::Unreachable, t0);
+    s.on_welcome(&order[1], t0);
+    let now = t0 + Duration::from_secs(3_600);
+    assert_eq!(
+        s.fallback(now),
+        Some(order[0].clone()),
+        "an earlier round's failure does not count"
+    );
+    // The driver checked the third (say the first was held meanwhile): that is where it goes.
+    s.on_fallback_answered(&order[2]);
+    s.on_ended(Ended::Stalled, now);
+    assert_eq!(
+        s.next_attempt(),
+        Some(&Attempt {
+            target: order[2].clone(),
+            at: now
+        })
+    );
+}
+
+#[test]
+fn a_first_choice_marked_not_answering_is_moved_to_only_after_its_hold_and_at_once_once_it_answered() {
+    let t0 = Instant::now();
+    let r = ring(3);
+    let order: Vec<_> = r.walk("m1").collect();
+    let mut s = selector("m1", r.clone(), t0);
+    s.on_welcome(&order[1], t0);
+    let planned = s.move_at().unwrap();
+    // The Welcome's view said the first choice is not answering: no move before its hold ends.
+    s.on_not_answering(&[order[0].to_string()], t0);
+    let held = s.move_at().unwrap();
+    assert!(
+        held >= t0 + CONFIG.dead_hold && held >= planned,
+        "{:?}",
+        held - t0
+    );
+    // The check before leaving found it answering: the move goes there at once.
+    let later = t0 + CONFIG.dead_hold + Duration::from_secs(1);
+    s.on_checking_home();
+    s.on_not_answering(&[order[0].to_string()], later - Duration::from_secs(1));
+    s.on_ended(Ended::Moved, later);
+    assert_eq!(
+        s.next_attempt(),
+        Some(&Attempt {
+            target: order[0].clone(),
+            at: later
+        })
+    );
+}

@@ -46,6 +46,7 @@ pub(super) async fn run_control(
         tokio::select! {
             _ = async { match tick.as_mut() { Some(t) => { t.tick().await; } None => std::future::pending().await } } => {
                 send.write_chunk(heartbeat_frame()).await?;
+                watch.wrote(Instant::now());
             }
             _ = probe.notified() => {
                 send.write_chunk(heartbeat_frame()).await?;

@@ -9,9 +9,11 @@
 //!   RTT plus its ACK delay, even when its data plane is wedged (QUIC runs on the control
 //!   runtime). So after a write, not one packet from the collector for the *silence bound* means
 //!   it is gone. The bound is `max(silence_timeout, 3 x (2 x srtt + 25 ms))`: the configured
-//!   floor, or three probe timeouts of this path. The verdict is confirmed once, an eighth of
-//!   the bound later, so a meter whose own process was starved (its timer late, the packets
-//!   still unread in the socket) does not mistake its own stall for the collector's.
+//!   floor, or three probe timeouts of this path. The verdict is then confirmed by a fresh probe:
+//!   the meter writes a heartbeat and waits an eighth of the bound, and only once that probe has
+//!   left (the connection's sent-datagram count moved past it) and still nothing came back is
+//!   the collector gone. So a meter whose own process was starved (its timer late, its packets
+//!   unsent, the answer unread in the socket) does not mistake its own stall for the collector's.
 //! - **Stalled** (the collector is there but does not ack: its sink is throttled, its data plane
 //!   wedged). The oldest batch in flight waited longer than the *ack bound*: four times the
 //!   usual worst ack latency seen on this session (`srtt + 4 x rttvar`, RFC 6298's estimator over
@@ -54,6 +56,13 @@ impl From<&crate::config::ReconnectConfig> for LivenessConfig {
     }
 }
 
+/// A connection's datagram counts at an instant (quinn's `udp_rx` and `udp_tx`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Traffic {
+    pub received: u64,
+    pub sent: u64,
+}
+
 /// What a check found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -61,7 +70,8 @@ pub enum Verdict {
     Fine,
     /// Write a probe (a heartbeat on the control stream), then tell [`Liveness::on_write`].
     Probe,
-    /// Not one packet from the collector for this long after a write: it is gone.
+    /// Not one packet from the collector for this long after a write, nor after the probe that
+    /// confirmed it: it is gone.
     Silent(Duration),
     /// The oldest batch in flight has waited this long for its ack, past the ack bound.
     Stalled(Duration),
@@ -73,9 +83,9 @@ pub struct Liveness {
     /// The earliest write not yet followed by a packet from the collector, and the count of
     /// packets received when it was made.
     unanswered: Option<(Instant, u64)>,
-    /// The latest write, and the count of packets received when it was made: watched next when
-    /// the earlier one turns out answered.
-    latest: Option<(Instant, u64)>,
+    /// The latest write, and the traffic when it was made: watched next when the earlier one
+    /// turns out answered; the confirming probe must have left before silence counts.
+    latest: Option<(Instant, Traffic)>,
     /// Silence was seen once; it is confirmed at this instant.
     confirm_at: Option<Instant>,
     /// RFC 6298's estimator over this session's ack latencies.
@@ -83,8 +93,10 @@ pub struct Liveness {
     ack_rttvar: Duration,
     /// A probe was asked for and not yet written.
     probe_asked: bool,
-    /// Stalls reported so far: the next is reported one ack bound after the last.
-    stalls: u32,
+    /// The batch (by when it was sent) whose stall was reported, and how many times: the next
+    /// report for the same batch comes one ack bound after the last; a new oldest batch starts
+    /// again from one bound.
+    stalled: Option<(Instant, u32)>,
 }
 
 impl Liveness {
@@ -97,7 +109,7 @@ impl Liveness {
             ack_srtt: None,
             ack_rttvar: Duration::ZERO,
             probe_asked: false,
-            stalls: 0,
+            stalled: None,
         }
     }
 
@@ -114,14 +126,14 @@ impl Liveness {
         (usual_worst * ACK_BOUND_FACTOR).clamp(self.config.ack_timeout_min, self.config.ack_timeout_max)
     }
 
-    /// The meter wrote something ack-eliciting at `now`, when the connection had received
-    /// `received` packets. True when this write starts a silence watch (none was running).
-    pub fn on_write(&mut self, now: Instant, received: u64) -> bool {
+    /// The meter wrote something ack-eliciting at `now`, with the connection's `traffic` then.
+    /// True when this write starts a silence watch (none was running).
+    pub fn on_write(&mut self, now: Instant, traffic: Traffic) -> bool {
         self.probe_asked = false;
-        self.latest = Some((now, received));
+        self.latest = Some((now, traffic));
         let starts = self.unanswered.is_none();
         if starts {
-            self.unanswered = self.latest;
+            self.unanswered = Some((now, traffic.received));
         }
         starts
     }
@@ -149,7 +161,7 @@ impl Liveness {
         }
         let silence = self.unanswered.map(|(at, _)| at + self.silence_bound(rtt));
         let late = oldest_sent.map(|sent| sent + self.probe_after());
-        let stall = oldest_sent.map(|sent| sent + self.stall_after());
+        let stall = oldest_sent.map(|sent| sent + self.stall_after(sent));
         // A probe is due only while no write waits for an answer.
         let probe = late.filter(|_| self.unanswered.is_none() && !self.probe_asked);
         [silence, probe, stall].into_iter().flatten().min()
@@ -162,8 +174,12 @@ impl Liveness {
 
     /// The oldest batch waiting this long is (again) a stall to report: one ack bound, and one
     /// more after each report (while the meter finds no other collector, it stays and waits).
-    fn stall_after(&self) -> Duration {
-        self.ack_bound() * (self.stalls + 1)
+    fn stall_after(&self, sent: Instant) -> Duration {
+        let reported = match self.stalled {
+            Some((batch, times)) if batch == sent => times,
+            _ => 0,
+        };
+        self.ack_bound() * (reported + 1)
     }
 
     /// Checks at `now`, with `received` packets received so far, the oldest batch in flight sent
@@ -171,35 +187,54 @@ impl Liveness {
     pub fn check(
         &mut self,
         now: Instant,
-        received: u64,
+        traffic: Traffic,
         oldest_sent: Option<Instant>,
         rtt: Duration,
     ) -> Verdict {
         let bound = self.silence_bound(rtt);
+        let received = traffic.received;
         if let Some((since, seen)) = self.unanswered
             && received != seen
         {
             // Something came back after that write: the collector was there. A later write
             // after which nothing came back is watched from its own instant.
-            self.unanswered = self.latest.filter(|&(at, r)| r == received && at > since);
+            self.unanswered = self
+                .latest
+                .filter(|&(at, t)| t.received == received && at > since)
+                .map(|(at, t)| (at, t.received));
             self.confirm_at = None;
         }
-        if let Some((since, _)) = self.unanswered
-            && now >= since + bound
-        {
-            match self.confirm_at {
-                Some(at) if now >= at => return Verdict::Silent(now - since),
-                Some(_) => {}
-                None => self.confirm_at = Some(now + bound / 8),
+        if let Some((since, _)) = self.unanswered {
+            if let Some(at) = self.confirm_at
+                && now >= at
+            {
+                // The probe (the latest write) has left and nothing came back: gone. Not left
+                // yet (this meter's own sending is late): wait for it.
+                if self.latest.is_some_and(|(_, t)| traffic.sent > t.sent) {
+                    return Verdict::Silent(now - since);
+                }
+                self.confirm_at = Some(now + bound / 8);
+                return Verdict::Fine;
             }
-            return Verdict::Fine;
+            if now >= since + bound && self.confirm_at.is_none() {
+                self.confirm_at = Some(now + bound / 8);
+                self.probe_asked = true;
+                return Verdict::Probe;
+            }
+            if self.confirm_at.is_some() {
+                return Verdict::Fine;
+            }
         }
         let Some(sent) = oldest_sent else {
             return Verdict::Fine;
         };
         let waited = now.saturating_duration_since(sent);
-        if waited >= self.stall_after() {
-            self.stalls += 1;
+        if waited >= self.stall_after(sent) {
+            let times = match self.stalled {
+                Some((batch, times)) if batch == sent => times + 1,
+                _ => 1,
+            };
+            self.stalled = Some((sent, times));
             return Verdict::Stalled(waited);
         }
         if self.unanswered.is_none() && !self.probe_asked && waited >= self.probe_after() {

@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 
 use super::control::{ControlEvent, run_control};
 use super::data::{receive_replies, send_batches};
-use super::liveness::{Liveness, Verdict};
+use super::liveness::{Liveness, Traffic, Verdict};
 use super::window::Window;
 use super::{DRAIN_ACK_WAIT, Leave, SessionContext, SessionEnd, SessionError};
 
@@ -166,9 +166,13 @@ pub(super) fn lock<T>(state: &Mutex<T>) -> MutexGuard<'_, T> {
     state.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Packets received on `conn` so far.
-pub(super) fn received(conn: &Connection) -> u64 {
-    conn.stats().udp_rx.datagrams
+/// Datagrams received and sent on `conn` so far.
+pub(super) fn traffic(conn: &Connection) -> Traffic {
+    let stats = conn.stats();
+    Traffic {
+        received: stats.udp_rx.datagrams,
+        sent: stats.udp_tx.datagrams,
+    }
 }
 
 /// What the writers of a session tell the failure detector: they wrote at an instant.
@@ -189,7 +193,7 @@ impl LivenessWatch<'_> {
         stalls: &watch::Sender<u32>,
     ) -> Result<(), SessionError> {
         let oldest = lock(window).oldest_sent();
-        let verdict = lock(self.liveness).check(Instant::now(), received(self.conn), oldest, self.conn.rtt());
+        let verdict = lock(self.liveness).check(Instant::now(), traffic(self.conn), oldest, self.conn.rtt());
         match verdict {
             Verdict::Fine => {}
             Verdict::Probe => probe.notify_one(),
@@ -206,7 +210,7 @@ impl LivenessWatch<'_> {
     }
 
     pub(super) fn wrote(&self, now: Instant) {
-        if lock(self.liveness).on_write(now, received(self.conn)) {
+        if lock(self.liveness).on_write(now, traffic(self.conn)) {
             self.watching.notify_one();
         }
     }

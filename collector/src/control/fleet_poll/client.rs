@@ -43,6 +43,14 @@ pub enum PollError {
     Json(#[from] serde_json::Error),
 }
 
+impl PollError {
+    /// Nothing answered: no connection (refused, unreachable) or no answer in time. An HTTP error
+    /// or a bad report came from a process that is there.
+    pub fn no_answer(&self) -> bool {
+        matches!(self, PollError::Connect(_) | PollError::Timeout(_))
+    }
+}
+
 impl From<hyper::Error> for PollError {
     fn from(error: hyper::Error) -> Self {
         if error.is_parse_too_large() {

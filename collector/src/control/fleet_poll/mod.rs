@@ -256,11 +256,16 @@ impl Poller {
         let mut ids: HashSet<String> = HashSet::new();
         for (peer, result) in peers.iter().zip(results) {
             match &result {
-                Ok(_) => self.misses.remove(&peer.ip()),
-                Err(_) => self
-                    .misses
-                    .insert(peer.ip(), self.misses.get(&peer.ip()).map_or(1, |m| m + 1)),
-            };
+                // Nothing answered: a collector that is not there (an HTTP error or a bad report
+                // came from one that is).
+                Err(error) if error.no_answer() => {
+                    let misses = self.misses.get(&peer.ip()).map_or(1, |m| m + 1);
+                    self.misses.insert(peer.ip(), misses);
+                }
+                _ => {
+                    self.misses.remove(&peer.ip());
+                }
+            }
             match result {
                 Ok(report) if report.collector == *self.plan.collector_id => {
                     info!(%peer, "bounded load: this address is this collector; not polling it again");
@@ -290,7 +295,13 @@ impl Poller {
         }
         let answered = answers.iter().filter(|(_, s)| s.is_some()).count();
         let own = self.load.sessions() as u64;
-        let silent = self.silent_hosts();
+        // With no peer answering at all, the poll itself may be what is broken (an admin server
+        // the peers cannot reach): nobody is told to meters as not answering on that alone.
+        let silent = if answered > 0 {
+            self.silent_hosts()
+        } else {
+            Vec::new()
+        };
         let estimate = {
             let mut view = self.view.lock().unwrap_or_else(|p| p.into_inner());
             view.on_round(own, &answers, Instant::now());
