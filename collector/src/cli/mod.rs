@@ -95,6 +95,12 @@ enum Command {
     ExampleConfig,
 }
 
+/// The `collector` command line's definition: for the man pages and shell completions that the
+/// packaging tool generates from it (`packaging/`).
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}
+
 pub fn main() -> ExitCode {
     main_with_args(std::env::args_os())
 }
