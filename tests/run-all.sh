@@ -4,7 +4,8 @@
 # Unit and property tests of every crate, integration tests over loopback QUIC with real
 # collectors (in-process and as child processes) and real nats-server processes, CLI tests of
 # both binaries. Installs nats-server, and clang with the BPF headers (Debian packages), first
-# if they are missing. The bpf tier's tests need root (CI has it); elsewhere they print why
+# if they are missing, and the packaging tools (cargo-deb, lintian), then builds the Debian
+# packages the package tests check. The bpf tier's tests need root (CI has it); elsewhere they print why
 # they did not run.
 # Runs with cargo-nextest when it is installed (one process per test, each bounded by
 # .config/nextest.toml), else with cargo test. Then a short smoke run of every fuzz target
@@ -16,6 +17,10 @@ cd "$(dirname "$0")/.."
 tests/ensure-nats-server.sh
 # The meter's bpf tier: clang and headers for its programs (the tests load them as root).
 tests/ensure-bpf-toolchain.sh
+# The Debian packages (docs/install.md), built once with the release profile before the tests:
+# tests/tests/packages.rs checks what they hold, lints them and installs them in a throwaway root.
+tests/ensure-packaging-tools.sh
+cargo run --locked --quiet -p ringflow-packaging -- debs --no-lintian
 
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --locked "$@"
