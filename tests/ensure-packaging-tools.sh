@@ -2,7 +2,7 @@
 # Makes sure the Debian packaging tools are there, for `cargo run -p ringflow-packaging -- debs`
 # (docs/install.md) and the package tests: cargo-deb (installed with `cargo install`, pinned),
 # lintian and dpkg-dev (Debian packages, with apt-get), and systemd-analyze (Debian's systemd
-# package) for the units' checks. Does nothing for what is already there.
+# package) and strace for the units' checks. Does nothing for what is already there.
 set -euo pipefail
 
 CARGO_DEB_VERSION=3.8.0
@@ -12,6 +12,7 @@ command -v lintian >/dev/null 2>&1 || missing+=(lintian)
 command -v dpkg-architecture >/dev/null 2>&1 || missing+=(dpkg-dev)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v gzip >/dev/null 2>&1 || missing+=(gzip)
+command -v strace >/dev/null 2>&1 || missing+=(strace)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing Debian packages for packaging: ${missing[*]}" >&2
     "$(dirname "$0")/apt-install.sh" "${missing[@]}"

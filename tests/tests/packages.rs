@@ -3,8 +3,9 @@
 //! - each holds exactly the files docs/install.md lists, with its unit and maintainer scripts as
 //!   they are in packaging/debian/ (a stale package fails and says how to rebuild it);
 //! - lintian reports no error;
-//! - the units pass `systemd-analyze verify` once installed, and `systemd-analyze security`
-//!   scores each no worse than docs/install.md records;
+//! - the units pass `systemd-analyze verify` once installed, `systemd-analyze security` scores
+//!   each no worse than docs/install.md records, and their system call filters let through
+//!   every call a demo run makes (traced with strace);
 //! - in a throwaway root (root only; elsewhere the test says why and fails), both install, their
 //!   binaries run, an upgrade keeps the operator's config and the meter's id, spool and
 //!   last-known-good fleet, removal keeps config and state, and purge deletes them.
@@ -284,5 +285,103 @@ fn install_upgrade_remove_and_purge_in_a_throwaway_root() {
     assert!(!config.exists(), "purge deletes the config");
     for file in state {
         assert!(!root.path(file).exists(), "purge deletes {file}");
+    }
+}
+
+/// The system calls in a `systemd-analyze syscall-filter` group, nested groups expanded.
+fn syscall_group(name: &str) -> BTreeSet<String> {
+    let out = std::process::Command::new("systemd-analyze")
+        .args(["syscall-filter", "--no-pager", name])
+        .output()
+        .expect("run systemd-analyze syscall-filter");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut calls = BTreeSet::new();
+    for item in text.lines().skip(1).map(str::trim) {
+        if item.is_empty() || item.starts_with('#') {
+            continue;
+        }
+        if item.starts_with('@') {
+            calls.extend(syscall_group(item));
+        } else {
+            calls.insert(item.to_string());
+        }
+    }
+    calls
+}
+
+/// What a unit's `SystemCallFilter=` lines let through: the allow lists' calls, less the `~`
+/// lines' calls.
+fn unit_allows(unit: &Path) -> BTreeSet<String> {
+    let text = std::fs::read_to_string(unit).expect("read the unit");
+    let expand = |items: &str| -> BTreeSet<String> {
+        items
+            .split_whitespace()
+            .flat_map(|i| {
+                if i.starts_with('@') {
+                    syscall_group(i)
+                } else {
+                    BTreeSet::from([i.to_string()])
+                }
+            })
+            .collect()
+    };
+    let (mut allowed, mut denied) = (BTreeSet::new(), BTreeSet::new());
+    for value in text.lines().filter_map(|l| l.strip_prefix("SystemCallFilter=")) {
+        match value.strip_prefix('~') {
+            Some(deny) => denied.extend(expand(deny)),
+            None => allowed.extend(expand(value)),
+        }
+    }
+    assert!(
+        !allowed.is_empty(),
+        "{} has no SystemCallFilter allow list",
+        unit.display()
+    );
+    allowed.difference(&denied).cloned().collect()
+}
+
+#[test]
+fn the_units_filters_allow_every_system_call_a_demo_run_makes() {
+    // The demo runs a collector and a meter (its sockets source on the bpf tier when root) in
+    // one process for a few seconds: what it calls, both units must let through, but for `bpf`,
+    // which only the meter calls.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let counts = dir.path().join("strace.txt");
+    let out = std::process::Command::new("timeout")
+        .args(["120", "strace", "-f", "-qq", "-c", "-o"])
+        .arg(&counts)
+        .arg(env!("CARGO_BIN_EXE_demo"))
+        .args(["--duration", "5", "--dir"])
+        .arg(dir.path().join("demo"))
+        .output()
+        .unwrap_or_else(|e| panic!("run strace ({e}): tests/ensure-packaging-tools.sh installs it"));
+    assert!(
+        out.status.success(),
+        "demo under strace: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = std::fs::read_to_string(&counts).expect("strace's counts");
+    let used: BTreeSet<String> = table
+        .lines()
+        .filter(|l| l.trim_start().chars().next().is_some_and(|c| c.is_ascii_digit()))
+        .filter_map(|l| l.split_whitespace().last())
+        .filter(|name| *name != "total")
+        .map(str::to_string)
+        .collect();
+    assert!(
+        used.contains("recvmmsg") || used.contains("recvmsg"),
+        "strace saw no QUIC receive: {table}"
+    );
+    for (package, binary) in PACKAGES {
+        let unit = packages::workspace_root().join(format!("packaging/debian/{binary}/{package}.service"));
+        let allowed = unit_allows(&unit);
+        let refused: Vec<&String> = used
+            .iter()
+            .filter(|call| !allowed.contains(*call) && !(binary == "collector" && *call == "bpf"))
+            .collect();
+        assert!(
+            refused.is_empty(),
+            "{package}.service's SystemCallFilter refuses {refused:?}, which a demo run calls (all: {used:?})"
+        );
     }
 }
