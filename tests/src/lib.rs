@@ -13,6 +13,7 @@ pub mod exporter;
 pub mod kafka;
 pub mod logs;
 pub mod nats;
+pub mod nats_cluster;
 pub mod packages;
 pub mod process;
 pub mod procstat;

@@ -1,8 +1,10 @@
 //! A real `nats-server -js` for tests: on a free loopback port, with its own store directory,
 //! killed when the fixture is dropped. It can be killed (SIGKILL) and started again on the same
-//! port and store, which is how sink outages are tested.
+//! port and store, which is how sink outages are tested. Also: meters that send a known number
+//! of records, and the check that a stream holds each of their batches exactly once.
 
-use std::net::TcpListener;
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -10,7 +12,12 @@ use anyhow::Context;
 use ringflow_collector::data::sink::nats::NatsSinkConfig;
 use ringflow_collector::data::sink::nats::consume::{StreamedBatch, read_stream};
 
+use ringflow_meter::Meter;
+use ringflow_meter::source::synthetic::bytes_from_src;
+use ringflow_proto::pb;
+
 use crate::process::ChildProcess;
+use crate::{ORG, TestBed, start_meter, synthetic, wait_for_meter};
 
 /// Where `nats-server` is looked for besides `$PATH` (Debian installs it in /usr/sbin).
 const SEARCH_DIRS: [&str; 3] = ["/usr/sbin", "/usr/bin", "/usr/local/bin"];
@@ -80,6 +87,11 @@ impl NatsServer {
             options: Vec::new(),
             log: None,
         })
+    }
+
+    /// Replaces the extra command-line options (kept for restarts).
+    pub fn set_options(&mut self, options: &[String]) {
+        self.options = options.to_vec();
     }
 
     /// The server's process id while it runs.
@@ -162,4 +174,86 @@ pub async fn read_all_with(config: &NatsSinkConfig) -> anyhow::Result<Vec<Stream
         .await
         .context("reading the stream took over 60 s")??;
     Ok(all)
+}
+
+/// Starts `count` meters named m0, m1, ... each sending `total` records at `rate`/s to
+/// `collectors` (each meter's ring picks one).
+pub async fn start_meters(
+    bed: &TestBed,
+    collectors: &[SocketAddr],
+    count: usize,
+    rate: u64,
+    total: u64,
+) -> anyhow::Result<Vec<Meter>> {
+    let mut meters = Vec::new();
+    for i in 0..count {
+        meters.push(start_meter_numbered(bed, i, collectors, rate, total).await?);
+    }
+    Ok(meters)
+}
+
+/// Meter `m{i}`, sending `total` records at `rate`/s to `collectors`.
+pub async fn start_meter_numbered(
+    bed: &TestBed,
+    i: usize,
+    collectors: &[SocketAddr],
+    rate: u64,
+    total: u64,
+) -> anyhow::Result<Meter> {
+    let mut config = bed.meter_config(&format!("m{i}"), collectors);
+    config.sources.synthetic = synthetic(rate, total);
+    start_meter(config).await
+}
+
+pub async fn wait_all_acked(meters: &[Meter], total: u64, within: Duration) -> anyhow::Result<()> {
+    for (i, meter) in meters.iter().enumerate() {
+        wait_for_meter(
+            &meter.metrics(),
+            within,
+            &format!("m{i}: all records acked"),
+            |m| m.delivery.records_acked.get() >= total,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Checks that the stream holds each meter's batches exactly once, intact: every message is a
+/// ringflow batch of our org whose `Nats-Msg-Id` names it; no (meter, seq) twice; each meter's
+/// records are exactly the `total` it generated (by count and content); and the number of
+/// batches is the number each meter built.
+pub fn assert_exactly_once(messages: &[StreamedBatch], meters: &[Meter], total: u64) {
+    let mut seen: HashMap<(String, u64), u64> = HashMap::new();
+    let mut per_meter: HashMap<String, (u64, u64)> = HashMap::new();
+    for m in messages {
+        let batch: &pb::StoredBatch = m.batch.as_ref().expect("every message decodes");
+        assert_eq!(batch.org_id, ORG, "stored under the authenticated org");
+        assert_eq!(m.subject, format!("ringflow.flows.{ORG}"));
+        assert_eq!(
+            m.message_id.as_deref(),
+            Some(format!("{ORG}:{}:{}", batch.meter_id, batch.seq).as_str()),
+            "Nats-Msg-Id is ORG:METER_ID:SEQ"
+        );
+        if let Some(first) = seen.insert((batch.meter_id.clone(), batch.seq), m.stream_seq) {
+            panic!(
+                "batch {}:{} stored twice (stream seqs {first} and {})",
+                batch.meter_id, batch.seq, m.stream_seq
+            );
+        }
+        let e = per_meter.entry(batch.meter_id.clone()).or_default();
+        e.0 += batch.records.len() as u64;
+        e.1 += batch.records.iter().map(|r| r.bytes_from_src).sum::<u64>();
+    }
+    let expected_bytes: u64 = (0..total).map(bytes_from_src).sum();
+    for (i, meter) in meters.iter().enumerate() {
+        let name = format!("m{i}");
+        assert_eq!(
+            per_meter.get(&name).copied(),
+            Some((total, expected_bytes)),
+            "{name}: records and their contents in the stream"
+        );
+        let built = meter.metrics().records.batches_built.get();
+        let stored = seen.keys().filter(|(id, _)| *id == name).count() as u64;
+        assert_eq!(stored, built, "{name}: batches in the stream = batches built");
+    }
 }

@@ -2,106 +2,22 @@
 //! meter is in the stream exactly once, through a NATS outage and through a collector `kill -9`.
 //! Each test starts its own server on a free port with a temporary store, and kills it at the end.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use ringflow_collector::data::sink::nats::consume::StreamedBatch;
-use ringflow_meter::Meter;
-use ringflow_meter::source::synthetic::bytes_from_src;
 use ringflow_proto::pb;
 use ringflow_tests::logs::LogCapture;
-use ringflow_tests::nats::{NatsServer, read_all_with};
+use ringflow_tests::nats::{
+    NatsServer, assert_exactly_once, read_all_with, start_meter_numbered, start_meters, wait_all_acked,
+};
 use ringflow_tests::process::{CollectorProcess, free_udp_addr};
 use ringflow_tests::raw::{RawHello, RawSession};
 use ringflow_tests::{
-    ORG, TestBed, http_get, poll_until, records_acked, start_meter, stop_all, synthetic, wait_for_meter,
+    ORG, TestBed, http_get, poll_until, records_acked, stop_all,
 };
 
 const COLLECTOR_BIN: &str = env!("CARGO_BIN_EXE_collector-fixture");
 const STREAM: &str = "FLOWS";
-
-/// Starts `count` meters named m0, m1, ... each sending `total` records at `rate`/s to
-/// `collectors` (each meter's ring picks one).
-async fn start_meters(
-    bed: &TestBed,
-    collectors: &[SocketAddr],
-    count: usize,
-    rate: u64,
-    total: u64,
-) -> anyhow::Result<Vec<Meter>> {
-    let mut meters = Vec::new();
-    for i in 0..count {
-        meters.push(start_meter_numbered(bed, i, collectors, rate, total).await?);
-    }
-    Ok(meters)
-}
-
-/// Meter `m{i}`, sending `total` records at `rate`/s to `collectors`.
-async fn start_meter_numbered(
-    bed: &TestBed,
-    i: usize,
-    collectors: &[SocketAddr],
-    rate: u64,
-    total: u64,
-) -> anyhow::Result<Meter> {
-    let mut config = bed.meter_config(&format!("m{i}"), collectors);
-    config.sources.synthetic = synthetic(rate, total);
-    start_meter(config).await
-}
-
-async fn wait_all_acked(meters: &[Meter], total: u64, within: Duration) -> anyhow::Result<()> {
-    for (i, meter) in meters.iter().enumerate() {
-        wait_for_meter(
-            &meter.metrics(),
-            within,
-            &format!("m{i}: all records acked"),
-            |m| m.delivery.records_acked.get() >= total,
-        )
-        .await?;
-    }
-    Ok(())
-}
-
-/// Checks that the stream holds each meter's batches exactly once, intact: every message is a
-/// ringflow batch of our org whose `Nats-Msg-Id` names it; no (meter, seq) twice; each meter's
-/// records are exactly the `total` it generated (by count and content); and the number of
-/// batches is the number each meter built.
-fn assert_exactly_once(messages: &[StreamedBatch], meters: &[Meter], total: u64) {
-    let mut seen: HashMap<(String, u64), u64> = HashMap::new();
-    let mut per_meter: HashMap<String, (u64, u64)> = HashMap::new();
-    for m in messages {
-        let batch: &pb::StoredBatch = m.batch.as_ref().expect("every message decodes");
-        assert_eq!(batch.org_id, ORG, "stored under the authenticated org");
-        assert_eq!(m.subject, format!("ringflow.flows.{ORG}"));
-        assert_eq!(
-            m.message_id.as_deref(),
-            Some(format!("{ORG}:{}:{}", batch.meter_id, batch.seq).as_str()),
-            "Nats-Msg-Id is ORG:METER_ID:SEQ"
-        );
-        if let Some(first) = seen.insert((batch.meter_id.clone(), batch.seq), m.stream_seq) {
-            panic!(
-                "batch {}:{} stored twice (stream seqs {first} and {})",
-                batch.meter_id, batch.seq, m.stream_seq
-            );
-        }
-        let e = per_meter.entry(batch.meter_id.clone()).or_default();
-        e.0 += batch.records.len() as u64;
-        e.1 += batch.records.iter().map(|r| r.bytes_from_src).sum::<u64>();
-    }
-    let expected_bytes: u64 = (0..total).map(bytes_from_src).sum();
-    for (i, meter) in meters.iter().enumerate() {
-        let name = format!("m{i}");
-        assert_eq!(
-            per_meter.get(&name).copied(),
-            Some((total, expected_bytes)),
-            "{name}: records and their contents in the stream"
-        );
-        let built = meter.metrics().records.batches_built.get();
-        let stored = seen.keys().filter(|(id, _)| *id == name).count() as u64;
-        assert_eq!(stored, built, "{name}: batches in the stream = batches built");
-    }
-}
 
 /// Runs the `collector` command line with `args` and then `config`, killing it after 60 s.
 async fn run_bounded(args: &[&str], config: &std::path::Path) -> anyhow::Result<std::process::Output> {

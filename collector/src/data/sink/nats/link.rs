@@ -257,6 +257,16 @@ pub async fn supervise(
         ..
     } = link;
     let log = LogThrottle::new(Duration::from_secs(10), 4);
+    // A replicated stream whose leader died answers nothing until its replicas elect another
+    // (seconds); the cluster announces the election, and the stream is looked at again the
+    // moment it does rather than at the next retry (a request then waits out its timeout).
+    let mut elections = match client.subscribe(leader_elected_subject(&config.stream)).await {
+        Ok(subscriber) => Some(subscriber),
+        Err(why) => {
+            warn!(%why, "cannot follow the stream's leader elections; retrying on a timer only");
+            None
+        }
+    };
     if checked_at_start {
         ready.send_replace(true);
         tokio::select! {
@@ -284,6 +294,8 @@ pub async fn supervise(
             tokio::select! {
                 _ = stop.cancelled() => return,
                 ensured = ensure_stream(&link_js, &config, max_message_bytes) => ensured,
+                // A new leader: the request in flight may be waiting for the old one; ask again.
+                () = next_election(&mut elections) => continue,
             }
         };
         let wait = match ensured {
@@ -317,6 +329,27 @@ pub async fn supervise(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
             _ = recheck.notified() => {}
+            () = next_election(&mut elections) => {}
         }
+    }
+}
+
+/// The subject of JetStream's advisory that `stream` has a new leader.
+pub fn leader_elected_subject(stream: &str) -> String {
+    format!("$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.{stream}")
+}
+
+/// Waits for the next leader-election advisory; forever when there is no subscription (or it
+/// ended: the client is closing).
+async fn next_election(elections: &mut Option<async_nats::Subscriber>) {
+    use futures_util::StreamExt;
+    match elections {
+        Some(subscriber) => {
+            if subscriber.next().await.is_none() {
+                *elections = None;
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
     }
 }
