@@ -6,7 +6,9 @@
 //! Reruns when HEAD moves (a commit, a checkout), when the branch it points to moves, when the
 //! index changes (`git add`, which may make the tree dirty or clean), and when
 //! `$RINGFLOW_COMMIT` changes. The git directory comes from `git rev-parse --git-dir`, since a
-//! worktree's `.git` is a file naming it; branch refs live in the common directory.
+//! worktree's `.git` is a file naming it; branch refs live in the common directory. Watching
+//! every source file for `-dirty` would rebuild both binaries at every edit: an edit not yet
+//! added to the index is seen only when something else reruns this script.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
