@@ -11,13 +11,21 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, EXAMPLE_CONFIG};
+use ringflow_ops::sd_notify::Notifier;
 
 pub use ringflow_ops::EXIT_CONFIG;
+
+// `--version` names the workspace's version and commit (`ringflow_ops::build_info`): this
+// crate's version must be the same.
+const _: () = assert!(ringflow_ops::build_info::same_version(
+    env!("CARGO_PKG_VERSION"),
+    ringflow_ops::build_info::VERSION
+));
 
 #[derive(Parser, Debug)]
 #[command(
     name = "meter",
-    version,
+    version = ringflow_ops::build_info::LONG_VERSION,
     about = "ringflow meter: measures this host's network flows and ships them to a collector fleet over QUIC",
     after_help = "Logging: RUST_LOG (default \"info\"), e.g. RUST_LOG=ringflow_meter=debug.\n\
                   Exit codes: 0 ok, 1 runtime failure, 64 bad configuration."
@@ -313,7 +321,7 @@ fn run(path: PathBuf) -> ExitCode {
             shutdown.clone(),
             "stopping the sources; spooling what is in memory, delivering until shutdown.grace_ms",
         ));
-        match crate::run(config, shutdown).await {
+        match run_notifying(config, shutdown, Notifier::from_env()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 tracing::error!(%error, "meter cannot start");
@@ -326,4 +334,33 @@ fn run(path: PathBuf) -> ExitCode {
             }
         }
     })
+}
+
+/// Runs the meter, telling systemd through `notifier`: `READY=1` once it runs (config loaded,
+/// state and spool open, sources started), `STOPPING=1` when shutdown starts (or the meter ends
+/// by itself), `WATCHDOG=1` every half `WATCHDOG_USEC` from a task on this runtime.
+async fn run_notifying(
+    config: Config,
+    shutdown: CancellationToken,
+    notifier: Notifier,
+) -> Result<(), crate::MeterError> {
+    let mut meter = crate::Meter::start(config, shutdown.clone()).await?;
+    let watchdog = notifier.spawn_watchdog(|| None);
+    if meter.started().await && notifier.ready(Some("running")) {
+        tracing::info!("told systemd: ready");
+    }
+    let stopping = tokio::spawn({
+        let notifier = notifier.clone();
+        async move {
+            shutdown.cancelled().await;
+            notifier.stopping(Some("stopping: spooling, delivering until shutdown.grace_ms"));
+        }
+    });
+    let result = meter.join().await;
+    notifier.stopping(None);
+    stopping.abort();
+    if let Some(watchdog) = watchdog {
+        watchdog.abort();
+    }
+    Ok(result?)
 }

@@ -192,6 +192,9 @@ pub struct Meter {
     shutdown: CancellationToken,
     /// The pipeline's task; its result is the meter's.
     task: JoinHandle<Result<(), RunError>>,
+    /// Fires once the pipeline has started its sources, batcher and spool task (taken by
+    /// [`started`](Self::started)).
+    started: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 impl Meter {
@@ -260,6 +263,7 @@ impl Meter {
             true => Some(source::bpf::choose(&config.sources.sockets)?),
             false => None,
         };
+        let (started_tx, started) = tokio::sync::oneshot::channel();
         let pipeline = Pipeline {
             config,
             credentials,
@@ -274,6 +278,7 @@ impl Meter {
             progress: progress.clone(),
             current: Arc::clone(&current),
             ack_observer: embedding.ack_observer,
+            started: Some(started_tx),
         };
         let task = tokio::spawn(pipeline.run(shutdown.clone()));
         Ok(Meter {
@@ -283,7 +288,18 @@ impl Meter {
             netflow_addr,
             shutdown,
             task,
+            started: Some(started),
         })
+    }
+
+    /// Returns true once the meter runs: its state and spool are open (as they are when
+    /// [`start`](Self::start) returns) and its sources, batcher and spool task have started.
+    /// False if the pipeline ended before that (a panic); [`join`](Self::join) says why.
+    pub async fn started(&mut self) -> bool {
+        match self.started.take() {
+            Some(started) => started.await.is_ok(),
+            None => true,
+        }
     }
 
     /// Where the admin endpoint listens (`None` when `admin.enabled = false`).

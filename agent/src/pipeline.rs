@@ -57,6 +57,8 @@ pub(crate) struct Pipeline {
     pub(crate) current: Arc<CurrentCollector>,
     /// From the embedding; called by sessions on every ack.
     pub(crate) ack_observer: Option<AckObserver>,
+    /// Told once the sources, the batcher and the spool task run ([`crate::Meter::started`]).
+    pub(crate) started: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// The running pipeline's parts that the end of [`Pipeline::run`] stops, in order.
@@ -78,8 +80,9 @@ struct Running {
 }
 
 impl Pipeline {
-    pub(crate) async fn run(self, shutdown: CancellationToken) -> Result<(), RunError> {
+    pub(crate) async fn run(mut self, shutdown: CancellationToken) -> Result<(), RunError> {
         let tasks = TaskTracker::new();
+        let started = self.started.take();
         let (config, endpoint, own_endpoint, metrics) = (
             self.config.clone(),
             self.endpoint.clone(),
@@ -87,6 +90,9 @@ impl Pipeline {
             Arc::clone(&self.metrics),
         );
         let running = self.start(&shutdown, &tasks);
+        if let Some(started) = started {
+            let _ = started.send(());
+        }
         let fleet_stop = CancellationToken::new();
         let fleet = tokio::select! {
             fleet = discover_fleet(&config, &running.ctx, &tasks, &fleet_stop) => fleet,
@@ -127,6 +133,7 @@ impl Pipeline {
             progress,
             current,
             ack_observer,
+            started: _,
         } = self;
         let OpenSpool {
             acked_through,

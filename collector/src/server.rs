@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::Endpoint;
+use ringflow_ops::sd_notify::Notifier;
 use ringflow_proto::codes::ConnectionCode;
 use ringflow_proto::quic::TlsError;
 use tokio::net::TcpListener;
@@ -39,6 +40,7 @@ use crate::control::fleet_poll::{NoPoll, PollPlan, Poller, SharedFleetLoad};
 use crate::control::listener::{self, ListenerError};
 use crate::control::load::LoadCounters;
 use crate::control::session::{DataPlane, Shared};
+use crate::control::systemd::Notifying;
 use crate::control::udp_stats::UdpSocketProbe;
 use crate::data::ingest::DataLimits;
 use crate::data::runtime::DataRuntime;
@@ -111,6 +113,8 @@ pub struct Collector {
     data_runtime: DataRuntime,
     /// The QUIC socket's kernel counters, read at each scrape.
     udp: UdpSocketProbe,
+    /// What systemd is told (disabled unless [`notify_systemd`](Self::notify_systemd)).
+    notifier: Notifier,
 }
 
 impl Collector {
@@ -141,7 +145,15 @@ impl Collector {
             max_frame_bytes,
             data_runtime,
             udp,
+            notifier: Notifier::disabled(),
         })
+    }
+
+    /// Tells systemd through `notifier` when the collector is ready, when it stops, and that it
+    /// is alive ([`crate::control::systemd`]); `collector run` passes the one its environment
+    /// names.
+    pub fn notify_systemd(&mut self, notifier: Notifier) {
+        self.notifier = notifier;
     }
 
     /// The bound QUIC address (useful with port 0).
@@ -184,6 +196,7 @@ impl Collector {
             max_frame_bytes,
             data_runtime,
             udp,
+            notifier,
         } = self;
         metrics
             .runtime
@@ -233,15 +246,16 @@ impl Collector {
             hard_stop: hard_stop.clone(),
             data_plane: data_plane.clone(),
         });
+        let readiness = Readiness {
+            draining: draining.clone(),
+            sink: sink.health,
+        };
         let admin_state = AdminState {
             collector_id: Arc::clone(&collector_id),
             fleet_load: poll.view.clone(),
             metrics: Arc::clone(&metrics),
             load: Arc::clone(&load),
-            readiness: Readiness {
-                draining: draining.clone(),
-                sink: sink.health,
-            },
+            readiness: readiness.clone(),
             udp,
         };
         let (admin_task, admin_stop) = start_admin(admin_listener, admin_state);
@@ -260,6 +274,8 @@ impl Collector {
             sink_kind,
             &recovery,
         );
+        // After the admin server and the accept loop: `READY=1` means both serve.
+        let notifying = Notifying::start(notifier, readiness, Arc::clone(&load));
         Running {
             grace: Duration::from_millis(config.shutdown.grace_ms),
             drain_window_ms: config.shutdown.drain_window_ms,
@@ -278,6 +294,7 @@ impl Collector {
             admin_task,
             admin_stop,
             data_runtime,
+            notifying,
         }
     }
 }
@@ -467,6 +484,8 @@ struct Running {
     admin_stop: CancellationToken,
     /// Dropped last: shuts the data plane's threads down.
     data_runtime: DataRuntime,
+    /// Tells systemd `STOPPING=1` as the drain starts; pings its watchdog until the end.
+    notifying: Notifying,
 }
 
 impl Running {
@@ -479,6 +498,7 @@ impl Running {
             drain_window_ms = self.drain_window_ms,
             "shutting down: refusing new connections, asking meters to move"
         );
+        self.notifying.stopping();
         self.draining.cancel();
         // A draining collector refuses every Hello: it no longer needs the fleet's load.
         self.poll_stop.cancel();
@@ -518,6 +538,7 @@ impl Running {
             admin_task,
             admin_stop,
             data_runtime,
+            notifying,
             ..
         } = self;
         drop(shared);
@@ -533,6 +554,7 @@ impl Running {
         admin_stop.cancel();
         let _ = admin_task.await;
         drop(data_runtime);
+        notifying.stop();
     }
 
     /// Waits for the data streams until `deadline`, then abandons the sink's queue.

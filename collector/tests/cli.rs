@@ -79,3 +79,50 @@ fn dev_certs_writes_the_three_files() {
         assert!(dir.path().join(f).is_file(), "{f}");
     }
 }
+
+/// The commit `collector --version` should name, found here independently of the build script:
+/// `$RINGFLOW_COMMIT` as the build saw it, else `git` in this checkout, else `unknown`.
+enum ExpectedCommit {
+    Given(&'static str),
+    Git(String),
+    Unknown,
+}
+
+fn expected_commit() -> ExpectedCommit {
+    if let Some(given) = option_env!("RINGFLOW_COMMIT").filter(|c| !c.trim().is_empty()) {
+        return ExpectedCommit::Given(given.trim());
+    }
+    let git = Command::new("git")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output();
+    match git {
+        Ok(out) if out.status.success() => {
+            ExpectedCommit::Git(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        }
+        _ => {
+            eprintln!("not in a git checkout (or no git): the binary must say `commit unknown`");
+            ExpectedCommit::Unknown
+        }
+    }
+}
+
+#[test]
+fn version_names_the_version_and_the_commit_built_from() {
+    let out = collector().arg("--version").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let line = text.trim_end();
+    let commit = line
+        .strip_prefix(concat!("collector ", env!("CARGO_PKG_VERSION"), " (commit "))
+        .and_then(|rest| rest.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("{line:?}"));
+    match expected_commit() {
+        ExpectedCommit::Given(given) => assert_eq!(commit, given),
+        ExpectedCommit::Git(hash) => assert!(
+            commit == format!("{hash}, built from a clean tree") || commit == format!("{hash}-dirty"),
+            "{line:?} does not name HEAD {hash}"
+        ),
+        ExpectedCommit::Unknown => assert_eq!(commit, "unknown"),
+    }
+}

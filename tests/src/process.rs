@@ -98,6 +98,28 @@ impl ChildProcess {
         log: Option<&Path>,
         filter: &str,
     ) -> anyhow::Result<Self> {
+        Self::start_env(binary, args, (label, ready), (log, filter), &[]).await
+    }
+
+    /// As [`start`](Self::start), with the variables `env` added to the child's environment
+    /// (e.g. `NOTIFY_SOCKET` for a process that notifies systemd).
+    pub async fn start_with_env(
+        binary: &Path,
+        args: &[&std::ffi::OsStr],
+        label: &str,
+        ready: &str,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> anyhow::Result<Self> {
+        Self::start_env(binary, args, (label, ready), (None, "info"), env).await
+    }
+
+    async fn start_env(
+        binary: &Path,
+        args: &[&std::ffi::OsStr],
+        (label, ready): (&str, &str),
+        (log, filter): (Option<&Path>, &str),
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> anyhow::Result<Self> {
         let mut log = match log {
             Some(path) => Some(
                 std::fs::OpenOptions::new()
@@ -112,6 +134,7 @@ impl ChildProcess {
             .args(args)
             .env("RUST_LOG", filter)
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

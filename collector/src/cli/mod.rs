@@ -22,10 +22,17 @@ use crate::tls;
 
 pub use ringflow_ops::EXIT_CONFIG;
 
+// `--version` names the workspace's version and commit (`ringflow_ops::build_info`): this
+// crate's version must be the same.
+const _: () = assert!(ringflow_ops::build_info::same_version(
+    env!("CARGO_PKG_VERSION"),
+    ringflow_ops::build_info::VERSION
+));
+
 #[derive(Parser, Debug)]
 #[command(
     name = "collector",
-    version,
+    version = ringflow_ops::build_info::LONG_VERSION,
     about = "ringflow collector: accepts flow batches from meters over QUIC (ringflow/1) and stores them",
     after_help = "Logging: RUST_LOG (default \"info\"), e.g. RUST_LOG=ringflow_collector=debug.\n\
                   Exit codes: 0 ok, 1 runtime failure, 64 bad configuration."
@@ -202,7 +209,7 @@ fn run(config_path: PathBuf) -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let collector = match Collector::bind(config).await {
+        let mut collector = match Collector::bind(config).await {
             Ok(c) => c,
             Err(error) => {
                 tracing::error!(%error, "collector cannot start");
@@ -214,6 +221,7 @@ fn run(config_path: PathBuf) -> ExitCode {
                 };
             }
         };
+        collector.notify_systemd(ringflow_ops::sd_notify::Notifier::from_env());
         let shutdown = CancellationToken::new();
         tokio::spawn(ringflow_ops::shutdown_on_signals(shutdown.clone(), "draining"));
         collector.run(shutdown).await;

@@ -41,6 +41,22 @@ impl Readiness {
             Ok(())
         }
     }
+
+    /// Returns true once [`check`](Self::check) passes (at once if it does now), or false if
+    /// the collector starts to drain first: the moment `/readyz` first turns 200.
+    pub async fn became_ready(&self) -> bool {
+        loop {
+            match self.check() {
+                Ok(()) => return true,
+                Err(_) if self.draining.is_cancelled() => return false,
+                Err(_) => {}
+            }
+            tokio::select! {
+                _ = self.draining.cancelled() => return false,
+                _ = self.sink.became_healthy() => {}
+            }
+        }
+    }
 }
 
 /// The body of `GET /load`: what a peer needs for the bounded-load estimate. JSON, a few dozen

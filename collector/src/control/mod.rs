@@ -5,7 +5,7 @@
 //! per-address throttle [`auth_throttle`]); the control stream of each session and its drain
 //! ([`session`]); the bounded-load view of the fleet and the peer poll that feeds it
 //! ([`fleet_load`], [`fleet_poll`]); the admin HTTP server ([`admin`]) and the kernel's view of
-//! the QUIC socket ([`udp_stats`]).
+//! the QUIC socket ([`udp_stats`]); what systemd is told ([`systemd`]: ready, stopping, alive).
 //!
 //! Must never: wait on the data plane. It hands each data stream to [`crate::data`] and reads the
 //! data plane's state only through counters and the sink's health watch.
@@ -20,4 +20,5 @@ pub mod fleet_poll;
 pub mod listener;
 pub mod load;
 pub mod session;
+pub mod systemd;
 pub mod udp_stats;

@@ -1,9 +1,13 @@
 //! Operational conventions both binaries present to operators, kept in one place so the meter
 //! and the collector cannot drift apart: how a configuration file is read and what its errors
 //! say, which values both accept (DNS names), the exit code for bad configuration, logging setup,
-//! and what signals mean.
+//! what signals mean, how a binary tells systemd it is ready, stopping and alive
+//! ([`sd_notify`]), and what `--version` says ([`build_info`]).
 //!
-//! Must never: know any binary's configuration keys or hold state.
+//! Must never: know any binary's configuration keys or hold state (beyond the notify socket).
+
+pub mod build_info;
+pub mod sd_notify;
 
 use std::path::{Path, PathBuf};
 

@@ -222,6 +222,9 @@ impl SinkHandle {
 #[derive(Clone)]
 pub struct SinkHealth {
     healthy: Arc<AtomicBool>,
+    /// The same flag for those who wait for it to change ([`became_healthy`](Self::became_healthy));
+    /// written after `healthy`.
+    changes: Arc<tokio::sync::watch::Sender<bool>>,
     /// When the current outage began (None while healthy, or before the sink first came up).
     outage_since: Arc<Mutex<Option<Instant>>>,
     metrics: Arc<CollectorMetrics>,
@@ -239,6 +242,7 @@ impl SinkHealth {
         metrics.sink.sink_healthy.set(i64::from(healthy));
         Self {
             healthy: Arc::new(AtomicBool::new(healthy)),
+            changes: Arc::new(tokio::sync::watch::Sender::new(healthy)),
             outage_since: Arc::new(Mutex::new(None)),
             metrics,
         }
@@ -250,6 +254,12 @@ impl SinkHealth {
         if was == healthy {
             return;
         }
+        // The flag as it is now, read under the watch's lock: whichever of two racing calls
+        // comes last leaves both saying the same.
+        self.changes.send_if_modified(|seen| {
+            let now = self.healthy.load(Ordering::Relaxed);
+            std::mem::replace(seen, now) != now
+        });
         let mut since = self.outage_since.lock().unwrap_or_else(|e| e.into_inner());
         if healthy {
             if let Some(start) = since.take() {
@@ -266,6 +276,13 @@ impl SinkHealth {
 
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Returns once the sink is healthy (at once if it is now).
+    pub async fn became_healthy(&self) {
+        let mut changes = self.changes.subscribe();
+        // The sender lives in `self`, so this only ends by seeing the sink healthy.
+        let _ = changes.wait_for(|healthy| *healthy).await;
     }
 }
 
