@@ -2,10 +2,10 @@
 # The whole test suite: README command 2, and what .ci/run calls.
 #
 # Unit and property tests of every crate, integration tests over loopback QUIC with real
-# collectors (in-process and as child processes) and real nats-server processes, CLI tests of
-# both binaries. Installs nats-server, and clang with the BPF headers (Debian packages), first
-# if they are missing. The bpf tier's tests need root (CI has it); elsewhere they print why
-# they did not run.
+# collectors (in-process and as child processes) and real nats-server and prometheus processes,
+# CLI tests of both binaries. Installs nats-server, prometheus (with promtool), and clang with the
+# BPF headers (Debian packages), first if they are missing. The bpf tier's tests need root (CI
+# has it); elsewhere they print why they did not run.
 # Runs with cargo-nextest when it is installed (one process per test, each bounded by
 # .config/nextest.toml), else with cargo test. Then a short smoke run of every fuzz target
 # (tests/fuzz-smoke.sh: libFuzzer on stable Rust, from the checked-in corpora; fuzz/README.md).
@@ -16,6 +16,9 @@ cd "$(dirname "$0")/.."
 tests/ensure-nats-server.sh
 # The meter's bpf tier: clang and headers for its programs (the tests load them as root).
 tests/ensure-bpf-toolchain.sh
+# The monitoring tests: promtool for the rules, a real Prometheus (each test its own, on a free
+# loopback port) scraping collectors and a meter.
+tests/ensure-prometheus.sh
 
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --locked "$@"

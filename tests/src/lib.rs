@@ -15,6 +15,7 @@ pub mod logs;
 pub mod nats;
 pub mod process;
 pub mod procstat;
+pub mod prometheus;
 pub mod raw;
 pub mod records;
 pub mod tcp_load;
