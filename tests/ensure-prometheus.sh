@@ -12,7 +12,8 @@ if command -v promtool >/dev/null 2>&1 && [ -x /usr/bin/prometheus ]; then
 fi
 
 echo "promtool not found: installing Debian's prometheus package with apt-get" >&2
-"$(dirname "$0")/apt-install.sh" prometheus
+# Without its recommends: prometheus-node-exporter would be one more service left running.
+"$(dirname "$0")/apt-install.sh" --no-install-recommends prometheus
 
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then
