@@ -202,6 +202,7 @@ impl Collector {
             .runtime
             .udp_receive_buffer_bytes
             .set(udp.receive_buffer_bytes as i64);
+        metrics.ingest.max_frame_bytes.set(i64::from(max_frame_bytes));
         let collector_id: Arc<str> = Arc::from(config.collector_id());
         let admin_addr = admin_listener.local_addr().unwrap_or(config.admin_listen);
         let sink_kind = configured_sink.kind();

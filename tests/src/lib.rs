@@ -17,6 +17,7 @@ pub mod nats_cluster;
 pub mod packages;
 pub mod process;
 pub mod procstat;
+pub mod prometheus;
 pub mod raw;
 pub mod records;
 pub mod tcp_load;

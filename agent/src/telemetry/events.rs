@@ -203,6 +203,7 @@ impl Event for CollectorChanged<'_> {
         if let Some(new) = self.new {
             gauge(new).set(1);
         }
+        m.sessions.connected.set(i64::from(self.new.is_some()));
     }
 }
 

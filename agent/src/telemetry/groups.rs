@@ -117,6 +117,10 @@ impl SpoolMetrics {
 pub struct SessionMetrics {
     /// 1 for the collector of the current session (0 for those of earlier ones).
     pub collector_info: Family<CollectorLabel, Gauge>,
+    /// 1 while the meter has a session with a collector, 0 otherwise (from start): what an
+    /// alert on a meter not connected reads, since `collector_info` has no series before the
+    /// first session. Moved with `collector_info` by `CollectorChanged`.
+    pub connected: Gauge,
     pub sessions_started: Counter,
     pub session_ends: Family<ReasonLabel, Counter>,
     pub rejects: Family<ReasonLabel, Counter>,
@@ -131,6 +135,12 @@ impl SessionMetrics {
                 "collector_info",
                 "1 for the collector of the current session",
                 Family::default(),
+            ),
+            connected: reg(
+                r,
+                "connected",
+                "1 while the meter has a session with a collector, else 0",
+                Gauge::default(),
             ),
             sessions_started: reg(
                 r,

@@ -211,3 +211,41 @@ impl Drop for TaskGuard {
         self.0.dec();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::events::CollectorChanged;
+    use super::*;
+
+    #[test]
+    fn connected_is_zero_from_start_and_follows_the_current_collector() {
+        let m = MeterMetrics::new();
+        assert!(m.encode().contains("ringflow_meter_connected 0\n"));
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("c1"), Arc::from("c2"));
+        CollectorChanged {
+            old: None,
+            new: Some(&a),
+        }
+        .emit(&m);
+        assert_eq!(m.sessions.connected.get(), 1);
+        CollectorChanged {
+            old: Some(&a),
+            new: Some(&b),
+        }
+        .emit(&m);
+        assert_eq!(m.sessions.connected.get(), 1);
+        CollectorChanged {
+            old: Some(&b),
+            new: None,
+        }
+        .emit(&m);
+        assert_eq!(m.sessions.connected.get(), 0);
+        let text = m.encode();
+        assert!(
+            text.contains("ringflow_meter_collector_info{collector=\"c2\"} 0"),
+            "{text}"
+        );
+    }
+}

@@ -139,6 +139,8 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
 async fn metrics(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
     state.udp.refresh(&state.metrics);
     state.load.mirror();
+    let ready = state.readiness.check().is_ok();
+    state.metrics.runtime.ready.set(i64::from(ready));
     (
         [(
             header::CONTENT_TYPE,

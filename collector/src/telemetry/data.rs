@@ -26,6 +26,10 @@ pub struct IngestMetrics {
     pub ingress_bytes: Counter,
     /// `frame_bytes`: size of each data frame received. Written by data streams.
     pub frame_bytes: Histogram,
+    /// `max_frame_bytes`: the largest data frame accepted (`limits.max_frame_bytes`, lowered if
+    /// the sink cannot take batches that large), so `frame_bytes` can be read against it. Set at
+    /// start by the lifecycle.
+    pub max_frame_bytes: Gauge,
     /// `acks_sent`: cumulative `Ack` frames sent. Written by data streams.
     pub acks_sent: Counter,
     /// `nacks{reason}`: batches refused for good, by nack reason. Written by data streams through
@@ -61,6 +65,12 @@ impl IngestMetrics {
                 "frame_bytes",
                 "Size of data frames received; compare with limits.max_frame_bytes to see the limit coming",
                 Histogram::new(exponential_buckets(256.0, 2.0, 14)),
+            ),
+            max_frame_bytes: add(
+                r,
+                "max_frame_bytes",
+                "The largest data frame accepted (limits.max_frame_bytes, lowered if the sink cannot take batches that large)",
+                Gauge::default(),
             ),
             acks_sent: add(r, "acks_sent", "Ack frames sent", Counter::default()),
             nacks: add(
@@ -219,6 +229,12 @@ pub struct QueueMetrics {
     pub sink_queue_batches: Gauge,
     /// `sink_queue_bytes`: bytes in the sink queue. Moved with `sink_queue_batches`.
     pub sink_queue_bytes: Gauge,
+    /// `sink_queue_max_batches`: the queue's bound by count (`sink.queue_batches`). Set when the
+    /// queue is made.
+    pub sink_queue_max_batches: Gauge,
+    /// `sink_queue_max_bytes`: the queue's bound by bytes (`sink.queue_bytes`). Set when the
+    /// queue is made.
+    pub sink_queue_max_bytes: Gauge,
     /// `sink_seconds`: queue entry to settlement. Written when a sink job completes.
     pub sink_seconds: Histogram,
     /// `frames_waiting_bytes`: bytes of frames waiting for room in the sink queue. Moved by the
@@ -241,6 +257,18 @@ impl QueueMetrics {
                 r,
                 "sink_queue_bytes",
                 "Bytes waiting for the sink",
+                Gauge::default(),
+            ),
+            sink_queue_max_batches: add(
+                r,
+                "sink_queue_max_batches",
+                "Batches the sink queue holds at most (sink.queue_batches)",
+                Gauge::default(),
+            ),
+            sink_queue_max_bytes: add(
+                r,
+                "sink_queue_max_bytes",
+                "Bytes the sink queue holds at most (sink.queue_bytes)",
                 Gauge::default(),
             ),
             sink_seconds: add(
@@ -338,6 +366,9 @@ impl SinkMetrics {
 pub struct StoreMetrics {
     /// `store_bytes`: bytes of all segment files. Set by the file sink after each write.
     pub store_bytes: Gauge,
+    /// `store_max_bytes`: the store's byte cap (`sink.file.max_bytes`); 0 with another sink.
+    /// Set by the file sink when it starts.
+    pub store_max_bytes: Gauge,
     /// `store_dropped_segments`: segments deleted by the byte cap. Written through `SegmentEvicted`.
     pub store_dropped_segments: Counter,
     /// `store_dropped_batches`: batches in those segments. Written through `SegmentEvicted`.
@@ -352,6 +383,12 @@ impl StoreMetrics {
     pub(super) fn register(r: &mut Registry) -> Self {
         Self {
             store_bytes: add(r, "store_bytes", "Bytes of all segment files", Gauge::default()),
+            store_max_bytes: add(
+                r,
+                "store_max_bytes",
+                "The segment store's byte cap (sink.file.max_bytes), past which its oldest segments are deleted; 0 when the sink is not the file sink",
+                Gauge::default(),
+            ),
             store_dropped_segments: add(
                 r,
                 "store_dropped_segments",

@@ -63,6 +63,9 @@ macro_rules! label_values {
                     $($name::$variant => $value,)+
                 }
             }
+
+            /// Every value, in declaration order (exported at zero from start).
+            pub const VALUES: &'static [$name] = &[$($name::$variant,)+];
         }
     };
 }
@@ -185,4 +188,25 @@ label_values! {
         /// An admin HTTP request.
         Admin => "admin",
     }
+}
+
+/// `hello_rejects{reason}` values of the refusals for load and sink health: written by
+/// `judge_hello`, and exported at zero from start so a rate or an alert on them works from a
+/// collector's first refusal (other reasons, such as auth failures, show when first counted).
+pub mod hello_reject {
+    /// The sink cannot store (`sink_healthy` is 0).
+    pub const SINK_UNAVAILABLE: &str = "sink_unavailable";
+    /// `admission.soft_max_sessions` reached.
+    pub const OVERLOADED_SESSIONS: &str = "overloaded_sessions";
+    /// Over this collector's bounded-load share of the fleet.
+    pub const OVERLOADED_BOUNDED_LOAD: &str = "overloaded_bounded_load";
+    /// The data plane holds its soft memory budget.
+    pub const OVERLOADED_BUFFERED_BYTES: &str = "overloaded_buffered_bytes";
+    /// All of the above.
+    pub const AT_START: [&str; 4] = [
+        SINK_UNAVAILABLE,
+        OVERLOADED_SESSIONS,
+        OVERLOADED_BOUNDED_LOAD,
+        OVERLOADED_BUFFERED_BYTES,
+    ];
 }

@@ -93,6 +93,36 @@ impl CollectorMetrics {
             fleet: FleetMetrics::register(&mut r),
             registry: r,
         }
+        .with_known_series_at_zero()
+    }
+
+    /// Creates at 0 the series whose label values are known up front (refusals, drops, session
+    /// ends, the load and sink `Hello` refusals, control-request latency), so that `rate()`,
+    /// `increase()`, the alerts and the dashboards in `monitoring/` see a collector's first
+    /// event rather than a series that appears already counting it.
+    fn with_known_series_at_zero(self) -> Self {
+        for why in RefuseReason::VALUES {
+            let _ = self
+                .connections
+                .connections_refused
+                .get_or_create(&reason(why.as_str()));
+        }
+        for why in DropReason::VALUES {
+            let _ = self.output.batches_dropped.get_or_create(&reason(why.as_str()));
+        }
+        for end in SessionEnd::VALUES {
+            let _ = self.sessions.sessions_ended.get_or_create(&reason(end.as_str()));
+        }
+        for why in labels::hello_reject::AT_START {
+            let _ = self.sessions.hello_rejects.get_or_create(&reason(why));
+        }
+        for request in ControlRequest::VALUES {
+            let label = RequestLabel {
+                request: request.as_str(),
+            };
+            let _ = self.sessions.control_request_seconds.get_or_create(&label);
+        }
+        self
     }
 
     /// Prometheus text exposition of every metric.

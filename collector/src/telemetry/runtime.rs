@@ -1,4 +1,5 @@
-//! The process's own metric group: running tasks and the QUIC socket's kernel counters.
+//! The process's own metric group: readiness, running tasks and the QUIC socket's kernel
+//! counters.
 //!
 //! Owns: [`RuntimeMetrics`] and [`TaskGuard`]. Must never: read `/proc` itself (the control
 //! plane's UDP probe does, and sets these gauges).
@@ -12,6 +13,9 @@ use super::labels::{Task, TaskLabel};
 
 /// Tasks and the UDP socket.
 pub struct RuntimeMetrics {
+    /// `ready`: 1 when `/readyz` would answer 200 (listener bound, sink healthy, not draining).
+    /// Set by the admin server from the same rule each time `/metrics` is read.
+    pub ready: Gauge,
     /// `tasks_active{task}`: spawned tasks and threads running, by [`Task`]. Moved by the
     /// [`TaskGuard`] each task holds.
     pub tasks_active: Family<TaskLabel, Gauge>,
@@ -28,6 +32,12 @@ pub struct RuntimeMetrics {
 impl RuntimeMetrics {
     pub(super) fn register(r: &mut Registry) -> Self {
         Self {
+            ready: add(
+                r,
+                "ready",
+                "1 when the collector is ready (what /readyz answers: listener bound, sink healthy, not draining), as of this scrape",
+                Gauge::default(),
+            ),
             tasks_active: add(
                 r,
                 "tasks_active",

@@ -44,8 +44,9 @@ fn every_metric_is_registered_once_under_its_name() {
         .filter_map(|l| l.strip_prefix("# TYPE ringflow_collector_"))
         .filter_map(|l| l.split_whitespace().next())
         .collect();
-    // Families show only once they have a series; the 38 metrics without labels always show.
-    assert_eq!(types.len(), 38, "{types:?}");
+    // Families show only once they have a series; the 43 metrics without labels always show,
+    // and so do the 5 families created at zero from start.
+    assert_eq!(types.len(), 48, "{types:?}");
     let unique: std::collections::HashSet<_> = types.iter().collect();
     assert_eq!(unique.len(), types.len(), "{types:?}");
 }
@@ -135,6 +136,56 @@ fn meter_loss_is_summed_per_org_and_kind() {
         r#"ringflow_collector_meter_loss_total{org="acme",kind="packets_untracked"} 40"#,
         r#"ringflow_collector_meter_loss_total{org="other",kind="records_dropped"} 7"#,
         r#"ringflow_collector_meter_loss_total{org="other",kind="close_events_lost"} 0"#,
+    ] {
+        assert!(text.contains(line), "{line} in {text}");
+    }
+}
+
+#[test]
+fn known_reasons_are_exported_at_zero_from_start() {
+    let text = CollectorMetrics::new().encode();
+    for line in [
+        r#"ringflow_collector_connections_refused_total{reason="accept_rate"} 0"#,
+        r#"ringflow_collector_connections_refused_total{reason="max_buffered_bytes"} 0"#,
+        r#"ringflow_collector_batches_dropped_total{reason="store_byte_cap"} 0"#,
+        r#"ringflow_collector_sessions_ended_total{reason="idle_timeout"} 0"#,
+        r#"ringflow_collector_hello_rejects_total{reason="overloaded_bounded_load"} 0"#,
+        r#"ringflow_collector_hello_rejects_total{reason="sink_unavailable"} 0"#,
+        r#"ringflow_collector_control_request_seconds_count{request="hello"} 0"#,
+    ] {
+        assert!(text.contains(line), "{line} in {text}");
+    }
+}
+
+#[test]
+fn limit_gauges_are_exported_beside_what_they_bound() {
+    let m = CollectorMetrics::new();
+    m.ingest.max_frame_bytes.set(1 << 20);
+    m.runtime.ready.set(1);
+    let text = m.encode();
+    for line in [
+        "ringflow_collector_max_frame_bytes 1048576",
+        "ringflow_collector_ready 1",
+        "ringflow_collector_store_max_bytes 0",
+    ] {
+        assert!(text.contains(line), "{line} in {text}");
+    }
+}
+
+#[test]
+fn the_sink_queue_exports_its_bounds() {
+    let m = std::sync::Arc::new(CollectorMetrics::new());
+    let (_handle, _jobs) = crate::data::sink::queue(
+        crate::data::sink::QueueBounds {
+            batches: 64,
+            bytes: 4 << 20,
+        },
+        std::sync::Arc::clone(&m),
+    );
+    let text = m.encode();
+    for line in [
+        "ringflow_collector_sink_queue_max_batches 64",
+        "ringflow_collector_sink_queue_max_bytes 4194304",
     ] {
         assert!(text.contains(line), "{line} in {text}");
     }

@@ -22,6 +22,7 @@ use super::control_stream::control;
 use super::{SessionSlot, Shared};
 use crate::control::admission::{Load, Overloaded};
 use crate::control::auth::OrgDirectory;
+use crate::telemetry::labels::hello_reject;
 use crate::telemetry::{ControlRequest, HelloRejected};
 
 /// How long a rejected meter gets to read its `Reject` before the connection is closed.
@@ -133,7 +134,7 @@ pub fn judge_hello(
     if !sink_healthy {
         return reject(
             pb::RejectReason::SinkUnavailable,
-            "sink_unavailable",
+            hello_reject::SINK_UNAVAILABLE,
             "collector cannot store data right now; retry later or elsewhere".into(),
             RETRY_AFTER_UNAVAILABLE_MS,
         );
@@ -142,9 +143,9 @@ pub fn judge_hello(
         return reject(
             pb::RejectReason::Overloaded,
             match over.budget {
-                "sessions" => "overloaded_sessions",
-                "bounded_load" => "overloaded_bounded_load",
-                _ => "overloaded_buffered_bytes",
+                "sessions" => hello_reject::OVERLOADED_SESSIONS,
+                "bounded_load" => hello_reject::OVERLOADED_BOUNDED_LOAD,
+                _ => hello_reject::OVERLOADED_BUFFERED_BYTES,
             },
             "collector is over its load budget; retry later or elsewhere".into(),
             over.retry_after_ms,

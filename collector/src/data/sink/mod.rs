@@ -356,6 +356,8 @@ pub struct QueueBounds {
 pub fn queue(bounds: QueueBounds, metrics: Arc<CollectorMetrics>) -> (SinkHandle, mpsc::Receiver<SinkJob>) {
     let (jobs_tx, jobs_rx) = mpsc::channel(bounds.batches);
     let bytes = bounds.bytes.min(Semaphore::MAX_PERMITS).min(u32::MAX as usize);
+    metrics.queue.sink_queue_max_batches.set(bounds.batches as i64);
+    metrics.queue.sink_queue_max_bytes.set(bytes as i64);
     let handle = SinkHandle {
         jobs_tx,
         queue_bytes: Arc::new(Semaphore::new(bytes)),

@@ -50,7 +50,10 @@ fn parse_scrape(text: &str) -> Scrape {
         match key.split_once('{').map_or(key, |(name, _)| name) {
             "ringflow_collector_sessions_active" => s.sessions = value,
             "ringflow_collector_records_stored_total" => s.stored = value,
-            "ringflow_collector_connections_refused_total" | "ringflow_collector_hello_rejects_total" => {
+            // Collectors export the known reasons at 0 from start: only those that happened count.
+            "ringflow_collector_connections_refused_total" | "ringflow_collector_hello_rejects_total"
+                if value > 0 =>
+            {
                 if let Some(r) = reason() {
                     *s.refusals.entry(r).or_default() += value;
                 }
@@ -320,11 +323,17 @@ mod tests {
             ringflow_collector_records_stored_total 1000\n\
             ringflow_collector_connections_refused_total{reason=\"accept_rate\"} 7\n\
             ringflow_collector_hello_rejects_total{reason=\"overloaded_sessions\"} 3\n\
+            ringflow_collector_hello_rejects_total{reason=\"sink_unavailable\"} 0\n\
             ringflow_collector_sessions_welcomed_total 50\n";
         let s = parse_scrape(text);
         assert_eq!((s.sessions, s.stored), (42, 1000));
         assert_eq!(s.refusals.get("accept_rate"), Some(&7));
         assert_eq!(s.refusals.get("overloaded_sessions"), Some(&3));
+        assert_eq!(
+            s.refusals.get("sink_unavailable"),
+            None,
+            "reasons at 0 are left out"
+        );
     }
 
     #[test]

@@ -60,6 +60,10 @@ impl FileSink {
     fn run_on_thread(mut self, mut jobs: mpsc::Receiver<SinkJob>, ctx: SinkContext) {
         let _task = ctx.metrics.task(Task::FileSink);
         ctx.metrics.store.store_bytes.set(self.store.total_bytes() as i64);
+        ctx.metrics
+            .store
+            .store_max_bytes
+            .set(self.store.max_bytes() as i64);
         let runtime = match tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()

@@ -312,6 +312,11 @@ impl SegmentStore {
         self.total_bytes
     }
 
+    /// The byte cap past which the oldest segments are deleted.
+    pub fn max_bytes(&self) -> u64 {
+        self.limits.max_bytes
+    }
+
     pub fn segment_count(&self) -> usize {
         self.sealed.len() + self.active.len()
     }
