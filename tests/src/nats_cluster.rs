@@ -151,15 +151,25 @@ impl NatsCluster {
     /// The index of the node that leads `stream`, if the cluster says one does.
     pub async fn stream_leader(&self, stream: &str) -> anyhow::Result<Option<usize>> {
         let js = self.jetstream().await?;
-        let mut handle = js.get_stream(stream).await.with_context(|| format!("stream {stream}"))?;
-        let info = handle.info().await.with_context(|| format!("info of stream {stream}"))?;
+        let mut handle = js
+            .get_stream(stream)
+            .await
+            .with_context(|| format!("stream {stream}"))?;
+        let info = handle
+            .info()
+            .await
+            .with_context(|| format!("info of stream {stream}"))?;
         let leader = info.cluster.as_ref().and_then(|c| c.leader.clone());
         Ok(leader.and_then(|name| name.strip_prefix("node-").and_then(|i| i.parse().ok())))
     }
 
     /// JetStream's announcements that `stream` has a new leader, through a node other than
     /// `avoid` (the one about to be killed): they arrive as the collectors' do.
-    pub async fn leader_elections(&self, stream: &str, avoid: usize) -> anyhow::Result<async_nats::Subscriber> {
+    pub async fn leader_elections(
+        &self,
+        stream: &str,
+        avoid: usize,
+    ) -> anyhow::Result<async_nats::Subscriber> {
         let client = self.client_avoiding(Some(avoid)).await?;
         let subject = ringflow_collector::data::sink::nats::link::leader_elected_subject(stream);
         let subscriber = client.subscribe(subject).await?;

@@ -222,7 +222,10 @@ mod tests {
         // allowed), and at least the wall time it took passed.
         let used = mark.since().expect("threads since");
         assert!(used.cpu >= 0.05 && used.cpu < 5.0, "{used:?}");
-        assert!(used.seconds >= started.elapsed().as_secs_f64() * 0.9 && used.seconds > 0.0, "{used:?}");
+        assert!(
+            used.seconds >= started.elapsed().as_secs_f64() * 0.9 && used.seconds > 0.0,
+            "{used:?}"
+        );
         let peak = status_bytes(pid, "VmHWM").expect("hwm");
         assert!(rss > 0 && peak >= rss);
     }

@@ -12,9 +12,7 @@ use ringflow_tests::nats::{
 };
 use ringflow_tests::process::{CollectorProcess, free_udp_addr};
 use ringflow_tests::raw::{RawHello, RawSession};
-use ringflow_tests::{
-    ORG, TestBed, http_get, poll_until, records_acked, stop_all,
-};
+use ringflow_tests::{ORG, TestBed, http_get, poll_until, records_acked, stop_all};
 
 const COLLECTOR_BIN: &str = env!("CARGO_BIN_EXE_collector-fixture");
 const STREAM: &str = "FLOWS";

@@ -45,7 +45,10 @@ async fn a_fleet_on_a_three_node_cluster_acks_through_the_loss_of_the_stream_lea
     let bed = TestBed::new()?;
     let mut cluster = NatsCluster::start(&bed.path().join("nats"), 3).await?;
     let sink = cluster.sink_toml(STREAM, 3);
-    let collectors = [bed.start_collector("c1", &sink).await?, bed.start_collector("c2", &sink).await?];
+    let collectors = [
+        bed.start_collector("c1", &sink).await?,
+        bed.start_collector("c2", &sink).await?,
+    ];
     let addrs: Vec<_> = collectors.iter().map(|c| c.addr).collect();
     let meters = start_meters(&bed, &addrs, METERS, 2_000, TOTAL).await?;
     poll_until(Duration::from_secs(60), "a quarter acked", async || {
@@ -77,7 +80,10 @@ async fn a_fleet_on_a_three_node_cluster_acks_through_the_loss_of_the_stream_lea
         if elected.is_some() && all_ready {
             break;
         }
-        anyhow::ensure!(now < deadline, "60 s after the kill: elected {elected:?}, collectors {unready:?}");
+        anyhow::ensure!(
+            now < deadline,
+            "60 s after the kill: elected {elected:?}, collectors {unready:?}"
+        );
         tokio::select! {
             Some(_) = elections.next(), if elected.is_none() => elected = Some(killed.elapsed()),
             () = tokio::time::sleep(SAMPLE) => {}
@@ -85,9 +91,16 @@ async fn a_fleet_on_a_three_node_cluster_acks_through_the_loss_of_the_stream_lea
     }
     let election = elected.expect("the loop ends once elected");
     for c in &collectors {
-        assert_eq!(http_get(c.admin_addr, "/readyz").await?.0, 200, "ready once the sink is healthy");
+        assert_eq!(
+            http_get(c.admin_addr, "/readyz").await?.0,
+            200,
+            "ready once the sink is healthy"
+        );
     }
-    let new_leader = cluster.stream_leader(STREAM).await?.map_or("?".to_string(), |i| i.to_string());
+    let new_leader = cluster
+        .stream_leader(STREAM)
+        .await?
+        .map_or("?".to_string(), |i| i.to_string());
     poll_until(Duration::from_secs(30), "acks after the new leader", async || {
         records_acked(&meters) > acked_at_kill
     })
@@ -97,7 +110,10 @@ async fn a_fleet_on_a_three_node_cluster_acks_through_the_loss_of_the_stream_lea
     wait_all_acked(&meters, TOTAL, Duration::from_secs(120)).await?;
     let messages = read_all_with(&cluster.sink_config(STREAM)).await?;
     assert_exactly_once(&messages, &meters, TOTAL);
-    let duplicates: u64 = collectors.iter().map(|c| c.metrics.sink.sink_duplicates.get()).sum();
+    let duplicates: u64 = collectors
+        .iter()
+        .map(|c| c.metrics.sink.sink_duplicates.get())
+        .sum();
     eprintln!(
         "stream leader node-{leader} killed: node-{new_leader} elected after {election:?}; \
          collectors unready at most {:?} and {:?}; {} batches in the stream once each \
