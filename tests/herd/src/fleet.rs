@@ -1,6 +1,6 @@
 //! The live fleet of a `herd run`: collectors as child processes on 127.0.0.2, 127.0.0.3, ...
-//! (one QUIC port, one admin port), the in-process DNS server naming them, and NATS or a Kafka
-//! (mock) cluster when it is the sink. The collectors poll each other's load (`GET /load` on that admin port, every
+//! (one QUIC port, one admin port), the in-process DNS server naming them, and NATS (one server,
+//! or a three-node JetStream cluster) or a Kafka (mock) cluster when it is the sink. The collectors poll each other's load (`GET /load` on that admin port, every
 //! [`LOAD_POLL_MS`]), so the herd runs with bounded load as a real fleet does.
 //!
 //! Owns: the collector processes (start, kill, drain and restart, add), what each one is for the
@@ -16,7 +16,8 @@ use ringflow_proto::pb;
 use ringflow_tests::TestBed;
 use ringflow_tests::dns::{DnsServer, Records};
 use ringflow_tests::kafka::KafkaCluster;
-use ringflow_tests::nats::NatsServer;
+use ringflow_tests::nats::{NatsServer, read_all_with};
+use ringflow_tests::nats_cluster::NatsCluster;
 use ringflow_tests::process::{CollectorCommand, CollectorProcess, free_tcp_port_on, free_udp_port_on};
 
 /// The NATS stream a herd fleet writes to.
@@ -35,6 +36,9 @@ pub const LOAD_POLL_MS: u64 = 500;
 pub enum SinkKind {
     File,
     Nats,
+    /// Three `nats-server` nodes routed into one JetStream cluster, the stream on all three.
+    #[serde(rename = "nats-cluster")]
+    NatsCluster,
     /// librdkafka's mock cluster: three brokers in the herd process, on loopback ports.
     Kafka,
 }
@@ -71,6 +75,9 @@ pub struct Fleet {
     /// queue behind the meters' work.
     dns_runtime: Option<tokio::runtime::Runtime>,
     nats: tokio::sync::Mutex<Option<NatsServer>>,
+    nats_cluster: tokio::sync::Mutex<Option<NatsCluster>>,
+    /// The cluster node killed by [`node_down`](Self::node_down), until it is back.
+    node_killed: Mutex<Option<usize>>,
     kafka: Option<KafkaCluster>,
     sink_toml: String,
     /// Tables every collector's config gets besides its fleet and sink (admission).
@@ -125,13 +132,18 @@ impl Fleet {
         let ips: Vec<Ipv4Addr> = (0..collectors + spare).map(slot_ip).collect();
         let port = free_udp_port_on(&ips)?;
         let admin_port = free_tcp_port_on(&ips)?;
-        let (mut nats, mut kafka, mut sink_toml) = (None, None, String::new());
+        let (mut nats, mut nats_cluster, mut kafka, mut sink_toml) = (None, None, None, String::new());
         match sink {
             SinkKind::File => {}
             SinkKind::Nats => {
                 let server = NatsServer::start(&bed.path().join("nats-store")).await?;
                 sink_toml = server.sink_toml(STREAM);
                 nats = Some(server);
+            }
+            SinkKind::NatsCluster => {
+                let cluster = NatsCluster::start(&bed.path().join("nats-cluster"), 3).await?;
+                sink_toml = cluster.sink_toml(STREAM, 3);
+                nats_cluster = Some(cluster);
             }
             SinkKind::Kafka => {
                 let cluster = KafkaCluster::start(3, KAFKA_TOPIC, KAFKA_PARTITIONS)?;
@@ -182,6 +194,8 @@ impl Fleet {
             dns,
             dns_runtime: Some(dns_runtime),
             nats: tokio::sync::Mutex::new(nats),
+            nats_cluster: tokio::sync::Mutex::new(nats_cluster),
+            node_killed: Mutex::new(None),
             kafka,
             sink_toml,
             extra,
@@ -320,6 +334,41 @@ impl Fleet {
         Ok(())
     }
 
+    /// Kills (SIGKILL) the cluster node that leads the stream; the returned [`NodeLoss`] waits
+    /// for the cluster to announce the stream's new leader.
+    pub async fn node_down(&self) -> anyhow::Result<NodeLoss> {
+        let mut guard = self.nats_cluster.lock().await;
+        let cluster = guard
+            .as_mut()
+            .ok_or_else(|| anyhow::anyhow!("node-loss needs the nats-cluster sink"))?;
+        let node = cluster
+            .stream_leader(STREAM)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the stream {STREAM} has no leader to kill"))?;
+        let mut elections = cluster.leader_elections(STREAM, node).await?;
+        cluster.kill(node);
+        let killed = tokio::time::Instant::now();
+        *self.node_killed.lock().unwrap_or_else(|p| p.into_inner()) = Some(node);
+        let elected = tokio::spawn(async move {
+            use futures_util::StreamExt;
+            elections.next().await.map(|_| tokio::time::Instant::now())
+        });
+        Ok(NodeLoss {
+            node,
+            killed,
+            elected,
+        })
+    }
+
+    /// Starts the node [`node_down`](Self::node_down) killed again, on its ports and store.
+    pub async fn node_up(&self) -> anyhow::Result<Option<usize>> {
+        let node = self.node_killed.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let (Some(node), Some(cluster)) = (node, self.nats_cluster.lock().await.as_mut()) {
+            cluster.restart(node).await?;
+        }
+        Ok(node)
+    }
+
     /// Drains and stops every collector (SIGTERM, waiting up to `grace` each, all at once).
     pub async fn stop(&self, grace: Duration) -> anyhow::Result<()> {
         let running: Vec<(usize, CollectorProcess)> = self
@@ -366,6 +415,16 @@ impl Fleet {
                 })
                 .collect();
         }
+        if let Some(cluster) = self.nats_cluster.lock().await.as_ref() {
+            return read_all_with(&cluster.sink_config(STREAM))
+                .await?
+                .into_iter()
+                .map(|m| {
+                    m.batch
+                        .map_err(|e| anyhow::anyhow!("undecodable message in the stream: {e}"))
+                })
+                .collect();
+        }
         let mut all = Vec::new();
         for name in self.names() {
             let dir = self.bed.data_dir(&name);
@@ -374,5 +433,29 @@ impl Fleet {
             }
         }
         Ok(all)
+    }
+}
+
+/// A cluster node killed by [`Fleet::node_down`]: which, when, and the cluster's announcement of
+/// the stream's new leader, awaited in the background.
+pub struct NodeLoss {
+    /// The node's index (`node-N` in its server name).
+    pub node: usize,
+    pub killed: tokio::time::Instant,
+    elected: tokio::task::JoinHandle<Option<tokio::time::Instant>>,
+}
+
+impl NodeLoss {
+    /// When the cluster announced the stream's new leader (`None`: no announcement within
+    /// `within`, or the subscription ended).
+    pub async fn elected(self, within: Duration) -> Option<tokio::time::Instant> {
+        let mut elected = self.elected;
+        match tokio::time::timeout(within, &mut elected).await {
+            Ok(Ok(at)) => at,
+            _ => {
+                elected.abort();
+                None
+            }
+        }
     }
 }

@@ -9,9 +9,11 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::live::node_loss::NodeLossReport;
+
 /// The top-level keys of every `report.json`, live or simulated (docs/herd.md's table
 /// documents each; `tests/docs.rs` checks it does).
-pub const KEYS: [&str; 28] = [
+pub const KEYS: [&str; 29] = [
     "scenario",
     "mode",
     "meters",
@@ -35,6 +37,7 @@ pub const KEYS: [&str; 28] = [
     "failover_unmoved",
     "moved_from_live",
     "failover_exceptions",
+    "node_loss",
     "ack_latency_ms",
     "collector_crashes",
     "verdict",
@@ -152,6 +155,9 @@ pub struct Report {
     /// The meters behind `failover_unmoved` and `moved_from_live`, at most
     /// [`MAX_FAILOVER_EXCEPTIONS`].
     pub failover_exceptions: Vec<FailoverException>,
+    /// node-loss: the NATS node killed, how long the stream's election took, and how long each
+    /// collector was unready meanwhile (null: no node killed, or `herd sim`).
+    pub node_loss: Option<NodeLossReport>,
     pub ack_latency_ms: AckLatency,
     pub collector_crashes: u32,
     /// Most resident memory any collector had, bytes.
@@ -231,6 +237,9 @@ impl Report {
             ));
         }
         self.judge_failover(&mut failures);
+        if let Some(node_loss) = &self.node_loss {
+            failures.extend(node_loss.failures());
+        }
         if let Some((lo, hi)) = t.moved_fraction {
             match self.moved_fraction {
                 Some(m) if (lo..=hi).contains(&m) => {}
@@ -375,6 +384,19 @@ impl Report {
                 ),
             ]);
         }
+        if let Some(n) = &self.node_loss {
+            let unready: Vec<String> = n.unready_max_s.iter().map(|u| format!("{u:.2} s")).collect();
+            rows.extend([
+                (
+                    "NATS node killed (the stream's leader), election took",
+                    format!("node-{}, {}", n.node, opt(n.election_s, " s")),
+                ),
+                (
+                    "collectors unready at most (allowed)",
+                    format!("{} ({})", unready.join(", "), opt(n.unready_allowed_s, " s")),
+                ),
+            ]);
+        }
         let _ = writeln!(md, "| figure | value |\n|---|---|");
         for (k, v) in rows {
             let _ = writeln!(md, "| {k} | {v} |");
@@ -439,6 +461,7 @@ mod tests {
             failover_unmoved: Some(0),
             moved_from_live: Some(0),
             failover_exceptions: Vec::new(),
+            node_loss: None,
             ack_latency_ms: AckLatency {
                 p99_before_herd: Some(2.0),
                 p99_during_herd: Some(3.0),

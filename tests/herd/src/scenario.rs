@@ -25,6 +25,9 @@ pub enum Scenario {
     DnsSingleAnswer,
     /// As cold-start with the NATS sink, then NATS is killed for a while and comes back.
     SinkOutage,
+    /// As cold-start on a three-node JetStream cluster (the stream on all three), then the node
+    /// leading the stream is killed (SIGKILL) and, later, started again.
+    NodeLoss,
 }
 
 /// What happens to the fleet at a point of the run.
@@ -43,6 +46,10 @@ pub enum Action {
     SinkDown,
     /// The sink comes back on the same port and store.
     SinkUp,
+    /// The NATS node leading the stream is killed (SIGKILL).
+    NodeDown,
+    /// That node starts again on its ports and store.
+    NodeUp,
 }
 
 /// A scenario's timeline for one run.
@@ -63,6 +70,7 @@ impl Scenario {
             Scenario::AddCollector => "add-collector",
             Scenario::DnsSingleAnswer => "dns-single-answer",
             Scenario::SinkOutage => "sink-outage",
+            Scenario::NodeLoss => "node-loss",
         }
     }
 
@@ -70,6 +78,11 @@ impl Scenario {
     /// running collector from outside).
     pub fn needs_nats(self) -> bool {
         self == Scenario::SinkOutage
+    }
+
+    /// Whether the scenario needs a three-node JetStream cluster as the sink (`nats-cluster`).
+    pub fn needs_nats_cluster(self) -> bool {
+        self == Scenario::NodeLoss
     }
 
     /// Whether `moved_fraction` is measured (the fleet grows or shrinks on purpose).
@@ -120,6 +133,10 @@ impl Scenario {
                 actions.push((at(0.45), Action::SinkDown));
                 actions.push((at(0.6), Action::SinkUp));
             }
+            Scenario::NodeLoss => {
+                actions.push((at(0.45), Action::NodeDown));
+                actions.push((at(0.6), Action::NodeUp));
+            }
         }
         Plan {
             actions,
@@ -169,6 +186,7 @@ mod tests {
             Scenario::AddCollector,
             Scenario::DnsSingleAnswer,
             Scenario::SinkOutage,
+            Scenario::NodeLoss,
         ] {
             let plan = s.plan(d);
             assert_eq!(plan.actions[0], (Duration::from_secs(12), Action::Herd), "{s:?}");

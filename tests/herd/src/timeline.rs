@@ -30,6 +30,9 @@ pub struct Sample {
     pub ack_p99_ms: Option<f64>,
     /// Resident memory of each collector process, bytes (0 when down).
     pub collector_rss_bytes: Vec<u64>,
+    /// Whether each collector said it was ready (`ringflow_collector_ready`; false when down,
+    /// its last answer when too busy to answer).
+    pub collector_ready: Vec<bool>,
 }
 
 /// A scenario event, drawn as a marker on the charts.

@@ -178,6 +178,21 @@ async fn sink_outage() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The stream's leader node is killed: a new leader is announced, no acked record is lost, and
+/// no collector was unready for longer than the election (what `node_loss` says, judged).
+#[tokio::test]
+async fn node_loss() -> anyhow::Result<()> {
+    let (code, r) = herd("node-loss", 300, 3, 30, &[]).await?;
+    assert_pass(code, &r);
+    assert_eq!(r["sink"], "nats-cluster");
+    let loss = &r["node_loss"];
+    let election = loss["election_s"].as_f64().expect("a new leader was announced");
+    let unready = loss["unready_max_s"].as_array().expect("per collector");
+    assert_eq!(unready.len(), 3, "{loss}");
+    assert!(election > 0.0 && election < 30.0, "{loss}");
+    Ok(())
+}
+
 /// A fleet of one collector that is killed cannot hold its meters: the verdict is fail and the
 /// exit code says so.
 #[tokio::test]

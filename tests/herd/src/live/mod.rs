@@ -8,6 +8,7 @@
 //! duration plus the stop bounds, or leave a process behind (every child is killed when dropped).
 
 mod failover;
+pub mod node_loss;
 mod outcome;
 mod sampler;
 
@@ -21,7 +22,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::acks::{AckBook, Phase};
-use crate::fleet::{Fleet, FleetSpec, SinkKind};
+use crate::fleet::{Fleet, FleetSpec, NodeLoss, SinkKind};
 use crate::meters::{MeterShape, Population};
 use crate::report::Report;
 use crate::scenario::{Action, Scenario};
@@ -30,6 +31,7 @@ use ringflow_tests::TestBed;
 use ringflow_tests::process::CollectorCommand;
 
 use failover::FailoverWatch;
+use node_loss::NodeLossSeen;
 use outcome::Ended;
 pub use sampler::peak_per_second;
 use sampler::{Accumulated, Clock, lock, sample};
@@ -73,6 +75,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<Report> {
     anyhow::ensure!(options.collectors >= 1, "--collectors must be at least 1");
     let sink = if options.scenario.needs_nats() {
         SinkKind::Nats
+    } else if options.scenario.needs_nats_cluster() {
+        SinkKind::NatsCluster
     } else {
         options.sink
     };
@@ -147,6 +151,8 @@ struct Live {
     starts: JoinSet<anyhow::Result<()>>,
     /// The meters' failover from the collector the plan killed, watched from the kill on.
     failover: Option<FailoverWatch>,
+    /// The NATS node the plan killed, and the wait for its stream's new leader.
+    node_loss: Option<NodeLoss>,
 }
 
 impl Live {
@@ -193,6 +199,7 @@ impl Live {
             sampler,
             starts: JoinSet::new(),
             failover: None,
+            node_loss: None,
         })
     }
 
@@ -245,6 +252,16 @@ impl Live {
                 Action::SinkUp => {
                     self.fleet.sink_up().await?;
                     self.event("sink up".into());
+                }
+                Action::NodeDown => {
+                    let loss = self.fleet.node_down().await?;
+                    self.event(format!("NATS node-{} (stream leader) killed", loss.node));
+                    self.node_loss = Some(loss);
+                }
+                Action::NodeUp => {
+                    if let Some(node) = self.fleet.node_up().await? {
+                        self.event(format!("NATS node-{node} back"));
+                    }
                 }
             }
         }
@@ -299,6 +316,18 @@ impl Live {
             Some(watch) => Some(watch.finish().await?),
             None => None,
         };
+        let node_loss = match self.node_loss.take() {
+            Some(loss) => {
+                let (node, killed) = (loss.node, loss.killed);
+                let elected = loss.elected(Duration::from_secs(1)).await;
+                Some(NodeLossSeen {
+                    node,
+                    killed_s: self.clock.seconds(killed),
+                    elected_s: elected.map(|at| self.clock.seconds(at)),
+                })
+            }
+            None => None,
+        };
         self.stop_sampling.cancel();
         let (timeline, acc) = self.sampler.await?;
         self.progress.finish_and_clear();
@@ -310,6 +339,7 @@ impl Live {
             acc,
             at_end,
             failover,
+            node_loss,
             stored,
             population: self.population,
             book: self.book,

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use super::RunOptions;
 use super::failover::Failover;
+use super::node_loss::{NodeLossReport, NodeLossSeen};
 use super::sampler::{Accumulated, peak_per_second};
 use crate::acks::AckBook;
 use crate::fleet::{Fleet, SinkKind};
@@ -32,6 +33,8 @@ pub(super) struct Ended {
     pub(super) at_end: Vec<Option<Arc<str>>>,
     /// What the watch of the killed collector's meters saw (`None`: no collector was killed).
     pub(super) failover: Option<Failover>,
+    /// The NATS node killed and its stream's election (`None`: no node was killed).
+    pub(super) node_loss: Option<NodeLossSeen>,
     /// Every batch the fleet's sink holds.
     pub(super) stored: Vec<pb::StoredBatch>,
     pub(super) population: Arc<Population>,
@@ -77,6 +80,7 @@ pub(super) fn judge(
         sink: match sink {
             SinkKind::File => "file",
             SinkKind::Nats => "nats",
+            SinkKind::NatsCluster => "nats-cluster",
             SinkKind::Kafka => "kafka",
         }
         .to_owned(),
@@ -101,6 +105,9 @@ pub(super) fn judge(
         failover_unmoved: failover.map(Failover::unmoved),
         moved_from_live: failover.map(Failover::moved_from_live),
         failover_exceptions: failover.map_or_else(Vec::new, |f| failover_exceptions(f, fleet, options.seed)),
+        node_loss: ended
+            .node_loss
+            .map(|seen| NodeLossReport::from_timeline(seen, &ended.timeline)),
         ack_latency_ms: AckLatency {
             p50: acks.all.p50,
             p99: acks.all.p99,

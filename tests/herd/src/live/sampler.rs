@@ -28,6 +28,8 @@ const SCRAPE_TIMEOUT: Duration = Duration::from_secs(1);
 #[derive(Debug, Default, Clone)]
 pub(super) struct Scrape {
     sessions: u64,
+    /// `ringflow_collector_ready`: the sink is healthy and the collector not draining.
+    ready: bool,
     stored: u64,
     /// Refusals (before the handshake) and rejects (at Hello), by reason.
     refusals: BTreeMap<String, u64>,
@@ -49,6 +51,7 @@ fn parse_scrape(text: &str) -> Scrape {
         };
         match key.split_once('{').map_or(key, |(name, _)| name) {
             "ringflow_collector_sessions_active" => s.sessions = value,
+            "ringflow_collector_ready" => s.ready = value == 1,
             "ringflow_collector_records_stored_total" => s.stored = value,
             // Collectors export the known reasons at 0 from start: only those that happened count.
             "ringflow_collector_connections_refused_total" | "ringflow_collector_hello_rejects_total"
@@ -203,7 +206,7 @@ pub(super) async fn sample(
         let connected = connections.iter().filter(|c| c.is_some()).count();
         move_phases(&clock, &book, &events, &connections, welcomed, now);
 
-        let (sessions, refusals_per_s) = tally_scrapes(&mut acc, &mut timeline, &views, scrapes, dt);
+        let (sessions, ready, refusals_per_s) = tally_scrapes(&mut acc, &mut timeline, &views, scrapes, dt);
         let latency = book.take_interval();
         let sample = Sample {
             t_s: clock.seconds(now),
@@ -216,6 +219,7 @@ pub(super) async fn sample(
             ack_p50_ms: latency.p50,
             ack_p99_ms: latency.p99,
             collector_rss_bytes: views.iter().map(|v| v.pid.map_or(0, rss_bytes)).collect(),
+            collector_ready: ready,
         };
         last_attempts = attempts;
         progress.set_position(now.duration_since(clock.started).as_millis() as u64);
@@ -259,21 +263,23 @@ fn move_phases(
     }
 }
 
-/// Each collector's sessions from its scrape (a silent one keeps its last answer, a down one
-/// holds none), and the refusals per second the interval added.
+/// Each collector's sessions and readiness from its scrape (a silent one keeps its last answer,
+/// a down one holds none and is not ready), and the refusals per second the interval added.
 fn tally_scrapes(
     acc: &mut Accumulated,
     timeline: &mut Timeline,
     views: &[SlotView],
     scrapes: Vec<Option<Scrape>>,
     dt: f64,
-) -> (Vec<u64>, BTreeMap<String, f64>) {
+) -> (Vec<u64>, Vec<bool>, BTreeMap<String, f64>) {
     let mut refusals_per_s = BTreeMap::new();
     let mut sessions = Vec::with_capacity(views.len());
+    let mut ready = Vec::with_capacity(views.len());
     for (i, s) in scrapes.into_iter().enumerate() {
         match s {
             Some(s) => {
                 sessions.push(s.sessions);
+                ready.push(s.ready);
                 for (reason, n) in acc.add(i, s) {
                     *refusals_per_s.entry(reason).or_insert(0.0) += n as f64 / dt;
                 }
@@ -281,13 +287,18 @@ fn tally_scrapes(
             // Up but too busy to answer within the timeout: its last answer stands.
             None if views[i].admin_addr.is_some() => {
                 timeline.silent_scrapes += 1;
-                sessions.push(acc.last.get(i).and_then(|l| l.as_ref()).map_or(0, |l| l.sessions));
+                let last = acc.last.get(i).and_then(|l| l.as_ref());
+                sessions.push(last.map_or(0, |l| l.sessions));
+                ready.push(last.is_some_and(|l| l.ready));
             }
             // Down (its counters were forgotten when its pid went).
-            None => sessions.push(0),
+            None => {
+                sessions.push(0);
+                ready.push(false);
+            }
         }
     }
-    (sessions, refusals_per_s)
+    (sessions, ready, refusals_per_s)
 }
 
 /// The highest attempts per second over any stretch of whole samples at least a second long.

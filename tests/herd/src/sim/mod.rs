@@ -288,6 +288,7 @@ fn report(o: &SimOptions, outcome: &Outcome) -> Report {
         failover_unmoved: None,
         moved_from_live: None,
         failover_exceptions: Vec::new(),
+        node_loss: None,
         ack_latency_ms: AckLatency::default(),
         collector_crashes: 0,
         collector_rss_max_bytes: 0,
