@@ -22,6 +22,8 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::timeline::{Event, Timeline};
 
+mod resources;
+
 /// DejaVu Sans, Bitstream Vera licence (see `tests/herd/assets/DejaVuSans.LICENSE`).
 const FONT_BYTES: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 /// The family every text style below names; the one the font is registered under.
@@ -56,19 +58,21 @@ const LABEL_ROW_PX: i32 = 16;
 /// Space between an event's line and its label, pixels.
 const LABEL_GAP_PX: i32 = 4;
 
-/// Writes `sessions`, `attempts` and `ack_latency` charts into `dir` (created if missing), each as
-/// `.png` and `.svg`, and returns the six paths written.
+/// Writes `sessions`, `attempts` and `ack_latency` charts into `dir` (created if missing), and
+/// for a live run the `resources_*` charts (memory, descriptors, threads, tasks, sink queue of
+/// each process), each as `.png` and `.svg`, and returns the paths written.
 ///
 /// An empty timeline gives charts with empty plots.
 pub fn write_charts(dir: &Path, title: &str, timeline: &Timeline) -> Result<Vec<PathBuf>> {
     register_font()?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
 
-    let charts = [
+    let mut charts = vec![
         sessions_chart(timeline),
         attempts_chart(timeline),
         latency_chart(timeline),
     ];
+    charts.extend(resources::charts(timeline));
     write_all(dir, title, &charts, &timeline.events, x_range(timeline))
 }
 
@@ -532,6 +536,7 @@ mod tests {
                 what: "c2 killed".to_string(),
             }],
             silent_scrapes: 0,
+            resources: Vec::new(),
         }
     }
 

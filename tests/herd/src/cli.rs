@@ -15,7 +15,7 @@ use super::bench::{BenchOptions, Part, Sizes};
 use super::fleet::SinkKind;
 use super::live::{RunOptions, run};
 use super::meters::MeterShape;
-use super::scenario::Scenario;
+use super::scenario::{SOAK_PERIODS, Scenario};
 use ringflow_tests::process::CollectorCommand;
 
 /// The subcommand under which `herd` runs a collector of its fleet (it starts itself).
@@ -40,6 +40,12 @@ enum Command {
     /// Run a scenario live: K collector processes on 127.0.0.2.., an in-process DNS server, NATS
     /// if asked, and N meters in this process; write report.json, report.md and charts to DIR.
     Run(RunArgs),
+    /// A long live run with events on a schedule (every twelfth of it, in turn: a NATS outage,
+    /// a collector dropped from DNS, one drained and restarted, one killed and started again),
+    /// reading once a second what each collector process and the meters' process hold (memory,
+    /// descriptors, threads, tasks, sink queue); fails when one grows after warm-up beyond its
+    /// allowance (docs/herd.md), or on any common check. Build with --release for 2,000 meters.
+    Soak(SoakArgs),
     /// Simulate a scenario in virtual time (deterministic; a million meters in under a minute):
     /// the production selection, backoff and admission code against a model of the network and
     /// of each collector's handshake capacity; same report.json keys ("mode": "sim") and charts.
@@ -207,6 +213,62 @@ struct SimArgs {
 }
 
 #[derive(clap::Args, Debug)]
+struct SoakArgs {
+    /// Meters (real agent library, in this process).
+    #[arg(long, value_name = "N", default_value_t = 2_000)]
+    meters: usize,
+    /// Collectors (at least 3: the events name the first three).
+    #[arg(long, value_name = "K", default_value_t = 3)]
+    collectors: usize,
+    /// Length of the soak; events every twelfth of it, the last twelfth quiet.
+    #[arg(long, value_name = "SECS", default_value_t = 3_600)]
+    duration: u64,
+    /// Synthetic records per second per meter.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    rate: u64,
+    #[arg(long, value_name = "S", default_value_t = 1)]
+    seed: u64,
+    /// Output directory: report.json, report.md, timeline.json, charts, logs.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Where the run's state goes (default /dev/shm when it exists).
+    #[arg(long, value_name = "DIR")]
+    work_dir: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+impl SoakArgs {
+    /// The live run a soak is: its own scenario, the NATS sink (a soak takes it away).
+    fn into_run(self) -> anyhow::Result<RunArgs> {
+        anyhow::ensure!(self.collectors >= 3, "herd soak needs at least 3 collectors (its events name three)");
+        anyhow::ensure!(self.duration >= 120, "herd soak needs at least 120 s (twelve periods of 10 s)");
+        Ok(RunArgs {
+            common: ScenarioArgs {
+                scenario: Scenario::Soak,
+                batch_age_ms: None,
+                meters: self.meters,
+                collectors: self.collectors,
+                duration: self.duration,
+                seed: self.seed,
+                out: self.out,
+                first_wave: 0.1,
+                // Meters moved by an event go home within half a period, so each period starts
+                // settled (the default, a fifth of the run, would be over two periods).
+                rebalance_window_ms: Some(self.duration * 1000 / u64::from(SOAK_PERIODS) / 2),
+                dns_ttl: None,
+            },
+            sink: SinkKind::Nats,
+            rate: self.rate,
+            accept_rate: None,
+            work_dir: self.work_dir,
+            quiet: self.quiet,
+        })
+    }
+}
+
+#[derive(clap::Args, Debug)]
 struct RunArgs {
     #[command(flatten)]
     common: ScenarioArgs,
@@ -251,6 +313,13 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse_from(args);
     let a = match cli.command {
         Command::Run(a) => a,
+        Command::Soak(s) => match s.into_run() {
+            Ok(a) => a,
+            Err(error) => {
+                eprintln!("herd: {error:#}");
+                return ExitCode::from(2);
+            }
+        },
         Command::Sim(a) => return sim(a),
         Command::Bench(a) => return bench(a, command),
     };

@@ -319,6 +319,22 @@ impl Fleet {
         Ok(i)
     }
 
+    /// DNS stops naming collector `i` (it keeps running: meters find out as their TTLs run out).
+    pub fn dns_drop(&self, i: usize) {
+        let ip = slot_ip(i);
+        self.dns.update(|r| r.a.retain(|a| *a != ip));
+    }
+
+    /// DNS names collector `i` again.
+    pub fn dns_restore(&self, i: usize) {
+        let ip = slot_ip(i);
+        self.dns.update(|r| {
+            if !r.a.contains(&ip) {
+                r.a.push(ip);
+            }
+        });
+    }
+
     /// Kills NATS (SIGKILL).
     pub async fn sink_down(&self) {
         if let Some(nats) = self.nats.lock().await.as_mut() {

@@ -12,6 +12,7 @@ pub mod capacity;
 pub mod charts;
 pub mod cli;
 pub mod fleet;
+pub mod growth;
 pub mod live;
 pub mod meters;
 pub mod report;

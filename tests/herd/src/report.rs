@@ -9,11 +9,12 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::growth::Growth;
 use crate::live::node_loss::NodeLossReport;
 
 /// The top-level keys of every `report.json`, live or simulated (docs/herd.md's table
 /// documents each; `tests/docs.rs` checks it does).
-pub const KEYS: [&str; 29] = [
+pub const KEYS: [&str; 30] = [
     "scenario",
     "mode",
     "meters",
@@ -38,6 +39,7 @@ pub const KEYS: [&str; 29] = [
     "moved_from_live",
     "failover_exceptions",
     "node_loss",
+    "growth",
     "ack_latency_ms",
     "collector_crashes",
     "verdict",
@@ -158,6 +160,9 @@ pub struct Report {
     /// node-loss: the NATS node killed, how long the stream's election took, and how long each
     /// collector was unready meanwhile (null: no node killed, or `herd sim`).
     pub node_loss: Option<NodeLossReport>,
+    /// `herd soak`: each process's resources over its window after warm-up, and whether each
+    /// rose by no more than its allowance (empty for other runs).
+    pub growth: Vec<Growth>,
     pub ack_latency_ms: AckLatency,
     pub collector_crashes: u32,
     /// Most resident memory any collector had, bytes.
@@ -239,6 +244,15 @@ impl Report {
         self.judge_failover(&mut failures);
         if let Some(node_loss) = &self.node_loss {
             failures.extend(node_loss.failures());
+        }
+        if self.scenario == "soak" && self.growth.is_empty() {
+            failures.push("no process was sampled long enough after its warm-up to judge its growth".to_owned());
+        }
+        for g in self.growth.iter().filter(|g| !g.ok) {
+            failures.push(format!(
+                "{} (pid {}) {} rose by {:.0} over {:.0}-{:.0} s (mean {:.0}; at most {:.0} may)",
+                g.process, g.pid, g.metric, g.growth, g.from_s, g.to_s, g.mean, g.allowed
+            ));
         }
         if let Some((lo, hi)) = t.moved_fraction {
             match self.moved_fraction {
@@ -413,9 +427,30 @@ impl Report {
             let list: Vec<String> = self.refusals.iter().map(|(k, v)| format!("{k} {v}")).collect();
             let _ = writeln!(md, "\nRefusals and rejects: {}.", list.join(", "));
         }
+        if !self.growth.is_empty() {
+            let _ = writeln!(
+                md,
+                "\nGrowth after warm-up (fitted line's rise over the window; allowance):\n\n| process | metric | window | mean | rise | allowed | |\n|---|---|---|---|---|---|---|"
+            );
+            for g in &self.growth {
+                let _ = writeln!(
+                    md,
+                    "| {} (pid {}) | {} | {:.0}-{:.0} s | {:.0} | {:.0} | {:.0} | {} |",
+                    g.process,
+                    g.pid,
+                    g.metric,
+                    g.from_s,
+                    g.to_s,
+                    g.mean,
+                    g.growth,
+                    g.allowed,
+                    if g.ok { "ok" } else { "GROWS" }
+                );
+            }
+        }
         let _ = writeln!(
             md,
-            "\nCharts: sessions.png, attempts.png, ack_latency.png (and .svg)."
+            "\nCharts: sessions.png, attempts.png, ack_latency.png, resources_*.png for a live run (and .svg)."
         );
         md
     }
@@ -462,6 +497,7 @@ mod tests {
             moved_from_live: Some(0),
             failover_exceptions: Vec::new(),
             node_loss: None,
+            growth: Vec::new(),
             ack_latency_ms: AckLatency {
                 p99_before_herd: Some(2.0),
                 p99_during_herd: Some(3.0),

@@ -28,6 +28,11 @@ pub enum Scenario {
     /// As cold-start on a three-node JetStream cluster (the stream on all three), then the node
     /// leading the stream is killed (SIGKILL) and, later, started again.
     NodeLoss,
+    /// `herd soak`: cold-start, then every twelfth of the run one event, in turn a NATS outage,
+    /// a collector dropped from DNS (and restored), a collector drained and restarted, and one
+    /// killed (and started again); the processes' resources are judged for growth.
+    #[value(skip)]
+    Soak,
 }
 
 /// What happens to the fleet at a point of the run.
@@ -50,6 +55,14 @@ pub enum Action {
     NodeDown,
     /// That node starts again on its ports and store.
     NodeUp,
+    /// Collector `i` is drained (SIGTERM), waited for and started again.
+    RestartCollector(usize),
+    /// Collector `i` (killed before) starts again.
+    StartCollector(usize),
+    /// DNS stops naming collector `i`.
+    DnsDrop(usize),
+    /// DNS names collector `i` again.
+    DnsRestore(usize),
 }
 
 /// A scenario's timeline for one run.
@@ -71,13 +84,14 @@ impl Scenario {
             Scenario::DnsSingleAnswer => "dns-single-answer",
             Scenario::SinkOutage => "sink-outage",
             Scenario::NodeLoss => "node-loss",
+            Scenario::Soak => "soak",
         }
     }
 
     /// Whether the scenario needs NATS as the sink (a file sink cannot be taken away from a
     /// running collector from outside).
     pub fn needs_nats(self) -> bool {
-        self == Scenario::SinkOutage
+        matches!(self, Scenario::SinkOutage | Scenario::Soak)
     }
 
     /// Whether the scenario needs a three-node JetStream cluster as the sink (`nats-cluster`).
@@ -123,7 +137,9 @@ impl Scenario {
     /// scenario's own event comes at 45-60%, leaving the last part of the run to settle.
     pub fn plan(self, duration: Duration) -> Plan {
         let at = |fraction: f64| duration.mul_f64(fraction);
-        let mut actions = vec![(at(0.2), Action::Herd)];
+        // A soak's herd comes at once (half its first period): the run is its events.
+        let herd = if self == Scenario::Soak { duration / SOAK_PERIODS / 2 } else { at(0.2) };
+        let mut actions = vec![(herd, Action::Herd)];
         match self {
             Scenario::ColdStart | Scenario::DnsSingleAnswer => {}
             Scenario::CrashOne => actions.push((at(0.5), Action::KillCollector(0))),
@@ -137,12 +153,37 @@ impl Scenario {
                 actions.push((at(0.45), Action::NodeDown));
                 actions.push((at(0.6), Action::NodeUp));
             }
+            Scenario::Soak => actions.extend(soak_events(duration)),
         }
         Plan {
             actions,
             single_answer: self == Scenario::DnsSingleAnswer,
         }
     }
+}
+
+/// Periods a soak is cut into: an event starts each one but the first (the herd's) and the last
+/// (quiet, so the run ends settled).
+pub const SOAK_PERIODS: u32 = 12;
+
+/// A soak's events: in period k (1..=10), in turn a NATS outage (a third of a period), collector
+/// k/4 % 3 dropped from DNS (for a third of a period), drained and restarted, or killed and
+/// started again a sixth of a period later. Collectors are named modulo the three a soak runs
+/// at least; the events of a fleet of K > 3 fall on its first three.
+fn soak_events(duration: Duration) -> Vec<(Duration, Action)> {
+    let period = duration / SOAK_PERIODS;
+    let mut events = Vec::new();
+    for k in 1..SOAK_PERIODS - 1 {
+        let start = period * k;
+        let c = (k as usize / 4) % 3;
+        match k % 4 {
+            1 => events.extend([(start, Action::SinkDown), (start + period / 3, Action::SinkUp)]),
+            2 => events.extend([(start, Action::DnsDrop(c)), (start + period / 3, Action::DnsRestore(c))]),
+            3 => events.push((start, Action::RestartCollector(c))),
+            _ => events.extend([(start, Action::KillCollector(c)), (start + period / 6, Action::StartCollector(c))]),
+        }
+    }
+    events
 }
 
 /// The longest a killed collector's slowest meter may take, from the kill until another
@@ -200,6 +241,23 @@ mod tests {
             );
             assert_eq!(plan.single_answer, s == Scenario::DnsSingleAnswer);
         }
+    }
+
+    #[test]
+    fn a_soak_plan_rotates_its_events_and_leaves_its_last_period_quiet() {
+        let d = Duration::from_secs(3600);
+        let plan = Scenario::Soak.plan(d);
+        assert_eq!(plan.actions[0], (Duration::from_secs(150), Action::Herd));
+        assert!(plan.actions.windows(2).all(|w| w[0].0 <= w[1].0), "in order");
+        assert!(plan.actions.iter().all(|(t, _)| *t < Duration::from_secs(3300)), "last period quiet");
+        let count = |f: fn(&Action) -> bool| plan.actions.iter().filter(|(_, a)| f(a)).count();
+        assert_eq!(count(|a| matches!(a, Action::SinkDown)), 3);
+        assert_eq!(count(|a| matches!(a, Action::SinkUp)), 3);
+        assert_eq!(count(|a| matches!(a, Action::DnsDrop(_))), 3);
+        assert_eq!(count(|a| matches!(a, Action::RestartCollector(_))), 2);
+        assert_eq!(count(|a| matches!(a, Action::KillCollector(_))), 2);
+        assert_eq!(count(|a| matches!(a, Action::StartCollector(_))), 2);
+        assert!(Scenario::Soak.needs_nats());
     }
 
     #[test]

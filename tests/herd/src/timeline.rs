@@ -35,6 +35,29 @@ pub struct Sample {
     pub collector_ready: Vec<bool>,
 }
 
+/// What one process held at one instant (see `live::resources`).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Resources {
+    pub pid: u32,
+    pub rss_bytes: u64,
+    /// Open file descriptors.
+    pub fds: u64,
+    pub threads: u64,
+    /// Tasks alive: a collector's `tasks_active` summed, the meters' runtime's alive tasks.
+    pub tasks: u64,
+    /// A collector's `sink_queue_batches` (0 for the meters).
+    pub sink_queue_batches: u64,
+}
+
+/// Once a second: what each collector process and the meters' process (this one) held.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ResourceSample {
+    pub t_s: f64,
+    /// Indexed like [`Timeline::collectors`]; `None` while a collector is down.
+    pub collectors: Vec<Option<Resources>>,
+    pub meters: Option<Resources>,
+}
+
 /// A scenario event, drawn as a marker on the charts.
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
@@ -52,6 +75,8 @@ pub struct Timeline {
     /// put the same meters on the same collectors).
     pub addresses: Vec<String>,
     pub samples: Vec<Sample>,
+    /// Once a second, what each process held (`herd soak` judges their growth).
+    pub resources: Vec<ResourceSample>,
     pub events: Vec<Event>,
     /// Scrapes of a running collector's `/metrics` that did not answer within the timeout (its
     /// previous figures were carried forward).

@@ -10,6 +10,7 @@
 mod failover;
 pub mod node_loss;
 mod outcome;
+mod resources;
 mod sampler;
 
 use std::net::SocketAddr;
@@ -234,8 +235,10 @@ impl Live {
                         .iter()
                         .map(|a| a.to_string())
                         .collect();
-                    let watch = FailoverWatch::arm(&self.population, &named[i], &named);
-                    self.failover = Some(watch);
+                    // Watched only where failover is judged (a soak's kills are just events).
+                    if options.scenario.judges_failover() {
+                        self.failover = Some(FailoverWatch::arm(&self.population, &named[i], &named));
+                    }
                     self.fleet.kill(i);
                     self.event(format!("c{} killed", i + 1));
                 }
@@ -262,6 +265,23 @@ impl Live {
                     if let Some(node) = self.fleet.node_up().await? {
                         self.event(format!("NATS node-{node} back"));
                     }
+                }
+                Action::RestartCollector(i) => {
+                    self.event(format!("c{} drains", i + 1));
+                    self.fleet.restart(i, COLLECTOR_GRACE).await?;
+                    self.event(format!("c{} back", i + 1));
+                }
+                Action::StartCollector(i) => {
+                    self.fleet.restart(i, COLLECTOR_GRACE).await?;
+                    self.event(format!("c{} started again", i + 1));
+                }
+                Action::DnsDrop(i) => {
+                    self.fleet.dns_drop(i);
+                    self.event(format!("DNS drops c{}", i + 1));
+                }
+                Action::DnsRestore(i) => {
+                    self.fleet.dns_restore(i);
+                    self.event(format!("DNS names c{} again", i + 1));
                 }
             }
         }

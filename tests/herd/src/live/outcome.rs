@@ -108,6 +108,14 @@ pub(super) fn judge(
         node_loss: ended
             .node_loss
             .map(|seen| NodeLossReport::from_timeline(seen, &ended.timeline)),
+        growth: if scenario == Scenario::Soak {
+            // Judged after two periods (the herd and the first event), each collector process
+            // from a period after it started, over at least two periods.
+            let period = options.duration.as_secs_f64() / f64::from(crate::scenario::SOAK_PERIODS);
+            crate::growth::judge(&ended.timeline, 2.0 * period, period, 2.0 * period)
+        } else {
+            Vec::new()
+        },
         ack_latency_ms: AckLatency {
             p50: acks.all.p50,
             p99: acks.all.p99,

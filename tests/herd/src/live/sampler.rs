@@ -17,10 +17,12 @@ use tokio_util::sync::CancellationToken;
 use crate::acks::{AckBook, Phase};
 use crate::fleet::{Fleet, SlotView};
 use crate::meters::Population;
-use crate::timeline::{Event, Sample, Timeline};
+use crate::timeline::{Event, ResourceSample, Sample, Timeline};
 
 /// Sampling interval.
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+/// What each process holds is read every this many samples (once a second).
+const RESOURCES_EVERY: u64 = 10;
 /// A collector's `/metrics` must answer within this, or the sample counts it as silent.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -30,6 +32,10 @@ pub(super) struct Scrape {
     sessions: u64,
     /// `ringflow_collector_ready`: the sink is healthy and the collector not draining.
     ready: bool,
+    /// `ringflow_collector_tasks_active`, every kind.
+    tasks: u64,
+    /// `ringflow_collector_sink_queue_batches`.
+    queue: u64,
     stored: u64,
     /// Refusals (before the handshake) and rejects (at Hello), by reason.
     refusals: BTreeMap<String, u64>,
@@ -52,6 +58,8 @@ fn parse_scrape(text: &str) -> Scrape {
         match key.split_once('{').map_or(key, |(name, _)| name) {
             "ringflow_collector_sessions_active" => s.sessions = value,
             "ringflow_collector_ready" => s.ready = value == 1,
+            "ringflow_collector_tasks_active" => s.tasks += value,
+            "ringflow_collector_sink_queue_batches" => s.queue = value,
             "ringflow_collector_records_stored_total" => s.stored = value,
             // Collectors export the known reasons at 0 from start: only those that happened count.
             "ringflow_collector_connections_refused_total" | "ringflow_collector_hello_rejects_total"
@@ -164,6 +172,7 @@ pub(super) async fn sample(
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let (mut last_at, mut last_attempts) = (Instant::now(), 0u64);
     let mut pids: Vec<Option<u32>> = Vec::new();
+    let mut ticks = 0u64;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -206,6 +215,10 @@ pub(super) async fn sample(
         let connected = connections.iter().filter(|c| c.is_some()).count();
         move_phases(&clock, &book, &events, &connections, welcomed, now);
 
+        if ticks % RESOURCES_EVERY == 0 {
+            timeline.resources.push(resources_now(clock.seconds(now), &views, &scrapes));
+        }
+        ticks += 1;
         let (sessions, ready, refusals_per_s) = tally_scrapes(&mut acc, &mut timeline, &views, scrapes, dt);
         let latency = book.take_interval();
         let sample = Sample {
@@ -232,6 +245,24 @@ pub(super) async fn sample(
     timeline.events = lock(&events).clone();
     timeline.events.sort_by(|a, b| a.t_s.total_cmp(&b.t_s));
     (timeline, acc)
+}
+
+/// What each collector process and this one (the meters') hold now.
+fn resources_now(t_s: f64, views: &[SlotView], scrapes: &[Option<Scrape>]) -> ResourceSample {
+    let collectors = views
+        .iter()
+        .zip(scrapes)
+        .map(|(v, s)| {
+            let (tasks, queue) = s.as_ref().map_or((0, 0), |s| (s.tasks, s.queue));
+            v.pid.and_then(|pid| super::resources::read(pid, tasks, queue))
+        })
+        .collect();
+    let tasks = tokio::runtime::Handle::current().metrics().num_alive_tasks() as u64;
+    ResourceSample {
+        t_s,
+        collectors,
+        meters: super::resources::read(std::process::id(), tasks, 0),
+    }
 }
 
 /// Moves the latency phases: the baseline starts once the first wave is in, and the herd's phase

@@ -1017,6 +1017,26 @@ impl<'w> Engine<'w> {
                 self.after(NODE_LOSS_ELECTION, Ev::Elected);
             }
             Action::NodeUp => self.event("node back".to_owned()),
+            // A soak's events (`herd soak` is live only; these keep the model whole).
+            Action::RestartCollector(c) => self.drain(c as C),
+            Action::StartCollector(c) => {
+                self.up(c as C);
+                self.event(format!("c{} started again", c + 1));
+            }
+            Action::DnsDrop(c) | Action::DnsRestore(c) => {
+                let c = c as C;
+                let mut next = self.dns_versions.last().cloned().unwrap_or_default();
+                next.retain(|x| *x != c);
+                if matches!(action, Action::DnsRestore(_)) {
+                    next.push(c);
+                }
+                self.dns_versions.push(next);
+                for m in 0..self.started {
+                    let when = self.uniform(self.model.dns_ttl);
+                    self.after(when, Ev::Dns { m: m as u32 });
+                }
+                self.event(format!("DNS changed for c{}", c + 1));
+            }
         }
     }
 

@@ -289,6 +289,7 @@ fn report(o: &SimOptions, outcome: &Outcome) -> Report {
         moved_from_live: None,
         failover_exceptions: Vec::new(),
         node_loss: None,
+        growth: Vec::new(),
         ack_latency_ms: AckLatency::default(),
         collector_crashes: 0,
         collector_rss_max_bytes: 0,
