@@ -242,8 +242,14 @@ struct SoakArgs {
 impl SoakArgs {
     /// The live run a soak is: its own scenario, the NATS sink (a soak takes it away).
     fn into_run(self) -> anyhow::Result<RunArgs> {
-        anyhow::ensure!(self.collectors >= 3, "herd soak needs at least 3 collectors (its events name three)");
-        anyhow::ensure!(self.duration >= 120, "herd soak needs at least 120 s (twelve periods of 10 s)");
+        anyhow::ensure!(
+            self.collectors >= 3,
+            "herd soak needs at least 3 collectors (its events name three)"
+        );
+        anyhow::ensure!(
+            self.duration >= 120,
+            "herd soak needs at least 120 s (twelve periods of 10 s)"
+        );
         Ok(RunArgs {
             common: ScenarioArgs {
                 scenario: Scenario::Soak,

@@ -55,7 +55,9 @@ pub fn fit(points: &[(f64, f64)]) -> Option<(f64, f64)> {
         return None;
     }
     let n = points.len() as f64;
-    let (mt, my) = points.iter().fold((0.0, 0.0), |(a, b), (t, y)| (a + t / n, b + y / n));
+    let (mt, my) = points
+        .iter()
+        .fold((0.0, 0.0), |(a, b), (t, y)| (a + t / n, b + y / n));
     let (mut sty, mut stt) = (0.0, 0.0);
     for (t, y) in points {
         sty += (t - mt) * (y - my);
@@ -64,32 +66,56 @@ pub fn fit(points: &[(f64, f64)]) -> Option<(f64, f64)> {
     (stt > 0.0).then(|| (sty / stt, my))
 }
 
+/// A process's label, pid and its resources over time.
+type Process = (String, u32, Vec<(f64, Resources)>);
+
 /// Judges every process of `timeline`: each collector process from `settle_s` after it started
 /// (and not before `warmup_s`), the meters' process from `warmup_s`; a process with less than
 /// `min_window_s` of samples in its window is not judged.
 pub fn judge(timeline: &Timeline, warmup_s: f64, settle_s: f64, min_window_s: f64) -> Vec<Growth> {
-    let mut processes: Vec<(String, u32, Vec<(f64, Resources)>)> = Vec::new();
-    let slots = timeline.resources.iter().map(|s| s.collectors.len()).max().unwrap_or(0);
+    let mut processes: Vec<Process> = Vec::new();
+    let slots = timeline
+        .resources
+        .iter()
+        .map(|s| s.collectors.len())
+        .max()
+        .unwrap_or(0);
     for slot in 0..slots {
-        let label = timeline.collectors.get(slot).cloned().unwrap_or_else(|| format!("c{}", slot + 1));
+        let label = timeline
+            .collectors
+            .get(slot)
+            .cloned()
+            .unwrap_or_else(|| format!("c{}", slot + 1));
         for sample in &timeline.resources {
-            let Some(Some(r)) = sample.collectors.get(slot) else { continue };
+            let Some(Some(r)) = sample.collectors.get(slot) else {
+                continue;
+            };
             match processes.last_mut() {
                 Some((l, pid, points)) if *l == label && *pid == r.pid => points.push((sample.t_s, *r)),
                 _ => processes.push((label.clone(), r.pid, vec![(sample.t_s, *r)])),
             }
         }
     }
-    let meters: Vec<(f64, Resources)> = timeline.resources.iter().filter_map(|s| s.meters.map(|r| (s.t_s, r))).collect();
+    let meters: Vec<(f64, Resources)> = timeline
+        .resources
+        .iter()
+        .filter_map(|s| s.meters.map(|r| (s.t_s, r)))
+        .collect();
     if let Some((_, first)) = meters.first() {
         processes.push(("meters".to_owned(), first.pid, meters));
     }
     let mut out = Vec::new();
     for (process, pid, points) in processes {
         let started = points.first().map_or(0.0, |p| p.0);
-        let from = if process == "meters" { warmup_s } else { warmup_s.max(started + settle_s) };
+        let from = if process == "meters" {
+            warmup_s
+        } else {
+            warmup_s.max(started + settle_s)
+        };
         let window: Vec<&(f64, Resources)> = points.iter().filter(|(t, _)| *t >= from).collect();
-        let (Some(first), Some(last)) = (window.first(), window.last()) else { continue };
+        let (Some(first), Some(last)) = (window.first(), window.last()) else {
+            continue;
+        };
         if last.0 - first.0 < min_window_s {
             continue;
         }
@@ -98,7 +124,9 @@ pub fn judge(timeline: &Timeline, warmup_s: f64, settle_s: f64, min_window_s: f6
                 continue;
             }
             let series: Vec<(f64, f64)> = window.iter().map(|(t, r)| (*t, value(r, metric))).collect();
-            let Some((slope, mean)) = fit(&series) else { continue };
+            let Some((slope, mean)) = fit(&series) else {
+                continue;
+            };
             let growth = slope * (last.0 - first.0);
             let allowed = (relative * mean).max(floor);
             out.push(Growth {
@@ -135,7 +163,9 @@ mod tests {
 
     #[test]
     fn the_fit_finds_the_slope_of_a_line_and_nothing_in_a_flat_sawtooth() {
-        let line: Vec<(f64, f64)> = (0..100).map(|t| (f64::from(t), 3.0 + 0.5 * f64::from(t))).collect();
+        let line: Vec<(f64, f64)> = (0..100)
+            .map(|t| (f64::from(t), 3.0 + 0.5 * f64::from(t)))
+            .collect();
         let (slope, _) = fit(&line).expect("a line");
         assert!((slope - 0.5).abs() < 1e-9);
         let saw: Vec<(f64, f64)> = (0..1000).map(|t| (f64::from(t), f64::from(t % 100))).collect();
@@ -151,7 +181,11 @@ mod tests {
         let samples = (0..600)
             .map(|t| {
                 let t = f64::from(t);
-                let c2 = if t < 300.0 { res(20, 40.0, 50) } else { res(21, 30.0 + (t - 300.0).min(30.0) / 3.0, 50) };
+                let c2 = if t < 300.0 {
+                    res(20, 40.0, 50)
+                } else {
+                    res(21, 30.0 + (t - 300.0).min(30.0) / 3.0, 50)
+                };
                 ResourceSample {
                     t_s: t,
                     collectors: vec![Some(res(10, 40.0 + t / 60.0, 50)), Some(c2)],
@@ -165,13 +199,28 @@ mod tests {
             ..Timeline::default()
         };
         let verdict = judge(&timeline, 60.0, 60.0, 120.0);
-        let failing: Vec<(&str, &str)> = verdict.iter().filter(|g| !g.ok).map(|g| (g.process.as_str(), g.metric)).collect();
+        let failing: Vec<(&str, &str)> = verdict
+            .iter()
+            .filter(|g| !g.ok)
+            .map(|g| (g.process.as_str(), g.metric))
+            .collect();
         assert_eq!(failing, vec![("c1", "rss_bytes")], "{verdict:#?}");
-        let c1 = verdict.iter().find(|g| g.process == "c1" && g.metric == "rss_bytes").expect("c1 judged");
+        let c1 = verdict
+            .iter()
+            .find(|g| g.process == "c1" && g.metric == "rss_bytes")
+            .expect("c1 judged");
         assert!((c1.growth / (1024.0 * 1024.0) - 8.98).abs() < 0.05, "{c1:?}");
         // c2's first process (0-300 s) and its second from 360 s on are judged apart.
-        let c2: Vec<u32> = verdict.iter().filter(|g| g.process == "c2" && g.metric == "fds").map(|g| g.pid).collect();
+        let c2: Vec<u32> = verdict
+            .iter()
+            .filter(|g| g.process == "c2" && g.metric == "fds")
+            .map(|g| g.pid)
+            .collect();
         assert_eq!(c2, vec![20, 21]);
-        assert!(verdict.iter().any(|g| g.process == "meters" && g.metric == "tasks" && g.ok));
+        assert!(
+            verdict
+                .iter()
+                .any(|g| g.process == "meters" && g.metric == "tasks" && g.ok)
+        );
     }
 }

@@ -246,7 +246,8 @@ impl Report {
             failures.extend(node_loss.failures());
         }
         if self.scenario == "soak" && self.growth.is_empty() {
-            failures.push("no process was sampled long enough after its warm-up to judge its growth".to_owned());
+            failures
+                .push("no process was sampled long enough after its warm-up to judge its growth".to_owned());
         }
         for g in self.growth.iter().filter(|g| !g.ok) {
             failures.push(format!(

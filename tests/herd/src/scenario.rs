@@ -138,7 +138,11 @@ impl Scenario {
     pub fn plan(self, duration: Duration) -> Plan {
         let at = |fraction: f64| duration.mul_f64(fraction);
         // A soak's herd comes at once (half its first period): the run is its events.
-        let herd = if self == Scenario::Soak { duration / SOAK_PERIODS / 2 } else { at(0.2) };
+        let herd = if self == Scenario::Soak {
+            duration / SOAK_PERIODS / 2
+        } else {
+            at(0.2)
+        };
         let mut actions = vec![(herd, Action::Herd)];
         match self {
             Scenario::ColdStart | Scenario::DnsSingleAnswer => {}
@@ -178,9 +182,15 @@ fn soak_events(duration: Duration) -> Vec<(Duration, Action)> {
         let c = (k as usize / 4) % 3;
         match k % 4 {
             1 => events.extend([(start, Action::SinkDown), (start + period / 3, Action::SinkUp)]),
-            2 => events.extend([(start, Action::DnsDrop(c)), (start + period / 3, Action::DnsRestore(c))]),
+            2 => events.extend([
+                (start, Action::DnsDrop(c)),
+                (start + period / 3, Action::DnsRestore(c)),
+            ]),
             3 => events.push((start, Action::RestartCollector(c))),
-            _ => events.extend([(start, Action::KillCollector(c)), (start + period / 6, Action::StartCollector(c))]),
+            _ => events.extend([
+                (start, Action::KillCollector(c)),
+                (start + period / 6, Action::StartCollector(c)),
+            ]),
         }
     }
     events
@@ -249,7 +259,10 @@ mod tests {
         let plan = Scenario::Soak.plan(d);
         assert_eq!(plan.actions[0], (Duration::from_secs(150), Action::Herd));
         assert!(plan.actions.windows(2).all(|w| w[0].0 <= w[1].0), "in order");
-        assert!(plan.actions.iter().all(|(t, _)| *t < Duration::from_secs(3300)), "last period quiet");
+        assert!(
+            plan.actions.iter().all(|(t, _)| *t < Duration::from_secs(3300)),
+            "last period quiet"
+        );
         let count = |f: fn(&Action) -> bool| plan.actions.iter().filter(|(_, a)| f(a)).count();
         assert_eq!(count(|a| matches!(a, Action::SinkDown)), 3);
         assert_eq!(count(|a| matches!(a, Action::SinkUp)), 3);

@@ -13,9 +13,30 @@ pub(super) fn charts(timeline: &Timeline) -> Vec<Chart> {
     let mib = |r: &Resources| r.rss_bytes as f64 / (1024.0 * 1024.0);
     vec![
         chart(timeline, "resources_rss", "resident memory", "MiB", mib, true),
-        chart(timeline, "resources_fds", "open file descriptors", "descriptors", |r| r.fds as f64, true),
-        chart(timeline, "resources_threads", "threads", "threads", |r| r.threads as f64, true),
-        chart(timeline, "resources_tasks", "tasks alive", "tasks", |r| r.tasks as f64, true),
+        chart(
+            timeline,
+            "resources_fds",
+            "open file descriptors",
+            "descriptors",
+            |r| r.fds as f64,
+            true,
+        ),
+        chart(
+            timeline,
+            "resources_threads",
+            "threads",
+            "threads",
+            |r| r.threads as f64,
+            true,
+        ),
+        chart(
+            timeline,
+            "resources_tasks",
+            "tasks alive",
+            "tasks",
+            |r| r.tasks as f64,
+            true,
+        ),
         chart(
             timeline,
             "resources_sink_queue",
@@ -35,10 +56,19 @@ fn chart(
     value: fn(&Resources) -> f64,
     with_meters: bool,
 ) -> Chart {
-    let slots = timeline.resources.iter().map(|s| s.collectors.len()).max().unwrap_or(0);
+    let slots = timeline
+        .resources
+        .iter()
+        .map(|s| s.collectors.len())
+        .max()
+        .unwrap_or(0);
     let mut series: Vec<Series> = (0..slots)
         .map(|i| {
-            let label = timeline.collectors.get(i).cloned().unwrap_or_else(|| format!("c{}", i + 1));
+            let label = timeline
+                .collectors
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| format!("c{}", i + 1));
             let points = timeline
                 .resources
                 .iter()
@@ -47,7 +77,10 @@ fn chart(
         })
         .collect();
     if with_meters {
-        let points = timeline.resources.iter().filter_map(|s| s.meters.map(|r| (s.t_s, value(&r))));
+        let points = timeline
+            .resources
+            .iter()
+            .filter_map(|s| s.meters.map(|r| (s.t_s, value(&r))));
         series.push(Series::new("meters (herd)", points));
     }
     Chart {

@@ -109,10 +109,11 @@ pub(super) fn judge(
             .node_loss
             .map(|seen| NodeLossReport::from_timeline(seen, &ended.timeline)),
         growth: if scenario == Scenario::Soak {
-            // Judged after two periods (the herd and the first event), each collector process
-            // from a period after it started, over at least two periods.
+            // Judged once every kind of event has happened (the herd's period and one cycle of
+            // four), so high-water marks are set; each collector process from two periods after
+            // it started (its meters back), over at least two periods.
             let period = options.duration.as_secs_f64() / f64::from(crate::scenario::SOAK_PERIODS);
-            crate::growth::judge(&ended.timeline, 2.0 * period, period, 2.0 * period)
+            crate::growth::judge(&ended.timeline, 5.0 * period, 2.0 * period, 2.0 * period)
         } else {
             Vec::new()
         },

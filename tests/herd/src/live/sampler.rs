@@ -215,8 +215,10 @@ pub(super) async fn sample(
         let connected = connections.iter().filter(|c| c.is_some()).count();
         move_phases(&clock, &book, &events, &connections, welcomed, now);
 
-        if ticks % RESOURCES_EVERY == 0 {
-            timeline.resources.push(resources_now(clock.seconds(now), &views, &scrapes));
+        if ticks.is_multiple_of(RESOURCES_EVERY) {
+            timeline
+                .resources
+                .push(resources_now(clock.seconds(now), &views, &scrapes));
         }
         ticks += 1;
         let (sessions, ready, refusals_per_s) = tally_scrapes(&mut acc, &mut timeline, &views, scrapes, dt);
