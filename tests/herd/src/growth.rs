@@ -74,25 +74,12 @@ type Process = (String, u32, Vec<(f64, Resources)>);
 /// `min_window_s` of samples in its window is not judged.
 pub fn judge(timeline: &Timeline, warmup_s: f64, settle_s: f64, min_window_s: f64) -> Vec<Growth> {
     let mut processes: Vec<Process> = Vec::new();
-    let slots = timeline
-        .resources
-        .iter()
-        .map(|s| s.collectors.len())
-        .max()
-        .unwrap_or(0);
-    for slot in 0..slots {
-        let label = timeline
-            .collectors
-            .get(slot)
-            .cloned()
-            .unwrap_or_else(|| format!("c{}", slot + 1));
-        for sample in &timeline.resources {
-            let Some(Some(r)) = sample.collectors.get(slot) else {
-                continue;
-            };
+    for slot in 0..timeline.resource_slots() {
+        let label = timeline.collector_label(slot);
+        for (t, r) in timeline.slot_resources(slot) {
             match processes.last_mut() {
-                Some((l, pid, points)) if *l == label && *pid == r.pid => points.push((sample.t_s, *r)),
-                _ => processes.push((label.clone(), r.pid, vec![(sample.t_s, *r)])),
+                Some((l, pid, points)) if *l == label && *pid == r.pid => points.push((t, r)),
+                _ => processes.push((label.clone(), r.pid, vec![(t, r)])),
             }
         }
     }

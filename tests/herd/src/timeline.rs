@@ -82,3 +82,29 @@ pub struct Timeline {
     /// previous figures were carried forward).
     pub silent_scrapes: u64,
 }
+
+impl Timeline {
+    /// Collector slots in the resource samples.
+    pub fn resource_slots(&self) -> usize {
+        self.resources
+            .iter()
+            .map(|s| s.collectors.len())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Collector slot `i`'s label (`c1`, ...).
+    pub fn collector_label(&self, i: usize) -> String {
+        self.collectors
+            .get(i)
+            .cloned()
+            .unwrap_or_else(|| format!("c{}", i + 1))
+    }
+
+    /// What collector slot `i` held over time, while it was up.
+    pub fn slot_resources(&self, i: usize) -> impl Iterator<Item = (f64, Resources)> + '_ {
+        self.resources
+            .iter()
+            .filter_map(move |s| s.collectors.get(i).copied().flatten().map(|r| (s.t_s, r)))
+    }
+}

@@ -56,24 +56,10 @@ fn chart(
     value: fn(&Resources) -> f64,
     with_meters: bool,
 ) -> Chart {
-    let slots = timeline
-        .resources
-        .iter()
-        .map(|s| s.collectors.len())
-        .max()
-        .unwrap_or(0);
-    let mut series: Vec<Series> = (0..slots)
+    let mut series: Vec<Series> = (0..timeline.resource_slots())
         .map(|i| {
-            let label = timeline
-                .collectors
-                .get(i)
-                .cloned()
-                .unwrap_or_else(|| format!("c{}", i + 1));
-            let points = timeline
-                .resources
-                .iter()
-                .filter_map(|s| s.collectors.get(i).copied().flatten().map(|r| (s.t_s, value(&r))));
-            Series::new(label, points)
+            let points = timeline.slot_resources(i).map(|(t, r)| (t, value(&r)));
+            Series::new(timeline.collector_label(i), points)
         })
         .collect();
     if with_meters {
