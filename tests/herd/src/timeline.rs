@@ -47,6 +47,9 @@ pub struct Resources {
     pub tasks: u64,
     /// A collector's `sink_queue_batches` (0 for the meters).
     pub sink_queue_batches: u64,
+    /// A collector's sessions (0 for the meters): its tasks are judged per session, since they
+    /// come and go with its meters.
+    pub sessions: u64,
 }
 
 /// Once a second: what each collector process and the meters' process (this one) held.

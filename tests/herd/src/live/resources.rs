@@ -23,8 +23,9 @@ fn threads(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// What process `pid` holds now, with `tasks` and `sink_queue_batches` as its metrics said.
-pub fn read(pid: u32, tasks: u64, sink_queue_batches: u64) -> Option<Resources> {
+/// What process `pid` holds now, with `tasks`, `sink_queue_batches` and `sessions` as its
+/// metrics said.
+pub fn read(pid: u32, tasks: u64, sink_queue_batches: u64, sessions: u64) -> Option<Resources> {
     Some(Resources {
         pid,
         rss_bytes: ringflow_tests::process::rss_bytes_of(pid).ok()?,
@@ -32,6 +33,7 @@ pub fn read(pid: u32, tasks: u64, sink_queue_batches: u64) -> Option<Resources> 
         threads: threads(pid)?,
         tasks,
         sink_queue_batches,
+        sessions,
     })
 }
 
@@ -41,9 +43,9 @@ mod tests {
 
     #[test]
     fn this_process_holds_memory_descriptors_and_threads() {
-        let me = read(std::process::id(), 7, 3).expect("this process can be read");
+        let me = read(std::process::id(), 7, 3, 0).expect("this process can be read");
         assert!(me.rss_bytes > 0 && me.fds >= 3 && me.threads >= 1, "{me:?}");
         assert_eq!((me.tasks, me.sink_queue_batches), (7, 3));
-        assert!(read(u32::MAX, 0, 0).is_none(), "no such process");
+        assert!(read(u32::MAX, 0, 0, 0).is_none(), "no such process");
     }
 }

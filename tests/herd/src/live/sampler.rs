@@ -255,15 +255,16 @@ fn resources_now(t_s: f64, views: &[SlotView], scrapes: &[Option<Scrape>]) -> Re
         .iter()
         .zip(scrapes)
         .map(|(v, s)| {
-            let (tasks, queue) = s.as_ref().map_or((0, 0), |s| (s.tasks, s.queue));
-            v.pid.and_then(|pid| super::resources::read(pid, tasks, queue))
+            let (tasks, queue, sessions) = s.as_ref().map_or((0, 0, 0), |s| (s.tasks, s.queue, s.sessions));
+            v.pid
+                .and_then(|pid| super::resources::read(pid, tasks, queue, sessions))
         })
         .collect();
     let tasks = tokio::runtime::Handle::current().metrics().num_alive_tasks() as u64;
     ResourceSample {
         t_s,
         collectors,
-        meters: super::resources::read(std::process::id(), tasks, 0),
+        meters: super::resources::read(std::process::id(), tasks, 0, 0),
     }
 }
 
