@@ -436,15 +436,15 @@ impl Report {
             for g in &self.growth {
                 let _ = writeln!(
                     md,
-                    "| {} (pid {}) | {} | {:.0}-{:.0} s | {:.0} | {:.0} | {:.0} | {} |",
+                    "| {} (pid {}) | {} | {:.0}-{:.0} s | {} | {} | {} | {} |",
                     g.process,
                     g.pid,
                     g.metric,
                     g.from_s,
                     g.to_s,
-                    g.mean,
-                    g.growth,
-                    g.allowed,
+                    figure(g.mean),
+                    figure(g.growth),
+                    figure(g.allowed),
                     if g.ok { "ok" } else { "GROWS" }
                 );
             }
@@ -464,6 +464,15 @@ impl Report {
         )?;
         std::fs::write(dir.join("report.md"), self.markdown())?;
         Ok(())
+    }
+}
+
+/// A growth figure: whole numbers for large ones (bytes, tasks), two decimals for ratios.
+fn figure(v: f64) -> String {
+    if v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
     }
 }
 
