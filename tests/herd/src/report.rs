@@ -298,6 +298,51 @@ impl Report {
         }
     }
 
+    /// `report.md`'s node-loss rows (none when no node was killed).
+    fn node_loss_rows(&self) -> Vec<(&'static str, String)> {
+        let opt = |v: Option<f64>, unit: &str| v.map_or("n/a".to_owned(), |v| format!("{v:.2}{unit}"));
+        let Some(n) = &self.node_loss else {
+            return Vec::new();
+        };
+        let unready: Vec<String> = n.unready_max_s.iter().map(|u| format!("{u:.2} s")).collect();
+        vec![
+            (
+                "NATS node killed (the stream's leader), election took",
+                format!("node-{}, {}", n.node, opt(n.election_s, " s")),
+            ),
+            (
+                "collectors unready at most (allowed)",
+                format!("{} ({})", unready.join(", "), opt(n.unready_allowed_s, " s")),
+            ),
+        ]
+    }
+
+    /// `report.md`'s table of `herd soak`'s growth figures (nothing for other runs).
+    fn growth_table(&self, md: &mut String) {
+        if self.growth.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            md,
+            "\nGrowth after warm-up (fitted line's rise over the window; allowance):\n\n| process | metric | window | mean | rise | allowed | |\n|---|---|---|---|---|---|---|"
+        );
+        for g in &self.growth {
+            let _ = writeln!(
+                md,
+                "| {} (pid {}) | {} | {:.0}-{:.0} s | {} | {} | {} | {} |",
+                g.process,
+                g.pid,
+                g.metric,
+                g.from_s,
+                g.to_s,
+                figure(g.mean),
+                figure(g.growth),
+                figure(g.allowed),
+                if g.ok { "ok" } else { "GROWS" }
+            );
+        }
+    }
+
     pub fn passed(&self) -> bool {
         self.verdict == "pass"
     }
@@ -399,19 +444,7 @@ impl Report {
                 ),
             ]);
         }
-        if let Some(n) = &self.node_loss {
-            let unready: Vec<String> = n.unready_max_s.iter().map(|u| format!("{u:.2} s")).collect();
-            rows.extend([
-                (
-                    "NATS node killed (the stream's leader), election took",
-                    format!("node-{}, {}", n.node, opt(n.election_s, " s")),
-                ),
-                (
-                    "collectors unready at most (allowed)",
-                    format!("{} ({})", unready.join(", "), opt(n.unready_allowed_s, " s")),
-                ),
-            ]);
-        }
+        rows.extend(self.node_loss_rows());
         let _ = writeln!(md, "| figure | value |\n|---|---|");
         for (k, v) in rows {
             let _ = writeln!(md, "| {k} | {v} |");
@@ -428,27 +461,7 @@ impl Report {
             let list: Vec<String> = self.refusals.iter().map(|(k, v)| format!("{k} {v}")).collect();
             let _ = writeln!(md, "\nRefusals and rejects: {}.", list.join(", "));
         }
-        if !self.growth.is_empty() {
-            let _ = writeln!(
-                md,
-                "\nGrowth after warm-up (fitted line's rise over the window; allowance):\n\n| process | metric | window | mean | rise | allowed | |\n|---|---|---|---|---|---|---|"
-            );
-            for g in &self.growth {
-                let _ = writeln!(
-                    md,
-                    "| {} (pid {}) | {} | {:.0}-{:.0} s | {} | {} | {} | {} |",
-                    g.process,
-                    g.pid,
-                    g.metric,
-                    g.from_s,
-                    g.to_s,
-                    figure(g.mean),
-                    figure(g.growth),
-                    figure(g.allowed),
-                    if g.ok { "ok" } else { "GROWS" }
-                );
-            }
-        }
+        self.growth_table(&mut md);
         let _ = writeln!(
             md,
             "\nCharts: sessions.png, attempts.png, ack_latency.png, resources_*.png for a live run (and .svg)."
