@@ -40,6 +40,12 @@ pub struct AdmissionConfig {
     /// `fleet.load_admin_port`, `fleet.load_poll_ms`); with no peer answering there is no cap.
     /// 0 turns the cap (and the polling) off. Default 0.05.
     pub bounded_load_epsilon: f64,
+    /// Adaptive accept rate: the collector lowers its accept rate when the control plane's
+    /// scheduling lag (how late its tasks run; the packets and acks of established sessions wait
+    /// about that long) is over this many milliseconds, and raises it again while it is under
+    /// and meters are waiting, never above `accept_rate` (then the ceiling) nor below a
+    /// sixty-fourth of it. 0 turns it off: the accept rate is `accept_rate`, fixed. Default 0.
+    pub adaptive_lag_ms: u32,
 }
 
 impl Default for AdmissionConfig {
@@ -58,6 +64,8 @@ impl Default for AdmissionConfig {
             retry_after_max_ms: 30_000,
             // No collector more than 5% above the fleet's mean.
             bounded_load_epsilon: 0.05,
+            // Off until a herd of 20,000 shows it on this machine (docs/herd.md).
+            adaptive_lag_ms: 0,
         }
     }
 }
@@ -102,6 +110,12 @@ impl AdmissionConfig {
             self.retry_after_max_ms.into(),
             2 * u64::from(self.retry_after_min_ms),
             3_600_000,
+        )?;
+        check_range(
+            "admission.adaptive_lag_ms",
+            self.adaptive_lag_ms.into(),
+            0,
+            10_000,
         )?;
         if !(0.0..=1.0).contains(&self.bounded_load_epsilon) {
             return Err(ConfigError::invalid(

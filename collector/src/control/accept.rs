@@ -11,15 +11,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::{Endpoint, Incoming};
-use tokio::time::Instant;
+use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::task::TaskTracker;
 
+use crate::control::accept_rate;
 use crate::control::admission::{Admission, Admit, Load};
 use crate::control::session::{self, Shared};
 use crate::telemetry::{ConnectionRefused, LogThrottle, RefuseReason, Task};
 
 /// Accepts connections until the endpoint closes, deciding on each before any handshake work.
 /// The decision runs inline, so the counts it reads cannot be overtaken by connections it let in.
+/// With an adaptive accept rate, the loop also samples the control plane's lag: how late its
+/// own timer fires (it runs on the control runtime, like every session's packet I/O).
 pub async fn accept_loop(
     endpoint: Endpoint,
     shared: Arc<Shared>,
@@ -28,7 +31,29 @@ pub async fn accept_loop(
 ) {
     let _task = shared.metrics.task(Task::AcceptLoop);
     let refusal_log = LogThrottle::new(Duration::from_secs(10), 16);
-    while let Some(incoming) = endpoint.accept().await {
+    let m = &shared.metrics.connections;
+    m.admission_accept_rate.set(admission.accept_rate());
+    let mut lag_timer = tokio::time::interval(accept_rate::SAMPLE_EVERY);
+    lag_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let (mut lag_sum, mut lag_samples) = (Duration::ZERO, 0u32);
+    loop {
+        let incoming = tokio::select! {
+            // Cancel-safe: quinn's `Accept` takes an `Incoming` off its queue only when it
+            // returns it.
+            incoming = endpoint.accept() => incoming,
+            due = lag_timer.tick(), if admission.is_adaptive() => {
+                let now = Instant::now();
+                let lag = now.saturating_duration_since(due);
+                (lag_sum, lag_samples) = (lag_sum + lag, lag_samples + 1);
+                if admission.on_lag(lag, now).is_some() {
+                    m.admission_accept_rate.set(admission.accept_rate());
+                    m.control_lag_seconds.set((lag_sum / lag_samples).as_secs_f64());
+                    (lag_sum, lag_samples) = (Duration::ZERO, 0);
+                }
+                continue;
+            }
+        };
+        let Some(incoming) = incoming else { break };
         let load = current_load(&endpoint, &shared);
         let now = Instant::now();
         let decision = admission.on_incoming(&load, incoming.remote_address_validated(), now);

@@ -28,6 +28,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::{AdmissionConfig, LimitsConfig};
+use crate::control::accept_rate::{self, AcceptRate, Step};
 pub use crate::telemetry::RefuseReason;
 
 /// The budgets. Defaults (see `config/admission.rs` and docs/operations.md) come from measured capacity.
@@ -52,6 +53,9 @@ pub struct Budgets {
     pub retry_after_max_ms: u32,
     /// Bounded load: sessions are capped at ⌈(1 + ε) · mean⌉ of the fleet (None: no cap).
     pub bounded_load: Option<BoundedLoad>,
+    /// Adaptive accept rate ([`AcceptRate`]): the control plane's lag it keeps under, with
+    /// `accept_rate` as its ceiling (None: the accept rate is `accept_rate`, fixed).
+    pub adaptive_lag: Option<Duration>,
 }
 
 impl Budgets {
@@ -71,6 +75,8 @@ impl Budgets {
             bounded_load: (admission.bounded_load_epsilon > 0.0).then_some(BoundedLoad {
                 epsilon: admission.bounded_load_epsilon,
             }),
+            adaptive_lag: (admission.adaptive_lag_ms > 0)
+                .then(|| Duration::from_millis(admission.adaptive_lag_ms.into())),
         }
     }
 }
@@ -196,15 +202,56 @@ pub struct Admission {
     budgets: Budgets,
     tokens: f64,
     refilled_at: Instant,
+    /// With `budgets.adaptive_lag`: what sets the bucket's rate (and, in proportion, its size).
+    adaptive: Option<AcceptRate>,
 }
 
 impl Admission {
     pub fn new(budgets: Budgets, now: Instant) -> Self {
-        Self {
+        let adaptive = budgets
+            .adaptive_lag
+            .map(|target| AcceptRate::new(budgets.accept_rate, target, now));
+        let mut admission = Self {
             budgets,
-            tokens: f64::from(budgets.accept_burst),
+            tokens: 0.0,
             refilled_at: now,
+            adaptive,
+        };
+        admission.tokens = admission.burst();
+        admission
+    }
+
+    /// Accepts per second allowed now: the adaptive rate, or the configured one.
+    pub fn accept_rate(&self) -> f64 {
+        self.adaptive
+            .as_ref()
+            .map_or(self.budgets.accept_rate, AcceptRate::rate)
+    }
+
+    /// The bucket's size: `accept_burst`, or with an adaptive rate what that rate lets in over
+    /// one of its windows (at most `accept_burst`): a burst of a second's worth would queue a
+    /// second of handshake work at once, a lag no established meter should see.
+    fn burst(&self) -> f64 {
+        let full = f64::from(self.budgets.accept_burst);
+        match &self.adaptive {
+            Some(a) => (a.rate() * accept_rate::WINDOW.as_secs_f64()).clamp(1.0, full.max(1.0)),
+            None => full,
         }
+    }
+
+    /// Whether the accept rate adapts (the caller then samples the lag every
+    /// [`crate::control::accept_rate::SAMPLE_EVERY`]).
+    pub fn is_adaptive(&self) -> bool {
+        self.adaptive.is_some()
+    }
+
+    /// A sample of the control plane's lag at `now`; see [`AcceptRate::on_lag`].
+    pub fn on_lag(&mut self, lag: Duration, now: Instant) -> Option<Step> {
+        // What the old rate earned up to now is kept; the new rate applies from now.
+        self.refill(now);
+        let step = self.adaptive.as_mut()?.on_lag(lag, now);
+        self.tokens = self.tokens.min(self.burst());
+        step
     }
 
     /// Decides on a new connection attempt. `validated`: the client already proved its address
@@ -230,6 +277,9 @@ impl Admission {
         }
         self.refill(now);
         if self.tokens < 1.0 {
+            if let Some(a) = &mut self.adaptive {
+                a.on_rate_limited();
+            }
             return Admit::Refuse(RefuseReason::AcceptRate);
         }
         self.tokens -= 1.0;
@@ -239,18 +289,19 @@ impl Admission {
     fn refill(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.refilled_at);
         self.refilled_at = now;
-        let burst = f64::from(self.budgets.accept_burst);
-        self.tokens = (self.tokens + elapsed.as_secs_f64() * self.budgets.accept_rate).min(burst);
+        let (rate, burst) = (self.accept_rate(), self.burst());
+        self.tokens = (self.tokens + elapsed.as_secs_f64() * rate).min(burst);
     }
 
     /// Time until the bucket holds a token again (zero if it does now).
     pub fn next_token_in(&self, now: Instant) -> Duration {
         let mut probe = self.clone();
         probe.refill(now);
-        if probe.tokens >= 1.0 || self.budgets.accept_rate <= 0.0 {
+        let rate = self.accept_rate();
+        if probe.tokens >= 1.0 || rate <= 0.0 {
             Duration::ZERO
         } else {
-            Duration::from_secs_f64((1.0 - probe.tokens) / self.budgets.accept_rate)
+            Duration::from_secs_f64((1.0 - probe.tokens) / rate)
         }
     }
 }
@@ -282,6 +333,7 @@ mod tests {
             retry_after_min_ms: 1_000,
             retry_after_max_ms: 21_000,
             bounded_load: Some(BoundedLoad { epsilon: 0.05 }),
+            adaptive_lag: None,
         }
     }
 

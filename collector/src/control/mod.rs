@@ -11,6 +11,7 @@
 //! data plane's state only through counters and the sink's health watch.
 
 pub mod accept;
+pub mod accept_rate;
 pub mod admin;
 pub mod admission;
 pub mod auth;

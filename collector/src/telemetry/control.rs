@@ -33,6 +33,12 @@ pub struct ConnectionMetrics {
     pub handshake_failures: Counter,
     /// `handshake_seconds`: accept to `Welcome`/`Reject` sent. Written by the connection task.
     pub handshake_seconds: Histogram,
+    /// `admission_accept_rate`: new connections per second admission allows now (the adaptive
+    /// rate, or `admission.accept_rate`). Written by the accept loop.
+    pub admission_accept_rate: F64Gauge,
+    /// `control_lag_seconds`: the control plane's mean scheduling lag over the last window, as
+    /// the adaptive accept rate sees it (0 with it off). Written by the accept loop.
+    pub control_lag_seconds: F64Gauge,
 }
 
 impl ConnectionMetrics {
@@ -79,6 +85,18 @@ impl ConnectionMetrics {
                 "handshake_seconds",
                 "Time from accepting a connection to sending Welcome or Reject",
                 Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            ),
+            admission_accept_rate: add(
+                r,
+                "admission_accept_rate",
+                "New connections per second admission allows now (adaptive, or admission.accept_rate)",
+                F64Gauge::default(),
+            ),
+            control_lag_seconds: add(
+                r,
+                "control_lag_seconds",
+                "Mean scheduling lag of the control plane over the last 100 ms (with admission.adaptive_lag_ms)",
+                F64Gauge::default(),
             ),
         }
     }

@@ -35,7 +35,20 @@ where
     Ok(n as f64 / started.elapsed().as_secs_f64())
 }
 
-/// One ringflow session: connect, Hello, Welcome, leave.
+/// A collector refused the attempt before its handshake (`CONNECTION_REFUSED`): over its
+/// accept rate, which an adaptive one keeps below its ceiling until it has seen what it can take.
+fn refused(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .any(|e| e.to_string().contains("refused to accept a new connection"))
+}
+
+/// Longest pause before a refused probe tries again (a meter backs off with jitter; the probe
+/// only needs not to spin).
+const REFUSED_PAUSE: Duration = Duration::from_millis(20);
+
+/// One ringflow session: connect, Hello, Welcome, leave. An attempt refused before its
+/// handshake is tried again (the session still counts once), as a meter would.
 pub async fn session(
     endpoint: &Endpoint,
     addr: SocketAddr,
@@ -43,7 +56,13 @@ pub async fn session(
     meter_id: &str,
     token: &str,
 ) -> anyhow::Result<()> {
-    match RawSession::hello_on(endpoint, addr, org, meter_id, token).await? {
+    let hello = loop {
+        match RawSession::hello_on(endpoint, addr, org, meter_id, token).await {
+            Err(e) if refused(&e) => tokio::time::sleep(REFUSED_PAUSE).await,
+            other => break other?,
+        }
+    };
+    match hello {
         RawHello::Welcomed(session) => {
             session.conn.close(0u32.into(), b"");
             Ok(())

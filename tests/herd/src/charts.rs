@@ -1,5 +1,5 @@
-//! Charts of a `herd` run: sessions per collector, connection attempts and refusals, and ack
-//! latency over time, each written as PNG (to look at) and SVG (to zoom into), with the
+//! Charts of a `herd` run: each collector's sessions, handshakes, accept rate and CPU, the
+//! processes' resources, connection attempts and refusals, and ack latency over time, each written as PNG (to look at) and SVG (to zoom into), with the
 //! scenario's events drawn as labelled vertical lines.
 //!
 //! Owns: turning a [`Timeline`] into chart files, and the embedded font they are drawn with.
@@ -22,6 +22,7 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::timeline::{Event, Timeline};
 
+mod collectors;
 mod resources;
 
 /// DejaVu Sans, Bitstream Vera licence (see `tests/herd/assets/DejaVuSans.LICENSE`).
@@ -58,8 +59,9 @@ const LABEL_ROW_PX: i32 = 16;
 /// Space between an event's line and its label, pixels.
 const LABEL_GAP_PX: i32 = 4;
 
-/// Writes `sessions`, `attempts` and `ack_latency` charts into `dir` (created if missing), and
-/// for a live run the `resources_*` charts (memory, descriptors, threads, tasks, sink queue of
+/// Writes `sessions`, `collector_handshakes`, `collector_accept_rate`, `attempts` and
+/// `ack_latency` charts into `dir` (created if missing), and for a live run `collector_cpu` and
+/// the `resources_*` charts (memory, descriptors, threads, tasks, sink queue of
 /// each process), each as `.png` and `.svg`, and returns the paths written.
 ///
 /// An empty timeline gives charts with empty plots.
@@ -67,11 +69,8 @@ pub fn write_charts(dir: &Path, title: &str, timeline: &Timeline) -> Result<Vec<
     register_font()?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
 
-    let mut charts = vec![
-        sessions_chart(timeline),
-        attempts_chart(timeline),
-        latency_chart(timeline),
-    ];
+    let mut charts = collectors::charts(timeline);
+    charts.extend([attempts_chart(timeline), latency_chart(timeline)]);
     charts.extend(resources::charts(timeline));
     write_all(dir, title, &charts, &timeline.events, x_range(timeline))
 }
@@ -90,7 +89,7 @@ pub struct Variant<'a> {
 pub fn write_comparison(dir: &Path, title: &str, variants: &[Variant<'_>]) -> Result<Vec<PathBuf>> {
     let attempts = Chart {
         file_stem: "compare_attempts",
-        name: "connection attempts per variant",
+        name: "connection attempts per variant".into(),
         y_desc: "attempts per second",
         y_cap: None,
         series: variants
@@ -103,7 +102,7 @@ pub fn write_comparison(dir: &Path, title: &str, variants: &[Variant<'_>]) -> Re
     };
     let balance = Chart {
         file_stem: "compare_balance",
-        name: "sessions max/mean per variant",
+        name: "sessions max/mean per variant".into(),
         y_desc: "max / mean",
         y_cap: Some(BALANCE_CHART_CAP),
         series: variants
@@ -180,7 +179,7 @@ fn register_font() -> Result<()> {
 /// What one chart shows, independent of the backend it is drawn on.
 struct Chart {
     file_stem: &'static str,
-    name: &'static str,
+    name: String,
     y_desc: &'static str,
     /// The y axis ends here at most.
     y_cap: Option<f64>,
@@ -205,70 +204,11 @@ impl Series {
     }
 }
 
-fn sessions_chart(timeline: &Timeline) -> Chart {
-    // One line per collector slot; a sample whose vector is short (should not happen) just has no
-    // point for the missing slots.
-    let slots = timeline
-        .samples
-        .iter()
-        .map(|s| s.sessions.len())
-        .max()
-        .unwrap_or(0)
-        .max(timeline.collectors.len());
-    if slots > MAX_COLLECTOR_LINES {
-        return sessions_summary_chart(timeline);
-    }
-    let series = (0..slots)
-        .map(|i| {
-            let label = timeline
-                .collectors
-                .get(i)
-                .cloned()
-                .unwrap_or_else(|| format!("collector #{i}"));
-            let points = timeline
-                .samples
-                .iter()
-                .filter_map(|s| s.sessions.get(i).map(|&n| (s.t_s, n as f64)));
-            Series::new(label, points)
-        })
-        .collect();
-    Chart {
-        file_stem: "sessions",
-        name: "sessions per collector",
-        y_desc: "sessions",
-        y_cap: None,
-        series,
-    }
-}
-
-/// Sessions of the busiest collector, the mean and the idlest, over the collectors holding any.
-fn sessions_summary_chart(timeline: &Timeline) -> Chart {
-    let busy =
-        |s: &super::timeline::Sample| -> Vec<u64> { s.sessions.iter().copied().filter(|&n| n > 0).collect() };
-    let pick = |f: fn(&[u64]) -> f64| {
-        timeline.samples.iter().filter_map(move |s| {
-            let b = busy(s);
-            (!b.is_empty()).then(|| (s.t_s, f(&b)))
-        })
-    };
-    Chart {
-        file_stem: "sessions",
-        name: "sessions per collector (busiest, mean, idlest)",
-        y_desc: "sessions",
-        y_cap: None,
-        series: vec![
-            Series::new("busiest", pick(|b| b.iter().copied().max().unwrap_or(0) as f64)),
-            Series::new("mean", pick(|b| b.iter().sum::<u64>() as f64 / b.len() as f64)),
-            Series::new("idlest", pick(|b| b.iter().copied().min().unwrap_or(0) as f64)),
-        ],
-    }
-}
-
 fn attempts_chart(timeline: &Timeline) -> Chart {
     let samples = &timeline.samples;
     Chart {
         file_stem: "attempts",
-        name: "connection attempts and refusals",
+        name: "connection attempts and refusals".into(),
         y_desc: "per second",
         y_cap: None,
         series: vec![
@@ -287,7 +227,7 @@ fn latency_chart(timeline: &Timeline) -> Chart {
     let samples = &timeline.samples;
     Chart {
         file_stem: "ack_latency",
-        name: "ack latency",
+        name: "ack latency".into(),
         y_desc: "ms",
         y_cap: None,
         series: vec![

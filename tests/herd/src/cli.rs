@@ -131,6 +131,10 @@ struct ScenarioArgs {
     /// bounds how soon they see an added collector (default: a tenth of the run, at most 30).
     #[arg(long, value_name = "SECS")]
     dns_ttl: Option<u64>,
+    /// The collectors' `admission.adaptive_lag_ms`: their accept rate adapts to keep the
+    /// control plane's lag under this, with `--accept-rate` as the ceiling (default 0: off).
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    adaptive_lag_ms: u32,
 }
 
 impl ScenarioArgs {
@@ -139,6 +143,10 @@ impl ScenarioArgs {
         anyhow::ensure!(
             (0.0..1.0).contains(&self.first_wave),
             "--first-wave must be a fraction in [0, 1)"
+        );
+        anyhow::ensure!(
+            self.adaptive_lag_ms <= 10_000,
+            "--adaptive-lag-ms must be at most 10000 (0: off)"
         );
         Ok(())
     }
@@ -264,6 +272,7 @@ impl SoakArgs {
                 // settled (the default, a fifth of the run, would be over two periods).
                 rebalance_window_ms: Some(self.duration * 1000 / u64::from(SOAK_PERIODS) / 2),
                 dns_ttl: None,
+                adaptive_lag_ms: 0,
             },
             sink: SinkKind::Nats,
             rate: self.rate,
@@ -550,6 +559,7 @@ fn sim_options(a: &SimArgs) -> anyhow::Result<super::sim::SimOptions> {
         capacity: a.capacity,
         rtt: Duration::from_secs_f64(a.rtt_ms / 1_000.0),
         accept_rate: a.accept_rate,
+        adaptive_lag_ms: c.adaptive_lag_ms,
         epsilon: a.epsilon,
         poll_interval: Duration::from_millis(a.poll_ms),
         rebalance_window: c.rebalance_window(),
@@ -589,6 +599,7 @@ fn options(a: RunArgs) -> anyhow::Result<RunOptions> {
         },
         dns_ttl: c.dns_ttl(),
         accept_rate: a.accept_rate.unwrap_or(1_000 / c.collectors.max(1) as u32).max(1),
+        adaptive_lag_ms: c.adaptive_lag_ms,
         collector: CollectorCommand {
             binary,
             leading_args: vec![COLLECTOR_SUBCOMMAND.into()],

@@ -44,6 +44,32 @@ pub struct MeterShape {
     pub grace: Duration,
 }
 
+impl MeterShape {
+    /// Batches a meter of this shape closes per second, about: one per record while records
+    /// come slower than `batch_age`, else one per `batch_age`.
+    fn batches_per_second(&self) -> u64 {
+        let by_age = (1.0 / self.batch_age.as_secs_f64().max(1e-3)).ceil() as u64;
+        self.records_per_second.min(by_age).max(1)
+    }
+
+    /// The meters' `spool.max_entries`: [`SPOOL_HOLDS`] of batches, at least 512. A spool's
+    /// segment closes at an eighth of this count (or at `spool.segment_bytes`), and an acked
+    /// segment is deleted only once closed. On a host that is disk; here, where spools live in
+    /// memory, it is the process's memory: with the default count (100,000, a segment every
+    /// 12,500 batches) a herd meter writing a batch a second held every acked batch of the
+    /// last three and a half hours, and a 30-minute soak of 2,000 meters saw the process grow
+    /// by 200 KB a second. At this count a meter holds a segment of about 75 s of batches.
+    pub fn spool_entries(&self) -> u64 {
+        (self.batches_per_second() * SPOOL_HOLDS.as_secs())
+            .next_multiple_of(8)
+            .max(512)
+    }
+}
+
+/// How much a herd meter's spool holds at its cap: longer than any outage a scenario makes
+/// (the longest, a soak's sink outage, is a third of a period: 100 s in the hour).
+const SPOOL_HOLDS: Duration = Duration::from_secs(600);
+
 /// Waits until `meter` has finished its first fleet lookup (answered or failed), or for
 /// [`LOOKUP_WAIT`] at most (a meter that stops before its lookup never reports one).
 async fn first_lookup(meter: &MeterWatch) {
@@ -146,12 +172,14 @@ impl Population {
              [reconnect]\nrebalance_window_ms = {rebalance}\n\
              [batch]\nmax_age_ms = {age}\n\
              [shutdown]\ngrace_ms = {grace}\n\
+             [spool]\nmax_entries = {spool_entries}\n\
              [sources.synthetic]\nenabled = true\nrecords_per_second = {rate}\nflows = 16\n",
             fleet = ringflow_tests::dns::FLEET_NAME,
             rebalance = s.rebalance_window.as_millis(),
             age = s.batch_age.as_millis(),
             grace = s.grace.as_millis(),
             rate = s.records_per_second,
+            spool_entries = s.spool_entries(),
         );
         Ok(ringflow_meter::Config::parse(&bed.meter_toml(
             &meter_id(self.seed, index),

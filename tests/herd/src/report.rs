@@ -14,7 +14,7 @@ use crate::live::node_loss::NodeLossReport;
 
 /// The top-level keys of every `report.json`, live or simulated (docs/herd.md's table
 /// documents each; `tests/docs.rs` checks it does).
-pub const KEYS: [&str; 30] = [
+pub const KEYS: [&str; 31] = [
     "scenario",
     "mode",
     "meters",
@@ -29,6 +29,7 @@ pub const KEYS: [&str; 30] = [
     "time_to_all_connected_s",
     "peak_attempts_per_s",
     "handshake_capacity_per_s",
+    "handshakes_peak_per_s",
     "sessions_max_over_mean",
     "meters_connected_at_end",
     "moved_fraction",
@@ -135,6 +136,10 @@ pub struct Report {
     pub time_to_all_connected_s: Option<f64>,
     pub peak_attempts_per_s: f64,
     pub handshake_capacity_per_s: f64,
+    /// Most handshakes the fleet completed in any one-second stretch (from the collectors'
+    /// `handshake_seconds_count`): what the collectors did while the herd's meters shared the
+    /// machine, against `handshake_capacity_per_s`, which the probe measured before.
+    pub handshakes_peak_per_s: f64,
     pub sessions_max_over_mean: Option<f64>,
     /// Meters with a session at the end of the run.
     pub meters_connected_at_end: usize,
@@ -387,6 +392,10 @@ impl Report {
                 format!("{:.0}", self.handshake_capacity_per_s),
             ),
             (
+                "handshakes/s at the peak (fleet)",
+                format!("{:.0}", self.handshakes_peak_per_s),
+            ),
+            (
                 "sessions max/mean at the end",
                 opt(self.sessions_max_over_mean, ""),
             ),
@@ -510,6 +519,7 @@ mod tests {
             time_to_all_connected_s: Some(1.0),
             peak_attempts_per_s: 100.0,
             handshake_capacity_per_s: 1000.0,
+            handshakes_peak_per_s: 900.0,
             sessions_max_over_mean: Some(1.05),
             meters_connected_at_end: 100,
             moved_fraction: None,

@@ -33,6 +33,18 @@ pub struct Sample {
     /// Whether each collector said it was ready (`ringflow_collector_ready`; false when down,
     /// its last answer when too busy to answer).
     pub collector_ready: Vec<bool>,
+    /// CPU each collector process used over the interval, in cores (live only; 0 when down).
+    pub collector_cpu: Vec<f64>,
+    /// Handshakes each collector completed per second over the interval (`Welcome` or
+    /// `Reject` sent: `handshake_seconds_count`).
+    pub handshakes_per_s: Vec<f64>,
+    /// Each collector's accept rate in force (`admission_accept_rate`: adaptive, or the
+    /// configured one; 0 when down).
+    pub accept_rate: Vec<f64>,
+    /// Each collector's control-plane lag, ms: live, `control_lag_seconds` (the mean over its
+    /// last 100 ms window; 0 unless `--adaptive-lag-ms`); simulated, the handshake work queued
+    /// ahead at the sample.
+    pub control_lag_ms: Vec<f64>,
 }
 
 /// What one process held at one instant (see `live::resources`).

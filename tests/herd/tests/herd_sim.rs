@@ -228,3 +228,74 @@ async fn bad_flags_are_refused_with_what_to_change() -> anyhow::Result<()> {
     assert!(stderr.contains("--capacity"), "{stderr}");
     Ok(())
 }
+
+/// Figures of a simulated herd from its timeline, from the herd's start on: the 99th percentile
+/// of every collector's lag (ms) and the median of their accept rates.
+fn herd_lag_and_rate(dir: &Path) -> anyhow::Result<(f64, f64)> {
+    let t: Value = serde_json::from_slice(&std::fs::read(dir.join("timeline.json"))?)?;
+    let herd = t["events"]
+        .as_array()
+        .and_then(|e| e.iter().find(|e| e["what"] == "herd starts"))
+        .and_then(|e| e["t_s"].as_f64())
+        .ok_or_else(|| anyhow::anyhow!("no herd in timeline.json"))?;
+    let (mut lags, mut rates) = (Vec::new(), Vec::new());
+    for s in t["samples"].as_array().into_iter().flatten() {
+        if s["t_s"].as_f64().unwrap_or(0.0) >= herd {
+            let each = |key: &str| -> Vec<f64> {
+                s[key]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_f64)
+                    .collect()
+            };
+            lags.extend(each("control_lag_ms"));
+            rates.extend(each("accept_rate"));
+        }
+    }
+    anyhow::ensure!(!lags.is_empty() && !rates.is_empty(), "no samples after the herd");
+    lags.sort_by(f64::total_cmp);
+    rates.sort_by(f64::total_cmp);
+    Ok((lags[lags.len() * 99 / 100], rates[rates.len() / 2]))
+}
+
+/// Collectors that can complete 300 handshakes a second with their accept rate set ten times
+/// too high: at that fixed rate the handshake work queued ahead of their established sessions
+/// (the lag they see) runs to seconds; with the adaptive accept rate it stays within tens of
+/// milliseconds, and the rate it settles at is about what they can take.
+#[tokio::test]
+async fn an_adaptive_accept_rate_keeps_the_lag_down_under_a_ceiling_ten_times_too_high() -> anyhow::Result<()>
+{
+    let args = [
+        "--scenario",
+        "cold-start",
+        "--meters",
+        "20000",
+        "--collectors",
+        "4",
+        "--capacity",
+        "300",
+        "--accept-rate",
+        "3000",
+        "--rtt-ms",
+        "0.2",
+    ];
+    let (fixed, adaptive) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    sim(fixed.path(), &args).await?;
+    let with: Vec<&str> = args.iter().copied().chain(["--adaptive-lag-ms", "5"]).collect();
+    sim(adaptive.path(), &with).await?;
+    let (fixed_lag, fixed_rate) = herd_lag_and_rate(fixed.path())?;
+    let (lag, rate) = herd_lag_and_rate(adaptive.path())?;
+    println!(
+        "p99 lag: fixed {fixed_lag:.1} ms, adaptive {lag:.1} ms; median rate {fixed_rate:.0} / {rate:.0}"
+    );
+    assert_eq!(fixed_rate, 3_000.0);
+    assert!(fixed_lag > 1_000.0, "fixed: {fixed_lag} ms");
+    assert!(lag < 50.0, "adaptive: {lag} ms");
+    assert!((150.0..=330.0).contains(&rate), "adaptive rate {rate}");
+    for chart in ["collector_accept_rate", "collector_lag", "collector_handshakes"] {
+        let png = std::fs::read(adaptive.path().join(format!("{chart}.png")))?;
+        assert!(png.starts_with(b"\x89PNG"), "{chart}.png");
+    }
+    Ok(())
+}

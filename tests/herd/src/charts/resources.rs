@@ -71,7 +71,7 @@ fn chart(
     }
     Chart {
         file_stem,
-        name,
+        name: name.to_owned(),
         y_desc,
         y_cap: None,
         series,

@@ -34,8 +34,8 @@ use ringflow_tests::process::CollectorCommand;
 use failover::FailoverWatch;
 use node_loss::NodeLossSeen;
 use outcome::Ended;
-pub use sampler::peak_per_second;
 use sampler::{Accumulated, Clock, lock, sample};
+pub use sampler::{attempts, fleet_handshakes, peak_per_second};
 
 /// How long a collector may take to drain and exit (its `shutdown.grace_ms` is 5 s in the
 /// fleet's configs) before it is killed and counted as a crash.
@@ -62,6 +62,8 @@ pub struct RunOptions {
     pub dns_ttl: Duration,
     /// Each collector's `admission.accept_rate` and `accept_burst`.
     pub accept_rate: u32,
+    /// Each collector's `admission.adaptive_lag_ms` (0: a fixed accept rate).
+    pub adaptive_lag_ms: u32,
     /// How to start a collector process.
     pub collector: CollectorCommand,
     /// Where the run's state (certificates, meter state, collector data) lives; removed after.
@@ -109,8 +111,9 @@ async fn start_fleet(options: &RunOptions, sink: SinkKind) -> anyhow::Result<Fle
         single_answer: plan.single_answer,
         ttl: options.dns_ttl,
         extra: format!(
-            "[admission]\naccept_rate = {rate}\naccept_burst = {rate}\n",
-            rate = options.accept_rate
+            "[admission]\naccept_rate = {rate}\naccept_burst = {rate}\nadaptive_lag_ms = {lag}\n",
+            rate = options.accept_rate,
+            lag = options.adaptive_lag_ms,
         ),
     };
     Fleet::start(bed, command, spec).await

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use super::RunOptions;
 use super::failover::Failover;
 use super::node_loss::{NodeLossReport, NodeLossSeen};
-use super::sampler::{Accumulated, peak_per_second};
+use super::sampler::{Accumulated, attempts, fleet_handshakes, peak_per_second};
 use crate::acks::AckBook;
 use crate::fleet::{Fleet, SinkKind};
 use crate::meters::{Population, meter_id};
@@ -94,7 +94,8 @@ pub(super) fn judge(
             (Some(h), Some(a)) => Some(a.duration_since(h).as_secs_f64()),
             _ => None,
         },
-        peak_attempts_per_s: peak_per_second(&ended.timeline.samples),
+        peak_attempts_per_s: peak_per_second(&ended.timeline.samples, attempts),
+        handshakes_peak_per_s: peak_per_second(&ended.timeline.samples, fleet_handshakes),
         handshake_capacity_per_s: capacity,
         sessions_max_over_mean: max_over_mean(&live),
         meters_connected_at_end: connected_at_end,
@@ -183,7 +184,7 @@ fn records_lost(ended: &Ended, seed: u64, meters: usize) -> u64 {
     let mut lost = 0u64;
     for (i, acked) in ended.book.acked_batches().into_iter().enumerate() {
         let mut seen = HashSet::new();
-        for (seq, records) in acked {
+        for (seq, records) in acked.batches() {
             if seen.insert(seq) && !stored_ids.contains(&(ids[i].as_str(), seq)) {
                 lost += u64::from(records);
             }

@@ -37,6 +37,12 @@ pub(super) struct Scrape {
     /// `ringflow_collector_sink_queue_batches`.
     queue: u64,
     stored: u64,
+    /// Handshakes completed (`ringflow_collector_handshake_seconds_count`).
+    handshakes: u64,
+    /// `ringflow_collector_admission_accept_rate`.
+    accept_rate: f64,
+    /// `ringflow_collector_control_lag_seconds`.
+    lag_s: f64,
     /// Refusals (before the handshake) and rejects (at Hello), by reason.
     refusals: BTreeMap<String, u64>,
 }
@@ -48,8 +54,8 @@ fn parse_scrape(text: &str) -> Scrape {
         let Some((key, value)) = line.rsplit_once(' ') else {
             continue;
         };
-        let Ok(value) = value.parse::<f64>() else { continue };
-        let value = value.max(0.0) as u64;
+        let Ok(exact) = value.parse::<f64>() else { continue };
+        let value = exact.max(0.0) as u64;
         let reason = || {
             key.split_once("reason=\"")
                 .and_then(|(_, r)| r.split_once('"'))
@@ -61,6 +67,9 @@ fn parse_scrape(text: &str) -> Scrape {
             "ringflow_collector_tasks_active" => s.tasks += value,
             "ringflow_collector_sink_queue_batches" => s.queue = value,
             "ringflow_collector_records_stored_total" => s.stored = value,
+            "ringflow_collector_handshake_seconds_count" => s.handshakes = value,
+            "ringflow_collector_admission_accept_rate" => s.accept_rate = exact,
+            "ringflow_collector_control_lag_seconds" => s.lag_s = exact,
             // Collectors export the known reasons at 0 from start: only those that happened count.
             "ringflow_collector_connections_refused_total" | "ringflow_collector_hello_rejects_total"
                 if value > 0 =>
@@ -85,6 +94,63 @@ async fn scrape(admin: SocketAddr) -> Option<Scrape> {
 /// A collector's RSS, 0 if it cannot be read (it just exited).
 fn rss_bytes(pid: u32) -> u64 {
     ringflow_tests::process::rss_bytes_of(pid).unwrap_or(0)
+}
+
+/// Each collector's figures of one sample, by slot.
+#[derive(Default)]
+struct PerCollector {
+    cpu: Vec<f64>,
+    handshakes_per_s: Vec<f64>,
+    accept_rate: Vec<f64>,
+    lag_ms: Vec<f64>,
+}
+
+/// Each collector's CPU (cores), handshakes per second, accept rate and lag, from
+/// its scrape against the one before (`last`, as `acc` holds it before this sample is tallied)
+/// and its CPU clock against the last reading (`cpu`, by slot: pid, CPU seconds, when).
+fn per_collector(
+    views: &[SlotView],
+    scrapes: &[Option<Scrape>],
+    acc: &Accumulated,
+    cpu: &mut Vec<Option<(u32, f64, Instant)>>,
+    dt: f64,
+) -> PerCollector {
+    cpu.resize(views.len(), None);
+    let mut out = PerCollector::default();
+    for (i, v) in views.iter().enumerate() {
+        let now = Instant::now();
+        let reading = v
+            .pid
+            .and_then(|pid| Some((pid, ringflow_tests::procstat::cpu_seconds(pid).ok()?, now)));
+        let cores = match (cpu[i], reading) {
+            (Some((was, before, at)), Some((pid, secs, _))) if was == pid => {
+                (secs - before).max(0.0) / now.duration_since(at).as_secs_f64().max(1e-3)
+            }
+            _ => 0.0,
+        };
+        cpu[i] = reading;
+        let (handshakes, rate, lag_s) = match &scrapes[i] {
+            Some(s) => {
+                let before = acc
+                    .last
+                    .get(i)
+                    .and_then(|l| l.as_ref())
+                    .map_or(0, |l| l.handshakes);
+                let done = if s.handshakes >= before {
+                    s.handshakes - before
+                } else {
+                    s.handshakes
+                };
+                (done as f64 / dt, s.accept_rate, s.lag_s)
+            }
+            None => (0.0, 0.0, 0.0),
+        };
+        out.cpu.push(cores);
+        out.handshakes_per_s.push(handshakes);
+        out.accept_rate.push(rate);
+        out.lag_ms.push(lag_s * 1e3);
+    }
+    out
 }
 
 /// Counter totals that survive a collector's restart (its counters start again at 0).
@@ -172,6 +238,7 @@ pub(super) async fn sample(
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let (mut last_at, mut last_attempts) = (Instant::now(), 0u64);
     let mut pids: Vec<Option<u32>> = Vec::new();
+    let mut cpu_marks = Vec::new();
     let mut ticks = 0u64;
     loop {
         tokio::select! {
@@ -221,6 +288,7 @@ pub(super) async fn sample(
                 .push(resources_now(clock.seconds(now), &views, &scrapes));
         }
         ticks += 1;
+        let per = per_collector(&views, &scrapes, &acc, &mut cpu_marks, dt);
         let (sessions, ready, refusals_per_s) = tally_scrapes(&mut acc, &mut timeline, &views, scrapes, dt);
         let latency = book.take_interval();
         let sample = Sample {
@@ -235,6 +303,10 @@ pub(super) async fn sample(
             ack_p99_ms: latency.p99,
             collector_rss_bytes: views.iter().map(|v| v.pid.map_or(0, rss_bytes)).collect(),
             collector_ready: ready,
+            collector_cpu: per.cpu,
+            handshakes_per_s: per.handshakes_per_s,
+            accept_rate: per.accept_rate,
+            control_lag_ms: per.lag_ms,
         };
         last_attempts = attempts;
         progress.set_position(now.duration_since(clock.started).as_millis() as u64);
@@ -335,10 +407,11 @@ fn tally_scrapes(
     (sessions, ready, refusals_per_s)
 }
 
-/// The highest attempts per second over any stretch of whole samples at least a second long.
-/// Each sample covers the time since the one before (longer than 100 ms when the sampler was
-/// held up), so attempts are its rate times its own interval.
-pub fn peak_per_second(samples: &[Sample]) -> f64 {
+/// The highest of `rate` (a per-second figure of each sample: attempts, the fleet's
+/// handshakes) over any stretch of whole samples at least a second long. Each sample covers the
+/// time since the one before (longer than 100 ms when the sampler was held up), so its count is
+/// its rate times its own interval.
+pub fn peak_per_second(samples: &[Sample], rate: fn(&Sample) -> f64) -> f64 {
     let starts: Vec<f64> = std::iter::once(0.0)
         .chain(samples.iter().map(|s| s.t_s))
         .collect();
@@ -346,7 +419,7 @@ pub fn peak_per_second(samples: &[Sample]) -> f64 {
     for end in 0..samples.len() {
         let mut attempts = 0.0;
         for j in (0..=end).rev() {
-            attempts += samples[j].attempts_per_s * (samples[j].t_s - starts[j]);
+            attempts += rate(&samples[j]) * (samples[j].t_s - starts[j]);
             let span = samples[end].t_s - starts[j];
             if span >= 1.0 - 1e-9 {
                 peak = peak.max(attempts / span);
@@ -355,6 +428,16 @@ pub fn peak_per_second(samples: &[Sample]) -> f64 {
         }
     }
     peak
+}
+
+/// A sample's connection attempts per second.
+pub fn attempts(s: &Sample) -> f64 {
+    s.attempts_per_s
+}
+
+/// A sample's handshakes per second, the whole fleet.
+pub fn fleet_handshakes(s: &Sample) -> f64 {
+    s.handshakes_per_s.iter().sum()
 }
 
 #[cfg(test)]
@@ -369,9 +452,12 @@ mod tests {
             ringflow_collector_connections_refused_total{reason=\"accept_rate\"} 7\n\
             ringflow_collector_hello_rejects_total{reason=\"overloaded_sessions\"} 3\n\
             ringflow_collector_hello_rejects_total{reason=\"sink_unavailable\"} 0\n\
-            ringflow_collector_sessions_welcomed_total 50\n";
+            ringflow_collector_sessions_welcomed_total 50\n\
+            ringflow_collector_handshake_seconds_count 12\n\
+            ringflow_collector_admission_accept_rate 62.5\n";
         let s = parse_scrape(text);
-        assert_eq!((s.sessions, s.stored), (42, 1000));
+        assert_eq!((s.sessions, s.stored, s.handshakes), (42, 1000, 12));
+        assert_eq!(s.accept_rate, 62.5);
         assert_eq!(s.refusals.get("accept_rate"), Some(&7));
         assert_eq!(s.refusals.get("overloaded_sessions"), Some(&3));
         assert_eq!(
@@ -410,7 +496,7 @@ mod tests {
                 }
             })
             .collect();
-        let peak = peak_per_second(&samples);
+        let peak = peak_per_second(&samples, attempts);
         assert!((peak - 500.0).abs() < 1.0, "{peak}");
     }
 
@@ -423,7 +509,7 @@ mod tests {
                 ..Sample::default()
             })
             .collect();
-        let peak = peak_per_second(&samples);
+        let peak = peak_per_second(&samples, attempts);
         assert!((peak - 100.0).abs() < 1.0, "{peak}");
     }
 }

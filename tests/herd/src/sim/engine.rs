@@ -35,6 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::{Rng, RngCore};
+use ringflow_collector::control::accept_rate;
 use ringflow_collector::control::admission::{Admission, Admit, Budgets, Load};
 use ringflow_collector::control::fleet_load::{FleetLoadView, PeerLoad};
 use ringflow_meter::ring::Ring;
@@ -233,6 +234,10 @@ enum Ev {
     Poll {
         c: C,
     },
+    /// Collector `c` samples its control plane's lag (adaptive accept rate only).
+    Lag {
+        c: C,
+    },
     /// Collector `c` starts draining (rolling restart), stops, or comes back.
     Drain {
         c: C,
@@ -293,6 +298,9 @@ struct SimCollector {
     handshakes: usize,
     /// When the handshake queue is free (ns since the start).
     busy_until: u64,
+    /// Handshakes completed over the run, and as of the last sample.
+    handshakes_done: u64,
+    handshakes_sampled: u64,
     view: FleetLoadView,
     /// Which members set its `Welcome` view is (index into `Engine::member_sets`).
     members: u8,
@@ -379,6 +387,8 @@ impl<'w> Engine<'w> {
                 sessions: 0,
                 handshakes: 0,
                 busy_until: 0,
+                handshakes_done: 0,
+                handshakes_sampled: 0,
                 view: FleetLoadView::new(model.poll_interval * 3),
                 members: if i < world.collectors { 1 } else { 2 },
             })
@@ -476,6 +486,7 @@ impl<'w> Engine<'w> {
             self.poll_round(c as C);
             let phase = self.uniform(self.model.poll_interval);
             self.after(phase, Ev::Poll { c: c as C });
+            self.start_lag_samples(c as C);
         }
         for (i, (at, _)) in self.world.plan.actions.iter().enumerate() {
             self.push(ns(*at), Ev::Action { i: i as u16 });
@@ -575,6 +586,7 @@ impl<'w> Engine<'w> {
                 let col = &mut self.collectors[c as usize];
                 if col.epoch == epoch {
                     col.handshakes = col.handshakes.saturating_sub(1);
+                    col.handshakes_done += 1;
                 }
             }
             Ev::ProbeAnswer { m, c, reachable } => self.probe_answer(m, c, reachable),
@@ -589,6 +601,7 @@ impl<'w> Engine<'w> {
                 self.poll_round(c);
                 self.after(self.model.poll_interval, Ev::Poll { c });
             }
+            Ev::Lag { c } => self.lag_sample(c),
             Ev::Drain { c } => self.drain(c),
             Ev::Down { c } => self.down(c),
             Ev::Up { c } => self.up(c),
@@ -739,6 +752,7 @@ impl<'w> Engine<'w> {
             return;
         }
         col.handshakes = col.handshakes.saturating_sub(1);
+        col.handshakes_done += 1;
         let verdict = if col.draining {
             Err(("draining", unavailable_ms))
         } else if col.sink_down {
@@ -997,15 +1011,12 @@ impl<'w> Engine<'w> {
                 self.poll_round(c);
                 let phase = self.uniform(self.model.poll_interval);
                 self.after(phase, Ev::Poll { c });
+                self.start_lag_samples(c);
                 let mut next = self.dns_versions[0].clone();
                 if !self.world.single_record_dns {
                     next.push(c);
                 }
-                self.dns_versions.push(next);
-                for m in 0..self.started {
-                    let when = self.uniform(self.model.dns_ttl);
-                    self.after(when, Ev::Dns { m: m as u32 });
-                }
+                self.publish_dns(next);
                 self.event(format!("c{} added", c + 1));
             }
             Action::SinkDown => self.set_sink_down(true, "sink down"),
@@ -1030,13 +1041,38 @@ impl<'w> Engine<'w> {
                 if matches!(action, Action::DnsRestore(_)) {
                     next.push(c);
                 }
-                self.dns_versions.push(next);
-                for m in 0..self.started {
-                    let when = self.uniform(self.model.dns_ttl);
-                    self.after(when, Ev::Dns { m: m as u32 });
-                }
+                self.publish_dns(next);
                 self.event(format!("DNS changed for c{}", c + 1));
             }
+        }
+    }
+
+    /// With an adaptive accept rate, collector `c` samples its lag from now on.
+    fn start_lag_samples(&mut self, c: C) {
+        if self.model.budgets.adaptive_lag.is_some() {
+            self.after(accept_rate::SAMPLE_EVERY, Ev::Lag { c });
+        }
+    }
+
+    /// The lag the adaptive accept rate sees: the handshake work queued ahead (one at a time,
+    /// `1/capacity` each), which a live collector's established sessions wait behind.
+    fn lag_sample(&mut self, c: C) {
+        let now = self.instant(self.now);
+        let col = &mut self.collectors[c as usize];
+        if col.up {
+            let lag = Duration::from_nanos(col.busy_until.saturating_sub(self.now));
+            col.admission.on_lag(lag, now);
+        }
+        self.after(accept_rate::SAMPLE_EVERY, Ev::Lag { c });
+    }
+
+    /// DNS answers `next` from now on; every started meter sees it at its next refresh, a
+    /// uniform moment within the TTL.
+    fn publish_dns(&mut self, next: Vec<C>) {
+        self.dns_versions.push(next);
+        for m in 0..self.started {
+            let when = self.uniform(self.model.dns_ttl);
+            self.after(when, Ev::Dns { m: m as u32 });
         }
     }
 
@@ -1103,8 +1139,26 @@ impl<'w> Engine<'w> {
             refusals_per_s,
             collector_rss_bytes: vec![0; self.collectors.len()],
             collector_ready: self.collectors.iter().map(|c| c.up && !c.sink_down).collect(),
+            handshakes_per_s: self
+                .collectors
+                .iter()
+                .map(|c| (c.handshakes_done - c.handshakes_sampled) as f64 / interval)
+                .collect(),
+            accept_rate: self
+                .collectors
+                .iter()
+                .map(|c| if c.up { c.admission.accept_rate() } else { 0.0 })
+                .collect(),
+            control_lag_ms: self
+                .collectors
+                .iter()
+                .map(|c| c.busy_until.saturating_sub(self.now) as f64 / 1e6)
+                .collect(),
             ..Sample::default()
         });
+        for c in &mut self.collectors {
+            c.handshakes_sampled = c.handshakes_done;
+        }
         self.last_sample = (self.now, self.attempts, self.refusals.clone());
         self.after(SAMPLE_EVERY, Ev::Sample);
     }

@@ -105,6 +105,8 @@ pub struct SimOptions {
     pub rtt: Duration,
     /// Each collector's `admission.accept_rate` and `accept_burst` (default: its capacity).
     pub accept_rate: Option<f64>,
+    /// `admission.adaptive_lag_ms` (0: a fixed accept rate).
+    pub adaptive_lag_ms: u32,
     /// `admission.bounded_load_epsilon`.
     pub epsilon: f64,
     /// The collectors' `fleet.load_poll_ms`.
@@ -141,6 +143,7 @@ impl SimOptions {
             // quarter of a second over the internet; never below the default.
             max_handshakes: ((rate * HANDSHAKE_SECONDS).round() as u32)
                 .max(ringflow_collector::config::AdmissionConfig::default().max_handshakes),
+            adaptive_lag_ms: self.adaptive_lag_ms,
             bounded_load_epsilon: if self.ablations.no_bounded_load {
                 0.0
             } else {
@@ -276,7 +279,11 @@ fn report(o: &SimOptions, outcome: &Outcome) -> Report {
         records_lost: 0,
         duplicates_stored: 0,
         time_to_all_connected_s: outcome.time_to_all_connected.map(|d| d.as_secs_f64()),
-        peak_attempts_per_s: super::live::peak_per_second(&outcome.timeline.samples),
+        peak_attempts_per_s: super::live::peak_per_second(&outcome.timeline.samples, super::live::attempts),
+        handshakes_peak_per_s: super::live::peak_per_second(
+            &outcome.timeline.samples,
+            super::live::fleet_handshakes,
+        ),
         handshake_capacity_per_s: capacity,
         sessions_max_over_mean: max_over_mean,
         meters_connected_at_end: connected as usize,

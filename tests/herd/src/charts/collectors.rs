@@ -1,0 +1,117 @@
+//! The charts of each collector over time, from the 100 ms samples: sessions held, handshakes
+//! completed per second, the accept rate in force (adaptive or configured), the control plane's
+//! lag (what the adaptive rate watches) and CPU used, so a
+//! reader sees where a herd's cost went. One line per collector slot, or, past
+//! [`MAX_COLLECTOR_LINES`] collectors, the busiest, the mean and the idlest of those above 0.
+
+use super::{Chart, MAX_COLLECTOR_LINES, Series};
+use crate::timeline::{Sample, Timeline};
+
+/// A sample's value for each collector slot.
+type PerCollector = fn(&Sample) -> Vec<f64>;
+
+/// The per-collector charts; a series no sample has (CPU in a simulation) gives no chart.
+pub(super) fn charts(timeline: &Timeline) -> Vec<Chart> {
+    let mut charts = vec![chart(
+        timeline,
+        "sessions",
+        "sessions per collector",
+        "sessions",
+        |s| s.sessions.iter().map(|&n| n as f64).collect(),
+    )];
+    let more: [(&'static str, &'static str, &'static str, PerCollector); 4] = [
+        (
+            "collector_handshakes",
+            "handshakes completed per collector",
+            "per second",
+            |s| s.handshakes_per_s.clone(),
+        ),
+        (
+            "collector_accept_rate",
+            "accept rate in force per collector",
+            "accepts per second",
+            |s| s.accept_rate.clone(),
+        ),
+        ("collector_lag", "control-plane lag per collector", "ms", |s| {
+            s.control_lag_ms.clone()
+        }),
+        ("collector_cpu", "CPU used per collector process", "cores", |s| {
+            s.collector_cpu.clone()
+        }),
+    ];
+    for (stem, name, y_desc, value) in more {
+        if timeline.samples.iter().any(|s| !value(s).is_empty()) {
+            charts.push(chart(timeline, stem, name, y_desc, value));
+        }
+    }
+    charts
+}
+
+fn chart(
+    timeline: &Timeline,
+    file_stem: &'static str,
+    name: &'static str,
+    y_desc: &'static str,
+    value: PerCollector,
+) -> Chart {
+    // One line per collector slot; a sample whose vector is short just has no point for the
+    // missing slots.
+    let slots = timeline
+        .samples
+        .iter()
+        .map(|s| value(s).len())
+        .max()
+        .unwrap_or(0)
+        .max(timeline.collectors.len());
+    if slots > MAX_COLLECTOR_LINES {
+        return summary(timeline, file_stem, name, y_desc, value);
+    }
+    let series = (0..slots)
+        .map(|i| {
+            let label = timeline
+                .collectors
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| format!("collector #{i}"));
+            let points = timeline
+                .samples
+                .iter()
+                .filter_map(|s| value(s).get(i).map(|&v| (s.t_s, v)));
+            Series::new(label, points)
+        })
+        .collect();
+    Chart {
+        file_stem,
+        name: name.to_owned(),
+        y_desc,
+        y_cap: None,
+        series,
+    }
+}
+
+/// The busiest collector, the mean and the idlest, over the collectors above 0 in each sample.
+fn summary(
+    timeline: &Timeline,
+    file_stem: &'static str,
+    name: &'static str,
+    y_desc: &'static str,
+    value: PerCollector,
+) -> Chart {
+    let pick = |f: fn(&[f64]) -> f64| {
+        timeline.samples.iter().filter_map(move |s| {
+            let busy: Vec<f64> = value(s).into_iter().filter(|&v| v > 0.0).collect();
+            (!busy.is_empty()).then(|| (s.t_s, f(&busy)))
+        })
+    };
+    Chart {
+        file_stem,
+        name: format!("{name} (busiest, mean, idlest)"),
+        y_desc,
+        y_cap: None,
+        series: vec![
+            Series::new("busiest", pick(|b| b.iter().copied().fold(f64::MIN, f64::max))),
+            Series::new("mean", pick(|b| b.iter().sum::<f64>() / b.len() as f64)),
+            Series::new("idlest", pick(|b| b.iter().copied().fold(f64::MAX, f64::min))),
+        ],
+    }
+}
