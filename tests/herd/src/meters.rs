@@ -308,3 +308,52 @@ impl Drop for FirstWave {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use ringflow_meter::config::SpoolConfig;
+    use ringflow_meter::spool::fs::MemFs;
+    use ringflow_meter::spool::{Spool, SpoolLimits};
+
+    /// Bytes a spool in memory holds after an hour of one 60-byte batch a second, each acked
+    /// as soon as it is written (the spool checkpoints as the meter's does).
+    fn held_after_an_hour(max_entries: u64) -> u64 {
+        let config = SpoolConfig {
+            max_entries,
+            ..SpoolConfig::default()
+        };
+        let (mut spool, _) = Spool::open(MemFs::default(), SpoolLimits::from(&config)).unwrap();
+        for seq in 1..=3_600 {
+            spool.append(seq, 1, 0, Bytes::from(vec![7u8; 60])).unwrap();
+            spool.ack(seq).unwrap();
+            spool.checkpoint().unwrap();
+        }
+        spool.disk().0
+    }
+
+    /// The 30-minute soak's growth: with the default count a herd meter's spool kept every
+    /// acked batch in memory (a segment closes only every 12,500 batches); with herd's shape it
+    /// holds about one segment, 75 s of batches, however long the run.
+    #[test]
+    fn a_herd_meters_spool_in_memory_frees_what_was_acked() {
+        let shape = MeterShape {
+            records_per_second: 1,
+            batch_age: Duration::from_secs(1),
+            rebalance_window: Duration::from_secs(60),
+            grace: Duration::from_secs(5),
+        };
+        assert_eq!(shape.spool_entries(), 600, "ten minutes of one batch a second");
+        let fast = MeterShape {
+            records_per_second: 100,
+            batch_age: Duration::from_millis(100),
+            ..shape.clone()
+        };
+        assert_eq!(fast.spool_entries(), 6_000, "ten batches a second");
+        let default = held_after_an_hour(SpoolConfig::default().max_entries);
+        let herd = held_after_an_hour(shape.spool_entries());
+        assert!(default > 3_600 * 60, "default: {default} bytes held");
+        assert!(herd < 80 * 100, "herd: {herd} bytes held");
+    }
+}
