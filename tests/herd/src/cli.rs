@@ -15,6 +15,7 @@ use super::bench::{BenchOptions, Part, Sizes};
 use super::fleet::SinkKind;
 use super::live::{RunOptions, run};
 use super::meters::MeterShape;
+use super::placement::Placement;
 use super::scenario::{SOAK_PERIODS, Scenario};
 use ringflow_tests::process::CollectorCommand;
 
@@ -220,6 +221,13 @@ struct SimArgs {
     compare: bool,
 }
 
+/// `herd run --placement`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum PlacementMode {
+    Split,
+    Shared,
+}
+
 #[derive(clap::Args, Debug)]
 struct SoakArgs {
     /// Meters (real agent library, in this process).
@@ -277,6 +285,7 @@ impl SoakArgs {
             sink: SinkKind::Nats,
             rate: self.rate,
             accept_rate: None,
+            placement: PlacementMode::Shared,
             work_dir: self.work_dir,
             quiet: self.quiet,
         })
@@ -299,6 +308,10 @@ struct RunArgs {
     /// sharing this machine.
     #[arg(long, value_name = "PER_SEC")]
     accept_rate: Option<u32>,
+    /// Which CPUs each side gets: `split` puts the collectors on the upper half of this
+    /// process's CPUs (at least one) and the meters on the rest; `shared` lets both use all.
+    #[arg(long, value_enum, default_value = "shared")]
+    placement: PlacementMode,
     /// Where the run's state goes (meters' state, collectors' data); default /dev/shm when it
     /// exists (thousands of small files), else the system's temporary directory.
     #[arg(long, value_name = "DIR")]
@@ -582,6 +595,11 @@ fn options(a: RunArgs) -> anyhow::Result<RunOptions> {
         let shm = PathBuf::from("/dev/shm");
         if shm.is_dir() { shm } else { std::env::temp_dir() }
     });
+    let cpus = crate::placement::allowed_cpus()?;
+    let placement = match a.placement {
+        PlacementMode::Split => Placement::split(&cpus)?,
+        PlacementMode::Shared => Placement::shared(&cpus),
+    };
     let c = a.common;
     Ok(RunOptions {
         scenario: c.scenario,
@@ -600,11 +618,12 @@ fn options(a: RunArgs) -> anyhow::Result<RunOptions> {
         dns_ttl: c.dns_ttl(),
         accept_rate: a.accept_rate.unwrap_or(1_000 / c.collectors.max(1) as u32).max(1),
         adaptive_lag_ms: c.adaptive_lag_ms,
-        collector: CollectorCommand {
+        collector: placement.collector_command(CollectorCommand {
             binary,
             leading_args: vec![COLLECTOR_SUBCOMMAND.into()],
             log_dir: None,
-        },
+        }),
+        placement,
         work_parent,
         progress: !a.quiet,
         out: c.out,

@@ -14,13 +14,14 @@ use crate::live::node_loss::NodeLossReport;
 
 /// The top-level keys of every `report.json`, live or simulated (docs/herd.md's table
 /// documents each; `tests/docs.rs` checks it does).
-pub const KEYS: [&str; 31] = [
+pub const KEYS: [&str; 32] = [
     "scenario",
     "mode",
     "meters",
     "collectors",
     "seed",
     "sink",
+    "placement",
     "records_sent",
     "records_acked",
     "records_stored",
@@ -126,6 +127,8 @@ pub struct Report {
     pub collectors: usize,
     pub seed: u64,
     pub sink: String,
+    /// Which CPUs the collectors and the meters ran on (null: `herd sim`).
+    pub placement: Option<crate::placement::Placement>,
     pub duration_s: f64,
     pub records_sent: u64,
     pub records_acked: u64,
@@ -386,6 +389,13 @@ impl Report {
             ("records lost (acked, not stored)", self.records_lost.to_string()),
             ("duplicate batches stored", self.duplicates_stored.to_string()),
             ("time to all connected", opt(self.time_to_all_connected_s, " s")),
+            (
+                "placement",
+                self.placement.as_ref().map_or_else(
+                    || "not modelled".to_owned(),
+                    crate::placement::Placement::describe,
+                ),
+            ),
             ("peak attempts/s", format!("{:.0}", self.peak_attempts_per_s)),
             (
                 "handshake capacity/s (same run)",
@@ -520,6 +530,7 @@ mod tests {
             peak_attempts_per_s: 100.0,
             handshake_capacity_per_s: 1000.0,
             handshakes_peak_per_s: 900.0,
+            placement: None,
             sessions_max_over_mean: Some(1.05),
             meters_connected_at_end: 100,
             moved_fraction: None,

@@ -64,8 +64,10 @@ pub struct RunOptions {
     pub accept_rate: u32,
     /// Each collector's `admission.adaptive_lag_ms` (0: a fixed accept rate).
     pub adaptive_lag_ms: u32,
-    /// How to start a collector process.
+    /// How to start a collector process (under `taskset` when the placement is split).
     pub collector: CollectorCommand,
+    /// Which CPUs each side runs on.
+    pub placement: crate::placement::Placement,
     /// Where the run's state (certificates, meter state, collector data) lives; removed after.
     pub work_parent: PathBuf,
     /// Draw a progress bar on stderr (when it is a terminal).
@@ -76,6 +78,8 @@ pub struct RunOptions {
 pub async fn run(options: RunOptions) -> anyhow::Result<Report> {
     anyhow::ensure!(options.meters >= 1, "--meters must be at least 1");
     anyhow::ensure!(options.collectors >= 1, "--collectors must be at least 1");
+    // Before the fleet, the meters and their runtimes start: threads started later inherit it.
+    options.placement.pin_this_process()?;
     let sink = if options.scenario.needs_nats() {
         SinkKind::Nats
     } else if options.scenario.needs_nats_cluster() {

@@ -84,6 +84,7 @@ pub(super) fn judge(
             SinkKind::Kafka => "kafka",
         }
         .to_owned(),
+        placement: Some(options.placement.clone()),
         duration_s: options.duration.as_secs_f64(),
         records_sent: totals.iter().map(|t| t.0).sum(),
         records_acked: totals.iter().map(|t| t.1).sum(),

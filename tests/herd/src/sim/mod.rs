@@ -272,6 +272,7 @@ fn report(o: &SimOptions, outcome: &Outcome) -> Report {
         collectors: o.collectors,
         seed: o.seed,
         sink: "not modelled".to_owned(),
+        placement: None,
         duration_s: o.duration.as_secs_f64(),
         records_sent: 0,
         records_acked: 0,
