@@ -35,6 +35,8 @@ pub struct Sample {
     pub collector_ready: Vec<bool>,
     /// CPU each collector process used over the interval, in cores (live only; 0 when down).
     pub collector_cpu: Vec<f64>,
+    /// CPU the meters' process (`herd` itself) used over the interval, in cores (live only).
+    pub meters_cpu: f64,
     /// Handshakes each collector completed per second over the interval (`Welcome` or
     /// `Reject` sent: `handshake_seconds_count`).
     pub handshakes_per_s: Vec<f64>,

@@ -44,6 +44,12 @@ pub(super) fn charts(timeline: &Timeline) -> Vec<Chart> {
             charts.push(chart(timeline, stem, name, y_desc, value));
         }
     }
+    // Beside the collectors' CPU, the meters' process's: which side a herd ran out of.
+    if let Some(cpu) = charts.iter_mut().find(|c| c.file_stem == "collector_cpu") {
+        let meters = timeline.samples.iter().map(|s| (s.t_s, s.meters_cpu));
+        cpu.series.push(Series::new("meters (herd)", meters));
+        cpu.name = "CPU used per collector process and by the meters' process".to_owned();
+    }
     charts
 }
 

@@ -96,6 +96,21 @@ fn rss_bytes(pid: u32) -> u64 {
     ringflow_tests::process::rss_bytes_of(pid).unwrap_or(0)
 }
 
+/// Cores process `pid` used since `last` (its pid, CPU seconds and when), which it updates;
+/// 0 for a first reading, another process, or none.
+fn cores_since(last: &mut Option<(u32, f64, Instant)>, pid: Option<u32>) -> f64 {
+    let now = Instant::now();
+    let reading = pid.and_then(|pid| Some((pid, ringflow_tests::procstat::cpu_seconds(pid).ok()?, now)));
+    let cores = match (*last, reading) {
+        (Some((was, before, at)), Some((pid, secs, _))) if was == pid => {
+            (secs - before).max(0.0) / now.duration_since(at).as_secs_f64().max(1e-3)
+        }
+        _ => 0.0,
+    };
+    *last = reading;
+    cores
+}
+
 /// Each collector's figures of one sample, by slot.
 #[derive(Default)]
 struct PerCollector {
@@ -118,17 +133,7 @@ fn per_collector(
     cpu.resize(views.len(), None);
     let mut out = PerCollector::default();
     for (i, v) in views.iter().enumerate() {
-        let now = Instant::now();
-        let reading = v
-            .pid
-            .and_then(|pid| Some((pid, ringflow_tests::procstat::cpu_seconds(pid).ok()?, now)));
-        let cores = match (cpu[i], reading) {
-            (Some((was, before, at)), Some((pid, secs, _))) if was == pid => {
-                (secs - before).max(0.0) / now.duration_since(at).as_secs_f64().max(1e-3)
-            }
-            _ => 0.0,
-        };
-        cpu[i] = reading;
+        let cores = cores_since(&mut cpu[i], v.pid);
         let (handshakes, rate, lag_s) = match &scrapes[i] {
             Some(s) => {
                 let before = acc
@@ -239,6 +244,7 @@ pub(super) async fn sample(
     let (mut last_at, mut last_attempts) = (Instant::now(), 0u64);
     let mut pids: Vec<Option<u32>> = Vec::new();
     let mut cpu_marks = Vec::new();
+    let mut own_cpu: Vec<Option<(u32, f64, Instant)>> = vec![None];
     let mut ticks = 0u64;
     loop {
         tokio::select! {
@@ -289,6 +295,7 @@ pub(super) async fn sample(
         }
         ticks += 1;
         let per = per_collector(&views, &scrapes, &acc, &mut cpu_marks, dt);
+        let meters_cpu = cores_since(&mut own_cpu[0], Some(std::process::id()));
         let (sessions, ready, refusals_per_s) = tally_scrapes(&mut acc, &mut timeline, &views, scrapes, dt);
         let latency = book.take_interval();
         let sample = Sample {
@@ -304,6 +311,7 @@ pub(super) async fn sample(
             collector_rss_bytes: views.iter().map(|v| v.pid.map_or(0, rss_bytes)).collect(),
             collector_ready: ready,
             collector_cpu: per.cpu,
+            meters_cpu,
             handshakes_per_s: per.handshakes_per_s,
             accept_rate: per.accept_rate,
             control_lag_ms: per.lag_ms,
