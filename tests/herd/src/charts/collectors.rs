@@ -53,6 +53,14 @@ pub(super) fn charts(timeline: &Timeline) -> Vec<Chart> {
     charts
 }
 
+/// One per-collector chart: its file, title, unit and the value drawn.
+struct Spec {
+    file_stem: &'static str,
+    name: &'static str,
+    y_desc: &'static str,
+    value: PerCollector,
+}
+
 fn chart(
     timeline: &Timeline,
     file_stem: &'static str,
@@ -60,6 +68,12 @@ fn chart(
     y_desc: &'static str,
     value: PerCollector,
 ) -> Chart {
+    let spec = Spec {
+        file_stem,
+        name,
+        y_desc,
+        value,
+    };
     // One line per collector slot; a sample whose vector is short just has no point for the
     // missing slots.
     let slots = timeline
@@ -70,7 +84,7 @@ fn chart(
         .unwrap_or(0)
         .max(timeline.collectors.len());
     if slots > MAX_COLLECTOR_LINES {
-        return summary(timeline, file_stem, name, y_desc, value);
+        return summary(timeline, &spec);
     }
     let series = (0..slots)
         .map(|i| {
@@ -96,13 +110,8 @@ fn chart(
 }
 
 /// The busiest collector, the mean and the idlest, over the collectors above 0 in each sample.
-fn summary(
-    timeline: &Timeline,
-    file_stem: &'static str,
-    name: &'static str,
-    y_desc: &'static str,
-    value: PerCollector,
-) -> Chart {
+fn summary(timeline: &Timeline, spec: &Spec) -> Chart {
+    let value = spec.value;
     let pick = |f: fn(&[f64]) -> f64| {
         timeline.samples.iter().filter_map(move |s| {
             let busy: Vec<f64> = value(s).into_iter().filter(|&v| v > 0.0).collect();
@@ -110,9 +119,9 @@ fn summary(
         })
     };
     Chart {
-        file_stem,
-        name: format!("{name} (busiest, mean, idlest)"),
-        y_desc,
+        file_stem: spec.file_stem,
+        name: format!("{} (busiest, mean, idlest)", spec.name),
+        y_desc: spec.y_desc,
         y_cap: None,
         series: vec![
             Series::new("busiest", pick(|b| b.iter().copied().fold(f64::MIN, f64::max))),
