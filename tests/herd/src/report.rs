@@ -49,6 +49,11 @@ pub const KEYS: [&str; 32] = [
     "thresholds",
 ];
 
+/// `v` with two decimals and `unit`, or "n/a".
+fn opt(v: Option<f64>, unit: &str) -> String {
+    v.map_or("n/a".to_owned(), |v| format!("{v:.2}{unit}"))
+}
+
 /// Ack latency, milliseconds.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct AckLatency {
@@ -308,7 +313,6 @@ impl Report {
 
     /// `report.md`'s node-loss rows (none when no node was killed).
     fn node_loss_rows(&self) -> Vec<(&'static str, String)> {
-        let opt = |v: Option<f64>, unit: &str| v.map_or("n/a".to_owned(), |v| format!("{v:.2}{unit}"));
         let Some(n) = &self.node_loss else {
             return Vec::new();
         };
@@ -355,10 +359,38 @@ impl Report {
         self.verdict == "pass"
     }
 
+    /// crash-one's rows of the summary (none when no collector was killed).
+    fn failover_rows(&self) -> Vec<(&'static str, String)> {
+        let Some(meters) = self.failover_meters else {
+            return Vec::new();
+        };
+        let limit = self
+            .thresholds
+            .failover_max_s
+            .map_or(String::new(), |l| format!(" (limit {l:.1} s)"));
+        vec![
+            (
+                "failover p50 / max, kill to welcomed elsewhere",
+                format!(
+                    "{} / {}{limit}",
+                    opt(self.failover_p50_s, " s"),
+                    opt(self.failover_max_s, " s")
+                ),
+            ),
+            (
+                "killed collector's meters never welcomed elsewhere",
+                format!("{} of {meters}", self.failover_unmoved.unwrap_or(0)),
+            ),
+            (
+                "meters of running collectors that moved",
+                self.moved_from_live.unwrap_or(0).to_string(),
+            ),
+        ]
+    }
+
     /// The short human summary.
     pub fn markdown(&self) -> String {
         let mut md = String::new();
-        let opt = |v: Option<f64>, unit: &str| v.map_or("n/a".to_owned(), |v| format!("{v:.2}{unit}"));
         let _ = writeln!(
             md,
             "# herd {} ({}): {}\n",
@@ -439,30 +471,7 @@ impl Report {
                 self.collector_scrapes_missed.to_string(),
             ),
         ];
-        if let Some(meters) = self.failover_meters {
-            let limit = self
-                .thresholds
-                .failover_max_s
-                .map_or(String::new(), |l| format!(" (limit {l:.1} s)"));
-            rows.extend([
-                (
-                    "failover p50 / max, kill to welcomed elsewhere",
-                    format!(
-                        "{} / {}{limit}",
-                        opt(self.failover_p50_s, " s"),
-                        opt(self.failover_max_s, " s")
-                    ),
-                ),
-                (
-                    "killed collector's meters never welcomed elsewhere",
-                    format!("{} of {meters}", self.failover_unmoved.unwrap_or(0)),
-                ),
-                (
-                    "meters of running collectors that moved",
-                    self.moved_from_live.unwrap_or(0).to_string(),
-                ),
-            ]);
-        }
+        rows.extend(self.failover_rows());
         rows.extend(self.node_loss_rows());
         let _ = writeln!(md, "| figure | value |\n|---|---|");
         for (k, v) in rows {
@@ -483,7 +492,7 @@ impl Report {
         self.growth_table(&mut md);
         let _ = writeln!(
             md,
-            "\nCharts: sessions.png, attempts.png, ack_latency.png, resources_*.png for a live run (and .svg)."
+            "\nCharts: sessions.png, collector_*.png, attempts.png, ack_latency.png, resources_*.png for a live run (and .svg)."
         );
         md
     }
