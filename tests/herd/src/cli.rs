@@ -224,6 +224,8 @@ struct SimArgs {
 /// `herd run --placement`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum PlacementMode {
+    /// `split` when this process may use 2 CPUs or more, else `shared`.
+    Auto,
     Split,
     Shared,
 }
@@ -309,8 +311,9 @@ struct RunArgs {
     #[arg(long, value_name = "PER_SEC")]
     accept_rate: Option<u32>,
     /// Which CPUs each side gets: `split` puts the collectors on the upper half of this
-    /// process's CPUs (at least one) and the meters on the rest; `shared` lets both use all.
-    #[arg(long, value_enum, default_value = "shared")]
+    /// process's CPUs (at least one) and the meters on the rest; `shared` lets both use all;
+    /// `auto` is `split` when this process may use 2 CPUs or more, else `shared`.
+    #[arg(long, value_enum, default_value = "auto")]
     placement: PlacementMode,
     /// Where the run's state goes (meters' state, collectors' data); default /dev/shm when it
     /// exists (thousands of small files), else the system's temporary directory.
@@ -598,7 +601,8 @@ fn options(a: RunArgs) -> anyhow::Result<RunOptions> {
     let cpus = crate::placement::allowed_cpus()?;
     let placement = match a.placement {
         PlacementMode::Split => Placement::split(&cpus)?,
-        PlacementMode::Shared => Placement::shared(&cpus),
+        PlacementMode::Auto if cpus.len() >= 2 => Placement::split(&cpus)?,
+        PlacementMode::Auto | PlacementMode::Shared => Placement::shared(&cpus),
     };
     let c = a.common;
     Ok(RunOptions {

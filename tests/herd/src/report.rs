@@ -14,7 +14,7 @@ use crate::live::node_loss::NodeLossReport;
 
 /// The top-level keys of every `report.json`, live or simulated (docs/herd.md's table
 /// documents each; `tests/docs.rs` checks it does).
-pub const KEYS: [&str; 32] = [
+pub const KEYS: [&str; 33] = [
     "scenario",
     "mode",
     "meters",
@@ -31,6 +31,7 @@ pub const KEYS: [&str; 32] = [
     "peak_attempts_per_s",
     "handshake_capacity_per_s",
     "handshakes_peak_per_s",
+    "handshakes_sustained_per_s",
     "sessions_max_over_mean",
     "meters_connected_at_end",
     "moved_fraction",
@@ -148,6 +149,12 @@ pub struct Report {
     /// `handshake_seconds_count`): what the collectors did while the herd's meters shared the
     /// machine, against `handshake_capacity_per_s`, which the probe measured before.
     pub handshakes_peak_per_s: f64,
+    /// Median of the fleet's handshakes per second over the 100 ms samples from "herd started"
+    /// (every herd meter running) until all were connected, while under nine tenths held a
+    /// session: what the collectors sustained through the herd (the calibration's service rate
+    /// for `herd sim --capacity`, divided by the collectors). Null in a simulation, or when no
+    /// sample fell there.
+    pub handshakes_sustained_per_s: Option<f64>,
     pub sessions_max_over_mean: Option<f64>,
     /// Meters with a session at the end of the run.
     pub meters_connected_at_end: usize,
@@ -438,6 +445,11 @@ impl Report {
                 format!("{:.0}", self.handshakes_peak_per_s),
             ),
             (
+                "handshakes/s sustained through the herd (fleet)",
+                self.handshakes_sustained_per_s
+                    .map_or("n/a".to_owned(), |v| format!("{v:.0}")),
+            ),
+            (
                 "sessions max/mean at the end",
                 opt(self.sessions_max_over_mean, ""),
             ),
@@ -539,6 +551,7 @@ mod tests {
             peak_attempts_per_s: 100.0,
             handshake_capacity_per_s: 1000.0,
             handshakes_peak_per_s: 900.0,
+            handshakes_sustained_per_s: Some(700.0),
             placement: None,
             sessions_max_over_mean: Some(1.05),
             meters_connected_at_end: 100,

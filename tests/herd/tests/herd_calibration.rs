@@ -5,9 +5,10 @@
 //! within 25% and on `sessions_max_over_mean` within 0.05. Runs alone (see
 //! `.config/nextest.toml`): the live half measures this machine.
 //!
-//! The simulation's service rate is what the collectors sustained while the herd connected (the
-//! median of the fleet's completed handshakes per second over the samples from the herd's
-//! start while a tenth of the meters or more still waited), not the capacity the probe measured before the herd: on
+//! The simulation's service rate is what the collectors sustained while the herd connected
+//! (the report's `handshakes_sustained_per_s`: the median of the fleet's completed handshakes per
+//! second over the samples from the herd's start while a tenth of the meters or more still
+//! waited), not the capacity the probe measured before the herd: on
 //! one machine the herd's own meters (thousands of pipelines starting, their TLS client work)
 //! share the CPU with the collectors, so during a herd the collectors complete fewer handshakes
 //! than with the probe's one light client. On a slower 2-core machine the probe's figure made
@@ -44,12 +45,9 @@ fn json(path: &Path) -> anyhow::Result<Value> {
     Ok(serde_json::from_slice(&std::fs::read(path)?)?)
 }
 
-/// What the simulation needs from a live run: its port, how long starting the herd's meters
-/// took (between the "herd: N meters" and "herd started" events), and the handshakes the
-/// fleet sustained while the herd connected: the median over the 100 ms samples from "herd
-/// started" until every meter was welcomed (`time_to_all` after "herd: N meters"), while a
-/// tenth of the meters or more still waited, of the fleet's completed handshakes per second.
-fn live_setting(timeline: &Value, time_to_all: f64) -> anyhow::Result<(u16, u64, f64)> {
+/// What the simulation needs from a live run's timeline: its port, and how long starting the
+/// herd's meters took (between the "herd: N meters" and "herd started" events).
+fn live_setting(timeline: &Value) -> anyhow::Result<(u16, u64)> {
     let port = timeline["addresses"][0]
         .as_str()
         .and_then(|a| a.rsplit(':').next())
@@ -64,45 +62,13 @@ fn live_setting(timeline: &Value, time_to_all: f64) -> anyhow::Result<(u16, u64,
             })
             .and_then(|e| e["t_s"].as_f64())
     };
-    let (Some(herd), Some(started)) = (at("herd: "), at(ringflow_herd::live::HERD_STARTED)) else {
+    let (Some(herd), Some(started)) = (
+        at(ringflow_herd::live::HERD_EVENT_PREFIX),
+        at(ringflow_herd::live::HERD_STARTED),
+    ) else {
         anyhow::bail!("no herd events in timeline.json");
     };
-    let sum = |s: &Value, key: &str| -> f64 {
-        s[key]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_f64)
-            .sum()
-    };
-    // The fleet's handshakes per second of the samples in (from, to] while at least a tenth of
-    // the meters were still waiting: the stretch where what the collectors complete is their
-    // service rate, not how fast the last stragglers come back.
-    let rates_in = |from: f64, to: f64| -> Vec<f64> {
-        timeline["samples"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|s| s["t_s"].as_f64().is_some_and(|t| t > from && t <= to))
-            .filter(|s| sum(s, "sessions") < 0.9 * METERS as f64)
-            .map(|s| sum(s, "handshakes_per_s"))
-            .collect()
-    };
-    // Once every meter has started; if most were in before the last one started, the whole
-    // herd's stretch.
-    let all_in = herd + time_to_all;
-    let mut rates = rates_in(started, all_in);
-    if rates.is_empty() {
-        rates = rates_in(herd, all_in);
-    }
-    anyhow::ensure!(!rates.is_empty(), "no samples while the herd connected");
-    rates.sort_by(f64::total_cmp);
-    let sustained = rates[rates.len() / 2];
-    Ok((
-        port,
-        ((started - herd) * 1_000.0).round().max(0.0) as u64,
-        sustained,
-    ))
+    Ok((port, ((started - herd) * 1_000.0).round().max(0.0) as u64))
 }
 
 /// Runs `scenario` live for `secs`, then simulated with what the live run measured; returns
@@ -135,11 +101,8 @@ async fn live_and_sim(scenario: &str, secs: u64) -> anyhow::Result<(Value, Value
     args.push("--quiet".into());
     herd(&args, Duration::from_secs(secs + 90)).await?;
     let live_report = json(&live.join("report.json"))?;
-    let time_to_all = live_report["time_to_all_connected_s"]
-        .as_f64()
-        .unwrap_or(f64::MAX);
-    let (port, spread_ms, sustained) = live_setting(&json(&live.join("timeline.json"))?, time_to_all)?;
-    let capacity = sustained / COLLECTORS as f64;
+    let (port, spread_ms) = live_setting(&json(&live.join("timeline.json"))?)?;
+    let capacity = live_report["handshakes_sustained_per_s"].as_f64().unwrap_or(0.0) / COLLECTORS as f64;
     anyhow::ensure!(
         capacity > 0.0,
         "the live run completed no handshakes while the herd connected: {live_report:#}"

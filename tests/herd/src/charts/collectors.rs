@@ -12,36 +12,42 @@ type PerCollector = fn(&Sample) -> Vec<f64>;
 
 /// The per-collector charts; a series no sample has (CPU in a simulation) gives no chart.
 pub(super) fn charts(timeline: &Timeline) -> Vec<Chart> {
-    let mut charts = vec![chart(
-        timeline,
-        "sessions",
-        "sessions per collector",
-        "sessions",
-        |s| s.sessions.iter().map(|&n| n as f64).collect(),
-    )];
-    let more: [(&'static str, &'static str, &'static str, PerCollector); 4] = [
-        (
-            "collector_handshakes",
-            "handshakes completed per collector",
-            "per second",
-            |s| s.handshakes_per_s.clone(),
-        ),
-        (
-            "collector_accept_rate",
-            "accept rate in force per collector",
-            "accepts per second",
-            |s| s.accept_rate.clone(),
-        ),
-        ("collector_lag", "control-plane lag per collector", "ms", |s| {
-            s.control_lag_ms.clone()
-        }),
-        ("collector_cpu", "CPU used per collector process", "cores", |s| {
-            s.collector_cpu.clone()
-        }),
+    let sessions = Spec {
+        file_stem: "sessions",
+        name: "sessions per collector",
+        y_desc: "sessions",
+        value: |s| s.sessions.iter().map(|&n| n as f64).collect(),
+    };
+    let more = [
+        Spec {
+            file_stem: "collector_handshakes",
+            name: "handshakes completed per collector",
+            y_desc: "per second",
+            value: |s| s.handshakes_per_s.clone(),
+        },
+        Spec {
+            file_stem: "collector_accept_rate",
+            name: "accept rate in force per collector",
+            y_desc: "accepts per second",
+            value: |s| s.accept_rate.clone(),
+        },
+        Spec {
+            file_stem: "collector_lag",
+            name: "control-plane lag per collector",
+            y_desc: "ms",
+            value: |s| s.control_lag_ms.clone(),
+        },
+        Spec {
+            file_stem: "collector_cpu",
+            name: "CPU used per collector process",
+            y_desc: "cores",
+            value: |s| s.collector_cpu.clone(),
+        },
     ];
-    for (stem, name, y_desc, value) in more {
-        if timeline.samples.iter().any(|s| !value(s).is_empty()) {
-            charts.push(chart(timeline, stem, name, y_desc, value));
+    let mut charts = vec![chart(timeline, &sessions)];
+    for spec in &more {
+        if timeline.samples.iter().any(|s| !(spec.value)(s).is_empty()) {
+            charts.push(chart(timeline, spec));
         }
     }
     // Beside the collectors' CPU, the meters' process's: which side a herd ran out of.
@@ -61,19 +67,8 @@ struct Spec {
     value: PerCollector,
 }
 
-fn chart(
-    timeline: &Timeline,
-    file_stem: &'static str,
-    name: &'static str,
-    y_desc: &'static str,
-    value: PerCollector,
-) -> Chart {
-    let spec = Spec {
-        file_stem,
-        name,
-        y_desc,
-        value,
-    };
+fn chart(timeline: &Timeline, spec: &Spec) -> Chart {
+    let value = spec.value;
     // One line per collector slot; a sample whose vector is short just has no point for the
     // missing slots.
     let slots = timeline
@@ -84,7 +79,7 @@ fn chart(
         .unwrap_or(0)
         .max(timeline.collectors.len());
     if slots > MAX_COLLECTOR_LINES {
-        return summary(timeline, &spec);
+        return summary(timeline, spec);
     }
     let series = (0..slots)
         .map(|i| {
@@ -101,9 +96,9 @@ fn chart(
         })
         .collect();
     Chart {
-        file_stem,
-        name: name.to_owned(),
-        y_desc,
+        file_stem: spec.file_stem,
+        name: spec.name.to_owned(),
+        y_desc: spec.y_desc,
         y_cap: None,
         series,
     }

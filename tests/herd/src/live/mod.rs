@@ -42,6 +42,10 @@ pub use sampler::{attempts, fleet_handshakes, peak_per_second};
 const COLLECTOR_GRACE: Duration = Duration::from_secs(20);
 /// The event marking that every meter of the herd was started.
 pub const HERD_STARTED: &str = "herd started";
+/// The start of the event marking the herd's release ("herd: N meters").
+pub const HERD_EVENT_PREFIX: &str = "herd: ";
+/// The event marking that every meter had been welcomed.
+pub const ALL_CONNECTED: &str = "all connected";
 
 /// Concurrent sessions of the handshake-capacity probe.
 const PROBE_CONCURRENCY: usize = 64;
@@ -300,7 +304,7 @@ impl Live {
         let (first_wave, meters) = (self.clock.first_wave, self.clock.meters);
         self.book.set_phase(Phase::DuringHerd);
         *lock(&self.clock.herd_at) = Some(Instant::now());
-        self.event(format!("herd: {} meters", meters - first_wave));
+        self.event(format!("{HERD_EVENT_PREFIX}{} meters", meters - first_wave));
         let (population, fleet) = (Arc::clone(&self.population), Arc::clone(&self.fleet));
         let (events, clock) = (Arc::clone(&self.events), Arc::clone(&self.clock));
         let (dns, port) = (self.fleet.dns_addr(), self.fleet.port());

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use super::RunOptions;
 use super::failover::Failover;
 use super::node_loss::{NodeLossReport, NodeLossSeen};
-use super::sampler::{Accumulated, attempts, fleet_handshakes, peak_per_second};
+use super::sampler::{Accumulated, attempts, fleet_handshakes, peak_per_second, sustained_handshakes};
 use crate::acks::AckBook;
 use crate::fleet::{Fleet, SinkKind};
 use crate::meters::{Population, meter_id};
@@ -97,6 +97,7 @@ pub(super) fn judge(
         },
         peak_attempts_per_s: peak_per_second(&ended.timeline.samples, attempts),
         handshakes_peak_per_s: peak_per_second(&ended.timeline.samples, fleet_handshakes),
+        handshakes_sustained_per_s: herd_handshakes(&ended.timeline, meters),
         handshake_capacity_per_s: capacity,
         sessions_max_over_mean: max_over_mean(&live),
         meters_connected_at_end: connected_at_end,
@@ -255,4 +256,21 @@ fn write(options: &RunOptions, report: &Report, timeline: &Timeline) -> anyhow::
     );
     crate::charts::write_charts(&options.out, &title, timeline)?;
     Ok(())
+}
+
+/// [`sustained_handshakes`] over the herd: from "herd started" (every herd meter running) until
+/// "all connected"; when most meters were in before the last one started, from "herd: N meters".
+fn herd_handshakes(timeline: &Timeline, meters: usize) -> Option<f64> {
+    let at = |prefix: &str| {
+        timeline
+            .events
+            .iter()
+            .find(|e| e.what.starts_with(prefix))
+            .map(|e| e.t_s)
+    };
+    let to = at(super::ALL_CONNECTED).unwrap_or(f64::MAX);
+    let over = |from: f64| sustained_handshakes(&timeline.samples, from, to, meters);
+    at(super::HERD_STARTED)
+        .and_then(over)
+        .or_else(|| at(super::HERD_EVENT_PREFIX).and_then(over))
 }

@@ -244,7 +244,7 @@ pub(super) async fn sample(
     let (mut last_at, mut last_attempts) = (Instant::now(), 0u64);
     let mut pids: Vec<Option<u32>> = Vec::new();
     let mut cpu_marks = Vec::new();
-    let mut own_cpu: Vec<Option<(u32, f64, Instant)>> = vec![None];
+    let mut own_cpu: Option<(u32, f64, Instant)> = None;
     let mut ticks = 0u64;
     loop {
         tokio::select! {
@@ -295,7 +295,7 @@ pub(super) async fn sample(
         }
         ticks += 1;
         let per = per_collector(&views, &scrapes, &acc, &mut cpu_marks, dt);
-        let meters_cpu = cores_since(&mut own_cpu[0], Some(std::process::id()));
+        let meters_cpu = cores_since(&mut own_cpu, Some(std::process::id()));
         let (sessions, ready, refusals_per_s) = tally_scrapes(&mut acc, &mut timeline, &views, scrapes, dt);
         let latency = book.take_interval();
         let sample = Sample {
@@ -372,7 +372,7 @@ fn move_phases(
         *lock(&clock.all_connected_at) = Some(now);
         lock(events).push(Event {
             t_s: clock.seconds(now),
-            what: "all connected".into(),
+            what: super::ALL_CONNECTED.into(),
         });
     }
 }
@@ -436,6 +436,22 @@ pub fn peak_per_second(samples: &[Sample], rate: fn(&Sample) -> f64) -> f64 {
         }
     }
     peak
+}
+
+/// The handshakes per second the fleet sustained while the herd connected: the median of the
+/// fleet's completed handshakes per second over the samples after `from_s` (every herd meter
+/// started) up to `to_s` (all connected, or the end), taken only while under nine tenths of
+/// `meters` held a session: the stretch where what the collectors complete is their service
+/// rate, not how fast the last stragglers come back. None when no sample falls there.
+pub fn sustained_handshakes(samples: &[Sample], from_s: f64, to_s: f64, meters: usize) -> Option<f64> {
+    let mut rates: Vec<f64> = samples
+        .iter()
+        .filter(|s| s.t_s > from_s && s.t_s <= to_s)
+        .filter(|s| (s.sessions.iter().sum::<u64>() as f64) < 0.9 * meters as f64)
+        .map(fleet_handshakes)
+        .collect();
+    rates.sort_by(f64::total_cmp);
+    rates.get(rates.len() / 2).copied()
 }
 
 /// A sample's connection attempts per second.
@@ -519,5 +535,31 @@ mod tests {
             .collect();
         let peak = peak_per_second(&samples, attempts);
         assert!((peak - 100.0).abs() < 1.0, "{peak}");
+    }
+
+    #[test]
+    fn the_sustained_rate_is_the_median_while_most_meters_still_wait() {
+        // 100 meters on two collectors: 10 samples with 40 in and rates 100..1000 (the fleet's
+        // sum), then the stragglers' stretch (95 in) at 5/s, then samples after "all connected".
+        let samples: Vec<Sample> = (1..=30)
+            .map(|i| {
+                let (sessions, rate) = match i {
+                    1..=10 => (40, i as f64 * 100.0),
+                    11..=20 => (95, 5.0),
+                    _ => (100, 0.0),
+                };
+                Sample {
+                    t_s: i as f64 * 0.1,
+                    sessions: vec![sessions / 2, sessions - sessions / 2],
+                    handshakes_per_s: vec![rate / 2.0, rate / 2.0],
+                    ..Sample::default()
+                }
+            })
+            .collect();
+        // The stragglers' and the settled samples are left out: the median of 100..1000.
+        assert_eq!(sustained_handshakes(&samples, 0.0, 2.05, 100), Some(600.0));
+        // Only what lies after `from_s`: 800, 900, 1000.
+        assert_eq!(sustained_handshakes(&samples, 0.75, 2.05, 100), Some(900.0));
+        assert_eq!(sustained_handshakes(&samples, 1.05, 3.0, 100), None);
     }
 }

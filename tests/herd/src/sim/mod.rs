@@ -285,6 +285,7 @@ fn report(o: &SimOptions, outcome: &Outcome) -> Report {
             &outcome.timeline.samples,
             super::live::fleet_handshakes,
         ),
+        handshakes_sustained_per_s: None,
         handshake_capacity_per_s: capacity,
         sessions_max_over_mean: max_over_mean,
         meters_connected_at_end: connected as usize,
