@@ -179,6 +179,17 @@ struct SimArgs {
     /// run's own start-up spread is in its timeline.json (event "herd started").
     #[arg(long, value_name = "MS", default_value_t = 0)]
     start_spread_ms: u64,
+    /// Instead of a start spread and the meters' splay: when each further tenth of the herd's
+    /// meters first dialled, ms after the herd's start (ten rising values, comma-separated; a
+    /// live run's timeline.json has `meters_dialled` per sample). The herd's meters then dial at
+    /// once, at moments spread evenly within each tenth.
+    #[arg(
+        long,
+        value_name = "MS,...",
+        value_delimiter = ',',
+        conflicts_with = "start_spread_ms"
+    )]
+    first_dials_ms: Vec<u64>,
     /// Handshakes (QUIC + TLS + Hello) one collector completes per second.
     #[arg(long, value_name = "PER_SEC", default_value_t = 5_000.0)]
     capacity: f64,
@@ -219,6 +230,15 @@ struct SimArgs {
     /// variant's output in DIR/VARIANT/.
     #[arg(long)]
     compare: bool,
+}
+
+/// `herd sim --first-dials-ms`: ten rising instants, or none.
+fn first_dials(ms: &[u64]) -> anyhow::Result<Vec<Duration>> {
+    anyhow::ensure!(
+        ms.is_empty() || (ms.len() == 10 && ms.is_sorted()),
+        "--first-dials-ms takes ten rising values (when each tenth of the herd had dialled), not {ms:?}"
+    );
+    Ok(ms.iter().map(|&m| Duration::from_millis(m)).collect())
 }
 
 /// `herd run --placement`.
@@ -570,6 +590,7 @@ fn sim_options(a: &SimArgs) -> anyhow::Result<super::sim::SimOptions> {
         seed: c.seed,
         first_wave: c.first_wave,
         start_spread: Duration::from_millis(a.start_spread_ms),
+        first_dials: first_dials(&a.first_dials_ms)?,
         port: a.port,
         crash: a.crash,
         capacity: a.capacity,

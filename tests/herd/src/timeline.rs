@@ -16,6 +16,10 @@ pub struct Sample {
     pub sessions: Vec<u64>,
     /// Connection attempts by all meters per second over the interval.
     pub attempts_per_s: f64,
+    /// Meters started so far (`Meter::start_embedded` returned; live only, 0 simulated).
+    pub meters_started: u64,
+    /// Meters that had dialled a collector at least once so far (live only, 0 simulated).
+    pub meters_dialled: u64,
     /// Refusals and rejects per second over the interval, by reason (`accept_rate`,
     /// `handshakes`, `overloaded_sessions`, ...).
     pub refusals_per_s: std::collections::BTreeMap<String, f64>,

@@ -302,6 +302,8 @@ pub(super) async fn sample(
             t_s: clock.seconds(now),
             sessions,
             attempts_per_s: attempts.saturating_sub(last_attempts) as f64 / dt,
+            meters_started: sums.len() as u64,
+            meters_dialled: sums.iter().filter(|s| s.0 > 0).count() as u64,
             refusals_per_s,
             records_sent: sums.iter().map(|s| s.1).sum(),
             records_acked: sums.iter().map(|s| s.2).sum(),

@@ -93,6 +93,10 @@ pub struct World {
     /// `start_spread` (0: all at once).
     pub first_wave: usize,
     pub start_spread: Duration,
+    /// When each further tenth of the herd first dialled (ten rising instants after the herd's
+    /// start); when given, the herd's meters dial at once (no splay) at moments spread evenly
+    /// within each tenth, and `start_spread` is not used.
+    pub first_dials: Vec<Duration>,
     /// Collector addresses; the first `collectors` run from the start, the rest are spares
     /// (add-collector).
     pub addresses: Vec<String>,
@@ -176,6 +180,10 @@ type C = u16;
 enum Ev {
     /// Meter `m` starts (a herd spread over time).
     Start {
+        m: u32,
+    },
+    /// Meter `m` starts and dials at once (a herd given as a live run's first dials).
+    Dial {
         m: u32,
     },
     /// The meter's scheduled dial, or move check while in a session (stale unless `wake_gen`
@@ -496,26 +504,39 @@ impl<'w> Engine<'w> {
     }
 
     fn start_meters(&mut self, range: std::ops::Range<usize>) {
-        let now = self.instant(self.now);
         for m in range {
-            let ring = self.ring_of(0, 0);
-            let seed = self.world.seed;
-            let jitter = self.model.jitter_on;
-            let selector = Selector::new(
-                &self.world.meter_ids[m],
-                ring,
-                self.model.selection,
-                Seeded::with_rng(
-                    self.model.jitter,
-                    SimRng::new(SimRng::derive(seed, m as u64, 1), jitter),
-                ),
-                SimRng::new(SimRng::derive(seed, m as u64, 2), jitter),
-                now,
-            );
-            self.meters[m].selector = Some(selector);
-            self.started += 1;
-            self.schedule(m as u32);
+            self.start_meter(m, true);
         }
+    }
+
+    /// Starts meter `m`; its first attempt waits its splay, or (`splay` false) goes at once.
+    fn start_meter(&mut self, m: usize, splay: bool) {
+        let now = self.instant(self.now);
+        let ring = self.ring_of(0, 0);
+        let seed = self.world.seed;
+        let jitter = self.model.jitter_on;
+        let selection = SelectorConfig {
+            splay: if splay {
+                self.model.selection.splay
+            } else {
+                Duration::ZERO
+            },
+            ..self.model.selection
+        };
+        let selector = Selector::new(
+            &self.world.meter_ids[m],
+            ring,
+            selection,
+            Seeded::with_rng(
+                self.model.jitter,
+                SimRng::new(SimRng::derive(seed, m as u64, 1), jitter),
+            ),
+            SimRng::new(SimRng::derive(seed, m as u64, 2), jitter),
+            now,
+        );
+        self.meters[m].selector = Some(selector);
+        self.started += 1;
+        self.schedule(m as u32);
     }
 
     /// The ring of a meter that saw DNS answer `dns` and `Welcome` view `welcome`.
@@ -573,6 +594,7 @@ impl<'w> Engine<'w> {
     fn handle(&mut self, ev: Ev) {
         match ev {
             Ev::Start { m } => self.start_meters(m as usize..m as usize + 1),
+            Ev::Dial { m } => self.start_meter(m as usize, false),
             Ev::Wake { m, wake_gen } => self.wake(m, wake_gen),
             Ev::Arrive {
                 m,
@@ -983,7 +1005,13 @@ impl<'w> Engine<'w> {
                 self.herd_at = Some(self.now);
                 self.event("herd starts".to_owned());
                 let herd = self.world.first_wave..self.meters.len();
-                if self.world.start_spread.is_zero() {
+                if !self.world.first_dials.is_empty() {
+                    let n = herd.len().max(1) as f64;
+                    for (k, m) in herd.enumerate() {
+                        let at = first_dial_at(&self.world.first_dials, (k + 1) as f64 / n);
+                        self.after(at, Ev::Dial { m: m as u32 });
+                    }
+                } else if self.world.start_spread.is_zero() {
                     self.start_meters(herd);
                 } else {
                     let step = self.world.start_spread / herd.len().max(1) as u32;
@@ -1185,5 +1213,33 @@ fn reject_label(budget: &str) -> &'static str {
         "sessions" => "overloaded_sessions",
         "bounded_load" => "overloaded_bounded_load",
         _ => "overloaded_buffered_bytes",
+    }
+}
+
+/// When the meter at `fraction` (0 < fraction <= 1) of the herd first dials: linear within each
+/// tenth of `tenths` (the instant each further tenth had dialled; the first tenth from 0).
+fn first_dial_at(tenths: &[Duration], fraction: f64) -> Duration {
+    let at = (fraction.clamp(0.0, 1.0) * tenths.len() as f64).max(0.0);
+    let i = (at.ceil() as usize).clamp(1, tenths.len());
+    let from = if i == 1 { Duration::ZERO } else { tenths[i - 2] };
+    let within = (at - (i - 1) as f64).clamp(0.0, 1.0);
+    from + (tenths[i - 1].saturating_sub(from)).mul_f64(within)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_dials_are_spread_evenly_within_each_tenth() {
+        let tenths: Vec<Duration> = (1..=10).map(|i| Duration::from_millis(i * 100)).collect();
+        assert_eq!(first_dial_at(&tenths, 0.05), Duration::from_millis(50));
+        assert_eq!(first_dial_at(&tenths, 0.1), Duration::from_millis(100));
+        assert_eq!(first_dial_at(&tenths, 1.0), Duration::from_millis(1_000));
+        // A tenth that dialled in the same sample as the one before: all at that instant.
+        let mut flat = tenths.clone();
+        flat[4] = flat[3];
+        assert_eq!(first_dial_at(&flat, 0.45), Duration::from_millis(400));
+        assert_eq!(first_dial_at(&flat, 0.55), Duration::from_millis(500));
     }
 }

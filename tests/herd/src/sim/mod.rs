@@ -96,6 +96,8 @@ pub struct SimOptions {
     pub first_wave: f64,
     /// The herd's meters start one after the other over this long.
     pub start_spread: Duration,
+    /// Or: when each further tenth of the herd first dialled (a live run's); empty: not given.
+    pub first_dials: Vec<Duration>,
     /// Collectors are `127.0.0.{2..}:port`, as in `herd run` (the ring hashes addresses).
     pub port: u16,
     /// Collectors killed at once in crash-one.
@@ -200,6 +202,7 @@ impl SimOptions {
             meter_ids: (0..self.meters).map(|i| meter_id(self.seed, i)).collect(),
             first_wave: ((self.meters as f64 * self.first_wave).round() as usize).clamp(1, self.meters),
             start_spread: self.start_spread,
+            first_dials: self.first_dials.clone(),
             addresses: (0..self.collectors + spare)
                 .map(|i| sim_address(i, self.port))
                 .collect(),
