@@ -24,7 +24,7 @@
 set -euo pipefail
 
 FUZZ_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-TARGETS=(frame_codec collector_ingest proto_messages netflow meter_config collector_config)
+TARGETS=(frame_codec collector_ingest proto_messages netflow meter_config collector_config columns)
 
 # libFuzzer's -max_len per target: frames and messages are small; a NetFlow input holds several
 # datagrams; the config seeds include the commented example files (up to ~9 KB).

@@ -36,6 +36,9 @@ pub struct BatchLimits {
     /// Largest frame body (length prefix excluded, as in `Limits.max_frame_bytes`).
     pub max_frame_bytes: usize,
     pub max_age: Duration,
+    /// Seal records as columns (`FlowBatch.columns`), compressed at this zstd level when above
+    /// 0; None: as rows. Only a collector's `Welcome` turns it on (see [`BatchLimits::welcomed`]).
+    pub columns: Option<i32>,
 }
 
 impl BatchLimits {
@@ -52,6 +55,16 @@ impl BatchLimits {
             max_records: cap(self.max_records, collector.max_records_per_batch),
             max_frame_bytes: cap(self.max_frame_bytes, collector.max_frame_bytes),
             max_age: self.max_age,
+            columns: self.columns,
+        }
+    }
+
+    /// These limits, lowered to what `welcome` announced, with columns when the meter offered
+    /// them (`offered`, `batch.columns`) and the collector let it.
+    pub fn welcomed(self, welcome: &pb::Welcome, offered: bool) -> BatchLimits {
+        BatchLimits {
+            columns: (offered && welcome.columns).then_some(welcome.columns_zstd_level.clamp(0, 19)),
+            ..self.capped_by(&welcome.limits.unwrap_or_default())
         }
     }
 }
@@ -241,13 +254,24 @@ impl Sealer {
         };
         let loss = merge_loss(carried, self.loss.take());
         let created_unix_nanos = crate::unix_nanos_now();
-        let up = pb::DataUp {
-            msg: Some(pb::data_up::Msg::Batch(pb::FlowBatch {
+        let batch = match limits.columns {
+            Some(level) => pb::FlowBatch {
+                loss,
+                seq,
+                records: Vec::new(),
+                created_unix_nanos,
+                columns: ringflow_proto::columns::encode(&records, (level > 0).then_some(level)).into(),
+            },
+            None => pb::FlowBatch {
                 loss,
                 seq,
                 records,
                 created_unix_nanos,
-            })),
+                columns: Default::default(),
+            },
+        };
+        let up = pb::DataUp {
+            msg: Some(pb::data_up::Msg::Batch(batch)),
         };
         let frame = match frame::encode_to_bytes(&up, limits.max_frame_bytes) {
             Ok(f) => f,

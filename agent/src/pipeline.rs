@@ -153,6 +153,8 @@ impl Pipeline {
             max_records: config.batch.max_records,
             max_frame_bytes: config.batch.max_bytes,
             max_age: Duration::from_millis(config.batch.max_age_ms),
+            // Rows until a collector's Welcome says it reads columns.
+            columns: None,
         };
         let (limits_tx, limits_rx) = watch::channel(local_limits);
         let sources_stop = CancellationToken::new();
@@ -183,6 +185,7 @@ impl Pipeline {
             ack_observer,
             stop: StopClock::new(shutdown.clone(), Duration::from_millis(config.shutdown.grace_ms)),
             local_limits,
+            offer_columns: config.batch.columns,
             limits_tx,
             last_acked: AtomicU64::new(acked_through),
         });

@@ -231,6 +231,10 @@ impl Collector {
                 max_addresses: config.auth.max_tracked_addresses as usize,
             })),
             welcome_limits: welcome_limits(&config, max_frame_bytes),
+            columns_zstd_level: config
+                .limits
+                .columns
+                .then_some(config.limits.columns_zstd_level as i32),
             fleet_view: config.fleet.view(&collector_id),
             data_limits: data_limits(&config, max_frame_bytes),
             handshake_timeout: Duration::from_millis(config.limits.handshake_timeout_ms),

@@ -31,6 +31,7 @@ fn main() -> std::io::Result<()> {
     proto_messages(&mut out);
     frame_codec(&mut out);
     collector_ingest(&mut out);
+    columns(&mut out);
     netflow(&mut out);
     configs(&mut out);
     for (target, name, bytes) in &out.0 {
@@ -73,10 +74,22 @@ fn describe(target: &str, bytes: &[u8]) -> String {
             let verdict =
                 ringflow_collector::data::ingest::judge_frame(Bytes::copy_from_slice(&bytes[2..]), last, &limits);
             match verdict {
-                ringflow_collector::data::ingest::Verdict::Accept(b) => {
+                ringflow_collector::data::ingest::Verdict::Accept { batch: b, .. } => {
                     format!("accept {} records", b.records.len())
                 }
                 other => format!("{other:?}"),
+            }
+        }
+        "columns" => {
+            let limits = ringflow_collector::data::ingest::DataLimits {
+                max_frame_bytes: 1 << 16,
+                max_records_per_batch: [0, 1, 2, 3, 8, 100, 1_000, 10_000][usize::from(bytes[0] & 7)],
+                max_unacked_batches: 32,
+                max_field_bytes: 64,
+            };
+            match ringflow_proto::columns::check(&bytes[1..], &limits.columns()) {
+                Ok(n) => format!("checks: {n} records"),
+                Err(e) => format!("refused {:?}: {e}", e.reason),
             }
         }
         "netflow" => {
@@ -388,6 +401,20 @@ fn ingest_input(limits: u8, last_seq: u8, body: &[u8]) -> Vec<u8> {
     let mut v = vec![limits, last_seq];
     v.extend_from_slice(body);
     v
+}
+
+/// Blocks of the columnar form: the input is a limit byte (6: 1,000 records) and the block.
+fn columns(out: &mut Seeds) {
+    let t = "columns";
+    let records: Vec<pb::FlowRecord> = (0..6).map(|i| record(i, i % 2 == 1)).collect();
+    let input = |block: Vec<u8>| [vec![6u8], block].concat();
+    out.add(t, "plain", input(ringflow_proto::columns::encode(&records, None)));
+    out.add(t, "zstd", input(ringflow_proto::columns::encode(&records, Some(3))));
+    out.add(t, "empty", input(ringflow_proto::columns::encode(&[], None)));
+    out.add(t, "too_many_records", [vec![2u8], ringflow_proto::columns::encode(&records, None)].concat());
+    let mut bad_addr = record(1, false);
+    bad_addr.dst_addr = Bytes::from_static(&[1, 2, 3]);
+    out.add(t, "invalid_address", input(ringflow_proto::columns::encode(&[bad_addr], None)));
 }
 
 fn collector_ingest(out: &mut Seeds) {

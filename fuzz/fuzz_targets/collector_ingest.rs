@@ -43,7 +43,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let body = Bytes::copy_from_slice(body);
     let verdict = judge_frame(body.clone(), last_seq, &limits);
-    if let Verdict::Accept(batch) = &verdict {
+    if let Verdict::Accept { batch, .. } = &verdict {
         let header = pb::StoredBatch {
             seq: batch.seq,
             ..Default::default()
@@ -60,7 +60,7 @@ fuzz_target!(|data: &[u8]| {
                 assert!(seq > last_seq, "nack of seq {seq} after {last_seq}");
             }
             Verdict::Close(code, _) => assert_eq!(code, StreamCode::MalformedFrame),
-            Verdict::Accept(batch) => panic!("undecodable frame accepted as {batch:?}"),
+            Verdict::Accept { batch, .. } => panic!("undecodable frame accepted as {batch:?}"),
         },
         Ok(pb::DataUp { msg: None }) => {
             assert!(
@@ -73,7 +73,7 @@ fuzz_target!(|data: &[u8]| {
         }) => {
             let expected = expected_verdict(&batch, last_seq, &limits);
             match (&verdict, expected) {
-                (Verdict::Accept(got), None) => assert_eq!(got, &batch),
+                (Verdict::Accept { batch: got, .. }, None) => assert_eq!(got, &batch),
                 (Verdict::Nack { seq, reason, .. }, Some(Expected::Nack(want))) => {
                     assert_eq!((*seq, *reason), (batch.seq, want));
                 }

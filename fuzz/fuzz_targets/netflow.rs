@@ -119,7 +119,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let body = Bytes::from(prost::Message::encode_to_vec(&batch));
     match judge_frame(body, 0, &limits) {
-        Verdict::Accept(accepted) => assert_eq!(accepted.records.len(), n),
+        Verdict::Accept { batch: accepted, .. } => assert_eq!(accepted.records.len(), n),
         other => panic!("the collector refuses records the meter decoded: {other:?}"),
     }
 });

@@ -351,6 +351,7 @@ mod tests {
             ports in proptest::collection::vec((any::<u16>(), any::<u16>(), any::<u64>()), 0..40)
         ) {
             let batch = pb::FlowBatch {
+                columns: Default::default(),
                 loss: None,
                 seq,
                 created_unix_nanos: 7,
@@ -377,6 +378,7 @@ mod tests {
     #[test]
     fn encode_refuses_oversize_and_writes_nothing() {
         let batch = pb::FlowBatch {
+            columns: Default::default(),
             loss: None,
             seq: 1,
             records: vec![pb::FlowRecord::default(); 100],

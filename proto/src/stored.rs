@@ -141,6 +141,7 @@ mod tests {
 
     fn header() -> pb::StoredBatch {
         pb::StoredBatch {
+            columns: Default::default(),
             org_id: "acme".into(),
             meter_id: "web-01".into(),
             seq: 42,
@@ -163,6 +164,7 @@ mod tests {
     fn body_of(records: &[pb::FlowRecord]) -> Vec<u8> {
         pb::DataUp {
             msg: Some(pb::data_up::Msg::Batch(pb::FlowBatch {
+                columns: Default::default(),
                 loss: None,
                 seq: 42,
                 records: records.to_vec(),

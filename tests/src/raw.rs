@@ -76,6 +76,7 @@ impl RawSession {
         let (mut send, recv) = conn.open_bi().await?;
         let hello = pb::ControlFrame {
             msg: Some(pb::control_frame::Msg::Hello(pb::Hello {
+                columns: Default::default(),
                 protocol_version: PROTOCOL_VERSION,
                 meter_id: meter_id.into(),
                 org_id: org.into(),
@@ -123,6 +124,7 @@ pub fn batch_frames(seqs: std::ops::RangeInclusive<u64>, records: usize) -> Byte
     let mut wire = Vec::new();
     for seq in seqs {
         wire.extend_from_slice(&batch_frame(pb::FlowBatch {
+            columns: Default::default(),
             loss: None,
             seq,
             records: vec![pb::FlowRecord::default(); records],
@@ -161,6 +163,7 @@ pub fn batch_naming_another_org(org: &str, seq: u64) -> Bytes {
         ..Default::default()
     };
     let mut batch = pb::FlowBatch {
+        columns: Default::default(),
         loss: None,
         seq,
         records: vec![record],

@@ -88,6 +88,7 @@ async fn a_poison_batch_is_nacked_once_removed_and_logged_with_its_reason() -> a
         for (seq, records) in [(1, vec![good.clone(); 3]), (2, vec![poison]), (3, vec![good; 2])] {
             let n = records.len() as u32;
             let frame = batch_frame(pb::FlowBatch {
+                columns: Default::default(),
                 loss: None,
                 seq,
                 records,
@@ -282,6 +283,7 @@ async fn neither_binary_logs_a_token_or_a_payload() -> anyhow::Result<()> {
     };
     let (_s1, mut r1) = raw
         .send_raw(batch_frame(pb::FlowBatch {
+            columns: Default::default(),
             loss: None,
             seq: 1,
             records: vec![too_long],

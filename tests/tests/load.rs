@@ -270,6 +270,8 @@ async fn the_control_plane_stays_prompt_while_the_data_plane_is_saturated() -> a
         let mut config = bed.meter_config(&format!("m{i}"), &[addr]);
         config.sources.synthetic = synthetic(5_000, 0);
         config.batch.max_records = 5_000;
+        // Rows, 56 bytes a record: as columns (a few bytes each) the six would fit the link.
+        config.batch.columns = false;
         meters.push(start_meter(config).await?);
     }
     poll_until(Duration::from_secs(60), "the sink queue full", async || {

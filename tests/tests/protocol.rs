@@ -78,6 +78,7 @@ async fn bad_frames_close_only_their_stream_while_others_are_served() -> anyhow:
     let mut poison = record.clone();
     poison.dst_addr = Bytes::from_static(&[1, 2, 3]);
     let mut wire = batch_frame(pb::FlowBatch {
+        columns: Default::default(),
         loss: None,
         seq: 1,
         records: vec![poison],
@@ -85,6 +86,7 @@ async fn bad_frames_close_only_their_stream_while_others_are_served() -> anyhow:
     })
     .to_vec();
     wire.extend_from_slice(&batch_frame(pb::FlowBatch {
+        columns: Default::default(),
         loss: None,
         seq: 2,
         records: vec![record; 3],
@@ -162,6 +164,7 @@ async fn a_token_of_one_org_cannot_write_into_another() -> anyhow::Result<()> {
             anyhow::bail!("{org} was rejected with its own token");
         };
         let batch = pb::FlowBatch {
+            columns: Default::default(),
             loss: None,
             seq,
             records: vec![pb::FlowRecord::default()],

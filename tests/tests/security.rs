@@ -216,6 +216,7 @@ async fn hostile_clients_are_refused_while_a_good_meter_keeps_getting_acks() -> 
 
 fn batch(seq: u64) -> pb::FlowBatch {
     pb::FlowBatch {
+        columns: Default::default(),
         loss: None,
         seq,
         records: vec![pb::FlowRecord::default()],

@@ -13,6 +13,7 @@ fn rec(i: u32) -> pb::FlowRecord {
 
 fn limits(max_records: usize, max_frame_bytes: usize) -> BatchLimits {
     BatchLimits {
+        columns: Default::default(),
         max_records,
         max_frame_bytes,
         max_age: Duration::from_secs(1),
@@ -47,6 +48,7 @@ fn closes_before_the_frame_limit_and_the_frame_really_fits() {
     for records in closed {
         let up = pb::DataUp {
             msg: Some(pb::data_up::Msg::Batch(pb::FlowBatch {
+                columns: Default::default(),
                 // The largest loss a batch can carry.
                 loss: Some(pb::MeasurementLoss {
                     close_events_lost: u64::MAX,

@@ -15,6 +15,9 @@ pub struct BatchConfig {
     pub max_bytes: usize,
     /// Close a batch this long after its first record, however small.
     pub max_age_ms: u64,
+    /// Offer collectors the records of each batch as columns (smaller, cheaper to check); a
+    /// collector that does not read them gets rows.
+    pub columns: bool,
 }
 
 impl Default for BatchConfig {
@@ -26,6 +29,7 @@ impl Default for BatchConfig {
             max_bytes: 512 << 10,
             // A quiet host's records still leave within a second.
             max_age_ms: 1_000,
+            columns: true,
         }
     }
 }

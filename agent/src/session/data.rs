@@ -59,11 +59,14 @@ pub(super) async fn send_batches(
         if sending_done.load(Ordering::Relaxed) {
             return std::future::pending().await;
         }
-        if batch.frame.len() - frame::LENGTH_PREFIX_BYTES > allowed.max_frame_bytes
+        let body = &batch.frame[frame::LENGTH_PREFIX_BYTES..];
+        if body.len() > allowed.max_frame_bytes
             || batch.records as usize > allowed.max_records
+            || (allowed.columns.is_none() && ringflow_proto::columns::in_data_up(body))
         {
-            // Built under larger limits than this collector allows (before its Welcome): split it
-            // into batches that fit; they get new seqs and are spooled after the others.
+            // Built under larger limits than this collector allows, or as columns it does not
+            // read (for another collector): seal its records again as batches that fit, as this
+            // collector reads them; they get new seqs and are spooled after the others.
             reseal(ctx, batch, allowed).await?;
             continue;
         }
@@ -84,11 +87,9 @@ async fn reseal(
     allowed: &BatchLimits,
 ) -> Result<(), SessionError> {
     let seq = batch.seq;
-    let (records, loss) = match pb::DataUp::decode(batch.frame.slice(frame::LENGTH_PREFIX_BYTES..)) {
-        Ok(pb::DataUp {
-            msg: Some(pb::data_up::Msg::Batch(b)),
-        }) => (b.records, b.loss),
-        _ => {
+    let (records, loss) = match records_of(batch.frame.slice(frame::LENGTH_PREFIX_BYTES..)) {
+        Some(batch) => batch,
+        None => {
             // Cannot happen for a frame this meter encoded (the spool checks a CRC per entry);
             // counted rather than assumed.
             RecordsDropped {
@@ -115,6 +116,27 @@ async fn reseal(
             "cannot spool the parts of batch {seq}: {error}"
         ))),
     }
+}
+
+/// The records (rows, or columns decoded) and loss of the batch in a spooled frame body; None
+/// when it does not decode.
+fn records_of(body: bytes::Bytes) -> Option<(Vec<pb::FlowRecord>, Option<pb::MeasurementLoss>)> {
+    let Ok(pb::DataUp {
+        msg: Some(pb::data_up::Msg::Batch(b)),
+    }) = pb::DataUp::decode(body)
+    else {
+        return None;
+    };
+    if b.columns.is_empty() {
+        return Some((b.records, b.loss));
+    }
+    let records = ringflow_proto::columns::decode(
+        &b.columns,
+        ringflow_proto::columns::STORED_MAX_RECORDS,
+        ringflow_proto::columns::STORED_MAX_BODY_BYTES,
+    )
+    .ok()?;
+    Some((records, b.loss))
 }
 
 /// Applies acks and nacks. Returns `Ok` once sending is done and nothing is in flight.

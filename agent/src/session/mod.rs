@@ -232,6 +232,7 @@ pub async fn run(
         org_token: ctx.credentials.org_token.clone(),
         software_version: env!("CARGO_PKG_VERSION").to_owned(),
         last_acked_seq: ctx.last_acked.load(Ordering::Relaxed),
+        columns: ctx.offer_columns,
     }));
     // Whether the collector completed the handshake: a timeout before it means no answer at all.
     let handshaken = std::sync::atomic::AtomicBool::new(false);
@@ -295,7 +296,10 @@ pub async fn run(
         stalls,
     } = signals;
     let _ = welcome_tx.send(FleetView::of(&welcome.fleet));
-    ctx.limits_tx.send_replace(ctx.local_limits.capped_by(&limits));
+    // What this collector accepts: batches spooled under larger limits, or as columns it does
+    // not read, are sealed again to fit.
+    let allowed = ctx.local_limits.welcomed(&welcome, ctx.offer_columns);
+    ctx.limits_tx.send_replace(allowed);
     SessionStarted {
         collector_id: &welcome.collector_id,
         session_id: &welcome.session_id,
@@ -312,7 +316,7 @@ pub async fn run(
                 data_send,
                 data: FrameReader::new(data_recv, MAX_CONTROL_FRAME_BYTES),
             };
-            streams.run(ctx, &limits, leave, &stalls).await
+            streams.run(ctx, &limits, &allowed, leave, &stalls).await
         }
         Err(e) => SessionEnd::Failed(e.into()),
     };

@@ -21,6 +21,7 @@ use super::data::{receive_replies, send_batches};
 use super::liveness::{Liveness, Traffic, Verdict};
 use super::window::Window;
 use super::{DRAIN_ACK_WAIT, Leave, SessionContext, SessionEnd, SessionError};
+use crate::batcher::BatchLimits;
 
 pub(super) struct Streams<'a> {
     pub conn: &'a Connection,
@@ -35,6 +36,7 @@ impl Streams<'_> {
         mut self,
         ctx: &SessionContext,
         limits: &pb::Limits,
+        allowed: &BatchLimits,
         mut leave_at: watch::Receiver<Option<Leave>>,
         stalls: &watch::Sender<u32>,
     ) -> SessionEnd {
@@ -54,8 +56,6 @@ impl Streams<'_> {
         // Stop taking batches from the spool (after Drain, or when the spool is closed and read).
         let sending_done = AtomicBool::new(false);
         let heartbeat = Duration::from_millis(limits.heartbeat_interval_ms.into());
-        // What this collector accepts; batches spooled under larger limits are split to fit.
-        let allowed = ctx.local_limits.capped_by(limits);
 
         let result = {
             let sender = send_batches(
@@ -64,7 +64,7 @@ impl Streams<'_> {
                 &window,
                 &room,
                 &sending_done,
-                &allowed,
+                allowed,
                 &watch,
             );
             let receiver = receive_replies(&mut self.data, ctx, &window, &room, &sending_done, &liveness);

@@ -65,8 +65,8 @@ pub const FIELD_LIMITS: [(&str, usize); 6] = [
 /// What to do with one frame.
 #[derive(Debug, PartialEq)]
 pub enum Verdict {
-    /// A valid batch: store it.
-    Accept(pb::FlowBatch),
+    /// A valid batch (rows, or columns stored as they arrived) of `records` records: store it.
+    Accept { batch: pb::FlowBatch, records: u32 },
     /// A batch that can never be accepted: tell the meter to drop it.
     Nack {
         seq: u64,
@@ -125,6 +125,9 @@ pub fn judge_frame(body: Bytes, last_seq: u64, limits: &DataLimits) -> Verdict {
             format!("seq {} does not follow {} on this stream", batch.seq, last_seq),
         );
     }
+    if !batch.columns.is_empty() {
+        return judge_columns(batch, limits);
+    }
     if batch.records.len() > limits.max_records_per_batch {
         return Verdict::Nack {
             seq: batch.seq,
@@ -145,7 +148,46 @@ pub fn judge_frame(body: Bytes, last_seq: u64, limits: &DataLimits) -> Verdict {
             };
         }
     }
-    Verdict::Accept(batch)
+    let records = batch.records.len() as u32;
+    Verdict::Accept { batch, records }
+}
+/// Judges a batch of columns without decoding its records ([`ringflow_proto::columns::check`]):
+/// the same limits and `Nack` reasons as rows.
+fn judge_columns(batch: pb::FlowBatch, limits: &DataLimits) -> Verdict {
+    if !batch.records.is_empty() {
+        return Verdict::Nack {
+            seq: batch.seq,
+            reason: pb::NackReason::InvalidRecord,
+            message: "the batch carries both records and columns; a batch carries one form".into(),
+        };
+    }
+    match ringflow_proto::columns::check(&batch.columns, &limits.columns()) {
+        Ok(records) => Verdict::Accept {
+            batch,
+            records: records as u32,
+        },
+        Err(invalid) => Verdict::Nack {
+            seq: batch.seq,
+            reason: invalid.reason,
+            message: invalid.message,
+        },
+    }
+}
+
+impl DataLimits {
+    /// What a batch of columns is held to: these limits, and a body of at most twice the frame
+    /// limit once decompressed (columns take fewer bytes than the rows they stand for, which
+    /// fit a frame).
+    pub fn columns(&self) -> ringflow_proto::columns::Limits {
+        let mut text_limits: Vec<(&'static str, usize)> = FIELD_LIMITS.to_vec();
+        text_limits.push(("interface", self.max_field_bytes));
+        ringflow_proto::columns::Limits {
+            max_records: self.max_records_per_batch,
+            max_body_bytes: self.max_frame_bytes.saturating_mul(2),
+            text_limits,
+            max_text_bytes: self.max_field_bytes,
+        }
+    }
 }
 
 fn check_record(r: &pb::FlowRecord, limits: &DataLimits) -> Result<(), (pb::NackReason, String)> {
@@ -328,24 +370,10 @@ pub async fn serve_data_stream(
                 ctx.org_counters.received_bytes((body.len() + frame::LENGTH_PREFIX_BYTES) as u64);
                 ctx.metrics.ingest.frame_bytes.observe(body.len() as f64);
                 match judge_frame(body.clone(), last_seq, &limits) {
-                    Verdict::Accept(batch) => {
+                    Verdict::Accept { batch, records } => {
                         last_seq = batch.seq;
                         let seq = batch.seq;
-                        let records = batch.records.len() as u32;
-                        ctx.org_counters.batches.inc();
-                        ctx.org_counters.records.inc_by(u64::from(records));
-                        if let Some(loss) = &batch.loss {
-                            MeterLossReported { loss, meter_id: &ctx.session.meter_id, seq }
-                                .emit(&ctx.org_counters);
-                        }
-                        let payload = stored_batch(&ctx.session, batch, &body);
-                        let job = SinkBatch {
-                            org: Arc::clone(&ctx.session.org),
-                            meter_id: Arc::clone(&ctx.session.meter_id),
-                            seq,
-                            records,
-                            payload,
-                        };
+                        let job = sink_job(&ctx, batch, records, &body);
                         // Waits while the sink queue is full: we stop reading, QUIC pushes back.
                         // Shutdown must not wait behind a sink that cannot write: the batch is
                         // then dropped unacked, and the meter sends it again elsewhere.
@@ -433,6 +461,34 @@ fn encode_replies(
     out.freeze()
 }
 
+/// Counts an accepted batch and makes its sink job: the batch as stored, under the session's
+/// identity.
+fn sink_job(ctx: &StreamContext, batch: pb::FlowBatch, records: u32, body: &[u8]) -> SinkBatch {
+    let seq = batch.seq;
+    ctx.org_counters.batches.inc();
+    ctx.org_counters.records.inc_by(u64::from(records));
+    if let Some(loss) = &batch.loss {
+        MeterLossReported {
+            loss,
+            meter_id: &ctx.session.meter_id,
+            seq,
+        }
+        .emit(&ctx.org_counters);
+    }
+    let columns = !batch.columns.is_empty();
+    if columns {
+        ctx.metrics.ingest.columnar_batches_in.inc();
+    }
+    SinkBatch {
+        org: Arc::clone(&ctx.session.org),
+        meter_id: Arc::clone(&ctx.session.meter_id),
+        seq,
+        records,
+        payload: stored_batch(&ctx.session, batch, body),
+        columns,
+    }
+}
+
 /// Encodes the batch as stored: the meter's records under the session's authenticated identity.
 /// The records' bytes come from the frame where they are exactly what encoding them would write
 /// (`ringflow_proto::stored`).
@@ -446,7 +502,18 @@ fn stored_batch(session: &SessionIdentity, batch: pb::FlowBatch, frame_body: &[u
         session_id: session.session_id.clone(),
         records: Vec::new(),
         loss: batch.loss,
+        columns: Bytes::new(),
     };
+    if !batch.columns.is_empty() {
+        // Stored as it arrived: no record is decoded or encoded again.
+        return Bytes::from(
+            pb::StoredBatch {
+                columns: batch.columns,
+                ..header
+            }
+            .encode_to_vec(),
+        );
+    }
     Bytes::from(ringflow_proto::stored::encode_stored_batch(
         &header,
         &batch.records,

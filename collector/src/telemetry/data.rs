@@ -24,6 +24,9 @@ pub struct IngestMetrics {
     pub bytes_in: Family<OrgLabel, Counter>,
     /// `ingress_bytes`: data frame bytes received, all orgs. Written with `bytes_in`.
     pub ingress_bytes: Counter,
+    /// `columnar_batches_in`: batches accepted whose records came as columns, all orgs (the
+    /// rest of `batches_in` came as rows). Written by data streams.
+    pub columnar_batches_in: Counter,
     /// `frame_bytes`: size of each data frame received. Written by data streams.
     pub frame_bytes: Histogram,
     /// `max_frame_bytes`: the largest data frame accepted (`limits.max_frame_bytes`, lowered if
@@ -58,6 +61,12 @@ impl IngestMetrics {
                 r,
                 "ingress_bytes",
                 "Data frame bytes received, all orgs",
+                Counter::default(),
+            ),
+            columnar_batches_in: add(
+                r,
+                "columnar_batches_in",
+                "Batches accepted whose records came as columns (FlowBatch.columns), all orgs; the rest of batches_in came as rows",
                 Counter::default(),
             ),
             frame_bytes: add(

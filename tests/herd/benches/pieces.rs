@@ -32,7 +32,7 @@ fn codec(c: &mut Criterion) {
     });
     group.bench_function("judge_frame", |b| {
         b.iter(|| match judge_frame(black_box(body.clone()), 0, &limits) {
-            Verdict::Accept(batch) => batch,
+            Verdict::Accept { batch, .. } => batch,
             other => panic!("the judge refused a synthetic batch: {other:?}"),
         })
     });

@@ -8,6 +8,7 @@
 //! counters the sampler reads. Must never: touch a collector.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -131,15 +132,23 @@ impl Population {
             .map(|_| ringflow_meter::transport::client_endpoint(client.clone()))
             .collect::<Result<Vec<_>, _>>()?;
         // In its guard from the start: dropped on an error below, it must not block.
+        let raised = Arc::new(AtomicBool::new(false));
         let mut wave = FirstWave {
-            runtime: Some(
+            runtime: Some({
+                let raised = Arc::clone(&raised);
                 tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(1)
                     .thread_name("herd-first-wave")
+                    .on_thread_start(move || {
+                        if crate::placement::raise_this_thread() {
+                            raised.store(true, Ordering::Relaxed);
+                        }
+                    })
                     .enable_all()
-                    .build()?,
-            ),
+                    .build()?
+            }),
             endpoints: Vec::new(),
+            raised,
         };
         if let Some(rt) = &wave.runtime {
             let _on = rt.enter();
@@ -236,6 +245,14 @@ impl Population {
         Ok(())
     }
 
+    /// The nice value the first wave's thread runs at, if it could be raised.
+    pub fn first_wave_nice(&self) -> Option<i32> {
+        self.first_wave
+            .raised
+            .load(Ordering::Relaxed)
+            .then_some(crate::placement::FIRST_WAVE_NICE)
+    }
+
     fn started(&self, (index, meter): (usize, Meter)) -> MeterWatch {
         let metrics = meter.metrics();
         self.metrics.write().unwrap_or_else(|p| p.into_inner())[index] = Some(metrics.clone());
@@ -298,6 +315,8 @@ impl Population {
 struct FirstWave {
     runtime: Option<tokio::runtime::Runtime>,
     endpoints: Vec<quinn::Endpoint>,
+    /// Whether its thread runs at [`crate::placement::FIRST_WAVE_NICE`].
+    raised: Arc<AtomicBool>,
 }
 
 impl Drop for FirstWave {

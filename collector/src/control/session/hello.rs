@@ -310,13 +310,22 @@ pub(super) async fn refuse(
     ConnectionCode::Rejected.close(conn);
 }
 
-/// Sends `Welcome` for the session `session_id`. False when the connection is gone.
-pub(super) async fn welcome(shared: &Shared, ctl_send: &mut SendStream, session_id: &str) -> bool {
+/// Sends `Welcome` for the session `session_id`, letting the meter send columns when it can
+/// (`meter_columns`) and this collector allows them. False when the connection is gone.
+pub(super) async fn welcome(
+    shared: &Shared,
+    ctl_send: &mut SendStream,
+    session_id: &str,
+    meter_columns: bool,
+) -> bool {
+    let columns_zstd_level = shared.columns_zstd_level.filter(|_| meter_columns);
     let welcome = control(pb::control_frame::Msg::Welcome(pb::Welcome {
         session_id: session_id.to_owned(),
         collector_id: shared.collector_id.to_string(),
         limits: Some(shared.welcome_limits),
         fleet: shared.fleet_view_now(),
+        columns: columns_zstd_level.is_some(),
+        columns_zstd_level: columns_zstd_level.unwrap_or(0),
     }));
     ctl_send.write_chunk(welcome).await.is_ok()
 }

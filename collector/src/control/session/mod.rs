@@ -57,6 +57,9 @@ pub struct Shared {
     /// The limits every `Welcome` tells the meter (frame size lowered to what the sink can take,
     /// unacked window, batch hints, heartbeat interval), so meters and data streams agree.
     pub welcome_limits: pb::Limits,
+    /// Whether meters may send columns, and the zstd level they are asked for (0: none):
+    /// `limits.columns`, `limits.columns_zstd_level`. None: rows only.
+    pub columns_zstd_level: Option<i32>,
     /// The fleet view every `Welcome` carries, and every `Reject` that sends an authenticated
     /// meter elsewhere (overloaded, sink unavailable), so a meter learns the other collectors.
     /// Sent as [`Shared::fleet_view_now`] says (with the members not answering marked).
@@ -193,7 +196,8 @@ async fn run_session(conn: Connection, shared: &Arc<Shared>, tracked: &mut Track
         session_id: new_session_id(),
         collector_id: Arc::clone(&shared.collector_id),
     };
-    if !hello::welcome(shared, &mut opened.ctl_send, &identity.session_id).await {
+    let columns = opened.hello.columns;
+    if !hello::welcome(shared, &mut opened.ctl_send, &identity.session_id, columns).await {
         return;
     }
     hello::answered(shared, tracked.accepted, opened.read_at);

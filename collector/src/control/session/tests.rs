@@ -35,6 +35,7 @@ fn judge(
 
 fn hello() -> pb::Hello {
     pb::Hello {
+        columns: Default::default(),
         protocol_version: PROTOCOL_VERSION,
         meter_id: "host-1".into(),
         org_id: "acme".into(),

@@ -31,6 +31,7 @@ fn record() -> pb::FlowRecord {
 
 fn batch(seq: u64, records: Vec<pb::FlowRecord>) -> pb::FlowBatch {
     pb::FlowBatch {
+        columns: Default::default(),
         loss: None,
         seq,
         records,
@@ -41,7 +42,10 @@ fn batch(seq: u64, records: Vec<pb::FlowRecord>) -> pb::FlowBatch {
 #[test]
 fn valid_batches_are_accepted_in_seq_order() {
     let b = batch(5, vec![record(), record()]);
-    assert_eq!(judge_frame(frame_body(b.clone()), 4, &LIMITS), Verdict::Accept(b));
+    assert_eq!(
+        judge_frame(frame_body(b.clone()), 4, &LIMITS),
+        Verdict::Accept { batch: b, records: 2 }
+    );
     let v = judge_frame(frame_body(batch(4, vec![record()])), 4, &LIMITS);
     assert!(
         matches!(v, Verdict::Close(StreamCode::ProtocolViolation, _)),
@@ -114,7 +118,10 @@ fn each_host_field_is_accepted_at_its_limit_and_nacked_one_byte_over() {
         let at = batch(seq, vec![r.clone()]);
         assert_eq!(
             judge_frame(frame_body(at.clone()), 0, &LIMITS),
-            Verdict::Accept(at),
+            Verdict::Accept {
+                batch: at,
+                records: 1
+            },
             "{name} at {limit} bytes"
         );
         text_field(&mut r, name).push('x');

@@ -34,7 +34,11 @@ pub fn headers(batch: &SinkBatch, collector_id: &str) -> [(&'static str, String)
         (HEADER_RECORDS, batch.records.to_string()),
         (
             HEADER_SCHEMA,
-            ringflow_proto::STORED_BATCH_SCHEMA_VERSION.to_string(),
+            match batch.columns {
+                true => ringflow_proto::STORED_COLUMNS_SCHEMA_VERSION,
+                false => ringflow_proto::STORED_BATCH_SCHEMA_VERSION,
+            }
+            .to_string(),
         ),
         (HEADER_COLLECTOR, collector_id.to_owned()),
     ]

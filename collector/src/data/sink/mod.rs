@@ -43,6 +43,8 @@ pub struct SinkBatch {
     pub records: u32,
     /// Encoded `pb::StoredBatch`.
     pub payload: Bytes,
+    /// Whether the payload holds its records as columns (`StoredBatch.columns`).
+    pub columns: bool,
 }
 
 /// How a sink settled a job.

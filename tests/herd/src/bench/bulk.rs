@@ -52,6 +52,7 @@ pub fn synthetic_batch(seq: u64, now_nanos: u64) -> pb::FlowBatch {
     let first = (seq - 1) * RECORDS_PER_BATCH as u64;
     let addresses = FlowAddresses::new(FLOWS);
     pb::FlowBatch {
+        columns: Default::default(),
         loss: None,
         seq,
         records: (first..first + RECORDS_PER_BATCH as u64)

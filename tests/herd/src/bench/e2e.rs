@@ -203,6 +203,7 @@ pub fn jetstream_messages(
                 seq: batch.seq,
                 records: batch.records.len() as u32,
                 payload: stored_payload(meter_id, batch),
+                columns: false,
             };
             let headers = stream::headers(&batch, "bench-direct");
             Ok((batch, headers))
@@ -261,6 +262,7 @@ pub async fn jetstream_direct(
 /// A batch as the collector stores it.
 pub fn stored_payload(meter_id: &str, batch: pb::FlowBatch) -> bytes::Bytes {
     pb::StoredBatch {
+        columns: Default::default(),
         org_id: ringflow_tests::ORG.into(),
         meter_id: meter_id.into(),
         seq: batch.seq,

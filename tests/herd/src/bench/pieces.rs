@@ -88,7 +88,7 @@ pub fn codec(budget: Duration) -> anyhow::Result<CodecRates> {
     })?;
     let judge = rate(budget, RECORDS_PER_BATCH, || {
         match judge_frame(body.clone(), 0, &limits) {
-            Verdict::Accept(batch) => {
+            Verdict::Accept { batch, .. } => {
                 std::hint::black_box(batch);
                 Ok(())
             }
@@ -146,6 +146,7 @@ pub async fn file_sink(
             seq,
             records: RECORDS_PER_BATCH as u32,
             payload,
+            columns: false,
         };
         receipts.push_back(handle.submit(batch).await?);
     }

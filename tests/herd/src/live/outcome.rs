@@ -84,7 +84,10 @@ pub(super) fn judge(
             SinkKind::Kafka => "kafka",
         }
         .to_owned(),
-        placement: Some(options.placement.clone()),
+        placement: Some(crate::placement::Placement {
+            first_wave_nice: ended.population.first_wave_nice(),
+            ..options.placement.clone()
+        }),
         duration_s: options.duration.as_secs_f64(),
         records_sent: totals.iter().map(|t| t.0).sum(),
         records_acked: totals.iter().map(|t| t.1).sum(),

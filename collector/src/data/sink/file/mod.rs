@@ -291,6 +291,7 @@ mod tests {
                 seq,
                 records: 2,
                 payload: Bytes::from(vec![seq as u8; 50]),
+                columns: false,
             };
             receipts.push(handle.submit(batch).await.unwrap());
         }

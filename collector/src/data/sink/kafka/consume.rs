@@ -198,12 +198,19 @@ fn topic_batch(message: &BorrowedMessage<'_>) -> TopicBatch {
             .and_then(|h| h.value)
             .map(|v| String::from_utf8_lossy(v).into_owned())
     };
+    let known = [
+        ringflow_proto::STORED_BATCH_SCHEMA_VERSION,
+        ringflow_proto::STORED_COLUMNS_SCHEMA_VERSION,
+    ]
+    .map(|v| v.to_string());
     let batch = match header(HEADER_SCHEMA).as_deref() {
-        Some(v) if v != ringflow_proto::STORED_BATCH_SCHEMA_VERSION.to_string() => Err(format!(
-            "schema version {v}, this reader knows {}",
-            ringflow_proto::STORED_BATCH_SCHEMA_VERSION
+        Some(v) if !known.iter().any(|k| k == v) => Err(format!(
+            "schema version {v}, this reader knows {} and {}",
+            known[0], known[1]
         )),
-        _ => pb::StoredBatch::decode(message.payload().unwrap_or_default()).map_err(|e| e.to_string()),
+        _ => pb::StoredBatch::decode(message.payload().unwrap_or_default())
+            .map_err(|e| e.to_string())
+            .and_then(|b| ringflow_proto::columns::into_rows(b).map_err(|e| e.to_string())),
     };
     TopicBatch {
         topic: message.topic().to_owned(),

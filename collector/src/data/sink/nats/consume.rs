@@ -88,9 +88,11 @@ pub async fn read_stream(
         let headers = message.headers.as_ref();
         let header = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str().to_owned());
         let batch = match header(HEADER_SCHEMA).as_deref() {
-            Some("1") => pb::StoredBatch::decode(message.payload.clone()).map_err(|e| e.to_string()),
+            Some("1" | "2") => pb::StoredBatch::decode(message.payload.clone())
+                .map_err(|e| e.to_string())
+                .and_then(|b| ringflow_proto::columns::into_rows(b).map_err(|e| e.to_string())),
             other => Err(format!(
-                "not a ringflow batch of schema 1 (Ringflow-Schema header: {other:?})"
+                "not a ringflow batch of schema 1 or 2 (Ringflow-Schema header: {other:?})"
             )),
         };
         let streamed = StreamedBatch {

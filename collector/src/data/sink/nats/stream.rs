@@ -294,6 +294,7 @@ mod tests {
             seq: 42,
             records: 7,
             payload: bytes::Bytes::new(),
+            columns: false,
         };
         let h = headers(&batch, "c1");
         let get = |k: &str| h.get(k).map(|v| v.as_str().to_owned());
@@ -302,6 +303,13 @@ mod tests {
         assert_eq!(get(HEADER_SEQ).as_deref(), Some("42"));
         assert_eq!(get(HEADER_RECORDS).as_deref(), Some("7"));
         assert_eq!(get(HEADER_SCHEMA).as_deref(), Some("1"));
+        // A batch stored as columns says so: a reader of schema 1 alone would find no records.
+        let columns = SinkBatch {
+            columns: true,
+            ..batch
+        };
+        let h = headers(&columns, "c1");
+        assert_eq!(h.get(HEADER_SCHEMA).map(|v| v.as_str()), Some("2"));
         assert_eq!(subject("ringflow.flows", "acme"), "ringflow.flows.acme");
         assert_eq!(max_frame_for_payload(NATS_DEFAULT_MAX_PAYLOAD), (1 << 20) - 4096);
     }

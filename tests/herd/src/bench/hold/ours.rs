@@ -47,6 +47,7 @@ impl SmallBatch {
     /// Batch `seq`, framed as a data stream carries it.
     pub fn frame(&self, seq: u64) -> Bytes {
         batch_frame(pb::FlowBatch {
+            columns: Default::default(),
             loss: None,
             seq,
             records: self.records.as_ref().clone(),

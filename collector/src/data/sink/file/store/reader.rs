@@ -84,7 +84,10 @@ impl OrgReader {
                     EntryScan::Entry { body, size, .. } => {
                         let start = pos;
                         pos += size;
-                        match pb::StoredBatch::decode(data.slice_ref(body)) {
+                        let decoded = pb::StoredBatch::decode(data.slice_ref(body))
+                            .map_err(|e| e.to_string())
+                            .and_then(|b| ringflow_proto::columns::into_rows(b).map_err(|e| e.to_string()));
+                        match decoded {
                             Ok(batch) => {
                                 out.push(batch);
                                 progress.batches += 1;

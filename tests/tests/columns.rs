@@ -1,0 +1,140 @@
+//! Columnar batches end to end: a meter and a collector that both read columns use them, and
+//! either one that does not (an older meter or collector, or `columns = false`) gets rows, with
+//! every record stored exactly once in every mix.
+
+use std::time::Duration;
+
+use ringflow_collector::data::sink::file::store::read_all;
+use ringflow_meter::source::synthetic::bytes_from_src;
+use ringflow_tests::process::free_udp_addr;
+use ringflow_tests::{
+    RunningCollector, TestBed, poll_until, start_meter, summarize, synthetic, wait_for_meter,
+};
+
+/// Runs one meter (`batch.columns = meter_columns`) into one collector (`collector_extra` in
+/// its config) until `TOTAL` records are acked and the meter stops by itself; returns the
+/// collector's batches in, batches in as columns, and checks every record stored exactly once.
+async fn one_meter_into_one_collector(
+    meter_columns: bool,
+    collector_extra: &str,
+) -> anyhow::Result<(u64, u64)> {
+    const TOTAL: u64 = 20_000;
+    let bed = TestBed::new()?;
+    let collector = bed.start_collector("c1", collector_extra).await?;
+    let mut config = bed.meter_config("m1", &[collector.addr]);
+    config.batch.columns = meter_columns;
+    config.batch.max_records = 500;
+    config.sources.synthetic = synthetic(20_000, TOTAL);
+    let meter = start_meter(config).await?;
+    let metrics = meter.metrics();
+    tokio::time::timeout(Duration::from_secs(60), meter.join()).await??;
+    let batches = collector
+        .metrics
+        .ingest
+        .batches_in
+        .get_or_create(&ringflow_collector::telemetry::OrgLabel {
+            org: ringflow_tests::ORG.to_owned(),
+        })
+        .get();
+    let columnar = collector.metrics.ingest.columnar_batches_in.get();
+    collector.stop().await;
+
+    assert_eq!(metrics.delivery.records_acked.get(), TOTAL);
+    let s = summarize(&read_all(&bed.data_dir("c1"), None)?);
+    assert_eq!(s.records, TOTAL, "records stored");
+    assert_eq!(s.duplicate_batches, 0);
+    assert_eq!(
+        s.bytes_from_src,
+        (0..TOTAL).map(bytes_from_src).sum::<u64>(),
+        "record contents intact"
+    );
+    Ok((batches, columnar))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_meter_and_a_collector_that_read_columns_use_them() -> anyhow::Result<()> {
+    let (batches, columnar) = one_meter_into_one_collector(true, "").await?;
+    // Batches sealed before the first Welcome are rows; every one after it is columns.
+    assert!(
+        columnar > 0 && columnar + 2 >= batches,
+        "{columnar} of {batches} batches as columns"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_meter_that_does_not_offer_columns_sends_rows() -> anyhow::Result<()> {
+    let (batches, columnar) = one_meter_into_one_collector(false, "").await?;
+    assert!(batches > 0);
+    assert_eq!(
+        columnar, 0,
+        "an older meter's Hello has no columns: it sends rows"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_does_not_read_columns_gets_rows() -> anyhow::Result<()> {
+    let (batches, columnar) = one_meter_into_one_collector(true, "[limits]\ncolumns = false\n").await?;
+    assert!(batches > 0);
+    assert_eq!(columnar, 0, "a Welcome without columns: the meter sends rows");
+    Ok(())
+}
+
+/// The upgrade's awkward case: batches spooled as columns for one collector go to another that
+/// does not read them (an older one). They are sealed again as rows, and every record is stored
+/// exactly once across the two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn columns_spooled_for_one_collector_reach_one_without_them_as_rows() -> anyhow::Result<()> {
+    const TOTAL: u64 = 100_000;
+    let bed = TestBed::new()?;
+    let new = bed.start_collector("new", "").await?;
+    let old_addr = free_udp_addr()?;
+    let mut config = bed.meter_config("m1", &[new.addr, old_addr]);
+    config.batch.max_records = 500;
+    // The other address answers nothing until it starts: give up on it quickly.
+    config.reconnect.connect_timeout_ms = 1_000;
+    config.sources.synthetic = synthetic(10_000, TOTAL);
+    let meter = start_meter(config).await?;
+    let metrics = meter.metrics();
+    // Batches sealed before the first Welcome are rows; wait for columns. (The collector's
+    // counters have no change signal: polled.)
+    poll_until(
+        Duration::from_secs(60),
+        "the first collector taking columns",
+        async || new.metrics.ingest.columnar_batches_in.get() > 0,
+    )
+    .await?;
+    new.stop().await;
+    // No collector now: what the meter seals meanwhile is columns, as the last Welcome said.
+    let built = metrics.records.batches_built.get();
+    wait_for_meter(
+        &metrics,
+        Duration::from_secs(60),
+        "batches spooled with no collector",
+        |m| m.records.batches_built.get() >= built + 3,
+    )
+    .await?;
+    let mut old_config = bed.collector_config("old", "[limits]\ncolumns = false\n")?;
+    old_config.listen = old_addr;
+    let old = RunningCollector::start(old_config).await?;
+    tokio::time::timeout(Duration::from_secs(90), meter.join()).await??;
+    let columns_into_old = old.metrics.ingest.columnar_batches_in.get();
+    old.stop().await;
+
+    assert_eq!(
+        columns_into_old, 0,
+        "no columns reached the collector that does not read them"
+    );
+    assert!(
+        metrics.delivery.batches_resealed.get() > 0,
+        "the batches spooled as columns were sealed again as rows"
+    );
+    assert_eq!(metrics.delivery.records_acked.get(), TOTAL);
+    let mut stored = read_all(&bed.data_dir("new"), None)?;
+    stored.extend(read_all(&bed.data_dir("old"), None)?);
+    let s = summarize(&stored);
+    assert_eq!(s.records, TOTAL, "every record stored once across the two");
+    assert_eq!(s.bytes_from_src, (0..TOTAL).map(bytes_from_src).sum::<u64>());
+    Ok(())
+}
