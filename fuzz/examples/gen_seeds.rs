@@ -71,11 +71,14 @@ fn describe(target: &str, bytes: &[u8]) -> String {
             } else {
                 u64::MAX - u64::from(255 - bytes[1])
             };
-            let verdict =
-                ringflow_collector::data::ingest::judge_frame(Bytes::copy_from_slice(&bytes[2..]), last, &limits);
+            let verdict = ringflow_collector::data::ingest::judge_frame(
+                Bytes::copy_from_slice(&bytes[2..]),
+                last,
+                &limits,
+            );
             match verdict {
-                ringflow_collector::data::ingest::Verdict::Accept { batch: b, .. } => {
-                    format!("accept {} records", b.records.len())
+                ringflow_collector::data::ingest::Verdict::Accept { records, .. } => {
+                    format!("accept {records} records")
                 }
                 other => format!("{other:?}"),
             }
@@ -166,12 +169,22 @@ fn record(i: u32, v6: bool) -> pb::FlowRecord {
         rx_errors: 2,
         tx_drops: 3,
         rx_drops: 4,
+        pid: 4_242 + i,
+        process_name: "nginx".into(),
+        cgroup: "/system.slice/nginx.service".into(),
+        container_id: String::new(),
+        pod_uid: String::new(),
+        systemd_unit: "nginx.service".into(),
+        community_id: "1:LQU9qZlK+B5F3KDmev6m5PMibrg=".into(),
+        ip_bytes_from_src: f.bytes + 40 * f.packets,
+        ip_bytes_from_dst: f.bytes / 3 + 20 * f.packets,
     }
 }
 
 fn batch(seq: u64, records: Vec<pb::FlowRecord>) -> pb::DataUp {
     pb::DataUp {
         msg: Some(pb::data_up::Msg::Batch(pb::FlowBatch {
+            columns: Default::default(),
             seq,
             records,
             created_unix_nanos: NOW_NANOS,
@@ -196,6 +209,7 @@ fn control(msg: pb::control_frame::Msg) -> pb::ControlFrame {
 
 fn hello() -> pb::Hello {
     pb::Hello {
+        columns: true,
         protocol_version: ringflow_proto::PROTOCOL_VERSION,
         meter_id: "web-01".into(),
         org_id: "acme".into(),
@@ -218,6 +232,8 @@ fn limits() -> pb::Limits {
 
 fn welcome() -> pb::Welcome {
     pb::Welcome {
+        columns: true,
+        columns_zstd_level: 3,
         session_id: "0123456789abcdef".into(),
         collector_id: "collector-1".into(),
         limits: Some(limits()),
@@ -257,6 +273,7 @@ fn nack() -> pb::Nack {
 
 fn stored() -> pb::StoredBatch {
     pb::StoredBatch {
+        columns: Default::default(),
         org_id: "acme".into(),
         meter_id: "web-01".into(),
         seq: 42,
@@ -409,12 +426,24 @@ fn columns(out: &mut Seeds) {
     let records: Vec<pb::FlowRecord> = (0..6).map(|i| record(i, i % 2 == 1)).collect();
     let input = |block: Vec<u8>| [vec![6u8], block].concat();
     out.add(t, "plain", input(ringflow_proto::columns::encode(&records, None)));
-    out.add(t, "zstd", input(ringflow_proto::columns::encode(&records, Some(3))));
+    out.add(
+        t,
+        "zstd",
+        input(ringflow_proto::columns::encode(&records, Some(3))),
+    );
     out.add(t, "empty", input(ringflow_proto::columns::encode(&[], None)));
-    out.add(t, "too_many_records", [vec![2u8], ringflow_proto::columns::encode(&records, None)].concat());
+    out.add(
+        t,
+        "too_many_records",
+        [vec![2u8], ringflow_proto::columns::encode(&records, None)].concat(),
+    );
     let mut bad_addr = record(1, false);
     bad_addr.dst_addr = Bytes::from_static(&[1, 2, 3]);
-    out.add(t, "invalid_address", input(ringflow_proto::columns::encode(&[bad_addr], None)));
+    out.add(
+        t,
+        "invalid_address",
+        input(ringflow_proto::columns::encode(&[bad_addr], None)),
+    );
 }
 
 fn collector_ingest(out: &mut Seeds) {
@@ -422,6 +451,19 @@ fn collector_ingest(out: &mut Seeds) {
     const LIMITS: u8 = 0b101_110;
     let good = batch(5, (0..4).map(|i| record(i, i % 2 == 1)).collect()).encode_to_vec();
     out.add(t, "accept", ingest_input(LIMITS, 4, &good));
+    let columnar = pb::DataUp {
+        msg: Some(pb::data_up::Msg::Batch(pb::FlowBatch {
+            seq: 5,
+            columns: ringflow_proto::columns::encode(
+                &(0..4).map(|i| record(i, i % 2 == 1)).collect::<Vec<_>>(),
+                Some(3),
+            )
+            .into(),
+            ..Default::default()
+        })),
+    }
+    .encode_to_vec();
+    out.add(t, "accept_columns", ingest_input(LIMITS, 4, &columnar));
     out.add(t, "seq_repeated", ingest_input(LIMITS, 5, &good));
     out.add(t, "too_many_records", ingest_input(0b101_010, 0, &good));
     let mut long_name = record(1, false);

@@ -41,6 +41,8 @@ fuzz_target!(|data: &[u8]| {
         // Session ids are 16 hex digits; the limits are at their widest encoding.
         session_id: "0".repeat(16),
         fleet: config.fleet.view(&collector_id),
+        columns: true,
+        columns_zstd_level: i32::MIN,
         collector_id,
         limits: Some(pb::Limits {
             max_frame_bytes: u32::MAX,

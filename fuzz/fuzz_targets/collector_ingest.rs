@@ -20,7 +20,7 @@
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
-use ringflow_collector::data::ingest::{DataLimits, Verdict, judge_frame};
+use ringflow_collector::data::ingest::{DataLimits, FIELD_LIMITS as TEXT_LIMITS, Verdict, judge_frame};
 use ringflow_proto::codes::StreamCode;
 use ringflow_proto::pb;
 
@@ -43,14 +43,19 @@ fuzz_target!(|data: &[u8]| {
     };
     let body = Bytes::copy_from_slice(body);
     let verdict = judge_frame(body.clone(), last_seq, &limits);
-    if let Verdict::Accept { batch, .. } = &verdict {
+    if let Verdict::Accept { batch, .. } = &verdict
+        && batch.columns.is_empty()
+    {
         let header = pb::StoredBatch {
             seq: batch.seq,
             ..Default::default()
         };
         let stored = ringflow_proto::stored::encode_stored_batch(&header, &batch.records, &body);
         let back = pb::StoredBatch::decode(&stored[..]).expect("a stored batch decodes");
-        assert_eq!(back.records, batch.records, "stored records differ from the accepted ones");
+        assert_eq!(
+            back.records, batch.records,
+            "stored records differ from the accepted ones"
+        );
     }
 
     match pb::DataUp::decode(body) {
@@ -74,6 +79,7 @@ fuzz_target!(|data: &[u8]| {
             let expected = expected_verdict(&batch, last_seq, &limits);
             match (&verdict, expected) {
                 (Verdict::Accept { batch: got, .. }, None) => assert_eq!(got, &batch),
+                (Verdict::Nack { seq, .. }, Some(Expected::Refused)) => assert_eq!(*seq, batch.seq),
                 (Verdict::Nack { seq, reason, .. }, Some(Expected::Nack(want))) => {
                     assert_eq!((*seq, *reason), (batch.seq, want));
                 }
@@ -87,6 +93,8 @@ fuzz_target!(|data: &[u8]| {
 #[derive(Debug)]
 enum Expected {
     Nack(pb::NackReason),
+    /// Nacked, for whichever reason the first fault found gives.
+    Refused,
     Close(StreamCode),
 }
 
@@ -94,6 +102,21 @@ enum Expected {
 fn expected_verdict(batch: &pb::FlowBatch, last_seq: u64, limits: &DataLimits) -> Option<Expected> {
     if batch.seq <= last_seq {
         return Some(Expected::Close(StreamCode::ProtocolViolation));
+    }
+    if !batch.columns.is_empty() {
+        // Columns: one form per batch; then the records they decode to, held to the rules below
+        // (a block that does not decode is refused; the reason is the columns target's concern).
+        if !batch.records.is_empty() {
+            return Some(Expected::Nack(pb::NackReason::InvalidRecord));
+        }
+        let max_body = limits.max_frame_bytes.saturating_mul(2);
+        return match ringflow_proto::columns::decode(&batch.columns, limits.max_records_per_batch, max_body) {
+            Err(_) => Some(Expected::Refused),
+            Ok(records) => records
+                .iter()
+                .find_map(|r| record_problem(r, limits.max_field_bytes))
+                .map(|_| Expected::Refused),
+        };
     }
     if batch.records.len() > limits.max_records_per_batch {
         return Some(Expected::Nack(pb::NackReason::TooManyRecords));
@@ -114,9 +137,21 @@ fn record_problem(r: &pb::FlowRecord, max_field_bytes: usize) -> Option<pb::Nack
         && u16::try_from(r.dst_port).is_ok()
         && u8::try_from(r.ip_protocol).is_ok()
         && (r.end_unix_nanos == 0 || r.start_unix_nanos <= r.end_unix_nanos);
+    let texts = [
+        &r.process_name,
+        &r.cgroup,
+        &r.container_id,
+        &r.pod_uid,
+        &r.systemd_unit,
+        &r.community_id,
+    ];
+    let text_too_long = TEXT_LIMITS
+        .iter()
+        .zip(texts)
+        .any(|((_, limit), text)| text.len() > *limit);
     if !valid {
         Some(pb::NackReason::InvalidRecord)
-    } else if r.interface.len() > max_field_bytes {
+    } else if r.interface.len() > max_field_bytes || text_too_long {
         Some(pb::NackReason::FieldTooLong)
     } else {
         None

@@ -12,9 +12,9 @@ use libfuzzer_sys::fuzz_target;
 use ringflow_meter::config::Config;
 use ringflow_meter::selector::SelectorConfig;
 use ringflow_meter::selector::backoff::JitterParams;
+use ringflow_meter::source::netflow::decode::Decoder;
 use ringflow_meter::spool::SpoolLimits;
 use ringflow_meter::spool::handle::SpoolRun;
-use ringflow_meter::source::netflow::decode::Decoder;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

@@ -23,9 +23,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
+use ringflow_collector::data::ingest::{DataLimits, Verdict, judge_frame};
 use ringflow_meter::config::NetflowConfig;
 use ringflow_meter::source::netflow::decode::Decoder;
-use ringflow_collector::data::ingest::{DataLimits, Verdict, judge_frame};
 use ringflow_proto::pb;
 
 /// Receive time handed to the decoder (2026-11-22T00:00:00Z).
@@ -109,6 +109,7 @@ fuzz_target!(|data: &[u8]| {
             records,
             created_unix_nanos: NOW_NANOS,
             loss: None,
+            columns: Default::default(),
         })),
     };
     let limits = DataLimits {

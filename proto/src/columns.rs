@@ -552,6 +552,19 @@ pub fn decode(
                     }
                     set(r, k, 0, entry);
                 }
+                Kind::U32 { .. } if v > u64::from(u32::MAX) => {
+                    return Err(undecodable(format!(
+                        "record {i}: {} {v} does not fit 32 bits",
+                        column.name
+                    )));
+                }
+                Kind::Enum if i32::try_from(unzigzag(v)).is_err() => {
+                    return Err(undecodable(format!(
+                        "record {i}: {} {} does not fit an enum",
+                        column.name,
+                        unzigzag(v)
+                    )));
+                }
                 _ => set(r, k, v, &[]),
             }
         }
