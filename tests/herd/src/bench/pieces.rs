@@ -31,6 +31,13 @@ pub struct CodecRates {
     pub judge_records_per_sec: f64,
     /// Frame bytes per record in a 1,000-record batch of synthetic records.
     pub wire_bytes_per_record: f64,
+    /// The same batch as columns (`FlowBatch.columns`) compressed at the collector's default
+    /// zstd level: as the meter seals it, as the collector judges it, and its frame bytes per
+    /// record; and the frame bytes per record of the columns uncompressed.
+    pub columns_encode_records_per_sec: f64,
+    pub columns_judge_records_per_sec: f64,
+    pub columns_wire_bytes_per_record: f64,
+    pub columns_plain_wire_bytes_per_record: f64,
 }
 
 /// The collector's default data limits (what a data stream judges frames against).
@@ -95,12 +102,58 @@ pub fn codec(budget: Duration) -> anyhow::Result<CodecRates> {
             other => anyhow::bail!("the judge refused a synthetic batch: {other:?}"),
         }
     })?;
+    let columns = columns_codec(budget, &message, &limits)?;
     Ok(CodecRates {
         encode_records_per_sec: encode,
         decode_records_per_sec: decode,
         judge_records_per_sec: judge,
         wire_bytes_per_record: framed.len() as f64 / RECORDS_PER_BATCH as f64,
+        columns_encode_records_per_sec: columns.0,
+        columns_judge_records_per_sec: columns.1,
+        columns_wire_bytes_per_record: columns.2,
+        columns_plain_wire_bytes_per_record: columns.3,
     })
+}
+
+/// [`codec`]'s batch as columns at the collector's default zstd level: records per second
+/// sealed (columns encoded, frame written) and judged, frame bytes per record compressed and not.
+fn columns_codec(
+    budget: Duration,
+    rows: &pb::DataUp,
+    limits: &DataLimits,
+) -> anyhow::Result<(f64, f64, f64, f64)> {
+    let Some(pb::data_up::Msg::Batch(batch)) = &rows.msg else {
+        anyhow::bail!("the synthetic message holds no batch");
+    };
+    let level = ringflow_collector::config::LimitsConfig::default().columns_zstd_level as i32;
+    let as_columns = |level: Option<i32>| pb::DataUp {
+        msg: Some(pb::data_up::Msg::Batch(pb::FlowBatch {
+            records: Vec::new(),
+            columns: ringflow_proto::columns::encode(&batch.records, level).into(),
+            ..batch.clone()
+        })),
+    };
+    let encode = rate(budget, RECORDS_PER_BATCH, || {
+        std::hint::black_box(frame::encode_to_bytes(
+            &as_columns(Some(level)),
+            limits.max_frame_bytes,
+        )?);
+        Ok(())
+    })?;
+    let framed = frame::encode_to_bytes(&as_columns(Some(level)), limits.max_frame_bytes)?;
+    let plain = frame::encode_to_bytes(&as_columns(None), limits.max_frame_bytes)?;
+    let body = framed.slice(4..);
+    let judge = rate(budget, RECORDS_PER_BATCH, || {
+        match judge_frame(body.clone(), 0, limits) {
+            Verdict::Accept { batch, records } if records as usize == RECORDS_PER_BATCH => {
+                std::hint::black_box(batch);
+                Ok(())
+            }
+            other => anyhow::bail!("the judge refused synthetic columns: {other:?}"),
+        }
+    })?;
+    let per_record = |b: &Bytes| b.len() as f64 / RECORDS_PER_BATCH as f64;
+    Ok((encode, judge, per_record(&framed), per_record(&plain)))
 }
 
 /// `records` synthetic records (1,000-record batches, as stored) through the collector's sink
