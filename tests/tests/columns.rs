@@ -138,3 +138,83 @@ async fn columns_spooled_for_one_collector_reach_one_without_them_as_rows() -> a
     assert_eq!(s.bytes_from_src, (0..TOTAL).map(bytes_from_src).sum::<u64>());
     Ok(())
 }
+
+/// A record as `docs/read_columns.py` prints it: every column, addresses in hex.
+fn as_json(r: &ringflow_proto::pb::FlowRecord) -> serde_json::Value {
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    serde_json::json!({
+        "start_unix_nanos": r.start_unix_nanos, "end_unix_nanos": r.end_unix_nanos,
+        "src_addr": hex(&r.src_addr), "dst_addr": hex(&r.dst_addr),
+        "src_port": r.src_port, "dst_port": r.dst_port, "ip_protocol": r.ip_protocol,
+        "bytes_from_src": r.bytes_from_src, "packets_from_src": r.packets_from_src,
+        "bytes_from_dst": r.bytes_from_dst, "packets_from_dst": r.packets_from_dst,
+        "source": r.source, "rtt_micros": r.rtt_micros, "interface": r.interface,
+        "exporter_addr": hex(&r.exporter_addr), "sampling_rate": r.sampling_rate,
+        "server": r.server, "tx_errors": r.tx_errors, "rx_errors": r.rx_errors,
+        "tx_drops": r.tx_drops, "rx_drops": r.rx_drops, "pid": r.pid,
+        "process_name": r.process_name, "cgroup": r.cgroup, "container_id": r.container_id,
+        "pod_uid": r.pod_uid, "systemd_unit": r.systemd_unit, "community_id": r.community_id,
+        "ip_bytes_from_src": r.ip_bytes_from_src, "ip_bytes_from_dst": r.ip_bytes_from_dst,
+    })
+}
+
+/// The stored form is what docs/sinks.md says: a reader of a few dozen lines of Python
+/// (`docs/read_columns.py`, standard library only) reads a block the collector stores to the
+/// same records.
+#[test]
+fn a_python_reader_reads_the_stored_columns() -> anyhow::Result<()> {
+    use ringflow_proto::pb;
+    let records: Vec<pb::FlowRecord> = (0..50u32)
+        .map(|i| pb::FlowRecord {
+            start_unix_nanos: 1_795_305_600_000_000_000 + u64::from(i) * 7_000_000,
+            end_unix_nanos: if i % 5 == 0 {
+                0
+            } else {
+                1_795_305_601_000_000_000 + u64::from(i)
+            },
+            src_addr: bytes::Bytes::from_static(&[10, 0, 0, 5]),
+            dst_addr: if i % 3 == 0 {
+                bytes::Bytes::copy_from_slice(&[0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, i as u8])
+            } else {
+                bytes::Bytes::copy_from_slice(&[93, 184, 216, i as u8])
+            },
+            src_port: 40_000 + i,
+            dst_port: 443,
+            ip_protocol: if i % 4 == 0 { 17 } else { 6 },
+            bytes_from_src: u64::from(i) * 1_000 + 7,
+            packets_from_src: u64::from(i) + 1,
+            bytes_from_dst: u64::MAX - u64::from(i),
+            source: pb::SourceKind::SocketBpf as i32,
+            server: if i % 2 == 0 {
+                -1
+            } else {
+                pb::ServerSide::Dst as i32
+            },
+            pid: 1_000 + i % 7,
+            process_name: ["nginx", "curl", "sshd"][(i % 3) as usize].into(),
+            cgroup: "/system.slice/nginx.service".into(),
+            community_id: format!("1:{i}é"),
+            ..Default::default()
+        })
+        .collect();
+    let dir = tempfile::tempdir()?;
+    let block = dir.path().join("block");
+    std::fs::write(&block, ringflow_proto::columns::encode(&records, None))?;
+    let reader = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/read_columns.py");
+    let out = std::process::Command::new("python3")
+        .arg(&reader)
+        .arg(&block)
+        .output()
+        .map_err(|e| anyhow::anyhow!("cannot run python3 (install python3 to run this test): {e}"))?;
+    anyhow::ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let read: Vec<serde_json::Value> = String::from_utf8(out.stdout)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let expected: Vec<serde_json::Value> = records.iter().map(as_json).collect();
+    assert_eq!(read.len(), expected.len());
+    for (i, (got, want)) in read.iter().zip(&expected).enumerate() {
+        assert_eq!(got, want, "record {i}");
+    }
+    Ok(())
+}
