@@ -196,10 +196,32 @@ fn set(r: &mut pb::FlowRecord, k: usize, num: u64, bytes: &[u8]) {
     }
 }
 
+/// FNV-1a: the dictionary's keys are a few bytes each (addresses, short names), where SipHash's
+/// set-up costs more than the hashing.
+#[derive(Default)]
+struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for &b in bytes {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
 /// The dictionary being built: each distinct value once, in first-seen order.
 #[derive(Default)]
 struct Dictionary<'a> {
-    index: std::collections::HashMap<&'a [u8], u64>,
+    index: std::collections::HashMap<&'a [u8], u64, std::hash::BuildHasherDefault<Fnv>>,
     entries: Vec<&'a [u8]>,
 }
 
@@ -231,14 +253,10 @@ pub fn encode(records: &[pb::FlowRecord], zstd_level: Option<i32>) -> Vec<u8> {
 }
 
 fn encode_body(records: &[pb::FlowRecord]) -> Vec<u8> {
-    let mut present = 0u64;
-    for r in records {
-        for k in 0..COLUMNS.len() {
-            if present & (1 << k) == 0 && !is_default(&value(r, k)) {
-                present |= 1 << k;
-            }
-        }
-    }
+    // Column by column: a present column is usually found at its first record.
+    let present = (0..COLUMNS.len())
+        .filter(|&k| records.iter().any(|r| !is_default(&value(r, k))))
+        .fold(0u64, |bits, k| bits | 1 << k);
     let mut dict = Dictionary::default();
     let mut columns = Vec::with_capacity(records.len() * 8);
     for (k, column) in COLUMNS.iter().enumerate() {
@@ -246,6 +264,9 @@ fn encode_body(records: &[pb::FlowRecord]) -> Vec<u8> {
             continue;
         }
         let mut previous = 0u64;
+        // A column's value often repeats the record before's (the host's own address, its
+        // interface): its index then needs no lookup.
+        let mut last: Option<(&[u8], u64)> = None;
         for r in records {
             let v = match (column.kind, value(r, k)) {
                 (Kind::Start, Value::Num(start)) => {
@@ -255,9 +276,16 @@ fn encode_body(records: &[pb::FlowRecord]) -> Vec<u8> {
                 }
                 (Kind::End, Value::Num(end)) => zigzag(end.wrapping_sub(r.start_unix_nanos) as i64),
                 (_, Value::Num(n)) => n,
-                (_, Value::Bytes(b)) => dict.of(b),
+                (_, Value::Bytes(b)) => match last {
+                    Some((same, i)) if same == b => i,
+                    _ => {
+                        let i = dict.of(b);
+                        last = Some((b, i));
+                        i
+                    }
+                },
             };
-            encode_varint(v, &mut columns);
+            put_varint(v, &mut columns);
         }
     }
     let mut body = Vec::with_capacity(columns.len() + 16 * dict.entries.len() + 16);
@@ -270,6 +298,17 @@ fn encode_body(records: &[pb::FlowRecord]) -> Vec<u8> {
     }
     body.extend_from_slice(&columns);
     body
+}
+
+/// Appends `v` as a varint (as `prost::encoding::encode_varint`, without its per-byte capacity
+/// checks: the room for a whole varint is reserved once).
+fn put_varint(mut v: u64, out: &mut Vec<u8>) {
+    out.reserve(10);
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
 }
 
 fn is_default(v: &Value<'_>) -> bool {

@@ -43,7 +43,7 @@ pub struct LimitsConfig {
     /// Default true; false: every meter sends rows.
     pub columns: bool,
     /// The zstd level meters are asked to compress columns at (0: not compressed, up to 19).
-    /// Default 3.
+    /// Default 1.
     pub columns_zstd_level: u32,
 }
 
@@ -69,8 +69,10 @@ impl Default for LimitsConfig {
             // One maximum frame (1 MiB) and a quarter more, so a full frame always fits.
             stream_receive_window: 1_310_720,
             columns: true,
-            // zstd's own default: most of the gain, at a small cost to the meter.
-            columns_zstd_level: 3,
+            // Level 1: flow records compress as well as at zstd's default 3 (4.5 bytes a record
+            // either way) at less of the meter's CPU (71 against 79 ns a record, columns
+            // included; rows take 72).
+            columns_zstd_level: 1,
         }
     }
 }

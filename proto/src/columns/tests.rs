@@ -132,6 +132,9 @@ proptest! {
     }
 }
 
+/// A change that spoils a record, the reason it is nacked for, and the message.
+type Case = (fn(&mut pb::FlowRecord), pb::NackReason, &'static str);
+
 /// Each fault a row batch is nacked for is found in a block too, with the same reason.
 #[test]
 fn a_block_is_judged_with_the_row_batchs_reasons() {
@@ -149,7 +152,7 @@ fn a_block_is_judged_with_the_row_batchs_reasons() {
         check(&encode(&[good.clone(), bad], Some(1)), &limits()).map_err(|e| (e.reason, e.message))
     };
     assert_eq!(judged(|_| {}), Ok(2));
-    let cases: [(fn(&mut pb::FlowRecord), pb::NackReason, &str); 7] = [
+    let cases: [Case; 7] = [
         (
             |r| r.src_addr = Bytes::from_static(&[1, 2, 3]),
             pb::NackReason::InvalidRecord,

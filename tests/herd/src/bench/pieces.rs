@@ -126,11 +126,14 @@ fn columns_codec(
         anyhow::bail!("the synthetic message holds no batch");
     };
     let level = ringflow_collector::config::LimitsConfig::default().columns_zstd_level as i32;
+    // As the meter seals a batch: the records as columns, in a frame (none copied).
     let as_columns = |level: Option<i32>| pb::DataUp {
         msg: Some(pb::data_up::Msg::Batch(pb::FlowBatch {
+            seq: batch.seq,
             records: Vec::new(),
+            created_unix_nanos: batch.created_unix_nanos,
+            loss: batch.loss,
             columns: ringflow_proto::columns::encode(&batch.records, level).into(),
-            ..batch.clone()
         })),
     };
     let encode = rate(budget, RECORDS_PER_BATCH, || {
