@@ -334,19 +334,6 @@ fn undecodable(message: impl Into<String>) -> Invalid {
     }
 }
 
-/// What [`check`] holds a block to: the collector's limits for a row batch.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Most records in a batch (`TooManyRecords` above it).
-    pub max_records: usize,
-    /// Most bytes the body may take once decompressed (`Undecodable` above it).
-    pub max_body_bytes: usize,
-    /// Longest value of each text column, by field name; a text column not named here may be
-    /// as long as `max_text_bytes` (`FieldTooLong` above it).
-    pub text_limits: Vec<(&'static str, usize)>,
-    pub max_text_bytes: usize,
-}
-
 /// The body of `block`, decompressed when it is compressed (at most `max_body_bytes`).
 pub fn body(block: &[u8], max_body_bytes: usize) -> Result<std::borrow::Cow<'_, [u8]>, Invalid> {
     match block {
@@ -432,124 +419,6 @@ fn parts<'a>(body: &'a [u8], max_records: usize) -> Result<Parts<'a>, Invalid> {
     })
 }
 
-/// Judges `block` as the collector judges a row batch, without building a record: the body
-/// decompresses within the limit; the counts, lengths and dictionary indices hold; every
-/// address has 0, 4 or 16 bytes; ports, protocols and `uint32` fields are in range; no flow
-/// ends before it starts; every text is UTF-8 within its field's limit; nothing is left over.
-/// Returns the number of records.
-pub fn check(block: &[u8], limits: &Limits) -> Result<usize, Invalid> {
-    let body = body(block, limits.max_body_bytes)?;
-    let p = parts(&body, limits.max_records)?;
-    // What each dictionary entry is fit for, found once per entry: an address, and UTF-8.
-    let addr_ok: Vec<bool> = p
-        .dictionary
-        .iter()
-        .map(|e| matches!(e.len(), 0 | 4 | 16))
-        .collect();
-    let mut utf8: Vec<Option<bool>> = vec![None; p.dictionary.len()];
-    let mut buf = p.columns;
-    let mut starts: Vec<u64> = Vec::new();
-    for (k, column) in COLUMNS.iter().enumerate() {
-        if p.present & (1 << k) == 0 {
-            if column.kind == Kind::Start {
-                starts = vec![0; p.records];
-            }
-            continue;
-        }
-        let text_limit = limits
-            .text_limits
-            .iter()
-            .find(|(name, _)| *name == column.name)
-            .map_or(limits.max_text_bytes, |&(_, limit)| limit);
-        let mut previous = 0u64;
-        for i in 0..p.records {
-            let v = varint(&mut buf, column.name)?;
-            let invalid = |reason, message: String| Invalid {
-                reason,
-                message: format!("record {i}: {message}"),
-            };
-            match column.kind {
-                Kind::Start => {
-                    previous = previous.wrapping_add(unzigzag(v) as u64);
-                    starts.push(previous);
-                }
-                Kind::End => {
-                    let start = starts[i];
-                    let end = start.wrapping_add(unzigzag(v) as u64);
-                    if end != 0 && end < start {
-                        return Err(invalid(
-                            pb::NackReason::InvalidRecord,
-                            "flow ends before it starts".into(),
-                        ));
-                    }
-                }
-                Kind::Addr | Kind::Text => {
-                    let Some(entry) = p.dictionary.get(v as usize) else {
-                        return Err(invalid(
-                            pb::NackReason::Undecodable,
-                            format!(
-                                "{} names dictionary entry {v} of {}",
-                                column.name,
-                                p.dictionary.len()
-                            ),
-                        ));
-                    };
-                    let e = v as usize;
-                    if column.kind == Kind::Addr && !addr_ok[e] {
-                        return Err(invalid(
-                            pb::NackReason::InvalidRecord,
-                            format!(
-                                "{} has {} bytes; an address has 4 or 16",
-                                column.name,
-                                entry.len()
-                            ),
-                        ));
-                    }
-                    if column.kind == Kind::Text {
-                        if entry.len() > text_limit {
-                            return Err(invalid(
-                                pb::NackReason::FieldTooLong,
-                                format!(
-                                    "{} of {} bytes, the limit is {text_limit}",
-                                    column.name,
-                                    entry.len()
-                                ),
-                            ));
-                        }
-                        if !*utf8[e].get_or_insert_with(|| std::str::from_utf8(entry).is_ok()) {
-                            return Err(invalid(
-                                pb::NackReason::Undecodable,
-                                format!("{} is not UTF-8", column.name),
-                            ));
-                        }
-                    }
-                }
-                Kind::Enum => {
-                    if i32::try_from(unzigzag(v)).is_err() {
-                        return Err(invalid(
-                            pb::NackReason::Undecodable,
-                            format!("{} {} does not fit an enum", column.name, unzigzag(v)),
-                        ));
-                    }
-                }
-                Kind::U32 { max } => {
-                    if v > u64::from(max) {
-                        return Err(invalid(
-                            pb::NackReason::InvalidRecord,
-                            format!("{} {v} above {max}", column.name),
-                        ));
-                    }
-                }
-                Kind::U64 => {}
-            }
-        }
-    }
-    if !buf.is_empty() {
-        return Err(undecodable(format!("{} bytes after the last column", buf.len())));
-    }
-    Ok(p.records)
-}
-
 /// The records of `block`, at most `max_records` of them and a body of at most
 /// `max_body_bytes` (a reader's view: [`check`] it first where it came from a peer; a block that
 /// does not decode is an error, never a panic).
@@ -614,35 +483,17 @@ pub fn decode(
     Ok(records)
 }
 
-/// `DataUp.batch` and `FlowBatch.columns`.
-const DATA_UP_BATCH_TAG: u32 = 1;
+/// `FlowBatch.columns`.
 const BATCH_COLUMNS_TAG: u32 = 5;
 
 /// Whether the `DataUp` frame body `body` carries its batch's records as columns (a non-empty
 /// `FlowBatch.columns`), found by walking the fields without decoding the records. False for
 /// anything that does not parse (the decoder says why, where it matters).
 pub fn in_data_up(body: &[u8]) -> bool {
-    fields_of(body, DATA_UP_BATCH_TAG)
-        .is_some_and(|batch| fields_of(batch, BATCH_COLUMNS_TAG).is_some_and(|c| !c.is_empty()))
-}
-
-/// The value of the last length-delimited field `tag` in the message `buf` (as a decoder keeps
-/// the last), skipping every other field; None if absent or malformed.
-fn fields_of(mut buf: &[u8], tag: u32) -> Option<&[u8]> {
-    use prost::encoding::{DecodeContext, WireType, decode_key, skip_field};
-    let mut found = None;
-    while !buf.is_empty() {
-        let (field, wire) = decode_key(&mut buf).ok()?;
-        if field == tag && wire == WireType::LengthDelimited {
-            let len = usize::try_from(decode_varint(&mut buf).ok()?).ok()?;
-            let (value, rest) = (buf.get(..len)?, buf.get(len..)?);
-            found = Some(value);
-            buf = rest;
-        } else {
-            skip_field(wire, field, &mut buf, DecodeContext::default()).ok()?;
-        }
-    }
-    found
+    use crate::stored::{DATA_UP_BATCH_TAG, last_field};
+    last_field(body, DATA_UP_BATCH_TAG)
+        .and_then(|batch| last_field(batch, BATCH_COLUMNS_TAG))
+        .is_some_and(|columns| !columns.is_empty())
 }
 
 /// Most records a stored block may hold for a reader (a collector accepts far fewer per batch).
@@ -659,6 +510,10 @@ pub fn into_rows(mut batch: pb::StoredBatch) -> Result<pb::StoredBatch, Invalid>
     }
     Ok(batch)
 }
+
+mod check;
+
+pub use check::{Limits, check};
 
 #[cfg(test)]
 mod tests;

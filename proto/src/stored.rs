@@ -24,7 +24,7 @@ const STORED_RECORDS_TAG: u32 = 7;
 /// `StoredBatch.loss`, written after the records (as prost orders fields by tag).
 const STORED_LOSS_TAG: u32 = 8;
 /// `DataUp.batch`.
-const DATA_UP_BATCH_TAG: u32 = 1;
+pub(crate) const DATA_UP_BATCH_TAG: u32 = 1;
 /// `FlowBatch.records`.
 const BATCH_RECORDS_TAG: u32 = 2;
 
@@ -90,6 +90,20 @@ fn record_bytes(frame_body: &[u8]) -> Option<Vec<&[u8]>> {
         }
     }
     Some(records)
+}
+
+/// The value of the last length-delimited field `tag` in the message `buf` (as a decoder keeps
+/// the last); None if absent, or if the message is malformed.
+pub(crate) fn last_field(buf: &[u8], tag: u32) -> Option<&[u8]> {
+    let mut found = None;
+    for field in Fields(buf) {
+        if let (t, Some(value)) = field?
+            && t == tag
+        {
+            found = Some(value);
+        }
+    }
+    found
 }
 
 /// The fields of a protobuf message: each field's tag and, for a length-delimited field, its
