@@ -179,12 +179,11 @@ impl DataLimits {
     /// limit once decompressed (columns take fewer bytes than the rows they stand for, which
     /// fit a frame).
     pub fn columns(&self) -> ringflow_proto::columns::Limits {
-        let mut text_limits: Vec<(&'static str, usize)> = FIELD_LIMITS.to_vec();
-        text_limits.push(("interface", self.max_field_bytes));
         ringflow_proto::columns::Limits {
             max_records: self.max_records_per_batch,
             max_body_bytes: self.max_frame_bytes.saturating_mul(2),
-            text_limits,
+            // `interface` is not named there: it takes `max_text_bytes`.
+            text_limits: &FIELD_LIMITS,
             max_text_bytes: self.max_field_bytes,
         }
     }

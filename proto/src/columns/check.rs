@@ -15,7 +15,7 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Longest value of each text column, by field name; a text column not named here may be
     /// as long as `max_text_bytes` (`FieldTooLong` above it).
-    pub text_limits: Vec<(&'static str, usize)>,
+    pub text_limits: &'static [(&'static str, usize)],
     pub max_text_bytes: usize,
 }
 

@@ -8,7 +8,7 @@ fn limits() -> Limits {
     Limits {
         max_records: 10_000,
         max_body_bytes: 1 << 22,
-        text_limits: vec![("process_name", 64), ("cgroup", 1024)],
+        text_limits: &[("process_name", 64), ("cgroup", 1024)],
         max_text_bytes: 256,
     }
 }
