@@ -4,7 +4,7 @@ a file or stdin and prints its records as JSON lines. A zstd body (byte 1 = 1) i
 with the `zstd` command. Standard library only: a sketch of a downstream reader, and the proof
 that the format is as documented (tests/tests/columns.rs runs it against the Rust decoder)."""
 
-import json, subprocess, sys
+import base64, hashlib, json, struct, subprocess, sys
 
 COLUMNS = ("start_unix_nanos end_unix_nanos src_addr dst_addr src_port dst_port ip_protocol "
            "bytes_from_src packets_from_src bytes_from_dst packets_from_dst source rtt_micros "
@@ -12,9 +12,19 @@ COLUMNS = ("start_unix_nanos end_unix_nanos src_addr dst_addr src_port dst_port 
            "process_name cgroup container_id pod_uid systemd_unit community_id "
            "ip_bytes_from_src ip_bytes_from_dst").split()
 ADDRESSES = {"src_addr", "dst_addr", "exporter_addr"}
-TEXTS = {"interface", "process_name", "cgroup", "container_id", "pod_uid", "systemd_unit", "community_id"}
+TEXTS = {"interface", "process_name", "cgroup", "container_id", "pod_uid", "systemd_unit"}
 ENUMS = {"source", "server"}
 M64 = (1 << 64) - 1
+
+
+def community_id(r):
+    """community_id's value 0: the Community ID v1 (seed 0) of a TCP, UDP or SCTP record's tuple."""
+    src, dst = bytes.fromhex(r["src_addr"]), bytes.fromhex(r["dst_addr"])
+    if r["ip_protocol"] not in (6, 17, 132) or len(src) not in (4, 16) or len(src) != len(dst):
+        return ""
+    (a, pa), (b, pb) = sorted([(src, r["src_port"]), (dst, r["dst_port"])])
+    digest = hashlib.sha1(bytes(2) + a + b + bytes([r["ip_protocol"], 0]) + struct.pack(">HH", pa, pb))
+    return "1:" + base64.b64encode(digest.digest()).decode()
 
 
 def read(block):
@@ -45,7 +55,7 @@ def read(block):
         dictionary.append(body[pos:pos + length])
         pos += length
     # A column left out is its field's default in every record.
-    records = [{c: "" if c in ADDRESSES | TEXTS else 0 for c in COLUMNS} for _ in range(n)]
+    records = [{c: "" if c in ADDRESSES | TEXTS | {"community_id"} else 0 for c in COLUMNS} for _ in range(n)]
     for k, name in enumerate(COLUMNS):
         if not present >> k & 1:
             continue
@@ -61,6 +71,8 @@ def read(block):
                 r[name] = dictionary[v].hex()
             elif name in TEXTS:
                 r[name] = dictionary[v].decode("utf-8")
+            elif name == "community_id":  # 0: derived from the tuple; else 1 + a text's index
+                r[name] = dictionary[v - 1].decode("utf-8") if v else community_id(r)
             elif name in ENUMS:
                 r[name] = unzigzag(v)
             else:

@@ -3,7 +3,8 @@
 #
 # Unit and property tests of every crate, integration tests over loopback QUIC with real
 # collectors (in-process and as child processes) and real nats-server and prometheus processes,
-# CLI tests of both binaries. Installs nats-server, prometheus (with promtool), and clang with the
+# CLI tests of both binaries. Installs nats-server, prometheus (with promtool), nfdump (nfcapd, for
+# herd bench), and clang with the
 # BPF headers (Debian packages), first if they are missing, and the packaging tools (cargo-deb,
 # lintian), then builds the Debian packages the package tests check. The bpf tier's tests need
 # root (CI has it); elsewhere they print why they did not run.
@@ -20,6 +21,8 @@ tests/ensure-bpf-toolchain.sh
 # The monitoring tests: promtool for the rules, a real Prometheus (each test its own, on a free
 # loopback port) scraping collectors and a meter.
 tests/ensure-prometheus.sh
+# herd bench's nfcapd beside the collector (tests/herd/tests/herd_bench.rs runs it quickly).
+tests/ensure-nfdump.sh
 # The Debian packages (docs/install.md), built once with the release profile before the tests:
 # tests/tests/packages.rs checks what they hold, lints them and installs them in a throwaway root.
 tests/ensure-packaging-tools.sh

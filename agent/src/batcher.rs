@@ -32,16 +32,29 @@ use crate::telemetry::{DropReason, task};
 /// When a batch closes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchLimits {
+    /// Most records in a batch of rows, and in one of columns ([`BatchLimits::records_limit`]
+    /// picks by `columns`).
     pub max_records: usize,
+    pub columns_max_records: usize,
     /// Largest frame body (length prefix excluded, as in `Limits.max_frame_bytes`).
     pub max_frame_bytes: usize,
     pub max_age: Duration,
     /// Seal records as columns (`FlowBatch.columns`), compressed at this zstd level when above
-    /// 0; None: as rows. Only a collector's `Welcome` turns it on (see [`BatchLimits::welcomed`]).
+    /// 0; None: as rows. On from the start when `batch.columns` is; the latest collector's
+    /// `Welcome` then decides (see [`BatchLimits::welcomed`]).
     pub columns: Option<i32>,
 }
 
 impl BatchLimits {
+    /// Most records in a batch sealed under these limits (as columns or as rows).
+    pub fn records_limit(&self) -> usize {
+        if self.columns.is_some() {
+            self.columns_max_records
+        } else {
+            self.max_records
+        }
+    }
+
     /// These limits, lowered to what a collector announced in `Welcome`.
     pub fn capped_by(self, collector: &pb::Limits) -> BatchLimits {
         let cap = |mine: usize, theirs: u32| {
@@ -53,6 +66,7 @@ impl BatchLimits {
         };
         BatchLimits {
             max_records: cap(self.max_records, collector.max_records_per_batch),
+            columns_max_records: cap(self.columns_max_records, collector.max_records_per_batch),
             max_frame_bytes: cap(self.max_frame_bytes, collector.max_frame_bytes),
             max_age: self.max_age,
             columns: self.columns,
@@ -117,7 +131,7 @@ impl Batcher {
         }
         self.records.push(record);
         self.bytes += size;
-        if self.records.len() >= self.limits.max_records {
+        if self.records.len() >= self.limits.records_limit() {
             closed.extend(self.flush());
         }
     }
@@ -216,7 +230,7 @@ impl Sealer {
         carried: Option<pb::MeasurementLoss>,
         limits: &BatchLimits,
     ) -> Result<(), SealError> {
-        let fits = records.len() <= limits.max_records.max(1)
+        let fits = records.len() <= limits.records_limit().max(1)
             && FRAME_OVERHEAD + records.iter().map(record_size).sum::<usize>() <= limits.max_frame_bytes;
         if fits {
             return self.seal_one(records, carried, limits).await;

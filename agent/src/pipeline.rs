@@ -151,10 +151,16 @@ impl Pipeline {
         let sealer = Arc::new(Sealer::new(seqs, spool.clone(), Arc::clone(&metrics), loss));
         let local_limits = BatchLimits {
             max_records: config.batch.max_records,
+            columns_max_records: config.batch.columns_max_records,
             max_frame_bytes: config.batch.max_bytes,
             max_age: Duration::from_millis(config.batch.max_age_ms),
-            // Rows until a collector's Welcome says it reads columns.
-            columns: None,
+            // Columns from the start when offered, at the collectors' default level: a collector
+            // that reads them answers so in its Welcome (and its level then applies); batches
+            // sealed before a Welcome from one that does not are sealed again as rows when sent.
+            columns: config
+                .batch
+                .columns
+                .then_some(ringflow_proto::columns::DEFAULT_ZSTD_LEVEL),
         };
         let (limits_tx, limits_rx) = watch::channel(local_limits);
         let sources_stop = CancellationToken::new();

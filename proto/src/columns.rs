@@ -37,6 +37,10 @@ pub const FORMAT: u8 = 1;
 pub const UNCOMPRESSED: u8 = 0;
 /// Byte 1 of a block: the body is one zstd frame.
 pub const ZSTD: u8 = 1;
+/// The zstd level a collector asks for unless configured otherwise (`limits.columns_zstd_level`),
+/// and the level a meter seals at before any collector has said: level 1 compresses flow records
+/// about as well as zstd's default 3 for less of the meter's CPU (docs/benchmarks.md).
+pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
 
 /// How a column's values are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +53,9 @@ enum Kind {
     Addr,
     /// A text: a dictionary index; the value is UTF-8 of at most the field's limit.
     Text,
+    /// `community_id`: 0 when it is the id derived from the record's tuple
+    /// ([`crate::community_id::derived`]), else 1 + the dictionary index of its text (as `Text`).
+    FlowId,
     /// An enum (`i32`): zigzag.
     Enum,
     /// A `uint32` at most `max`.
@@ -100,7 +107,7 @@ pub const COLUMNS: [Column; 30] = [
     col("container_id", Kind::Text),
     col("pod_uid", Kind::Text),
     col("systemd_unit", Kind::Text),
-    col("community_id", Kind::Text),
+    col("community_id", Kind::FlowId),
     col("ip_bytes_from_src", Kind::U64),
     col("ip_bytes_from_dst", Kind::U64),
 ];
@@ -275,6 +282,15 @@ fn encode_body(records: &[pb::FlowRecord]) -> Vec<u8> {
                     delta
                 }
                 (Kind::End, Value::Num(end)) => zigzag(end.wrapping_sub(r.start_unix_nanos) as i64),
+                // A flow id its readers can derive costs a byte (zstd makes a run of them
+                // nothing); the hash is taken only for a record that has an id.
+                (Kind::FlowId, Value::Bytes(b))
+                    if !b.is_empty()
+                        && crate::community_id::derived(r).is_some_and(|id| id.as_bytes() == b) =>
+                {
+                    DERIVED_FLOW_ID
+                }
+                (Kind::FlowId, Value::Bytes(b)) => 1 + dict.of(b),
                 (_, Value::Num(n)) => n,
                 (_, Value::Bytes(b)) => match last {
                     Some((same, i)) if same == b => i,
@@ -299,6 +315,9 @@ fn encode_body(records: &[pb::FlowRecord]) -> Vec<u8> {
     body.extend_from_slice(&columns);
     body
 }
+
+/// `community_id`'s value for an id derived from the record's tuple.
+const DERIVED_FLOW_ID: u64 = 0;
 
 /// Appends `v` as a varint (as `prost::encoding::encode_varint`, without its per-byte capacity
 /// checks: the room for a whole varint is reserved once).
@@ -447,15 +466,19 @@ pub fn decode(
                     let end = r.start_unix_nanos.wrapping_add(unzigzag(v) as u64);
                     set(r, k, end, &[]);
                 }
-                Kind::Addr | Kind::Text => {
-                    let entry = p.dictionary.get(v as usize).ok_or_else(|| {
+                Kind::FlowId if v == DERIVED_FLOW_ID => {
+                    r.community_id = crate::community_id::derived(r).unwrap_or_default();
+                }
+                Kind::Addr | Kind::Text | Kind::FlowId => {
+                    let index = if column.kind == Kind::FlowId { v - 1 } else { v };
+                    let entry = p.dictionary.get(index as usize).ok_or_else(|| {
                         undecodable(format!(
-                            "record {i}: {} names dictionary entry {v} of {}",
+                            "record {i}: {} names dictionary entry {index} of {}",
                             column.name,
                             p.dictionary.len()
                         ))
                     })?;
-                    if column.kind == Kind::Text && std::str::from_utf8(entry).is_err() {
+                    if column.kind != Kind::Addr && std::str::from_utf8(entry).is_err() {
                         return Err(undecodable(format!("record {i}: {} is not UTF-8", column.name)));
                     }
                     set(r, k, 0, entry);

@@ -10,6 +10,7 @@
 
 pub mod codes;
 pub mod columns;
+pub mod community_id;
 pub mod frame;
 pub mod names;
 pub mod quic;

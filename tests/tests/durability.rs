@@ -180,6 +180,8 @@ async fn an_outage_longer_than_the_spool_drops_the_oldest_and_counts_them_exactl
     config.spool.max_bytes = CAP;
     config.spool.segment_bytes = SEGMENT;
     config.batch.max_bytes = 16 << 10;
+    // Rows: the spool must take ten times its cap, and columns take a tenth of the bytes.
+    config.batch.columns = false;
     config.sources.synthetic = synthetic(100_000, RECORDS);
     let spool_dir = ringflow_meter::spool_dir(&config.state_dir);
     let meter = start_meter(config.clone()).await?;

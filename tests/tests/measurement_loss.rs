@@ -88,6 +88,7 @@ async fn meter_frames(state_dir: &std::path::Path) -> anyhow::Result<(Vec<Bytes>
     let (_limits_tx, limits_rx) = watch::channel(BatchLimits {
         columns: Default::default(),
         max_records: 100,
+        columns_max_records: 100,
         max_frame_bytes: 1 << 20,
         max_age: Duration::from_secs(3600),
     });

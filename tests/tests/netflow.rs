@@ -51,7 +51,7 @@ fn assert_matches(record: &pb::FlowRecord, flow: &Flow, kind: pb::SourceKind, sa
         sampling_rate: sampling,
         ..Default::default()
     };
-    ringflow_meter::source::community_id::stamp(&mut want);
+    ringflow_proto::community_id::stamp(&mut want);
     assert!(want.community_id.starts_with("1:"), "{want:?}");
     assert_eq!(record, &want);
 }

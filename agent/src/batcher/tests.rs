@@ -15,9 +15,37 @@ fn limits(max_records: usize, max_frame_bytes: usize) -> BatchLimits {
     BatchLimits {
         columns: Default::default(),
         max_records,
+        columns_max_records: max_records,
         max_frame_bytes,
         max_age: Duration::from_secs(1),
     }
+}
+
+#[test]
+fn a_batch_of_columns_holds_more_records_within_the_collectors_limit() {
+    let mine = BatchLimits {
+        columns_max_records: 10_000,
+        columns: Some(1),
+        ..limits(1_000, 1 << 20)
+    };
+    assert_eq!(mine.records_limit(), 10_000);
+    let rows = BatchLimits {
+        columns: None,
+        ..mine
+    };
+    assert_eq!(rows.records_limit(), 1_000);
+    let collector = pb::Limits {
+        max_records_per_batch: 5_000,
+        ..Default::default()
+    };
+    assert_eq!(mine.capped_by(&collector).records_limit(), 5_000);
+    assert_eq!(rows.capped_by(&collector).records_limit(), 1_000);
+    // A Welcome without columns: rows, at the rows' limit.
+    let welcome = pb::Welcome {
+        limits: Some(collector),
+        ..Default::default()
+    };
+    assert_eq!(mine.welcomed(&welcome, true).records_limit(), 1_000);
 }
 
 #[test]

@@ -61,7 +61,7 @@ pub(super) async fn send_batches(
         }
         let body = &batch.frame[frame::LENGTH_PREFIX_BYTES..];
         if body.len() > allowed.max_frame_bytes
-            || batch.records as usize > allowed.max_records
+            || batch.records as usize > allowed.records_limit()
             || (allowed.columns.is_none() && ringflow_proto::columns::in_data_up(body))
         {
             // Built under larger limits than this collector allows, or as columns it does not

@@ -7,7 +7,6 @@
 //! pipeline accepts rather than what it dropped. Must never: block on I/O in the batcher's path.
 
 pub mod bpf;
-pub mod community_id;
 pub mod interfaces;
 pub mod loss;
 pub mod netflow;

@@ -3,7 +3,7 @@
 //!
 //! Owns: [`Limits`] and the per-column rules. Must never: allocate per record.
 
-use super::{COLUMNS, Invalid, Kind, body, parts, undecodable, unzigzag, varint};
+use super::{COLUMNS, DERIVED_FLOW_ID, Invalid, Kind, body, parts, undecodable, unzigzag, varint};
 use crate::pb;
 
 /// What [`check`] holds a block to: the collector's limits for a row batch.
@@ -70,7 +70,10 @@ pub fn check(block: &[u8], limits: &Limits) -> Result<usize, Invalid> {
                         ));
                     }
                 }
-                Kind::Addr | Kind::Text => {
+                // Derived by the reader from the record's tuple: a 30-byte id, or none.
+                Kind::FlowId if v == DERIVED_FLOW_ID => {}
+                Kind::Addr | Kind::Text | Kind::FlowId => {
+                    let v = if column.kind == Kind::FlowId { v - 1 } else { v };
                     let Some(entry) = p.dictionary.get(v as usize) else {
                         return Err(invalid(
                             pb::NackReason::Undecodable,
@@ -92,7 +95,7 @@ pub fn check(block: &[u8], limits: &Limits) -> Result<usize, Invalid> {
                             ),
                         ));
                     }
-                    if column.kind == Kind::Text {
+                    if column.kind != Kind::Addr {
                         if entry.len() > text_limit {
                             return Err(invalid(
                                 pb::NackReason::FieldTooLong,

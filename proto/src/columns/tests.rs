@@ -25,7 +25,7 @@ fn record() -> impl Strategy<Value = pb::FlowRecord> {
             any::<u16>(),
         ),
         (
-            any::<u8>(),
+            prop_oneof![Just(6u8), Just(17u8), Just(132u8), Just(1u8), any::<u8>()],
             any::<u64>(),
             any::<u64>(),
             -3i32..10,
@@ -40,12 +40,14 @@ fn record() -> impl Strategy<Value = pb::FlowRecord> {
             "[a-f0-9]{0,64}",
             any::<bool>(),
         ),
+        0u8..3,
     )
         .prop_map(
             |(
                 (start, len, s, d, sp, dp),
                 (proto, b, p, source, rtt, interface),
                 (rate, errs, pid, cgroup, container, v6),
+                flow_id,
             )| {
                 let pool = |i: usize| -> Bytes {
                     match (i, v6) {
@@ -56,7 +58,7 @@ fn record() -> impl Strategy<Value = pb::FlowRecord> {
                         }
                     }
                 };
-                pb::FlowRecord {
+                let mut r = pb::FlowRecord {
                     start_unix_nanos: start,
                     end_unix_nanos: if len == 0 { 0 } else { start.saturating_add(len) },
                     src_addr: pool(s),
@@ -84,10 +86,18 @@ fn record() -> impl Strategy<Value = pb::FlowRecord> {
                     container_id: container,
                     pod_uid: String::new(),
                     systemd_unit: "ssh.service".into(),
+                    // An id from another exporter (seed or convention) as text.
                     community_id: "1:abc".into(),
                     ip_bytes_from_src: b.wrapping_add(40),
                     ip_bytes_from_dst: 0,
+                };
+                match flow_id {
+                    // The meter's own id: derived by readers for TCP, UDP and SCTP, else text.
+                    0 => crate::community_id::stamp(&mut r),
+                    1 => r.community_id.clear(),
+                    _ => {}
                 }
+                r
             },
         )
 }
@@ -257,7 +267,8 @@ fn structural_faults_are_undecodable_and_say_what_was_wrong() {
     assert!(e.message.contains("within 1000 bytes"), "{}", e.message);
 }
 
-/// Host flows compress: the meter's synthetic records of one host, and the bytes per record of
+/// Host flows compress: the records of one host's flows, each with its Community ID as the meter
+/// stamps it (derived by readers, so it costs the block a byte), and the bytes per record of
 /// each form, which `herd bench` reports beside the row form.
 #[test]
 fn a_hosts_flows_take_a_few_bytes_a_record() {
@@ -276,6 +287,10 @@ fn a_hosts_flows_take_a_few_bytes_a_record() {
             packets_from_dst: 5 + i % 4,
             source: pb::SourceKind::SocketBpf as i32,
             ..Default::default()
+        })
+        .map(|mut r| {
+            crate::community_id::stamp(&mut r);
+            r
         })
         .collect();
     let rows = pb::FlowBatch {
@@ -333,4 +348,44 @@ fn a_frame_of_columns_is_told_from_one_of_rows() {
         !in_data_up(&columns[..columns.len() - 1]),
         "a truncated frame is not read as columns"
     );
+}
+
+/// The Community ID the meter stamps on a TCP, UDP or SCTP record is left for readers to derive
+/// (a byte a record before compression); an id that is not the tuple's, or one of another
+/// protocol, travels as text; all come back exactly, and the collector's check passes them.
+#[test]
+fn a_derivable_flow_id_costs_a_byte_and_comes_back() {
+    let tuple = |i: u64, proto: u32| pb::FlowRecord {
+        src_addr: Bytes::from_static(&[10, 0, 0, 5]),
+        dst_addr: Bytes::copy_from_slice(&[10, 1, 0, i as u8]),
+        src_port: if proto == 1 { 0 } else { 40_000 + i as u32 },
+        dst_port: if proto == 1 { 8 << 8 } else { 443 },
+        ip_protocol: proto,
+        ..Default::default()
+    };
+    let without: Vec<pb::FlowRecord> = (0..100).map(|i| tuple(i, 6)).collect();
+    let stamped: Vec<pb::FlowRecord> = without
+        .iter()
+        .cloned()
+        .map(|mut r| {
+            crate::community_id::stamp(&mut r);
+            r
+        })
+        .collect();
+    assert!(stamped.iter().all(|r| r.community_id.len() == 30));
+    let extra = encode(&stamped, None).len() - encode(&without, None).len();
+    // A byte a record, and the present bitmask's varint grows to reach column 27.
+    assert!((100..=104).contains(&extra), "{extra} bytes for 100 derived ids");
+    assert_eq!(decode(&encode(&stamped, None), 1_000, 1 << 20).unwrap(), stamped);
+
+    // Not derivable: an id of another seed, an ICMP echo's id, and none at all.
+    let mut mixed = stamped.clone();
+    mixed[0].community_id = "1:somebody-elses-id".into();
+    mixed[1] = tuple(1, 1);
+    crate::community_id::stamp(&mut mixed[1]);
+    assert!(!mixed[1].community_id.is_empty(), "ICMP echo has an id");
+    mixed[2].community_id.clear();
+    let block = encode(&mixed, Some(1));
+    assert_eq!(decode(&block, 1_000, 1 << 20).unwrap(), mixed);
+    assert_eq!(check(&block, &limits()), Ok(100));
 }

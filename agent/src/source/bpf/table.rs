@@ -24,8 +24,9 @@ use super::wire::{
     EndEvent, EndKind, FLOW_CLOSE_TRACKED, FLOW_ENDED, FLOW_INITIATOR, FLOW_ROLE_KNOWN, FlowKey, FlowValue,
     IPPROTO_TCP, IPPROTO_UDP, addr,
 };
+use crate::source::addr_bytes;
 use crate::source::owner::Owner;
-use crate::source::{addr_bytes, community_id};
+use ringflow_proto::community_id;
 
 /// A sweep reads the map at `mono_ns` (CLOCK_MONOTONIC, the programs' clock) and `wall_ns`.
 #[derive(Debug, Clone, Copy)]

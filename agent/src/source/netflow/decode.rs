@@ -389,7 +389,7 @@ fn read_v5(v5: &V5, exporter: IpAddr, out: &mut Vec<pb::FlowRecord>) {
             ..Default::default()
         });
         if let Some(record) = out.last_mut() {
-            crate::source::community_id::stamp(record);
+            ringflow_proto::community_id::stamp(record);
         }
     }
 }

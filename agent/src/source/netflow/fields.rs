@@ -213,7 +213,7 @@ impl Fields {
             sampling_rate: self.sampling.or(exporter_sampling).unwrap_or(0),
             ..Default::default()
         };
-        crate::source::community_id::stamp(&mut record);
+        ringflow_proto::community_id::stamp(&mut record);
         record
     }
 }

@@ -21,8 +21,9 @@ use std::sync::Arc;
 use ringflow_proto::pb;
 
 use super::ends::{Listeners, Role};
+use crate::source::addr_bytes;
 use crate::source::owner::Owner;
-use crate::source::{addr_bytes, community_id};
+use ringflow_proto::community_id;
 
 /// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
 pub const TCP_LISTEN: u8 = 10;

@@ -226,3 +226,81 @@ fn replies_nack_refused_batches_and_ack_cumulatively() {
         1
     );
 }
+
+mod stored_form {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Records as a host's sources make them: addresses from a small pool, a Community ID
+    /// stamped (readers derive it from columns), some texts.
+    fn host_record() -> impl Strategy<Value = pb::FlowRecord> {
+        (
+            any::<u64>(),
+            0u8..4,
+            any::<u16>(),
+            prop_oneof![Just(6u32), Just(17u32), Just(1u32)],
+            any::<u64>(),
+            "[a-z]{0,12}",
+            any::<bool>(),
+        )
+            .prop_map(|(start, host, port, proto, bytes, process, stamp)| {
+                let mut r = pb::FlowRecord {
+                    start_unix_nanos: start,
+                    src_addr: Bytes::copy_from_slice(&[10, 0, 0, host]),
+                    dst_addr: Bytes::from_static(&[93, 184, 216, 34]),
+                    src_port: port.into(),
+                    dst_port: 443,
+                    ip_protocol: proto,
+                    bytes_from_src: bytes,
+                    process_name: process,
+                    ..Default::default()
+                };
+                if stamp {
+                    ringflow_proto::community_id::stamp(&mut r);
+                }
+                r
+            })
+    }
+
+    fn session() -> SessionIdentity {
+        SessionIdentity {
+            org: "acme".into(),
+            meter_id: "m1".into(),
+            session_id: "s1".into(),
+            collector_id: "c1".into(),
+        }
+    }
+
+    proptest! {
+        /// A batch stored in either form reads back (`into_rows`, as every sink reader does)
+        /// to the records the meter sent, with the same identity fields, and columns are
+        /// stored as they arrived.
+        #[test]
+        fn either_form_is_stored_and_read_back_as_sent(
+            records in proptest::collection::vec(host_record(), 0..50),
+            zstd in any::<bool>(),
+        ) {
+            let rows = batch(7, records.clone());
+            let columns = pb::FlowBatch {
+                columns: ringflow_proto::columns::encode(&records, zstd.then_some(1)).into(),
+                records: Vec::new(),
+                ..rows.clone()
+            };
+            let read = |b: pb::FlowBatch| {
+                let body = frame_body(b.clone());
+                let stored = stored_batch(&session(), b, &body);
+                let stored = pb::StoredBatch::decode(stored).expect("a stored batch decodes");
+                (stored.columns.clone(), ringflow_proto::columns::into_rows(stored).expect("reads"))
+            };
+            let (kept, from_columns) = read(columns.clone());
+            let (_, from_rows) = read(rows);
+            prop_assert_eq!(kept, columns.columns);
+            prop_assert_eq!(&from_columns.records, &records);
+            prop_assert_eq!(&from_rows.records, &records);
+            let identity = |s: &pb::StoredBatch| {
+                (s.org_id.clone(), s.meter_id.clone(), s.seq, s.collector_id.clone(), s.session_id.clone())
+            };
+            prop_assert_eq!(identity(&from_columns), identity(&from_rows));
+        }
+    }
+}

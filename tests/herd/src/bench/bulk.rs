@@ -30,32 +30,96 @@ pub struct Workload {
     pub frames: Vec<Bytes>,
     pub records: u64,
     pub bytes: u64,
+    pub form: Form,
 }
 
-/// The first `records` records of the synthetic source (rounded up to whole batches), as data
-/// frames.
-pub fn workload(records: u64) -> Workload {
-    let now = ringflow_meter::unix_nanos_now();
-    let batches = records.div_ceil(RECORDS_PER_BATCH as u64);
-    let frames: Vec<Bytes> = (0..batches)
-        .map(|b| batch_frame(synthetic_batch(b + 1, now)))
-        .collect();
-    Workload {
-        bytes: frames.iter().map(|f| f.len() as u64).sum(),
-        records: batches * RECORDS_PER_BATCH as u64,
-        frames,
+impl Workload {
+    /// Every record of a row workload, decoded from its frames (for senders of other
+    /// protocols, such as nfcapd's NetFlow v5).
+    pub fn records(&self) -> anyhow::Result<Vec<pb::FlowRecord>> {
+        anyhow::ensure!(self.form == Form::Rows, "records are read from the row form");
+        let mut out = Vec::with_capacity(self.records as usize);
+        for frame in &self.frames {
+            let Some(pb::data_up::Msg::Batch(batch)) = decode_frame(frame)?.msg else {
+                anyhow::bail!("a workload frame holds no batch");
+            };
+            out.extend(batch.records);
+        }
+        Ok(out)
     }
 }
 
-/// Batch `seq` (1-based) of the synthetic source's records.
+/// How a workload's batches carry their records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    /// One protobuf message per record (`FlowBatch.records`).
+    Rows,
+    /// Columns compressed at the collectors' default zstd level (`FlowBatch.columns`), as a
+    /// meter seals them by default.
+    Columns,
+}
+
+impl Form {
+    /// The meter's `batch.columns` for this form.
+    pub fn meter_columns(self) -> bool {
+        self == Form::Columns
+    }
+
+    /// Records a meter with the default `[batch]` seals into a batch of this form at full
+    /// speed: `batch.max_records` rows, `batch.columns_max_records` as columns.
+    pub fn records_per_batch(self) -> usize {
+        let defaults = ringflow_meter::config::BatchConfig::default();
+        match self {
+            Form::Rows => defaults.max_records,
+            Form::Columns => defaults.columns_max_records,
+        }
+    }
+}
+
+/// The first `records` records of the synthetic source (rounded up to whole batches, as large as
+/// a default meter seals in `form`), as data frames in `form`.
+pub fn workload(records: u64, form: Form) -> Workload {
+    let now = ringflow_meter::unix_nanos_now();
+    let per_batch = form.records_per_batch();
+    let batches = records.div_ceil(per_batch as u64);
+    let frames: Vec<Bytes> = (0..batches)
+        .map(|b| {
+            let batch = synthetic_batch_of(b + 1, per_batch, now);
+            batch_frame(match form {
+                Form::Rows => batch,
+                Form::Columns => as_columns(batch),
+            })
+        })
+        .collect();
+    Workload {
+        bytes: frames.iter().map(|f| f.len() as u64).sum(),
+        records: batches * per_batch as u64,
+        frames,
+        form,
+    }
+}
+
+/// `batch` with its records as columns, compressed as a meter compresses them by default.
+pub fn as_columns(mut batch: pb::FlowBatch) -> pb::FlowBatch {
+    let level = ringflow_proto::columns::DEFAULT_ZSTD_LEVEL;
+    batch.columns = ringflow_proto::columns::encode(&std::mem::take(&mut batch.records), Some(level)).into();
+    batch
+}
+
+/// Batch `seq` (1-based) of the synthetic source's records, [`RECORDS_PER_BATCH`] a batch.
 pub fn synthetic_batch(seq: u64, now_nanos: u64) -> pb::FlowBatch {
-    let first = (seq - 1) * RECORDS_PER_BATCH as u64;
+    synthetic_batch_of(seq, RECORDS_PER_BATCH, now_nanos)
+}
+
+/// Batch `seq` (1-based) of the synthetic source's records, `per_batch` a batch.
+pub fn synthetic_batch_of(seq: u64, per_batch: usize, now_nanos: u64) -> pb::FlowBatch {
+    let first = (seq - 1) * per_batch as u64;
     let addresses = FlowAddresses::new(FLOWS);
     pb::FlowBatch {
         columns: Default::default(),
         loss: None,
         seq,
-        records: (first..first + RECORDS_PER_BATCH as u64)
+        records: (first..first + per_batch as u64)
             .map(|i| addresses.record(i, now_nanos))
             .collect(),
         created_unix_nanos: now_nanos,

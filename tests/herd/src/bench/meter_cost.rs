@@ -20,6 +20,9 @@ use ringflow_tests::procstat::{CpuMark, status_bytes};
 /// Flows per second the meter is measured at.
 pub const FLOWS_PER_SEC: u64 = 1_000;
 
+/// The meter id of the sockets source's meter.
+pub const SOCKETS_METER: &str = "meter-sockets";
+
 /// Which of the meter's sources makes the flows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
@@ -56,7 +59,7 @@ pub async fn meter_cost(
         Source::Sockets => {
             busy_connections(FLOWS_PER_SEC as usize, stop.clone()).await?;
             (
-                "meter-sockets",
+                SOCKETS_METER,
                 "[sources.sockets]\nenabled = true\ninterval_ms = 1000\n".to_owned(),
             )
         }

@@ -1,8 +1,9 @@
 //! `herd bench`: ringflow beside its ceilings, measured in one run on one machine, because these
 //! machines are noisy and a figure means little without the ceiling measured next to it.
 //!
-//! Modules: `bulk` (the workload, raw quinn bulk, the windowed ringflow sender), `e2e` (meter and
-//! collector processes, the direct JetStream publisher), `sessions` (session rate, idle
+//! Modules: `bulk` (the workload in either form, raw quinn bulk, the windowed ringflow sender),
+//! `e2e` (meter and collector processes, the direct JetStream publisher), `nfcapd` (NetFlow v5
+//! into nfcapd), `wire` (real batches framed in each form), `sessions` (session rate, idle
 //! sessions), `hold` (the CPU and memory of idle and lightly loaded sessions beside raw quinn's),
 //! `meter_cost` (a meter's CPU and memory at 1,000 flows/s), `pieces` (codec, judge, file sink),
 //! `report` (bench.json, the table, the targets). This module runs them in order.
@@ -11,16 +12,18 @@ pub mod bulk;
 pub mod e2e;
 pub mod hold;
 pub mod meter_cost;
+pub mod nfcapd;
 pub mod pieces;
 pub mod report;
 pub mod sessions;
+pub mod wire;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use ringflow_collector::data::sink::file::FileSinkConfig;
 
-use self::bulk::{Transfer, raw_quinn_bulk, raw_quinn_server, ringflow_ingest, workload};
+use self::bulk::{Form, Transfer, raw_quinn_bulk, raw_quinn_server, ringflow_ingest, workload};
 use self::e2e::{
     Programs, jetstream_context, jetstream_direct, jetstream_messages, meter_to_collector, nats_sink_config,
     nats_sink_toml, with_cpu,
@@ -33,11 +36,12 @@ use ringflow_tests::{ORG, TestBed};
 /// The parts of a bench run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Part {
-    /// Meter → collector → file sink, and pre-encoded batches → collector → file sink, beside raw
-    /// quinn bulk transfer of the same bytes.
+    /// Meter → collector → file sink, and pre-encoded batches → collector → file sink, as rows
+    /// and as columns, beside raw quinn bulk transfer of the row form's bytes, and nfcapd taking
+    /// the same records as NetFlow v5.
     File,
-    /// Meter → collector → JetStream, and pre-encoded batches → collector → JetStream, beside a
-    /// direct async publish of the same batches.
+    /// Meter → collector → JetStream, and pre-encoded batches → collector → JetStream, as rows
+    /// and as columns, beside a direct async publish of the row form's batches.
     Jetstream,
     /// New sessions per second beside raw quinn handshakes.
     Sessions,
@@ -134,7 +138,10 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
     let sizes = &options.sizes;
     let wants = |p: Part| options.parts.contains(&p);
     if wants(Part::File) || wants(Part::Jetstream) {
-        let work = workload(sizes.records);
+        let work = Works {
+            rows: workload(sizes.records, Form::Rows),
+            columns: workload(sizes.records, Form::Columns),
+        };
         if wants(Part::File) {
             eprintln!(
                 "herd bench: file sink end to end beside raw quinn ({} runs)",
@@ -172,7 +179,11 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
             let cost = meter_cost(&options.programs, &bed, &collector, source, sizes.meter_seconds).await?;
             report.meter(key, &cost);
         }
+        let stored = collector.data_dir.clone();
         collector.terminate().await?;
+        // The sockets source's records as they were batched, in each form.
+        let wire = wire::of_stored(&stored, meter_cost::SOCKETS_METER)?;
+        report.sockets_wire(&wire);
     }
     if wants(Part::Pieces) {
         eprintln!("herd bench: codec and file sink");
@@ -188,11 +199,28 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
     Ok(report)
 }
 
-/// Interleaved runs: raw quinn bulk, pre-encoded batches into a collector, a meter into it.
+/// The throughput parts' workload in both forms.
+struct Works {
+    rows: bulk::Workload,
+    columns: bulk::Workload,
+}
+
+impl Works {
+    fn both(&self) -> [&bulk::Workload; 2] {
+        [&self.rows, &self.columns]
+    }
+}
+
+/// Each throughput measurement of ringflow, by form: `[rows, columns]`.
+type ByForm = [Vec<e2e::Run>; 2];
+
+/// Interleaved runs: raw quinn bulk of the row form's bytes, pre-encoded batches into a
+/// collector (rows, then columns), a meter into it (rows, then columns), and nfcapd taking the
+/// same records as NetFlow v5.
 async fn file_part(
     options: &BenchOptions,
     bed: &TestBed,
-    work: &bulk::Workload,
+    work: &Works,
     report: &mut BenchReport,
 ) -> anyhow::Result<()> {
     let client = bench_client(bed)?;
@@ -200,30 +228,48 @@ async fn file_part(
     let limits = throughput_limits(&options.sizes);
     let collector = e2e::start_collector(&options.programs, bed, "file", &limits).await?;
     let watched = [("collector", collector.process.pid())];
-    let (mut raw, mut ingest, mut ends) = (Vec::new(), Vec::new(), Vec::new());
+    let records = work.rows.records()?;
+    let (mut raw, mut nfcapd) = (Vec::new(), Vec::new());
+    let (mut ingest, mut ends): (ByForm, ByForm) = Default::default();
     for run in 0..options.sizes.repeat {
         // Client and server both in this process: "bench" is the whole of raw quinn's CPU.
-        raw.push(with_cpu(&[], raw_quinn_bulk(&client, raw_server.local_addr()?, work)).await?);
-        let meter_id = format!("bench-ingest-{run}");
-        let sent = ringflow_ingest(&client, collector.addr, (ORG, &bed.token), &meter_id, work);
-        ingest.push(with_cpu(&watched, sent).await?);
-        let name = format!("bench-file-{run}");
-        ends.push(meter_to_collector(&options.programs, bed, (&collector, &[]), &name, work).await?);
+        raw.push(with_cpu(&[], raw_quinn_bulk(&client, raw_server.local_addr()?, &work.rows)).await?);
+        for (form, work) in work.both().into_iter().enumerate() {
+            let meter_id = format!("bench-ingest-{run}-{form}");
+            let sent = ringflow_ingest(&client, collector.addr, (ORG, &bed.token), &meter_id, work);
+            ingest[form].push(with_cpu(&watched, sent).await?);
+            let name = format!("bench-file-{run}-{form}");
+            ends[form]
+                .push(meter_to_collector(&options.programs, bed, (&collector, &[]), &name, work).await?);
+        }
+        let dir = bed.path().join(format!("nfcapd-{run}"));
+        nfcapd
+            .push(nfcapd::nfcapd_run(&records, &dir, NFCAPD_RECORDS_PER_SEC, &options.programs.logs).await?);
     }
     collector.terminate().await?;
     raw_server.close(0u32.into(), b"");
     report.add(Section::run("raw_quinn_bulk", &raw));
-    report.add(Section::run("file_ingest", &ingest));
-    report.add(Section::run("file_e2e", &ends));
+    let [ingest_rows, ingest_columns] = &ingest;
+    let [ends_rows, ends_columns] = &ends;
+    report.add(Section::run("file_ingest", ingest_rows));
+    report.add(Section::run("file_ingest_columns", ingest_columns));
+    report.add(Section::run("file_e2e", ends_rows));
+    report.add(Section::run("file_e2e_columns", ends_columns));
+    report.nfcapd(&nfcapd);
     Ok(())
 }
 
-/// Interleaved runs: direct publishes to JetStream, pre-encoded batches into a collector with the
-/// NATS sink, a meter into it; nats-server's CPU is read in each.
+/// The pace nfcapd is sent NetFlow v5 at: under what it takes without loss on this machine (it
+/// has no flow control, so a faster sender measures the socket's drops, not nfcapd).
+const NFCAPD_RECORDS_PER_SEC: f64 = 1_000_000.0;
+
+/// Interleaved runs: direct publishes to JetStream (the row form), pre-encoded batches into a
+/// collector with the NATS sink and a meter into it (rows, then columns); nats-server's CPU is
+/// read in each.
 async fn jetstream_part(
     options: &BenchOptions,
     bed: &TestBed,
-    work: &bulk::Workload,
+    work: &Works,
     report: &mut BenchReport,
 ) -> anyhow::Result<()> {
     let client = bench_client(bed)?;
@@ -238,22 +284,30 @@ async fn jetstream_part(
         .ok_or_else(|| anyhow::anyhow!("nats-server is not running"))?;
     let watched = [("collector", collector.process.pid()), ("nats", nats_pid)];
     let js = jetstream_context(&direct).await?;
-    let (mut publishes, mut ingest, mut ends) = (Vec::new(), Vec::new(), Vec::new());
+    let mut publishes = Vec::new();
+    let (mut ingest, mut ends): (ByForm, ByForm) = Default::default();
     for run in 0..options.sizes.repeat {
-        let messages = jetstream_messages(work, &format!("bench-direct-{run}"))?;
+        let messages = jetstream_messages(&work.rows, &format!("bench-direct-{run}"))?;
         publishes.push(with_cpu(&watched[1..], jetstream_direct(&js, &direct, messages)).await?);
-        let meter_id = format!("bench-js-ingest-{run}");
-        let sent = ringflow_ingest(&client, collector.addr, (ORG, &bed.token), &meter_id, work);
-        ingest.push(with_cpu(&watched, sent).await?);
-        let name = format!("bench-js-{run}");
-        let through_collector = (&collector, &watched[1..]);
-        ends.push(meter_to_collector(&options.programs, bed, through_collector, &name, work).await?);
+        for (form, work) in work.both().into_iter().enumerate() {
+            let meter_id = format!("bench-js-ingest-{run}-{form}");
+            let sent = ringflow_ingest(&client, collector.addr, (ORG, &bed.token), &meter_id, work);
+            ingest[form].push(with_cpu(&watched, sent).await?);
+            let name = format!("bench-js-{run}-{form}");
+            let through_collector = (&collector, &watched[1..]);
+            ends[form]
+                .push(meter_to_collector(&options.programs, bed, through_collector, &name, work).await?);
+        }
     }
     collector.terminate().await?;
     drop(nats);
     report.add(Section::run("jetstream_direct", &publishes));
-    report.add(Section::run("jetstream_ingest", &ingest));
-    report.add(Section::run("jetstream_e2e", &ends));
+    let [ingest_rows, ingest_columns] = &ingest;
+    let [ends_rows, ends_columns] = &ends;
+    report.add(Section::run("jetstream_ingest", ingest_rows));
+    report.add(Section::run("jetstream_ingest_columns", ingest_columns));
+    report.add(Section::run("jetstream_e2e", ends_rows));
+    report.add(Section::run("jetstream_e2e_columns", ends_columns));
     Ok(())
 }
 

@@ -1,5 +1,7 @@
 //! Community ID v1 flow hashing (the flow id Zeek, Suricata and the Elastic stack compute), so
-//! records of one flow seen by two hosts, or by the meter and an IDS, join downstream.
+//! records of one flow seen by two hosts, or by the meter and an IDS, join downstream. Here, in
+//! the protocol crate, because a columnar block leaves out the ids its readers can derive
+//! ([`derived`], `columns`).
 //!
 //! Owns: the hash (seed 0 in records): SHA-1 over seed (2 bytes, big-endian) ‖ source address
 //! ‖ destination address ‖ IP protocol (1 byte) ‖ one zero byte ‖ source port ‖ destination port
@@ -12,8 +14,8 @@
 
 use std::net::IpAddr;
 
+use crate::pb;
 use base64::Engine;
-use ringflow_proto::pb;
 use sha1::{Digest, Sha1};
 
 const ICMP: u8 = 1;
@@ -27,6 +29,17 @@ const SCTP: u8 = 132;
 /// NetFlow exporters fill them: `dst_port` = type × 256 + code, `src_port` 0.
 pub fn stamp(record: &mut pb::FlowRecord) {
     record.community_id = id_of(record).unwrap_or_default();
+}
+
+/// The id a columnar block's readers derive for `r` (value 0 of its `community_id` column): the
+/// Community ID of a TCP, UDP or SCTP record's tuple (seed 0); None for any other record, whose
+/// id (if any) the block carries as text. Kept to these protocols so a reader needs no ICMP
+/// type table (docs/read_columns.py derives it in a few lines).
+pub fn derived(r: &pb::FlowRecord) -> Option<String> {
+    match u8::try_from(r.ip_protocol).ok()? {
+        TCP | UDP | SCTP => id_of(r),
+        _ => None,
+    }
 }
 
 fn id_of(r: &pb::FlowRecord) -> Option<String> {
