@@ -15,17 +15,8 @@ fi
 echo "nfcapd not found: installing Debian's nfdump package with apt-get" >&2
 "$(dirname "$0")/apt-install.sh" --no-install-recommends nfdump
 
-sudo=""
-if [ "$(id -u)" -ne 0 ]; then
-    sudo="sudo"
-fi
-# The package enables and starts nfdump.service (or its init script without systemd).
-if [ -d /run/systemd/system ]; then
-    $sudo systemctl disable --now nfdump.service >/dev/null 2>&1 || true
-elif [ -x /etc/init.d/nfdump ]; then
-    $sudo /etc/init.d/nfdump stop >/dev/null 2>&1 || true
-    $sudo update-rc.d nfdump disable >/dev/null 2>&1 || true
-fi
+# The package enables and starts its service.
+"$(dirname "$0")/disable-service.sh" nfdump
 
 if ! command -v nfcapd >/dev/null 2>&1 || ! command -v nfdump >/dev/null 2>&1; then
     echo "installing nfdump failed; install it by hand (apt-get install nfdump)" >&2

@@ -15,17 +15,8 @@ echo "promtool not found: installing Debian's prometheus package with apt-get" >
 # Without its recommends: prometheus-node-exporter would be one more service left running.
 "$(dirname "$0")/apt-install.sh" --no-install-recommends prometheus
 
-sudo=""
-if [ "$(id -u)" -ne 0 ]; then
-    sudo="sudo"
-fi
-# The package enables and starts prometheus.service (or its init script without systemd).
-if [ -d /run/systemd/system ]; then
-    $sudo systemctl disable --now prometheus.service >/dev/null 2>&1 || true
-elif [ -x /etc/init.d/prometheus ]; then
-    $sudo /etc/init.d/prometheus stop >/dev/null 2>&1 || true
-    $sudo update-rc.d prometheus disable >/dev/null 2>&1 || true
-fi
+# The package enables and starts its service.
+"$(dirname "$0")/disable-service.sh" prometheus
 
 if ! command -v promtool >/dev/null 2>&1 || [ ! -x /usr/bin/prometheus ]; then
     echo "installing prometheus failed; install it by hand (apt-get install prometheus)" >&2

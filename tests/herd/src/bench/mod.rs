@@ -214,6 +214,13 @@ impl Works {
 /// Each throughput measurement of ringflow, by form: `[rows, columns]`.
 type ByForm = [Vec<e2e::Run>; 2];
 
+/// `runs` as the sections `keys` (`[rows, columns]`).
+fn add_by_form(report: &mut BenchReport, keys: [&'static str; 2], runs: &ByForm) {
+    for (key, runs) in keys.into_iter().zip(runs) {
+        report.add(Section::run(key, runs));
+    }
+}
+
 /// Interleaved runs: raw quinn bulk of the row form's bytes, pre-encoded batches into a
 /// collector (rows, then columns), a meter into it (rows, then columns), and nfcapd taking the
 /// same records as NetFlow v5.
@@ -249,12 +256,8 @@ async fn file_part(
     collector.terminate().await?;
     raw_server.close(0u32.into(), b"");
     report.add(Section::run("raw_quinn_bulk", &raw));
-    let [ingest_rows, ingest_columns] = &ingest;
-    let [ends_rows, ends_columns] = &ends;
-    report.add(Section::run("file_ingest", ingest_rows));
-    report.add(Section::run("file_ingest_columns", ingest_columns));
-    report.add(Section::run("file_e2e", ends_rows));
-    report.add(Section::run("file_e2e_columns", ends_columns));
+    add_by_form(report, ["file_ingest", "file_ingest_columns"], &ingest);
+    add_by_form(report, ["file_e2e", "file_e2e_columns"], &ends);
     report.nfcapd(&nfcapd);
     Ok(())
 }
@@ -302,12 +305,8 @@ async fn jetstream_part(
     collector.terminate().await?;
     drop(nats);
     report.add(Section::run("jetstream_direct", &publishes));
-    let [ingest_rows, ingest_columns] = &ingest;
-    let [ends_rows, ends_columns] = &ends;
-    report.add(Section::run("jetstream_ingest", ingest_rows));
-    report.add(Section::run("jetstream_ingest_columns", ingest_columns));
-    report.add(Section::run("jetstream_e2e", ends_rows));
-    report.add(Section::run("jetstream_e2e_columns", ends_columns));
+    add_by_form(report, ["jetstream_ingest", "jetstream_ingest_columns"], &ingest);
+    add_by_form(report, ["jetstream_e2e", "jetstream_e2e_columns"], &ends);
     Ok(())
 }
 
