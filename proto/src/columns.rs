@@ -534,6 +534,14 @@ pub fn into_rows(mut batch: pb::StoredBatch) -> Result<pb::StoredBatch, Invalid>
     Ok(batch)
 }
 
+/// A sink's stored batch read as rows, whichever form it was stored in (decoded, then
+/// [`into_rows`]): what every sink reader does with a payload; the error says what did not
+/// decode.
+pub fn read_stored(payload: impl prost::bytes::Buf) -> Result<pb::StoredBatch, String> {
+    let batch = <pb::StoredBatch as prost::Message>::decode(payload).map_err(|e| e.to_string())?;
+    into_rows(batch).map_err(|e| e.to_string())
+}
+
 mod check;
 
 pub use check::{Limits, check};

@@ -32,3 +32,11 @@ pub const STORED_BATCH_SCHEMA_VERSION: u32 = 1;
 /// The `schema` header of a `StoredBatch` whose records are in `columns` ([`columns`], format 1):
 /// a reader of version 1 alone would find no records in it, so it says so.
 pub const STORED_COLUMNS_SCHEMA_VERSION: u32 = 2;
+
+/// Whether `header` (a sink's `schema` header) names a `StoredBatch` schema this crate reads
+/// ([`columns::read_stored`] reads both).
+pub fn reads_stored_schema(header: &str) -> bool {
+    [STORED_BATCH_SCHEMA_VERSION, STORED_COLUMNS_SCHEMA_VERSION]
+        .iter()
+        .any(|v| header == v.to_string())
+}

@@ -6,7 +6,6 @@
 use std::ops::ControlFlow;
 use std::time::Duration;
 
-use prost::Message as _;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
@@ -198,19 +197,13 @@ fn topic_batch(message: &BorrowedMessage<'_>) -> TopicBatch {
             .and_then(|h| h.value)
             .map(|v| String::from_utf8_lossy(v).into_owned())
     };
-    let known = [
-        ringflow_proto::STORED_BATCH_SCHEMA_VERSION,
-        ringflow_proto::STORED_COLUMNS_SCHEMA_VERSION,
-    ]
-    .map(|v| v.to_string());
     let batch = match header(HEADER_SCHEMA).as_deref() {
-        Some(v) if !known.iter().any(|k| k == v) => Err(format!(
+        Some(v) if !ringflow_proto::reads_stored_schema(v) => Err(format!(
             "schema version {v}, this reader knows {} and {}",
-            known[0], known[1]
+            ringflow_proto::STORED_BATCH_SCHEMA_VERSION,
+            ringflow_proto::STORED_COLUMNS_SCHEMA_VERSION
         )),
-        _ => pb::StoredBatch::decode(message.payload().unwrap_or_default())
-            .map_err(|e| e.to_string())
-            .and_then(|b| ringflow_proto::columns::into_rows(b).map_err(|e| e.to_string())),
+        _ => ringflow_proto::columns::read_stored(message.payload().unwrap_or_default()),
     };
     TopicBatch {
         topic: message.topic().to_owned(),

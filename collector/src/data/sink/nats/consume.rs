@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::pull::OrderedConfig;
 use futures_util::StreamExt;
-use prost::Message;
 use ringflow_proto::pb;
 
 use super::config::NatsSinkConfig;
@@ -88,9 +87,9 @@ pub async fn read_stream(
         let headers = message.headers.as_ref();
         let header = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str().to_owned());
         let batch = match header(HEADER_SCHEMA).as_deref() {
-            Some("1" | "2") => pb::StoredBatch::decode(message.payload.clone())
-                .map_err(|e| e.to_string())
-                .and_then(|b| ringflow_proto::columns::into_rows(b).map_err(|e| e.to_string())),
+            Some(v) if ringflow_proto::reads_stored_schema(v) => {
+                ringflow_proto::columns::read_stored(message.payload.clone())
+            }
             other => Err(format!(
                 "not a ringflow batch of schema 1 or 2 (Ringflow-Schema header: {other:?})"
             )),

@@ -10,7 +10,6 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use prost::Message;
 use ringflow_proto::pb;
 
 use super::segment::{EntryScan, SEGMENT_HEADER_BYTES, scan_entry, segment_file_name};
@@ -84,10 +83,7 @@ impl OrgReader {
                     EntryScan::Entry { body, size, .. } => {
                         let start = pos;
                         pos += size;
-                        let decoded = pb::StoredBatch::decode(data.slice_ref(body))
-                            .map_err(|e| e.to_string())
-                            .and_then(|b| ringflow_proto::columns::into_rows(b).map_err(|e| e.to_string()));
-                        match decoded {
+                        match ringflow_proto::columns::read_stored(data.slice_ref(body)) {
                             Ok(batch) => {
                                 out.push(batch);
                                 progress.batches += 1;
