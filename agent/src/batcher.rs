@@ -73,11 +73,18 @@ impl BatchLimits {
         }
     }
 
-    /// These limits, lowered to what `welcome` announced, with columns when the meter offered
-    /// them (`offered`, `batch.columns`) and the collector let it.
-    pub fn welcomed(self, welcome: &pb::Welcome, offered: bool) -> BatchLimits {
+    /// Whether a meter sealing under these limits offers columns in its `Hello`: the meter's own
+    /// limits have columns exactly when `batch.columns` is on.
+    pub fn offers_columns(&self) -> bool {
+        self.columns.is_some()
+    }
+
+    /// These limits (the meter's own), lowered to what `welcome` announced, with columns when
+    /// the meter offers them and the collector let it, at the collector's level.
+    pub fn welcomed(self, welcome: &pb::Welcome) -> BatchLimits {
         BatchLimits {
-            columns: (offered && welcome.columns).then_some(welcome.columns_zstd_level.clamp(0, 19)),
+            columns: (self.offers_columns() && welcome.columns)
+                .then_some(welcome.columns_zstd_level.clamp(0, 19)),
             ..self.capped_by(&welcome.limits.unwrap_or_default())
         }
     }

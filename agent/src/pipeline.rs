@@ -191,7 +191,6 @@ impl Pipeline {
             ack_observer,
             stop: StopClock::new(shutdown.clone(), Duration::from_millis(config.shutdown.grace_ms)),
             local_limits,
-            offer_columns: config.batch.columns,
             limits_tx,
             last_acked: AtomicU64::new(acked_through),
         });

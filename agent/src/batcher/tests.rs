@@ -45,7 +45,16 @@ fn a_batch_of_columns_holds_more_records_within_the_collectors_limit() {
         limits: Some(collector),
         ..Default::default()
     };
-    assert_eq!(mine.welcomed(&welcome, true).records_limit(), 1_000);
+    assert_eq!(mine.welcomed(&welcome).records_limit(), 1_000);
+    // A Welcome with columns: columns at its level, for a meter that offers them only.
+    let with_columns = pb::Welcome {
+        columns: true,
+        columns_zstd_level: 3,
+        ..welcome
+    };
+    assert_eq!(mine.welcomed(&with_columns).columns, Some(3));
+    assert!(!rows.offers_columns());
+    assert_eq!(rows.welcomed(&with_columns).columns, None);
 }
 
 #[test]

@@ -70,8 +70,6 @@ pub struct SessionContext {
     pub stop: StopClock,
     /// The meter's own batch limits (`[batch]`), which each collector's `Welcome` may lower.
     pub local_limits: BatchLimits,
-    /// Whether `Hello` offers columns (`batch.columns`).
-    pub offer_columns: bool,
     /// Tells the batcher the limits of the current session (the local ones capped by the
     /// collector's). Written by sessions on Welcome; the batcher holds the receiver.
     pub limits_tx: watch::Sender<BatchLimits>,

@@ -232,7 +232,7 @@ pub async fn run(
         org_token: ctx.credentials.org_token.clone(),
         software_version: env!("CARGO_PKG_VERSION").to_owned(),
         last_acked_seq: ctx.last_acked.load(Ordering::Relaxed),
-        columns: ctx.offer_columns,
+        columns: ctx.local_limits.offers_columns(),
     }));
     // Whether the collector completed the handshake: a timeout before it means no answer at all.
     let handshaken = std::sync::atomic::AtomicBool::new(false);
@@ -298,7 +298,7 @@ pub async fn run(
     let _ = welcome_tx.send(FleetView::of(&welcome.fleet));
     // What this collector accepts: batches spooled under larger limits, or as columns it does
     // not read, are sealed again to fit.
-    let allowed = ctx.local_limits.welcomed(&welcome, ctx.offer_columns);
+    let allowed = ctx.local_limits.welcomed(&welcome);
     ctx.limits_tx.send_replace(allowed);
     SessionStarted {
         collector_id: &welcome.collector_id,
