@@ -87,7 +87,7 @@ pub fn workload(records: u64, form: Form) -> Workload {
             let batch = synthetic_batch_of(b + 1, per_batch, now);
             batch_frame(match form {
                 Form::Rows => batch,
-                Form::Columns => as_columns(batch),
+                Form::Columns => columns_of(&batch, Some(ringflow_proto::columns::DEFAULT_ZSTD_LEVEL)),
             })
         })
         .collect();
@@ -99,11 +99,16 @@ pub fn workload(records: u64, form: Form) -> Workload {
     }
 }
 
-/// `batch` with its records as columns, compressed as a meter compresses them by default.
-pub fn as_columns(mut batch: pb::FlowBatch) -> pb::FlowBatch {
-    let level = ringflow_proto::columns::DEFAULT_ZSTD_LEVEL;
-    batch.columns = ringflow_proto::columns::encode(&std::mem::take(&mut batch.records), Some(level)).into();
-    batch
+/// `batch` (of rows) with its records as columns, compressed at `zstd_level` when given, as a
+/// meter seals it (no record copied).
+pub fn columns_of(batch: &pb::FlowBatch, zstd_level: Option<i32>) -> pb::FlowBatch {
+    pb::FlowBatch {
+        seq: batch.seq,
+        records: Vec::new(),
+        created_unix_nanos: batch.created_unix_nanos,
+        loss: batch.loss,
+        columns: ringflow_proto::columns::encode(&batch.records, zstd_level).into(),
+    }
 }
 
 /// Batch `seq` (1-based) of the synthetic source's records, [`RECORDS_PER_BATCH`] a batch.

@@ -20,7 +20,7 @@ use ringflow_proto::pb;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::bulk::{RECORDS_PER_BATCH, Transfer, synthetic_batch};
+use super::bulk::{RECORDS_PER_BATCH, Transfer, columns_of, synthetic_batch};
 use super::e2e::stored_payload;
 
 /// Records per second of the codec and the judge.
@@ -128,13 +128,7 @@ fn columns_codec(
     let level = ringflow_collector::config::LimitsConfig::default().columns_zstd_level as i32;
     // As the meter seals a batch: the records as columns, in a frame (none copied).
     let as_columns = |level: Option<i32>| pb::DataUp {
-        msg: Some(pb::data_up::Msg::Batch(pb::FlowBatch {
-            seq: batch.seq,
-            records: Vec::new(),
-            created_unix_nanos: batch.created_unix_nanos,
-            loss: batch.loss,
-            columns: ringflow_proto::columns::encode(&batch.records, level).into(),
-        })),
+        msg: Some(pb::data_up::Msg::Batch(columns_of(batch, level))),
     };
     let encode = rate(budget, RECORDS_PER_BATCH, || {
         std::hint::black_box(frame::encode_to_bytes(

@@ -11,6 +11,8 @@ use ringflow_collector::data::sink::file::store::read_all;
 use ringflow_proto::{columns, pb};
 use ringflow_tests::raw::batch_frame;
 
+use super::bulk::columns_of;
+
 /// Frame bytes per record of the same batches in each form.
 #[derive(Debug, Clone, Copy)]
 pub struct WireBytes {
@@ -21,7 +23,8 @@ pub struct WireBytes {
     pub columns_zstd: f64,
 }
 
-/// The batches meter `meter_id` stored under `data_dir` (a file sink's), framed in each form.
+/// The batches meter `meter_id` stored under `data_dir` (a file sink's, read as rows whichever
+/// form they were stored in), framed in each form.
 pub fn of_stored(data_dir: &Path, meter_id: &str) -> anyhow::Result<WireBytes> {
     let (mut records, mut batches) = (0u64, 0u64);
     let mut bytes = [0u64; 3];
@@ -29,7 +32,6 @@ pub fn of_stored(data_dir: &Path, meter_id: &str) -> anyhow::Result<WireBytes> {
         if stored.meter_id != meter_id {
             continue;
         }
-        let stored = columns::into_rows(stored)?;
         let rows = pb::FlowBatch {
             seq: stored.seq,
             records: stored.records,
@@ -37,15 +39,10 @@ pub fn of_stored(data_dir: &Path, meter_id: &str) -> anyhow::Result<WireBytes> {
             created_unix_nanos: stored.received_unix_nanos,
             columns: Default::default(),
         };
-        let as_columns = |level: Option<i32>| pb::FlowBatch {
-            columns: columns::encode(&rows.records, level).into(),
-            records: Vec::new(),
-            ..rows.clone()
-        };
         records += rows.records.len() as u64;
         batches += 1;
-        bytes[1] += batch_frame(as_columns(None)).len() as u64;
-        bytes[2] += batch_frame(as_columns(Some(columns::DEFAULT_ZSTD_LEVEL))).len() as u64;
+        bytes[1] += batch_frame(columns_of(&rows, None)).len() as u64;
+        bytes[2] += batch_frame(columns_of(&rows, Some(columns::DEFAULT_ZSTD_LEVEL))).len() as u64;
         bytes[0] += batch_frame(rows).len() as u64;
     }
     anyhow::ensure!(
